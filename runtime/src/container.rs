@@ -1,0 +1,991 @@
+//! The lifecycle: [`Runtime::create`] makes a container whose init waits
+//! for [`Container::start`]; the other operations act on a container found
+//! by id in the state root.
+//!
+//! A create, end to end (the steps inside the init are in [`crate::init`]):
+//! validate the bundle, reserve the id, make the cgroup and apply limits,
+//! make the exec fifo, clone the init into its namespaces (and cgroup),
+//! place it in the v1 cgroups, send it its config, run prestart and
+//! createRuntime hooks when it asks, and wait until it reports `Ready`.
+//! Any failure undoes all of it.
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::fs;
+use std::io::{self, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use oci_spec::runtime::{ContainerState, LinuxDeviceCgroup, LinuxResources, Spec, State};
+use serde::Serialize;
+
+use crate::cgroups::{Cgroup, CgroupsPath, SavedCgroup};
+use crate::channel::{self, InitMsg, ParentChannel, ParentMsg};
+use crate::error::{Error, Result};
+use crate::hooks::{self, HookKind};
+use crate::init::{InitConfig, InitMode, START_ERROR_FILE};
+use crate::namespaces::{self, NamespacePlan};
+use crate::rootfs::{DEFAULT_DEVICES, RootfsConfig};
+use crate::spawn::{self, SpawnRequest, Spawned};
+use crate::spec::{self, Bundle};
+use crate::state::{self, ContainerDir, ProcessId, SavedState, StateStore};
+
+/// The OCI version sprout reports in states.
+pub const OCI_VERSION: &str = "1.2.0";
+
+/// A state root plus the init helper to start containers with.
+#[derive(Debug, Clone)]
+pub struct Runtime {
+    store: StateStore,
+    init_binary: PathBuf,
+}
+
+/// Builds a [`Runtime`].
+#[derive(Debug, Clone)]
+pub struct RuntimeBuilder {
+    root: PathBuf,
+    init_binary: Option<PathBuf>,
+}
+
+impl Default for RuntimeBuilder {
+    fn default() -> Self {
+        Self {
+            root: PathBuf::from("/run/sprout"),
+            init_binary: None,
+        }
+    }
+}
+
+impl RuntimeBuilder {
+    /// The state root (default `/run/sprout`).
+    pub fn root(mut self, root: impl Into<PathBuf>) -> Self {
+        self.root = root.into();
+        self
+    }
+
+    /// The `sprout-init` helper. Default: `$SPROUT_INIT`, else
+    /// `sprout-init` next to the running executable.
+    pub fn init_binary(mut self, path: impl Into<PathBuf>) -> Self {
+        self.init_binary = Some(path.into());
+        self
+    }
+
+    pub fn build(self) -> Result<Runtime> {
+        let init_binary = match self.init_binary {
+            Some(p) => p,
+            None => default_init_binary()?,
+        };
+        let meta = fs::metadata(&init_binary).map_err(|_| Error::InitBinary {
+            path: init_binary.clone(),
+            reason: "does not exist",
+        })?;
+        if !meta.is_file() {
+            return Err(Error::InitBinary {
+                path: init_binary,
+                reason: "is not a file",
+            });
+        }
+        Ok(Runtime {
+            store: StateStore::open(&self.root)?,
+            init_binary,
+        })
+    }
+}
+
+fn default_init_binary() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("SPROUT_INIT") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe().map_err(Error::io("locating the running executable"))?;
+    Ok(exe.with_file_name("sprout-init"))
+}
+
+/// Options of `create` that are not in the bundle.
+#[derive(Debug, Default)]
+pub struct CreateOptions {
+    /// Unix socket to send the pty master to (`terminal: true`).
+    pub console_socket: Option<PathBuf>,
+    /// Write the init's pid here once created.
+    pub pid_file: Option<PathBuf>,
+    /// Keep the caller's fds 3..3+N open in the container.
+    pub preserve_fds: u32,
+    /// chroot instead of pivot_root (for a rootfs on ramfs).
+    pub no_pivot: bool,
+    /// Do not give the container its own session keyring.
+    pub no_new_keyring: bool,
+    /// The container's stdin, stdout, stderr; `None` inherits the caller's.
+    pub stdio: [Option<OwnedFd>; 3],
+}
+
+/// A container's status, as the OCI state reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Created,
+    Running,
+    Paused,
+    Stopped,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Created => "created",
+            Status::Running => "running",
+            Status::Paused => "paused",
+            Status::Stopped => "stopped",
+        }
+    }
+}
+
+/// OCI state as `sprout state` prints it (runc's field set).
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct OciState {
+    #[serde(rename = "ociVersion")]
+    pub oci_version: String,
+    pub id: String,
+    pub pid: i32,
+    pub status: String,
+    pub bundle: PathBuf,
+    pub rootfs: PathBuf,
+    pub created: String,
+    pub owner: String,
+    #[serde(skip_serializing_if = "HashMap::is_empty", default)]
+    pub annotations: HashMap<String, String>,
+}
+
+/// A container in the state root.
+#[derive(Debug, Clone)]
+pub struct Container {
+    runtime: Runtime,
+    state: SavedState,
+}
+
+/// Undoes whatever part of a create is done when dropped; a successful
+/// create empties it first.
+struct CreateGuard {
+    dir: Option<ContainerDir>,
+    cgroup: Option<Cgroup>,
+    init: Option<Spawned>,
+}
+
+impl Drop for CreateGuard {
+    fn drop(&mut self) {
+        if let Some(init) = self.init.take() {
+            let _ = pidfd_kill(&init.pidfd, libc::SIGKILL);
+            let _ = nix::sys::wait::waitpid(init.pid, None);
+        }
+        if let Some(cg) = self.cgroup.take() {
+            let _ = cg.destroy();
+        }
+        if let Some(dir) = self.dir.take() {
+            let _ = dir.remove();
+        }
+    }
+}
+
+pub(crate) fn pidfd_kill(pidfd: &OwnedFd, sig: i32) -> io::Result<()> {
+    // SAFETY: pidfd_send_signal with a valid pidfd and no siginfo.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            sig,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Resources plus the device rules every container needs to work (its
+/// /dev nodes and ptys), appended after the spec's own, as runc does.
+fn effective_resources(spec: &Spec) -> LinuxResources {
+    let linux = spec.linux().clone().unwrap_or_default();
+    let mut res = linux.resources().clone().unwrap_or_default();
+    let Some(mut devices) = res.devices().clone().filter(|d| !d.is_empty()) else {
+        return res;
+    };
+    let rule =
+        |typ: &str, major: Option<i64>, minor: Option<i64>, access: &str| -> LinuxDeviceCgroup {
+            serde_json::from_value(serde_json::json!({
+                "allow": true, "type": typ, "major": major, "minor": minor, "access": access
+            }))
+            .expect("static device rule")
+        };
+    devices.push(rule("c", None, None, "m"));
+    devices.push(rule("b", None, None, "m"));
+    for (_, major, minor) in DEFAULT_DEVICES {
+        devices.push(rule("c", Some(major as i64), Some(minor as i64), "rwm"));
+    }
+    devices.push(rule("c", Some(5), Some(1), "rwm")); // /dev/console
+    devices.push(rule("c", Some(5), Some(2), "rwm")); // /dev/ptmx
+    devices.push(rule("c", Some(136), None, "rwm")); // /dev/pts/*
+    for d in linux.devices().iter().flatten() {
+        let t = match d.typ() {
+            oci_spec::runtime::LinuxDeviceType::B => "b",
+            _ => "c",
+        };
+        devices.push(rule(t, Some(d.major()), Some(d.minor()), "rwm"));
+    }
+    res.set_devices(Some(devices));
+    res
+}
+
+pub(crate) fn write_pid_file(path: &Path, pid: i32) -> Result<()> {
+    let tmp = path.with_file_name(format!(
+        ".{}.tmp",
+        path.file_name().unwrap_or_default().to_string_lossy()
+    ));
+    fs::write(&tmp, pid.to_string()).map_err(Error::io(format!("pid file {}", path.display())))?;
+    fs::rename(&tmp, path).map_err(Error::io(format!("pid file {}", path.display())))
+}
+
+fn oom_score_adj(pid: i32, value: i32) -> Result<()> {
+    match fs::write(format!("/proc/{pid}/oom_score_adj"), value.to_string()) {
+        Ok(()) => Ok(()),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EACCES) | Some(libc::EPERM)) => {
+            let minimum = fs::read_to_string("/proc/self/oom_score_adj")
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .unwrap_or(0);
+            Err(Error::OomScoreAdj {
+                wanted: value,
+                minimum,
+            })
+        }
+        Err(e) => Err(Error::io("writing oom_score_adj")(e)),
+    }
+}
+
+fn mkfifo(path: &Path) -> Result<()> {
+    let c = CString::new(path.as_os_str().as_bytes()).map_err(|_| Error::Io {
+        what: "exec fifo path".into(),
+        source: io::Error::from_raw_os_error(libc::EINVAL),
+    })?;
+    // SAFETY: valid C string and mode.
+    if unsafe { libc::mkfifo(c.as_ptr(), 0o600) } < 0 {
+        return Err(Error::io("creating the exec fifo")(
+            io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
+}
+
+fn open_rdwr_cloexec(path: &Path) -> Result<OwnedFd> {
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(Error::io(format!("opening {}", path.display())))?;
+    Ok(f.into())
+}
+
+fn cgroup_err(id: &str) -> impl FnOnce(crate::cgroups::CgroupError) -> Error {
+    let id = id.to_string();
+    move |source| Error::Cgroup { id, source }
+}
+
+impl Runtime {
+    pub fn builder() -> RuntimeBuilder {
+        RuntimeBuilder::default()
+    }
+
+    pub fn root(&self) -> &Path {
+        self.store.root()
+    }
+
+    pub fn init_binary(&self) -> &Path {
+        &self.init_binary
+    }
+
+    pub fn store(&self) -> &StateStore {
+        &self.store
+    }
+
+    /// Creates a container from a bundle; its process waits for `start`.
+    pub fn create(&self, id: &str, bundle_dir: &Path, opts: CreateOptions) -> Result<Container> {
+        spec::validate_id(id).map_err(|reason| Error::InvalidId {
+            id: id.to_string(),
+            reason,
+        })?;
+        let bundle = spec::load_bundle(bundle_dir)?;
+        let dir = self.store.create(id)?;
+        self.create_in(dir, bundle, opts)
+    }
+
+    fn create_in(
+        &self,
+        dir: ContainerDir,
+        bundle: Bundle,
+        mut opts: CreateOptions,
+    ) -> Result<Container> {
+        let id = dir.id().to_string();
+        let spec = &bundle.spec;
+        let linux = spec.linux().clone().unwrap_or_default();
+        let process = spec.process().clone().expect("validated");
+        let mut guard = CreateGuard {
+            dir: Some(dir),
+            cgroup: None,
+            init: None,
+        };
+
+        let cg_path = match linux.cgroups_path() {
+            Some(p) if !p.as_os_str().is_empty() => CgroupsPath::parse(p),
+            _ => CgroupsPath::parse(Path::new(&id)),
+        }
+        .map_err(cgroup_err(&id))?;
+        let cgroup = Cgroup::create(&cg_path).map_err(cgroup_err(&id))?;
+        let cgroup = guard.cgroup.insert(cgroup);
+        cgroup
+            .apply(&effective_resources(spec))
+            .map_err(cgroup_err(&id))?;
+
+        let dir = guard.dir.as_ref().expect("set above");
+        let fifo_path = dir.exec_fifo();
+        mkfifo(&fifo_path)?;
+        let fifo = open_rdwr_cloexec(&fifo_path)?;
+        let state_dir: OwnedFd = dir
+            .dir_file()
+            .try_clone()
+            .map_err(Error::io("state dir fd"))?
+            .into();
+
+        let terminal = process.terminal().unwrap_or(false);
+        let console = match (&opts.console_socket, terminal) {
+            (Some(path), true) => Some(OwnedFd::from(UnixStream::connect(path).map_err(
+                |source| Error::ConsoleSocket {
+                    path: path.clone(),
+                    source,
+                },
+            )?)),
+            (None, true) => {
+                return Err(Error::Spec(spec::SpecError::InvalidField {
+                    field: "process.terminal".into(),
+                    reason: "terminal: true needs a --console-socket".into(),
+                }));
+            }
+            _ => None,
+        };
+
+        let ns: NamespacePlan = namespaces::plan(linux.namespaces().as_deref().unwrap_or_default())
+            .map_err(|e| {
+                Error::Spec(spec::SpecError::InvalidField {
+                    field: "linux.namespaces".into(),
+                    reason: e.to_string(),
+                })
+            })?;
+        let (parent_ch, init_ch) = channel::pair().map_err(Error::io("channel socketpair"))?;
+        let mut pass = vec![init_ch.into_fd(), fifo, state_dir];
+        if let Some(c) = console {
+            pass.push(c);
+        }
+        let mut req = SpawnRequest {
+            new_namespaces: ns.clone_flags,
+            joins: ns.joins,
+            joins_pid_namespace: ns.joins_pid,
+            stdio: std::mem::take(&mut opts.stdio),
+            pass,
+            preserve_fds: opts.preserve_fds,
+            cgroup: cgroup.unified_dir_fd(),
+            id_maps: ns.new_user.then(|| {
+                (
+                    namespaces::id_map_text(linux.uid_mappings().as_deref().unwrap_or_default()),
+                    namespaces::id_map_text(linux.gid_mappings().as_deref().unwrap_or_default()),
+                )
+            }),
+        };
+        let fds = spawn::prepare_fds(&mut req).map_err(Error::io("preparing descriptors"))?;
+        let argv = vec!["sprout-init".to_string(), fds[0].to_string()];
+        let spawned = guard
+            .init
+            .insert(spawn::spawn(&self.init_binary, &argv, req)?);
+        let (pid, init_pid) = (spawned.pid.as_raw(), spawned.pid);
+
+        if let Some(adj) = process.oom_score_adj() {
+            oom_score_adj(pid, adj)?;
+        }
+        cgroup.add_process(pid).map_err(cgroup_err(&id))?;
+
+        let mut oci_state = State::default();
+        oci_state.set_version(OCI_VERSION.into());
+        oci_state.set_id(id.clone());
+        oci_state.set_status(ContainerState::Creating);
+        oci_state.set_pid(Some(pid));
+        oci_state.set_bundle(bundle.dir.clone());
+        oci_state.set_annotations(spec.annotations().clone());
+
+        let has_runtime_hooks = spec.hooks().as_ref().is_some_and(|h| {
+            !HookKind::Prestart.of(h).is_empty() || !HookKind::CreateRuntime.of(h).is_empty()
+        });
+        let time_offsets = ns.new_time.then(|| {
+            linux
+                .time_offsets()
+                .iter()
+                .flatten()
+                .map(|(k, v)| {
+                    (
+                        k.clone(),
+                        (v.secs().unwrap_or(0), v.nanosecs().unwrap_or(0)),
+                    )
+                })
+                .collect()
+        });
+        let config = InitConfig {
+            mode: InitMode::Create,
+            id: id.clone(),
+            process: process.clone(),
+            rootfs: Some(RootfsConfig {
+                rootfs: bundle.rootfs.clone(),
+                bundle: bundle.dir.clone(),
+                mounts: spec.mounts().clone().unwrap_or_default(),
+                propagation: linux.rootfs_propagation().clone(),
+                readonly: spec
+                    .root()
+                    .as_ref()
+                    .and_then(|r| r.readonly())
+                    .unwrap_or(false),
+                devices: linux.devices().clone().unwrap_or_default(),
+                masked_paths: linux.masked_paths().clone().unwrap_or_default(),
+                readonly_paths: linux.readonly_paths().clone().unwrap_or_default(),
+                no_pivot: opts.no_pivot,
+                user_namespace: ns.new_user,
+                cgroup_namespace: ns.new_cgroup,
+            }),
+            hostname: spec.hostname().clone(),
+            domainname: spec.domainname().clone(),
+            sysctl: linux
+                .sysctl()
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .collect(),
+            hooks: spec.hooks().clone(),
+            state: oci_state.clone(),
+            seccomp: linux.seccomp().clone(),
+            personality: linux.personality().clone(),
+            exec_fifo_fd: Some(fds[1]),
+            state_dir_fd: Some(fds[2]),
+            console_socket_fd: fds.get(3).copied(),
+            preserve_fds: opts.preserve_fds,
+            unshare_cgroup_ns: ns.new_cgroup,
+            time_offsets,
+            new_keyring: !opts.no_new_keyring,
+            user_namespace: ns.new_user,
+            runtime_hooks: has_runtime_hooks,
+        };
+        let mut ch: ParentChannel = parent_ch;
+        ch.send(&ParentMsg::Bootstrap(Box::new(config)))?;
+        let state_json = serde_json::to_vec(&oci_state).unwrap_or_default();
+        loop {
+            match ch.recv() {
+                Ok(InitMsg::RunRuntimeHooks) => {
+                    hooks::run(HookKind::Prestart, spec.hooks().as_ref(), &state_json)?;
+                    hooks::run(HookKind::CreateRuntime, spec.hooks().as_ref(), &state_json)?;
+                    ch.send(&ParentMsg::RuntimeHooksDone)?;
+                }
+                Ok(InitMsg::Ready) => break,
+                Ok(InitMsg::Failed(f)) => return Err(Error::Init(f)),
+                Err(channel::ChannelError::Closed) => {
+                    let status = nix::sys::wait::waitpid(init_pid, None)
+                        .map(|s| format!("{s:?}"))
+                        .unwrap_or_else(|e| e.to_string());
+                    guard.init = None;
+                    return Err(Error::InitDied { status });
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+
+        let saved = SavedState {
+            id: id.clone(),
+            bundle: bundle.dir.clone(),
+            rootfs: bundle.rootfs.clone(),
+            created: state::rfc3339(SystemTime::now()),
+            owner: owner_name(),
+            init: ProcessId::of(pid),
+            started: false,
+            cgroup: cgroup.to_saved(),
+            spec: bundle.spec.clone(),
+            sprout_version: env!("CARGO_PKG_VERSION").to_string(),
+        };
+        let dir = guard.dir.as_ref().expect("set above");
+        dir.save(&saved)?;
+        if let Some(p) = &opts.pid_file {
+            write_pid_file(p, pid)?;
+        }
+        // Success: keep everything; the directory lock goes with `dir`.
+        guard.init = None;
+        guard.cgroup = None;
+        drop(guard.dir.take());
+        Ok(Container {
+            runtime: self.clone(),
+            state: saved,
+        })
+    }
+
+    /// Finds a container by id.
+    pub fn container(&self, id: &str) -> Result<Container> {
+        spec::validate_id(id).map_err(|reason| Error::InvalidId {
+            id: id.to_string(),
+            reason,
+        })?;
+        Ok(Container {
+            runtime: self.clone(),
+            state: self.store.read(id)?,
+        })
+    }
+
+    /// All containers in the state root.
+    pub fn list(&self) -> Result<Vec<Container>> {
+        let mut out = Vec::new();
+        for id in self.store.ids()? {
+            // A container deleted while we list is simply not listed.
+            if let Ok(c) = self.container(&id) {
+                out.push(c);
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn owner_name() -> String {
+    // SAFETY: geteuid is always safe.
+    let uid = unsafe { libc::geteuid() };
+    if uid == 0 {
+        "root".into()
+    } else {
+        uid.to_string()
+    }
+}
+
+/// How long `delete --force` and `kill` waiters give a dying process.
+const DEATH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Waits until the process behind `pidfd` has exited (POLLIN on a pidfd).
+pub(crate) fn wait_pidfd(pidfd: &OwnedFd, timeout: Option<Duration>) -> io::Result<bool> {
+    let deadline = timeout.map(|t| Instant::now() + t);
+    loop {
+        let ms = match deadline {
+            Some(d) => d
+                .saturating_duration_since(Instant::now())
+                .as_millis()
+                .min(i32::MAX as u128) as i32,
+            None => -1,
+        };
+        let mut pfd = libc::pollfd {
+            fd: pidfd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: poll on one valid pollfd.
+        let r = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if r > 0 {
+            return Ok(true);
+        }
+        if r == 0 {
+            return Ok(false);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+impl Container {
+    pub fn id(&self) -> &str {
+        &self.state.id
+    }
+
+    pub(crate) fn runtime_init_binary(&self) -> &Path {
+        &self.runtime.init_binary
+    }
+
+    pub fn saved(&self) -> &SavedState {
+        &self.state
+    }
+
+    pub fn spec(&self) -> &Spec {
+        &self.state.spec
+    }
+
+    pub fn bundle(&self) -> &Path {
+        &self.state.bundle
+    }
+
+    /// The init's pid while it lives.
+    pub fn pid(&self) -> Option<i32> {
+        self.state.init.filter(|p| p.is_alive()).map(|p| p.pid)
+    }
+
+    pub fn cgroup(&self) -> Cgroup {
+        Cgroup::from_saved(&self.state.cgroup)
+    }
+
+    pub fn saved_cgroup(&self) -> &SavedCgroup {
+        &self.state.cgroup
+    }
+
+    pub fn status(&self) -> Status {
+        if !self.state.init.is_some_and(|p| p.is_alive()) {
+            return Status::Stopped;
+        }
+        if self
+            .runtime
+            .store
+            .root()
+            .join(&self.state.id)
+            .join(state::EXEC_FIFO)
+            .exists()
+        {
+            return Status::Created;
+        }
+        if self.cgroup().is_frozen().unwrap_or(false) {
+            Status::Paused
+        } else {
+            Status::Running
+        }
+    }
+
+    pub fn oci_state(&self) -> OciState {
+        let status = self.status();
+        OciState {
+            oci_version: OCI_VERSION.into(),
+            id: self.state.id.clone(),
+            pid: if status == Status::Stopped {
+                0
+            } else {
+                self.state.init.map_or(0, |p| p.pid)
+            },
+            status: status.as_str().into(),
+            bundle: self.state.bundle.clone(),
+            rootfs: self.state.rootfs.clone(),
+            created: self.state.created.clone(),
+            owner: self.state.owner.clone(),
+            annotations: self.state.spec.annotations().clone().unwrap_or_default(),
+        }
+    }
+
+    fn hook_state(&self, status: ContainerState) -> Vec<u8> {
+        let mut s = State::default();
+        s.set_version(OCI_VERSION.into());
+        s.set_id(self.state.id.clone());
+        s.set_status(status);
+        s.set_pid(self.state.init.map(|p| p.pid));
+        s.set_bundle(self.state.bundle.clone());
+        s.set_annotations(self.state.spec.annotations().clone());
+        serde_json::to_vec(&s).unwrap_or_default()
+    }
+
+    fn lock(&self) -> Result<ContainerDir> {
+        Ok(self.runtime.store.open_container(&self.state.id)?)
+    }
+
+    fn wrong(&self, status: Status, action: &'static str) -> Error {
+        Error::WrongStatus {
+            id: self.state.id.clone(),
+            status: status.as_str(),
+            action,
+        }
+    }
+
+    /// An open pidfd for the init, checked to be the same process.
+    fn init_pidfd(&self) -> Option<OwnedFd> {
+        let init = self.state.init?;
+        let fd = spawn::pidfd_open(init.pid).ok()?;
+        // Checked after opening: a pidfd pins the process, so a pid reused
+        // between the check and the open cannot slip through.
+        init.is_alive().then_some(fd)
+    }
+
+    /// Lets a created container's process run.
+    pub fn start(&mut self) -> Result<()> {
+        let dir = self.lock()?;
+        let status = self.status();
+        if status != Status::Created {
+            return Err(self.wrong(status, "start it (only a created container can be started)"));
+        }
+        let fifo_path = dir.exec_fifo();
+        let fifo = fs::OpenOptions::new()
+            .write(true)
+            .custom_flags_nonblock()
+            .open(&fifo_path);
+        let outcome = match fifo {
+            Ok(mut fifo) => {
+                fifo.write_all(&[0])
+                    .map_err(Error::io("signalling start"))?;
+                // The init holds the fifo open until its exec (or exit):
+                // POLLERR on our end means it has let go.
+                let mut pfd = libc::pollfd {
+                    fd: fifo.as_raw_fd(),
+                    events: 0,
+                    revents: 0,
+                };
+                loop {
+                    // SAFETY: poll on one valid pollfd.
+                    let r = unsafe { libc::poll(&mut pfd, 1, -1) };
+                    if r > 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+                        break;
+                    }
+                }
+                Ok(())
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
+                Err("the container's init is gone".to_string())
+            }
+            Err(e) => return Err(Error::io("opening the exec fifo")(e)),
+        };
+        let _ = fs::remove_file(&fifo_path);
+        let error_file = dir.path().join(START_ERROR_FILE);
+        if let Ok(msg) = fs::read_to_string(&error_file) {
+            let _ = fs::remove_file(&error_file);
+            return Err(Error::StartFailed {
+                id: self.state.id.clone(),
+                reason: msg,
+            });
+        }
+        if let Err(reason) = outcome {
+            return Err(Error::StartFailed {
+                id: self.state.id.clone(),
+                reason,
+            });
+        }
+        self.state.started = true;
+        drop(dir);
+        // poststart failures are warnings: the process already runs.
+        if let Err(e) = hooks::run(
+            HookKind::Poststart,
+            self.state.spec.hooks().as_ref(),
+            &self.hook_state(ContainerState::Running),
+        ) {
+            tracing::warn!(container = %self.state.id, "{e}");
+        }
+        Ok(())
+    }
+
+    /// Sends a signal to the init, or with `all` to every process of the
+    /// container.
+    pub fn kill(&self, signal: i32, all: bool) -> Result<()> {
+        let status = self.status();
+        if status == Status::Stopped {
+            return Err(self.wrong(status, "signal it (container not running)"));
+        }
+        if all {
+            return self
+                .cgroup()
+                .kill_all(signal)
+                .map_err(cgroup_err(&self.state.id));
+        }
+        let fd = self
+            .init_pidfd()
+            .ok_or_else(|| self.wrong(Status::Stopped, "signal it (container not running)"))?;
+        pidfd_kill(&fd, signal).map_err(Error::io(format!("signalling {}", self.state.id)))
+    }
+
+    /// Removes the container. A running or paused one needs `force`; a
+    /// created one is killed (runc's behaviour).
+    pub fn delete(self, force: bool) -> Result<()> {
+        let dir = self.lock()?;
+        let status = self.status();
+        let cgroup = self.cgroup();
+        match status {
+            Status::Running | Status::Paused if !force => {
+                return Err(self.wrong(status, "delete it without --force"));
+            }
+            Status::Stopped => {}
+            _ => {
+                let pidfd = self.init_pidfd();
+                let _ = cgroup.kill_all(libc::SIGKILL);
+                if let Some(fd) = &pidfd {
+                    let _ = pidfd_kill(fd, libc::SIGKILL);
+                }
+                if status == Status::Paused {
+                    let _ = cgroup.thaw();
+                }
+                if let Some(fd) = &pidfd
+                    && !wait_pidfd(fd, Some(DEATH_TIMEOUT)).unwrap_or(false)
+                {
+                    return Err(Error::io(format!("killing container {}", self.state.id))(
+                        io::Error::from_raw_os_error(libc::ETIMEDOUT),
+                    ));
+                }
+            }
+        }
+        // Reap the init if it was our child (a library caller that never
+        // waited); ECHILD otherwise, which is fine.
+        if let Some(init) = self.state.init {
+            let _ = nix::sys::wait::waitpid(
+                nix::unistd::Pid::from_raw(init.pid),
+                Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+            );
+        }
+        if let Err(e) = hooks::run(
+            HookKind::Poststop,
+            self.state.spec.hooks().as_ref(),
+            &self.hook_state(ContainerState::Stopped),
+        ) {
+            tracing::warn!(container = %self.state.id, "{e}");
+        }
+        cgroup.destroy().map_err(cgroup_err(&self.state.id))?;
+        dir.remove()?;
+        Ok(())
+    }
+
+    pub fn pause(&self) -> Result<()> {
+        let _dir = self.lock()?;
+        let status = self.status();
+        if status != Status::Running && status != Status::Created {
+            return Err(self.wrong(status, "pause it"));
+        }
+        self.cgroup().freeze().map_err(cgroup_err(&self.state.id))
+    }
+
+    pub fn resume(&self) -> Result<()> {
+        let _dir = self.lock()?;
+        let status = self.status();
+        if status != Status::Paused {
+            return Err(self.wrong(status, "resume it (it is not paused)"));
+        }
+        self.cgroup().thaw().map_err(cgroup_err(&self.state.id))
+    }
+
+    /// Changes the resources of a live container and remembers them.
+    pub fn update(&mut self, resources: &LinuxResources) -> Result<()> {
+        let dir = self.lock()?;
+        let mut saved = dir.load()?;
+        let status = self.status();
+        if status == Status::Stopped {
+            return Err(self.wrong(status, "update it"));
+        }
+        let cgroup = Cgroup::from_saved(&saved.cgroup);
+        cgroup
+            .apply(resources)
+            .map_err(cgroup_err(&self.state.id))?;
+        let mut linux = saved.spec.linux().clone().unwrap_or_default();
+        let merged = merge_resources(linux.resources().clone().unwrap_or_default(), resources);
+        linux.set_resources(Some(merged));
+        saved.spec.set_linux(Some(linux));
+        dir.save(&saved)?;
+        self.state = saved;
+        Ok(())
+    }
+
+    pub fn stats(&self) -> Result<crate::cgroups::Stats> {
+        self.cgroup().stats().map_err(cgroup_err(&self.state.id))
+    }
+
+    /// Pids of every process in the container.
+    pub fn processes(&self) -> Result<Vec<i32>> {
+        if self.status() == Status::Stopped {
+            return Ok(Vec::new());
+        }
+        self.cgroup().procs().map_err(cgroup_err(&self.state.id))
+    }
+
+    /// Waits for the init to exit. Its exit code is known only when the
+    /// caller is its parent (or subreaper); otherwise `None`.
+    pub fn wait(&self) -> Result<Option<i32>> {
+        let Some(init) = self.state.init else {
+            return Ok(None);
+        };
+        wait_for_exit(init.pid, self.init_pidfd().as_ref())
+    }
+}
+
+/// The exit code of a process we may be the parent of: 128+signal for a
+/// signal death, as shells report it.
+pub(crate) fn wait_for_exit(pid: i32, pidfd: Option<&OwnedFd>) -> Result<Option<i32>> {
+    use nix::sys::wait::{WaitStatus, waitpid};
+    loop {
+        match waitpid(nix::unistd::Pid::from_raw(pid), None) {
+            Ok(WaitStatus::Exited(_, code)) => return Ok(Some(code)),
+            Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(Some(128 + sig as i32)),
+            Ok(_) => continue,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(nix::errno::Errno::ECHILD) => {
+                if let Some(fd) = pidfd {
+                    wait_pidfd(fd, None).map_err(Error::io("waiting for the container"))?;
+                }
+                return Ok(None);
+            }
+            Err(e) => return Err(Error::io("waiting for the container")(e.into())),
+        }
+    }
+}
+
+/// `update` semantics: fields given replace the saved ones, others stay.
+fn merge_resources(mut base: LinuxResources, new: &LinuxResources) -> LinuxResources {
+    let j = |v: &LinuxResources| serde_json::to_value(v).unwrap_or_default();
+    let (mut b, n) = (j(&base), j(new));
+    fn merge(b: &mut serde_json::Value, n: &serde_json::Value) {
+        match (b, n) {
+            (serde_json::Value::Object(b), serde_json::Value::Object(n)) => {
+                for (k, v) in n {
+                    merge(b.entry(k.clone()).or_insert(serde_json::Value::Null), v);
+                }
+            }
+            (b, n) => *b = n.clone(),
+        }
+    }
+    merge(&mut b, &n);
+    if let Ok(m) = serde_json::from_value(b) {
+        base = m;
+    }
+    base
+}
+
+trait NonBlock {
+    fn custom_flags_nonblock(&mut self) -> &mut Self;
+}
+
+impl NonBlock for fs::OpenOptions {
+    fn custom_flags_nonblock(&mut self) -> &mut Self {
+        use std::os::unix::fs::OpenOptionsExt;
+        self.custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn update_merges_fields() {
+        let base: LinuxResources = serde_json::from_value(serde_json::json!({
+            "memory": {"limit": 100, "reservation": 50}, "pids": {"limit": 10}
+        }))
+        .unwrap();
+        let new: LinuxResources =
+            serde_json::from_value(serde_json::json!({"memory": {"limit": 200}})).unwrap();
+        let m = merge_resources(base, &new);
+        assert_eq!(m.memory().as_ref().unwrap().limit(), Some(200));
+        assert_eq!(m.memory().as_ref().unwrap().reservation(), Some(50));
+        assert_eq!(m.pids().as_ref().unwrap().limit(), 10);
+    }
+
+    #[test]
+    fn default_device_rules_follow_a_deny_all() {
+        let spec: Spec = serde_json::from_value(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "linux": {"resources": {"devices": [{"allow": false, "access": "rwm"}]}}
+        }))
+        .unwrap();
+        let r = effective_resources(&spec);
+        let d = r.devices().as_ref().unwrap();
+        assert!(!d[0].allow());
+        assert!(
+            d.iter()
+                .any(|r| r.allow() && r.major() == Some(1) && r.minor() == Some(3))
+        );
+        let spec: Spec =
+            serde_json::from_value(serde_json::json!({"ociVersion": "1.0.2"})).unwrap();
+        assert!(effective_resources(&spec).devices().is_none());
+    }
+}

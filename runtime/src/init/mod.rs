@@ -1,0 +1,511 @@
+//! The container's init: the code that runs inside the new namespaces,
+//! in a fresh exec of the `sprout-init` helper, and ends in `execve` of the
+//! container's process.
+//!
+//! It receives one [`InitConfig`] over the channel and walks through small
+//! steps; each failure is reported to the parent as an [`InitFailure`]
+//! naming the step. The helper is single-threaded from its first
+//! instruction, so forking hooks and changing credentials here is safe.
+
+pub mod process;
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::fmt::Display;
+use std::io::{self, Read};
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::{ContainerState, Hooks, LinuxPersonality, LinuxSeccomp, Process, State};
+use serde::{Deserialize, Serialize};
+
+use crate::channel::{InitChannel, InitMsg, ParentMsg};
+use crate::console;
+use crate::hooks::{self, HookKind};
+use crate::rootfs::{self, RootfsConfig};
+use crate::seccomp::SeccompProgram;
+use crate::syscall::{CreateKind, LinuxSyscall, Syscall};
+use process::{CapMasks, ExecPlan};
+
+/// A failed init step, as reported to the parent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InitFailure {
+    pub step: String,
+    pub message: String,
+}
+
+impl Display for InitFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.step, self.message)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum InitMode {
+    /// A new container: rootfs, then wait for `start`.
+    Create,
+    /// A new process in a running container's namespaces.
+    Exec,
+}
+
+/// Everything the init needs, sent by the parent in one message.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InitConfig {
+    pub mode: InitMode,
+    pub id: String,
+    pub process: Process,
+    /// Create mode only.
+    pub rootfs: Option<RootfsConfig>,
+    pub hostname: Option<String>,
+    pub domainname: Option<String>,
+    pub sysctl: BTreeMap<String, String>,
+    pub hooks: Option<Hooks>,
+    /// OCI state for the hooks the init runs; only `status` changes.
+    pub state: State,
+    pub seccomp: Option<LinuxSeccomp>,
+    pub personality: Option<LinuxPersonality>,
+    /// `exec.fifo`, opened read-write by the parent (create mode).
+    pub exec_fifo_fd: Option<RawFd>,
+    /// Connected `--console-socket` (terminal: true).
+    pub console_socket_fd: Option<RawFd>,
+    /// The container's state directory, for an error report after `start`.
+    pub state_dir_fd: Option<RawFd>,
+    pub preserve_fds: u32,
+    pub unshare_cgroup_ns: bool,
+    /// `linux.timeOffsets` for a new time namespace (unshared here, so the
+    /// offsets can be written before any process is inside).
+    pub time_offsets: Option<BTreeMap<String, (i64, u32)>>,
+    pub new_keyring: bool,
+    /// In a new user namespace (setgroups may be denied there).
+    pub user_namespace: bool,
+    /// Ask the parent to run prestart/createRuntime hooks after the mounts.
+    pub runtime_hooks: bool,
+}
+
+/// Name of the file in the state directory where the init leaves the error
+/// of a step that failed after `create` returned (start hooks, exec).
+pub const START_ERROR_FILE: &str = "start.error";
+
+type StepResult<T> = Result<T, InitFailure>;
+
+fn at<T, E: Display>(step: &str, r: Result<T, E>) -> StepResult<T> {
+    r.map_err(|e| InitFailure {
+        step: step.to_string(),
+        message: e.to_string(),
+    })
+}
+
+/// Entry point of the `sprout-init` binary: `sprout-init <channel-fd>`.
+pub fn main() -> ! {
+    let fd: Option<RawFd> = std::env::args().nth(1).and_then(|a| a.parse().ok());
+    let Some(fd) = fd else {
+        eprintln!("sprout-init: this helper is started by sprout, not by hand");
+        std::process::exit(2);
+    };
+    // SAFETY: the spawner passed our end of the channel at this number.
+    let mut ch = unsafe { InitChannel::from_raw_fd(fd) };
+    let cfg = match ch.recv() {
+        Ok(ParentMsg::Bootstrap(cfg)) => cfg,
+        _ => std::process::exit(2),
+    };
+    let failure = match cfg.mode {
+        InitMode::Create => match create(&mut ch, &cfg) {
+            Ok(never) => match never {},
+            Err(f) => f,
+        },
+        InitMode::Exec => match exec(&cfg) {
+            Ok(never) => match never {},
+            Err(f) => f,
+        },
+    };
+    let _ = ch.send(&InitMsg::Failed(failure));
+    std::process::exit(1);
+}
+
+/// Marks every inherited descriptor above the preserved ones close-on-exec:
+/// the container must not see what its spawner happened to have open.
+fn close_inherited_on_exec(preserve_fds: u32) -> StepResult<()> {
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only changes flags.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3 + preserve_fds,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    at(
+        "marking inherited fds close-on-exec",
+        if r < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        },
+    )
+}
+
+fn unshare_late_namespaces(cfg: &InitConfig) -> StepResult<()> {
+    if cfg.unshare_cgroup_ns {
+        // Now that the parent has placed us in our cgroups, so the new
+        // namespace is rooted at the container's cgroup.
+        at(
+            "unsharing the cgroup namespace",
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP),
+        )?;
+    }
+    if let Some(offsets) = &cfg.time_offsets {
+        at(
+            "unsharing the time namespace",
+            nix::sched::unshare(nix::sched::CloneFlags::from_bits_retain(
+                libc::CLONE_NEWTIME,
+            )),
+        )?;
+        let text: String = offsets
+            .iter()
+            .map(|(clock, (secs, nanos))| format!("{clock} {secs} {nanos}\n"))
+            .collect();
+        // The exec of the container's process moves it into the namespace.
+        at(
+            "writing time offsets",
+            std::fs::write("/proc/self/timens_offsets", text),
+        )?;
+    }
+    Ok(())
+}
+
+fn hook_state(cfg: &InitConfig, status: ContainerState) -> Vec<u8> {
+    let mut s = cfg.state.clone();
+    s.set_status(status);
+    serde_json::to_vec(&s).unwrap_or_default()
+}
+
+fn write_sysctls(sys: &dyn Syscall, sysctl: &BTreeMap<String, String>) -> StepResult<()> {
+    for (key, value) in sysctl {
+        let path = PathBuf::from("/proc/sys").join(key.replace('.', "/"));
+        at(
+            &format!("sysctl {key}"),
+            sys.write_file(&path, value.as_bytes()),
+        )?;
+    }
+    Ok(())
+}
+
+fn set_names(sys: &dyn Syscall, cfg: &InitConfig) -> StepResult<()> {
+    if let Some(h) = cfg.hostname.as_deref().filter(|h| !h.is_empty()) {
+        at("sethostname", sys.sethostname(h))?;
+    }
+    if let Some(d) = cfg.domainname.as_deref().filter(|d| !d.is_empty()) {
+        at("setdomainname", sys.setdomainname(d))?;
+    }
+    Ok(())
+}
+
+fn setup_console(sys: &dyn Syscall, cfg: &InitConfig, bind_dev_console: bool) -> StepResult<()> {
+    if !cfg.process.terminal().unwrap_or(false) {
+        return Ok(());
+    }
+    let socket = cfg.console_socket_fd.ok_or_else(|| InitFailure {
+        step: "console".into(),
+        message: "terminal: true needs a console socket".into(),
+    })?;
+    // SAFETY: the parent passed this connected socket at this number.
+    let socket = unsafe { OwnedFd::from_raw_fd(socket) };
+    let size = cfg
+        .process
+        .console_size()
+        .map(|b| (b.height() as u16, b.width() as u16));
+    let pty = at("console", console::open_pty(size))?;
+    if bind_dev_console {
+        let target = at(
+            "console",
+            sys.resolve_in_root(Path::new("/"), Path::new("/dev/console"), CreateKind::File),
+        )?;
+        at(
+            "binding /dev/console",
+            sys.mount(
+                Some(&pty.slave_path),
+                &target.path,
+                None,
+                nix::mount::MsFlags::MS_BIND,
+                None,
+            ),
+        )?;
+    }
+    use std::os::fd::AsRawFd;
+    at(
+        "console",
+        console::send_fd(
+            socket.as_raw_fd(),
+            pty.master.as_raw_fd(),
+            &pty.slave_path.to_string_lossy(),
+        ),
+    )?;
+    drop(pty.master);
+    at("console", console::become_tty(&pty.slave))
+}
+
+fn join_session_keyring(cfg: &InitConfig) {
+    if !cfg.new_keyring {
+        return;
+    }
+    let Ok(name) = std::ffi::CString::new(cfg.id.as_bytes()) else {
+        return;
+    };
+    // SAFETY: keyctl(KEYCTL_JOIN_SESSION_KEYRING, name) with a valid C
+    // string. Failure (keyrings disabled) is not fatal, as in runc.
+    unsafe { libc::syscall(libc::SYS_keyctl, 1, name.as_ptr()) };
+}
+
+fn set_personality(p: Option<&LinuxPersonality>) -> StepResult<()> {
+    let Some(p) = p else { return Ok(()) };
+    let persona = match p.domain() {
+        oci_spec::runtime::LinuxPersonalityDomain::PerLinux => 0,
+        oci_spec::runtime::LinuxPersonalityDomain::PerLinux32 => 0x0008,
+    };
+    // SAFETY: personality takes a plain integer.
+    let r = unsafe { libc::personality(persona) };
+    at(
+        "personality",
+        if r < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        },
+    )
+}
+
+fn apply_lsm_labels(process: &Process) -> StepResult<()> {
+    if let Some(profile) = process
+        .apparmor_profile()
+        .as_deref()
+        .filter(|p| !p.is_empty())
+    {
+        let enabled = std::fs::read_to_string("/sys/module/apparmor/parameters/enabled")
+            .is_ok_and(|s| s.trim() == "Y");
+        if !enabled {
+            return Err(InitFailure {
+                step: "apparmor".into(),
+                message: format!(
+                    "profile {profile:?} requested but AppArmor is not enabled on this host"
+                ),
+            });
+        }
+        let attr = if Path::new("/proc/self/attr/apparmor/exec").exists() {
+            "/proc/self/attr/apparmor/exec"
+        } else {
+            "/proc/self/attr/exec"
+        };
+        at("apparmor", std::fs::write(attr, format!("exec {profile}")))?;
+    }
+    // An SELinux label is applied only where SELinux is enabled, as runc does.
+    if let Some(label) = process.selinux_label().as_deref().filter(|l| !l.is_empty())
+        && Path::new("/sys/fs/selinux/enforce").exists()
+    {
+        at("selinux", std::fs::write("/proc/self/attr/exec", label))?;
+    }
+    Ok(())
+}
+
+fn set_io_priority(process: &Process) -> StepResult<()> {
+    let Some(prio) = process.io_priority() else {
+        return Ok(());
+    };
+    use oci_spec::runtime::IOPriorityClass::*;
+    let class = match prio.class() {
+        IoprioClassRt => 1,
+        IoprioClassBe => 2,
+        IoprioClassIdle => 3,
+    };
+    let value = (class << 13) | (prio.priority() as i64 & 0xff);
+    // SAFETY: ioprio_set(IOPRIO_WHO_PROCESS, self, value).
+    let r = unsafe { libc::syscall(libc::SYS_ioprio_set, 1, 0, value) };
+    at(
+        "ioPriority",
+        if r < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        },
+    )
+}
+
+/// The credential steps shared by create and exec: bounding set, early
+/// seccomp (without no_new_privs it needs CAP_SYS_ADMIN, so before the
+/// user switch), user, capabilities, no_new_privs, cwd, executable lookup.
+/// Returns the exec plan and the filter still to install (with
+/// no_new_privs: as late as possible, right before the exec).
+fn become_container_process(cfg: &InitConfig) -> StepResult<(ExecPlan, Option<SeccompProgram>)> {
+    let p = &cfg.process;
+    let sys = LinuxSyscall;
+    at(
+        "rlimits",
+        process::apply_rlimits(&sys, p.rlimits().as_deref().unwrap_or_default()),
+    )?;
+    set_personality(cfg.personality.as_ref())?;
+    set_io_priority(p)?;
+    apply_lsm_labels(p)?;
+    let masks = at(
+        "capabilities",
+        CapMasks::from_spec(p.capabilities().as_ref()),
+    )?;
+    let nnp = p.no_new_privileges().unwrap_or(false);
+    let seccomp = match &cfg.seccomp {
+        Some(s) => Some(at("seccomp", SeccompProgram::compile(s))?),
+        None => None,
+    };
+    at("capabilities", process::drop_bounding(masks.bounding))?;
+    let late_seccomp = if nnp {
+        seccomp
+    } else {
+        if let Some(s) = &seccomp {
+            at("seccomp", s.install())?;
+        }
+        None
+    };
+    at("user", process::set_user(p, true))?;
+    at("capabilities", process::set_capabilities(&masks))?;
+    if nnp {
+        at("noNewPrivileges", process::set_no_new_privs())?;
+    }
+    at(&format!("cwd {}", p.cwd().display()), sys.chdir(p.cwd()))?;
+    let path = at("exec", process::resolve_executable(p))?;
+    let plan = at("exec", ExecPlan::new(&path, p))?;
+    Ok((plan, late_seccomp))
+}
+
+fn create(ch: &mut InitChannel, cfg: &InitConfig) -> StepResult<Infallible> {
+    let sys = LinuxSyscall;
+    close_inherited_on_exec(cfg.preserve_fds)?;
+    unshare_late_namespaces(cfg)?;
+    let rootfs_cfg = cfg.rootfs.as_ref().ok_or_else(|| InitFailure {
+        step: "rootfs".into(),
+        message: "create without a rootfs".into(),
+    })?;
+    at("rootfs", rootfs::prepare(&sys, rootfs_cfg))?;
+    if cfg.runtime_hooks {
+        at("runtime hooks", ch.send(&InitMsg::RunRuntimeHooks))?;
+        match at("runtime hooks", ch.recv())? {
+            ParentMsg::RuntimeHooksDone => {}
+            other => {
+                return Err(InitFailure {
+                    step: "runtime hooks".into(),
+                    message: format!("unexpected message {other:?}"),
+                });
+            }
+        }
+    }
+    at(
+        "createContainer hooks",
+        hooks::run(
+            HookKind::CreateContainer,
+            cfg.hooks.as_ref(),
+            &hook_state(cfg, ContainerState::Creating),
+        ),
+    )?;
+    at("entering the rootfs", rootfs::enter(&sys, rootfs_cfg))?;
+    write_sysctls(&sys, &cfg.sysctl)?;
+    at("rootfs", rootfs::finish(&sys, rootfs_cfg))?;
+    set_names(&sys, cfg)?;
+    setup_console(&sys, cfg, true)?;
+    join_session_keyring(cfg);
+    let (plan, late_seccomp) = become_container_process(cfg)?;
+    let fifo = cfg.exec_fifo_fd.ok_or_else(|| InitFailure {
+        step: "start".into(),
+        message: "no exec fifo".into(),
+    })?;
+    at("ready", ch.send(&InitMsg::Ready))?;
+    // The parent's `create` is done. What fails from here on is reported in
+    // the state directory (and on stderr) for `start` to pick up.
+    let err = wait_and_exec(cfg, fifo, &plan, late_seccomp);
+    report_start_error(cfg, &err);
+    std::process::exit(1)
+}
+
+/// Blocks until `start` writes to the exec fifo, then runs the
+/// startContainer hooks and execs the container's process.
+fn wait_and_exec(
+    cfg: &InitConfig,
+    fifo: RawFd,
+    plan: &ExecPlan,
+    late_seccomp: Option<SeccompProgram>,
+) -> InitFailure {
+    // SAFETY: the parent passed the fifo, opened read-write, at this number.
+    let mut fifo = unsafe { std::fs::File::from_raw_fd(fifo) };
+    let mut byte = [0u8; 1];
+    loop {
+        match fifo.read(&mut byte) {
+            Ok(1) => break,
+            Ok(_) => continue,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                return InitFailure {
+                    step: "waiting for start".into(),
+                    message: e.to_string(),
+                };
+            }
+        }
+    }
+    if let Err(e) = hooks::run(
+        HookKind::StartContainer,
+        cfg.hooks.as_ref(),
+        &hook_state(cfg, ContainerState::Created),
+    ) {
+        return InitFailure {
+            step: "startContainer hooks".into(),
+            message: e.to_string(),
+        };
+    }
+    if let Some(s) = late_seccomp
+        && let Err(e) = s.install()
+    {
+        return InitFailure {
+            step: "seccomp".into(),
+            message: e.to_string(),
+        };
+    }
+    // The fifo (close-on-exec) closes with the exec: that is how `start`
+    // learns the process is running.
+    let err = plan.exec();
+    InitFailure {
+        step: "exec".into(),
+        message: format!("{:?}: {err}", plan.path()),
+    }
+}
+
+fn report_start_error(cfg: &InitConfig, failure: &InitFailure) {
+    eprintln!("sprout-init: {failure}");
+    if let Some(dirfd) = cfg.state_dir_fd {
+        let name = std::ffi::CString::new(START_ERROR_FILE).unwrap_or_default();
+        // SAFETY: openat relative to the state dir fd the parent passed,
+        // with a valid C string; the fd is closed right after the write.
+        unsafe {
+            let fd = libc::openat(
+                dirfd,
+                name.as_ptr(),
+                libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC | libc::O_NOFOLLOW,
+                0o600,
+            );
+            if fd >= 0 {
+                let msg = failure.to_string();
+                libc::write(fd, msg.as_ptr().cast(), msg.len());
+                libc::close(fd);
+            }
+        }
+    }
+}
+
+fn exec(cfg: &InitConfig) -> StepResult<Infallible> {
+    let sys = LinuxSyscall;
+    close_inherited_on_exec(cfg.preserve_fds)?;
+    setup_console(&sys, cfg, false)?;
+    let (plan, late_seccomp) = become_container_process(cfg)?;
+    if let Some(s) = late_seccomp {
+        at("seccomp", s.install())?;
+    }
+    // On success the channel (close-on-exec) closes: the parent sees EOF.
+    let err = plan.exec();
+    Err(InitFailure {
+        step: "exec".into(),
+        message: format!("{:?}: {err}", plan.path()),
+    })
+}

@@ -1,0 +1,2 @@
+//! sprout: the embedding facade.
+pub use sprout_runtime as runtime;
