@@ -15,6 +15,7 @@ use std::fs;
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
@@ -351,9 +352,12 @@ impl Runtime {
         let fifo_path = dir.exec_fifo();
         mkfifo(&fifo_path)?;
         let fifo = open_rdwr_cloexec(&fifo_path)?;
-        let state_dir: OwnedFd = dir
-            .dir_file()
-            .try_clone()
+        // A separate open (not a dup of the locked fd): a dup would share
+        // the flock and the init would hold the lock until its exec.
+        let state_dir: OwnedFd = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
+            .open(dir.path())
             .map_err(Error::io("state dir fd"))?
             .into();
 
@@ -383,8 +387,13 @@ impl Runtime {
             })?;
         let (parent_ch, init_ch) = channel::pair().map_err(Error::io("channel socketpair"))?;
         let mut pass = vec![init_ch.into_fd(), fifo, state_dir];
+        let console_index = console.is_some().then(|| pass.len());
         if let Some(c) = console {
             pass.push(c);
+        }
+        let mount_index = ns.join_mount.is_some().then(|| pass.len());
+        if let Some(m) = ns.join_mount {
+            pass.push(m);
         }
         let mut req = SpawnRequest {
             new_namespaces: ns.clone_flags,
@@ -472,8 +481,10 @@ impl Runtime {
             personality: linux.personality().clone(),
             exec_fifo_fd: Some(fds[1]),
             state_dir_fd: Some(fds[2]),
-            console_socket_fd: fds.get(3).copied(),
+            console_socket_fd: console_index.map(|i| fds[i]),
             preserve_fds: opts.preserve_fds,
+            join_mount_fd: mount_index.map(|i| fds[i]),
+            join_mount_via_pidfd: false,
             unshare_cgroup_ns: ns.new_cgroup,
             time_offsets,
             new_keyring: !opts.no_new_keyring,
@@ -986,6 +997,11 @@ mod tests {
         );
         let spec: Spec =
             serde_json::from_value(serde_json::json!({"ociVersion": "1.0.2"})).unwrap();
-        assert!(effective_resources(&spec).devices().is_none());
+        assert!(
+            effective_resources(&spec)
+                .devices()
+                .as_ref()
+                .is_none_or(|d| d.is_empty())
+        );
     }
 }

@@ -102,12 +102,17 @@ impl Container {
             _ => None,
         };
         let (mut ch, init_ch) = channel::pair().map_err(Error::io("channel socketpair"))?;
-        let mut pass = vec![init_ch.into_fd()];
+        let mount_pidfd = pidfd.try_clone().map_err(Error::io("dup of pidfd"))?;
+        let mut pass = vec![init_ch.into_fd(), mount_pidfd];
         if let Some(c) = console {
             pass.push(c);
         }
         let cgroup = self.cgroup();
         let join_fd = pidfd.try_clone().map_err(Error::io("dup of pidfd"))?;
+        // Everything but the mount namespace before the exec; the init
+        // joins that one itself (see InitConfig::join_mount_fd).
+        let joins_mount = flags & libc::CLONE_NEWNS != 0;
+        let flags = flags & !libc::CLONE_NEWNS;
         let mut req = SpawnRequest {
             new_namespaces: 0,
             joins: if flags != 0 {
@@ -160,9 +165,11 @@ impl Container {
             seccomp: linux.seccomp().clone(),
             personality: linux.personality().clone(),
             exec_fifo_fd: None,
-            console_socket_fd: fds.get(1).copied(),
+            console_socket_fd: fds.get(2).copied(),
             state_dir_fd: None,
             preserve_fds: opts.preserve_fds,
+            join_mount_fd: joins_mount.then_some(fds[1]),
+            join_mount_via_pidfd: true,
             unshare_cgroup_ns: false,
             time_offsets: None,
             new_keyring: false,

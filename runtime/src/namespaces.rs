@@ -26,9 +26,12 @@ pub fn clone_flag(t: LinuxNamespaceType) -> i32 {
 pub struct NamespacePlan {
     /// Flags for clone3.
     pub clone_flags: u64,
-    /// Joined by path, user namespace first (so that joining the others is
-    /// checked against it).
+    /// Joined by path before the exec, user namespace first (so that
+    /// joining the others is checked against it).
     pub joins: Vec<NamespaceJoin>,
+    /// A mount namespace joined by path: the init joins it itself, after
+    /// its own binary is loaded (inside, the helper's path may not exist).
+    pub join_mount: Option<OwnedFd>,
     pub joins_pid: bool,
     pub new_user: bool,
     pub new_cgroup: bool,
@@ -80,6 +83,10 @@ pub fn plan(namespaces: &[LinuxNamespace]) -> Result<NamespacePlan, NamespaceErr
     }
     joins.sort_by_key(|(t, _)| *t != LinuxNamespaceType::User);
     for (t, fd) in joins {
+        if t == LinuxNamespaceType::Mount {
+            p.join_mount = Some(fd);
+            continue;
+        }
         if t == LinuxNamespaceType::Pid {
             p.joins_pid = true;
         }

@@ -453,9 +453,11 @@ unsafe fn child_main(plan: &ChildPlan) -> ! {
             }
         }
         if plan.via_intermediate {
+            // With CLONE_PARENT clone3 wants exit_signal 0: the child
+            // inherits ours (SIGCHLD), as a sibling of ours.
             let mut args = CloneArgs {
                 flags: CLONE_PARENT | plan.grandchild_flags,
-                exit_signal: libc::SIGCHLD as u64,
+                exit_signal: 0,
                 cgroup: plan.cgroup.max(0) as u64,
                 ..Default::default()
             };

@@ -205,7 +205,8 @@ pub const EXEC_FIFO: &str = "exec.fifo";
 pub struct ContainerDir {
     id: String,
     path: PathBuf,
-    lock: File,
+    /// Held only for its `flock`, released when the handle is dropped.
+    _lock: File,
 }
 
 impl ContainerDir {
@@ -236,7 +237,7 @@ impl ContainerDir {
         Ok(Self {
             id: id.to_string(),
             path,
-            lock,
+            _lock: lock,
         })
     }
 
@@ -246,11 +247,6 @@ impl ContainerDir {
 
     pub fn path(&self) -> &Path {
         &self.path
-    }
-
-    /// The directory itself (for handing an `O_PATH` copy to the init).
-    pub fn dir_file(&self) -> &File {
-        &self.lock
     }
 
     pub fn exec_fifo(&self) -> PathBuf {

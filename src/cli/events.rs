@@ -36,7 +36,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "h" => n * 3600.0,
         _ => return Err(format!("bad duration unit in {s:?} (use ms, s, m or h)")),
     };
-    if !(secs > 0.0) {
+    if secs.is_nan() || secs <= 0.0 {
         return Err(format!("duration {s:?} must be positive"));
     }
     Ok(Duration::from_secs_f64(secs))
@@ -61,14 +61,16 @@ pub fn events(g: &GlobalOpts, a: EventsArgs) -> Result<u8> {
         print(&stats_event(&container)?);
         return Ok(0);
     }
-    let watcher = container.cgroup().oom_watcher()?;
+    let mut watcher = container.cgroup().oom_watcher()?;
     let id = a.id.clone();
     std::thread::spawn(move || {
         loop {
-            match watcher.wait(Duration::from_secs(1)) {
-                Ok(Some(_)) => print(&serde_json::json!({"type": "oom", "id": id})),
+            match watcher.wait(Some(Duration::from_secs(1))) {
+                Ok(Some(sprout::runtime::cgroups::OomEvent::Oom { .. })) => {
+                    print(&serde_json::json!({"type": "oom", "id": id}))
+                }
+                Ok(Some(_)) | Err(_) => break,
                 Ok(None) => {}
-                Err(_) => break,
             }
         }
     });

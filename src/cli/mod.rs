@@ -58,7 +58,7 @@ pub struct GlobalOpts {
     #[arg(long, global = true, hide = true)]
     pub criu: Option<String>,
     /// Accepted for compatibility with runc ("auto", "false"); rootless mode is not supported.
-    #[arg(long, global = true, hide = true)]
+    #[arg(long, global = true, hide = true, num_args = 0..=1, default_missing_value = "true")]
     pub rootless: Option<String>,
     /// Print the version.
     #[arg(short = 'v', long = "version", global = false)]

@@ -11,9 +11,6 @@ pub struct SpecArgs {
     /// Directory to write config.json into.
     #[arg(short = 'b', long, default_value = ".")]
     pub bundle: PathBuf,
-    /// Accepted for runc compatibility; rootless specs are not supported.
-    #[arg(long)]
-    pub rootless: bool,
 }
 
 /// The default spec: busybox-friendly, isolated, like runc's.
@@ -65,9 +62,6 @@ pub fn default_spec() -> serde_json::Value {
 }
 
 pub fn spec(a: SpecArgs) -> Result<u8> {
-    if a.rootless {
-        bail!("--rootless: rootless mode is not supported");
-    }
     let path = a.bundle.join("config.json");
     if path.exists() {
         bail!("File {} exists. Remove it first", path.display());

@@ -71,6 +71,11 @@ pub struct InitConfig {
     /// The container's state directory, for an error report after `start`.
     pub state_dir_fd: Option<RawFd>,
     pub preserve_fds: u32,
+    /// Join this mount namespace first thing: an fd of a namespace file,
+    /// or a pidfd (`join_mount_via_pidfd`). Joined here rather than before
+    /// the exec, so the helper binary and its libraries were reachable.
+    pub join_mount_fd: Option<RawFd>,
+    pub join_mount_via_pidfd: bool,
     pub unshare_cgroup_ns: bool,
     /// `linux.timeOffsets` for a new time namespace (unshared here, so the
     /// offsets can be written before any process is inside).
@@ -120,6 +125,29 @@ pub fn main() -> ! {
     };
     let _ = ch.send(&InitMsg::Failed(failure));
     std::process::exit(1);
+}
+
+fn join_mount_namespace(cfg: &InitConfig) -> StepResult<()> {
+    let Some(fd) = cfg.join_mount_fd else {
+        return Ok(());
+    };
+    let nstype = if cfg.join_mount_via_pidfd {
+        libc::CLONE_NEWNS
+    } else {
+        0
+    };
+    // SAFETY: setns on an fd the parent passed; we are single-threaded.
+    let r = unsafe { libc::setns(fd, nstype) };
+    // SAFETY: the fd is ours and no longer needed.
+    unsafe { libc::close(fd) };
+    at(
+        "joining the mount namespace",
+        if r < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        },
+    )
 }
 
 /// Marks every inherited descriptor above the preserved ones close-on-exec:
@@ -316,7 +344,7 @@ fn set_io_priority(process: &Process) -> StepResult<()> {
         IoprioClassBe => 2,
         IoprioClassIdle => 3,
     };
-    let value = (class << 13) | (prio.priority() as i64 & 0xff);
+    let value = (class << 13) | (prio.priority() & 0xff);
     // SAFETY: ioprio_set(IOPRIO_WHO_PROCESS, self, value).
     let r = unsafe { libc::syscall(libc::SYS_ioprio_set, 1, 0, value) };
     at(
@@ -375,6 +403,7 @@ fn become_container_process(cfg: &InitConfig) -> StepResult<(ExecPlan, Option<Se
 
 fn create(ch: &mut InitChannel, cfg: &InitConfig) -> StepResult<Infallible> {
     let sys = LinuxSyscall;
+    join_mount_namespace(cfg)?;
     close_inherited_on_exec(cfg.preserve_fds)?;
     unshare_late_namespaces(cfg)?;
     let rootfs_cfg = cfg.rootfs.as_ref().ok_or_else(|| InitFailure {
@@ -455,6 +484,7 @@ fn wait_and_exec(
             message: e.to_string(),
         };
     }
+    plan.prepare();
     if let Some(s) = late_seccomp
         && let Err(e) = s.install()
     {
@@ -496,9 +526,11 @@ fn report_start_error(cfg: &InitConfig, failure: &InitFailure) {
 
 fn exec(cfg: &InitConfig) -> StepResult<Infallible> {
     let sys = LinuxSyscall;
+    join_mount_namespace(cfg)?;
     close_inherited_on_exec(cfg.preserve_fds)?;
     setup_console(&sys, cfg, false)?;
     let (plan, late_seccomp) = become_container_process(cfg)?;
+    plan.prepare();
     if let Some(s) = late_seccomp {
         at("seccomp", s.install())?;
     }

@@ -268,8 +268,13 @@ pub fn set_capabilities(m: &CapMasks) -> Result<(), ProcessError> {
     if unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) } < 0 {
         return Err(last_err("capset"));
     }
+    // The kernel only lets a capability be ambient if it is permitted and
+    // inheritable. runc's default spec lists ambient capabilities without
+    // inheritable ones and runc silently skips them (its capability
+    // library drops the EPERM), so tools rely on that: skip them too.
+    let raisable = m.ambient & m.permitted & m.inheritable;
     for bit in 0..64 {
-        if m.ambient & (1u64 << bit) != 0 {
+        if raisable & (1u64 << bit) != 0 {
             // SAFETY: prctl with plain integer arguments.
             let r = unsafe {
                 libc::prctl(
@@ -300,9 +305,20 @@ pub fn set_no_new_privs() -> Result<(), ProcessError> {
 /// itself allocates nothing.
 pub struct ExecPlan {
     path: CString,
-    argv: Vec<CString>,
-    envp: Vec<CString>,
+    // The pointer arrays point into these.
+    _argv: Vec<CString>,
+    _envp: Vec<CString>,
+    argv_ptrs: Vec<*const libc::c_char>,
+    envp_ptrs: Vec<*const libc::c_char>,
     umask: u32,
+}
+
+fn pointers(strings: &[CString]) -> Vec<*const libc::c_char> {
+    strings
+        .iter()
+        .map(|a| a.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect()
 }
 
 impl ExecPlan {
@@ -313,46 +329,51 @@ impl ExecPlan {
                 reason: "argument or environment contains a NUL byte".into(),
             })
         };
+        let argv: Vec<CString> = process
+            .args()
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .map(|a| c(a.as_bytes()))
+            .collect::<Result<_, _>>()?;
+        let envp: Vec<CString> = process
+            .env()
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .map(|a| c(a.as_bytes()))
+            .collect::<Result<_, _>>()?;
         Ok(Self {
             path: c(path.as_os_str().as_bytes())?,
-            argv: process
-                .args()
-                .as_deref()
-                .unwrap_or_default()
-                .iter()
-                .map(|a| c(a.as_bytes()))
-                .collect::<Result<_, _>>()?,
-            envp: process
-                .env()
-                .as_deref()
-                .unwrap_or_default()
-                .iter()
-                .map(|a| c(a.as_bytes()))
-                .collect::<Result<_, _>>()?,
+            argv_ptrs: pointers(&argv),
+            envp_ptrs: pointers(&envp),
+            _argv: argv,
+            _envp: envp,
             umask: process.user().umask().unwrap_or(0o022),
         })
     }
 
-    /// Resets signals, sets the umask and execs. Returns only on failure.
-    pub fn exec(&self) -> io::Error {
+    /// The last steps before the exec that are not the exec itself:
+    /// default signal dispositions, an empty mask, the umask. Runs before
+    /// a late seccomp filter is installed, which need not allow them.
+    pub fn prepare(&self) {
         reset_signals();
         // SAFETY: umask is always safe.
         unsafe { libc::umask(self.umask as libc::mode_t) };
-        let argv: Vec<*const libc::c_char> = self
-            .argv
-            .iter()
-            .map(|a| a.as_ptr())
-            .chain(std::iter::once(std::ptr::null()))
-            .collect();
-        let envp: Vec<*const libc::c_char> = self
-            .envp
-            .iter()
-            .map(|a| a.as_ptr())
-            .chain(std::iter::once(std::ptr::null()))
-            .collect();
+    }
+
+    /// `execve`; returns only on failure. Allocates nothing: argv and
+    /// envp were built in `new`.
+    pub fn exec(&self) -> io::Error {
         // SAFETY: NULL-terminated arrays of valid C strings that outlive
         // the call.
-        unsafe { libc::execve(self.path.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+        unsafe {
+            libc::execve(
+                self.path.as_ptr(),
+                self.argv_ptrs.as_ptr(),
+                self.envp_ptrs.as_ptr(),
+            )
+        };
         io::Error::last_os_error()
     }
 

@@ -1,0 +1,343 @@
+//! Shared test harness: busybox bundles built at test time, a private
+//! state root per test, the `sprout` binary, and leftover checks.
+#![allow(dead_code)]
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+pub fn sprout_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_sprout")
+}
+
+pub fn init_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_sprout-init")
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A unique, valid container id for this test run.
+pub fn unique_id(name: &str) -> String {
+    format!(
+        "{name}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Fills `rootfs` with a static busybox and its applet links.
+pub fn make_busybox_rootfs(rootfs: &Path) {
+    for d in [
+        "bin", "proc", "dev", "sys", "tmp", "etc", "root", "var", "usr/bin", "data",
+    ] {
+        fs::create_dir_all(rootfs.join(d)).unwrap();
+    }
+    fs::set_permissions(rootfs.join("tmp"), fs::Permissions::from_mode(0o1777)).unwrap();
+    fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
+    let list = Command::new("/bin/busybox").arg("--list").output().unwrap();
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        if applet == "busybox" {
+            continue;
+        }
+        let _ = std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet));
+    }
+    fs::write(
+        rootfs.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
+    )
+    .unwrap();
+    fs::write(
+        rootfs.join("etc/group"),
+        "root:x:0:\ntty:x:5:\nnogroup:x:65534:\n",
+    )
+    .unwrap();
+}
+
+/// A busybox bundle in a temp dir with its own state root and a config
+/// close to `sprout spec`'s, but without a terminal.
+pub struct Sandbox {
+    pub dir: tempfile::TempDir,
+    pub root: PathBuf,
+    pub bundle: PathBuf,
+    pub id: String,
+    pub cgroup: String,
+    config: serde_json::Value,
+}
+
+impl Sandbox {
+    pub fn new(name: &str) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("sprout-test-")
+            .tempdir()
+            .unwrap();
+        let root = dir.path().join("state");
+        let bundle = dir.path().join("bundle");
+        make_busybox_rootfs(&bundle.join("rootfs"));
+        let id = unique_id(name);
+        let cgroup = format!("sprout-test-{id}");
+        let config = default_config(&["true"], &cgroup);
+        let s = Sandbox {
+            dir,
+            root,
+            bundle,
+            id,
+            cgroup,
+            config,
+        };
+        s.write_config();
+        s
+    }
+
+    pub fn config(&mut self) -> &mut serde_json::Value {
+        &mut self.config
+    }
+
+    /// Writes the (possibly edited) config to the bundle.
+    pub fn write_config(&self) {
+        fs::write(
+            self.bundle.join("config.json"),
+            serde_json::to_vec_pretty(&self.config).unwrap(),
+        )
+        .unwrap();
+    }
+
+    pub fn set_args(&mut self, args: &[&str]) {
+        self.config["process"]["args"] = serde_json::json!(args);
+        self.write_config();
+    }
+
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(sprout_bin());
+        c.arg("--root").arg(&self.root);
+        c
+    }
+
+    /// Runs `sprout --root <root> args...` and returns its output.
+    ///
+    /// stdout and stderr go to files, not pipes: a detached container
+    /// inherits them (as with runc) and would keep a pipe open forever.
+    pub fn sprout(&self, args: &[&str]) -> Output {
+        run_to_files(self.cmd().args(args), self.dir.path())
+    }
+
+    /// Like `sprout`, panicking with the stderr if it fails.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.sprout(args);
+        assert!(
+            out.status.success(),
+            "sprout {args:?} failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Like `sprout`, expecting failure; returns stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.sprout(args);
+        assert!(
+            !out.status.success(),
+            "sprout {args:?} should have failed; stdout: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    pub fn bundle_str(&self) -> &str {
+        self.bundle.to_str().unwrap()
+    }
+
+    pub fn state(&self, id: &str) -> serde_json::Value {
+        serde_json::from_str(&self.ok(&["state", id])).unwrap()
+    }
+
+    pub fn status(&self, id: &str) -> String {
+        self.state(id)["status"].as_str().unwrap().to_string()
+    }
+
+    /// Asserts nothing of container `id` is left: state, cgroups, mounts,
+    /// processes.
+    pub fn assert_clean(&self, id: &str) {
+        assert!(
+            !self.root.join(id).exists(),
+            "state dir of {id} left behind"
+        );
+        let cg = cgroup_leftovers(&self.cgroup);
+        assert!(cg.is_empty(), "cgroups left behind: {cg:?}");
+        let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let tmp = self.dir.path().to_str().unwrap();
+        assert!(!mounts.contains(tmp), "mounts under {tmp} left behind");
+        let procs = processes_in_cgroup_named(&self.cgroup);
+        assert!(procs.is_empty(), "processes left behind: {procs:?}");
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        // Best effort for failed tests: remove every container this
+        // sandbox's state root still knows.
+        if let Ok(entries) = fs::read_dir(&self.root) {
+            for e in entries.flatten() {
+                let id = e.file_name().to_string_lossy().into_owned();
+                let _ = self.sprout(&["delete", "--force", &id]);
+            }
+        }
+    }
+}
+
+static OUTPUT_COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// Runs `cmd` with stdin from /dev/null and stdout/stderr captured in
+/// files under `dir`.
+pub fn run_to_files(cmd: &mut Command, dir: &Path) -> Output {
+    let n = OUTPUT_COUNTER.fetch_add(1, Ordering::Relaxed);
+    let out_path = dir.join(format!(".out-{n}"));
+    let err_path = dir.join(format!(".err-{n}"));
+    let status = cmd
+        .stdin(Stdio::null())
+        .stdout(fs::File::create(&out_path).unwrap())
+        .stderr(fs::File::create(&err_path).unwrap())
+        .status()
+        .expect("running sprout");
+    let output = Output {
+        status,
+        stdout: fs::read(&out_path).unwrap_or_default(),
+        stderr: fs::read(&err_path).unwrap_or_default(),
+    };
+    let _ = fs::remove_file(out_path);
+    let _ = fs::remove_file(err_path);
+    output
+}
+
+/// A config close to `runc spec`'s, with the given args, no terminal, and
+/// a relative cgroupsPath (so cgroups land under the test's own).
+pub fn default_config(args: &[&str], cgroup: &str) -> serde_json::Value {
+    serde_json::json!({
+        "ociVersion": "1.2.0",
+        "process": {
+            "terminal": false,
+            "user": {"uid": 0, "gid": 0},
+            "args": args,
+            "env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root"],
+            "cwd": "/",
+            "capabilities": {
+                "bounding": ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"],
+                "effective": ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"],
+                "permitted": ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"],
+                "ambient": ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"]
+            },
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
+            "noNewPrivileges": true
+        },
+        "root": {"path": "rootfs", "readonly": false},
+        "hostname": "sprout-test",
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+            {"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]},
+            {"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
+            {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]},
+            {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]},
+            {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}
+        ],
+        "linux": {
+            "cgroupsPath": cgroup,
+            "resources": {"devices": [{"allow": false, "access": "rwm"}]},
+            "namespaces": [
+                {"type": "pid"}, {"type": "network"}, {"type": "ipc"},
+                {"type": "uts"}, {"type": "mount"}, {"type": "cgroup"}
+            ],
+            "maskedPaths": [
+                "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+                "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware", "/proc/scsi"
+            ],
+            "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
+        }
+    })
+}
+
+/// cgroup directories whose name contains `name`, in any hierarchy.
+pub fn cgroup_leftovers(name: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    fn walk(dir: &Path, name: &str, depth: u32, found: &mut Vec<PathBuf>) {
+        if depth == 0 {
+            return;
+        }
+        let Ok(entries) = fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let Ok(ft) = e.file_type() else { continue };
+            if !ft.is_dir() {
+                continue;
+            }
+            let p = e.path();
+            if e.file_name().to_string_lossy().contains(name) {
+                found.push(p.clone());
+            }
+            walk(&p, name, depth - 1, found);
+        }
+    }
+    walk(Path::new("/sys/fs/cgroup"), name, 5, &mut found);
+    found
+}
+
+/// Pids of live processes whose cgroup path mentions `name`. Zombies are
+/// not counted: an orphaned container init that exited is reaped by pid 1
+/// on its own schedule and holds nothing but its pid.
+pub fn processes_in_cgroup_named(name: &str) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for e in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if let Ok(cg) = fs::read_to_string(format!("/proc/{pid}/cgroup"))
+            && cg.contains(name)
+            && pid_alive(pid)
+        {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// Polls `cond` until it holds or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    cond()
+}
+
+pub fn pid_alive(pid: i32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            let st = s.rsplit_once(") ").map(|x| x.1).unwrap_or("");
+            !st.starts_with('Z') && !st.starts_with('X')
+        })
+        .unwrap_or(false)
+}
+
+/// The memory cgroup directory the caller itself is in (tests put
+/// relative cgroups below it).
+pub fn own_cgroup_dir(controller: &str) -> PathBuf {
+    let text = fs::read_to_string("/proc/self/cgroup").unwrap();
+    for line in text.lines() {
+        let mut p = line.splitn(3, ':');
+        let (_, ctrls, path) = (p.next().unwrap(), p.next().unwrap(), p.next().unwrap());
+        if ctrls.split(',').any(|c| c == controller) {
+            return Path::new("/sys/fs/cgroup")
+                .join(controller)
+                .join(path.trim_start_matches('/'));
+        }
+    }
+    panic!("no {controller} cgroup");
+}

@@ -1,0 +1,633 @@
+//! The `sprout` CLI against the real kernel: lifecycle, isolation, mounts,
+//! capabilities, seccomp, cgroup limits, hooks, exec, pause/resume.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::*;
+
+/// Runs the container in the foreground with `args` as its process.
+fn run_with(s: &mut Sandbox, args: &[&str]) -> (i32, String, String) {
+    s.set_args(args);
+    let out = s.sprout(&["run", "--bundle", s.bundle_str(), &s.id]);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn run_passes_exit_code_and_output_and_cleans_up() {
+    let mut s = Sandbox::new("exit");
+    let (code, out, err) = run_with(&mut s, &["sh", "-c", "echo hello; echo oops >&2; exit 7"]);
+    assert_eq!(code, 7, "stderr: {err}");
+    assert_eq!(out, "hello\n");
+    assert!(err.contains("oops"));
+    s.assert_clean(&s.id.clone());
+}
+
+#[test]
+fn lifecycle_create_start_state_kill_delete() {
+    let mut s = Sandbox::new("life");
+    s.set_args(&["sleep", "1000"]);
+    let id = s.id.clone();
+    let pidfile = s.dir.path().join("pid");
+    s.ok(&[
+        "create",
+        "--bundle",
+        s.bundle_str(),
+        "--pid-file",
+        pidfile.to_str().unwrap(),
+        &id,
+    ]);
+    let st = s.state(&id);
+    assert_eq!(st["status"], "created");
+    let pid = st["pid"].as_i64().unwrap() as i32;
+    assert_eq!(fs::read_to_string(&pidfile).unwrap(), pid.to_string());
+    assert_eq!(st["bundle"], s.bundle_str());
+    // A created container cannot be created again.
+    let err = s.fails(&["create", "--bundle", s.bundle_str(), &id]);
+    assert!(err.contains("already exists"), "{err}");
+    // Not yet running: the process is the init, waiting.
+    assert!(pid_alive(pid));
+    s.ok(&["start", &id]);
+    assert_eq!(s.status(&id), "running");
+    let err = s.fails(&["start", &id]);
+    assert!(err.contains("running"), "{err}");
+    let list = s.ok(&["list", "--format", "json"]);
+    let list: serde_json::Value = serde_json::from_str(&list).unwrap();
+    assert_eq!(list[0]["id"], id.as_str());
+    assert_eq!(list[0]["status"], "running");
+    assert!(s.ok(&["list"]).contains(&id));
+    let err = s.fails(&["delete", &id]);
+    assert!(err.contains("running"), "{err}");
+    s.ok(&["kill", &id, "KILL"]);
+    assert!(wait_until(Duration::from_secs(5), || s.status(&id) == "stopped"));
+    assert_eq!(s.state(&id)["pid"], 0);
+    s.ok(&["delete", &id]);
+    s.assert_clean(&id);
+    let err = s.fails(&["state", &id]);
+    assert!(err.contains("does not exist"), "{err}");
+}
+
+#[test]
+fn delete_force_and_kill_all() {
+    let mut s = Sandbox::new("force");
+    s.set_args(&["sh", "-c", "sleep 1000 & sleep 1000 & wait"]);
+    let id = s.id.clone();
+    s.ok(&["run", "--detach", "--bundle", s.bundle_str(), &id]);
+    assert!(wait_until(Duration::from_secs(5), || {
+        serde_json::from_str::<Vec<i32>>(&s.ok(&["ps", "--format", "json", &id]))
+            .unwrap()
+            .len()
+            == 3
+    }));
+    let table = s.ok(&["ps", &id]);
+    assert!(table.lines().next().unwrap().contains("PID"));
+    assert!(table.lines().count() >= 4, "{table}");
+    s.ok(&["kill", "--all", &id, "TERM"]);
+    assert!(wait_until(Duration::from_secs(5), || s.status(&id) == "stopped"));
+    s.ok(&["delete", &id]);
+    s.assert_clean(&id);
+
+    // delete --force on a running container.
+    let id2 = unique_id("force2");
+    s.set_args(&["sleep", "1000"]);
+    s.ok(&["run", "-d", "--bundle", s.bundle_str(), &id2]);
+    s.ok(&["delete", "--force", &id2]);
+    s.assert_clean(&id2);
+    // --force on a missing container is not an error (runc).
+    s.ok(&["delete", "--force", &id2]);
+}
+
+#[test]
+fn namespaces_are_isolated() {
+    let mut s = Sandbox::new("ns");
+    s.config()["linux"]["namespaces"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({"type": "time"}));
+    s.config()["linux"]["timeOffsets"] =
+        serde_json::json!({"boottime": {"secs": 86400000, "nanosecs": 0}});
+    let (code, out, err) = run_with(
+        &mut s,
+        &[
+            "sh",
+            "-c",
+            "echo pid=$$; hostname; for n in net ipc uts mnt pid cgroup time; do echo $n=$(readlink /proc/self/ns/$n); done; cut -d' ' -f1 /proc/uptime; cat /proc/self/cgroup",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("pid=1\n"), "{out}");
+    assert!(out.contains("sprout-test\n"), "{out}");
+    for n in ["net", "ipc", "uts", "mnt", "pid", "cgroup", "time"] {
+        let host = fs::read_link(format!("/proc/self/ns/{n}")).unwrap();
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(&format!("{n}=")))
+            .unwrap();
+        assert_ne!(
+            line,
+            format!("{n}={}", host.display()),
+            "{n} namespace is shared with the host"
+        );
+    }
+    let uptime: f64 = out
+        .lines()
+        .find(|l| l.chars().next().is_some_and(|c| c.is_ascii_digit()))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        uptime > 86_400_000.0,
+        "boottime offset not applied: {uptime}"
+    );
+    // The cgroup namespace is rooted at the container's own cgroup.
+    assert!(out.lines().any(|l| l.ends_with(":/")), "{out}");
+    s.assert_clean(&s.id.clone());
+}
+
+#[test]
+fn joins_network_namespace_by_path() {
+    let name = unique_id("netns");
+    let st = std::process::Command::new("ip")
+        .args(["netns", "add", &name])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    struct Del(String);
+    impl Drop for Del {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", &self.0])
+                .status();
+        }
+    }
+    let _del = Del(name.clone());
+    let path = format!("/var/run/netns/{name}");
+    let ino = fs::metadata(&path)
+        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+        .unwrap();
+    let mut s = Sandbox::new("joinnet");
+    for ns in s.config()["linux"]["namespaces"].as_array_mut().unwrap() {
+        if ns["type"] == "network" {
+            ns["path"] = path.clone().into();
+        }
+    }
+    let (code, out, err) = run_with(&mut s, &["readlink", "/proc/self/ns/net"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), format!("net:[{ino}]"));
+    s.assert_clean(&s.id.clone());
+}
+
+#[test]
+fn user_namespace_with_id_maps() {
+    let mut s = Sandbox::new("userns");
+    s.config()["linux"]["namespaces"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({"type": "user"}));
+    s.config()["linux"]["uidMappings"] =
+        serde_json::json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+    s.config()["linux"]["gidMappings"] =
+        serde_json::json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+    // sysfs cannot be mounted by a user namespace that does not own the
+    // network namespace's... it does own it here; keep the default mounts.
+    let (code, out, err) = run_with(&mut s, &["sh", "-c", "id -u; cat /proc/self/uid_map"]);
+    assert_eq!(code, 0, "{err}");
+    let mut lines = out.lines();
+    assert_eq!(lines.next(), Some("0"));
+    let map: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(map, ["0", "100000", "65536"]);
+    s.assert_clean(&s.id.clone());
+}
+
+#[test]
+fn mounts_masked_and_readonly_paths() {
+    let mut s = Sandbox::new("mounts");
+    let host_dir = s.dir.path().join("shared");
+    fs::create_dir(&host_dir).unwrap();
+    fs::write(host_dir.join("file"), "from-host").unwrap();
+    s.config()["mounts"].as_array_mut().unwrap().extend([
+        serde_json::json!({"destination": "/data/ro", "type": "bind", "source": host_dir, "options": ["rbind", "ro"]}),
+        serde_json::json!({"destination": "/scratch", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "size=1m", "mode=700"]}),
+    ]);
+    s.config()["root"]["readonly"] = true.into();
+    let script = "cat /data/ro/file; echo; \
+        (echo x > /data/ro/new) 2>/dev/null && echo ro-bind-writable || echo ro-bind-ok; \
+        (touch /rootfile) 2>/dev/null && echo root-writable || echo root-ro-ok; \
+        echo y > /scratch/f && echo tmpfs-ok; stat -c %a /scratch; \
+        wc -c < /proc/keys; \
+        (echo 1 > /proc/sys/kernel/ns_last_pid) 2>/dev/null && echo procsys-writable || echo procsys-ro-ok; \
+        ls /dev; readlink /dev/ptmx; readlink /dev/fd";
+    let (code, out, err) = run_with(&mut s, &["sh", "-c", script]);
+    assert_eq!(code, 0, "{err}");
+    for want in [
+        "from-host",
+        "ro-bind-ok",
+        "root-ro-ok",
+        "tmpfs-ok",
+        "procsys-ro-ok",
+        "700\n",
+        "pts/ptmx",
+        "/proc/self/fd",
+    ] {
+        assert!(out.contains(want), "missing {want:?} in {out}");
+    }
+    // /proc/keys is masked (bound to /dev/null): reads as empty.
+    assert!(out.lines().any(|l| l.trim() == "0"), "{out}");
+    for dev in [
+        "null", "zero", "full", "random", "urandom", "tty", "pts", "shm", "mqueue",
+    ] {
+        assert!(out.lines().any(|l| l == dev), "/dev/{dev} missing: {out}");
+    }
+    assert_eq!(fs::read_dir(&host_dir).unwrap().count(), 1);
+    s.assert_clean(&s.id.clone());
+}
+
+fn cap_mask(names: &[u32]) -> u64 {
+    names.iter().fold(0, |m, b| m | (1u64 << b))
+}
+
+#[test]
+fn capabilities_are_what_the_spec_says() {
+    let mut s = Sandbox::new("caps");
+    s.config()["process"]["capabilities"] = serde_json::json!({
+        "bounding": ["CAP_KILL", "CAP_NET_BIND_SERVICE", "CAP_CHOWN"],
+        "effective": ["CAP_KILL", "CAP_CHOWN"],
+        "permitted": ["CAP_KILL", "CAP_CHOWN"],
+        "inheritable": ["CAP_KILL"],
+        "ambient": ["CAP_KILL"]
+    });
+    let (code, out, err) = run_with(&mut s, &["grep", "^Cap", "/proc/self/status"]);
+    assert_eq!(code, 0, "{err}");
+    let get = |k: &str| -> u64 {
+        let line = out.lines().find(|l| l.starts_with(k)).unwrap();
+        u64::from_str_radix(line.split_whitespace().nth(1).unwrap(), 16).unwrap()
+    };
+    // CAP_CHOWN=0, CAP_KILL=5, CAP_NET_BIND_SERVICE=10. Root's exec would
+    // gain the whole bounding set, but noNewPrivileges caps the new
+    // permitted set at the old one.
+    assert_eq!(get("CapBnd:"), cap_mask(&[0, 5, 10]));
+    assert_eq!(get("CapAmb:"), cap_mask(&[5]));
+    assert_eq!(get("CapInh:"), cap_mask(&[5]));
+    assert_eq!(get("CapPrm:"), cap_mask(&[0, 5]));
+    assert_eq!(get("CapEff:"), cap_mask(&[0, 5]));
+    s.assert_clean(&s.id.clone());
+
+    // A non-root user gets exactly the ambient set.
+    let mut s = Sandbox::new("caps-user");
+    s.config()["process"]["user"] = serde_json::json!({"uid": 65534, "gid": 65534});
+    s.config()["process"]["capabilities"] = serde_json::json!({
+        "bounding": ["CAP_KILL", "CAP_NET_BIND_SERVICE"],
+        "effective": ["CAP_NET_BIND_SERVICE"],
+        "permitted": ["CAP_NET_BIND_SERVICE"],
+        "inheritable": ["CAP_NET_BIND_SERVICE"],
+        "ambient": ["CAP_NET_BIND_SERVICE"]
+    });
+    let (code, out, err) = run_with(
+        &mut s,
+        &["sh", "-c", "id -u; grep ^CapEff /proc/self/status"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("65534\n"), "{out}");
+    let eff = u64::from_str_radix(
+        out.lines()
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .nth(1)
+            .unwrap(),
+        16,
+    )
+    .unwrap();
+    assert_eq!(eff, cap_mask(&[10]));
+    s.assert_clean(&s.id.clone());
+}
+
+fn sysprobe() -> &'static Path {
+    use std::sync::OnceLock;
+    static PROBE: OnceLock<std::path::PathBuf> = OnceLock::new();
+    PROBE.get_or_init(|| {
+        let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("sysprobe");
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/programs/sysprobe.c");
+        let st = std::process::Command::new("gcc")
+            .args(["-static", "-O2", "-o"])
+            .arg(&out)
+            .arg(&src)
+            .status()
+            .expect("gcc");
+        assert!(st.success(), "building sysprobe");
+        out
+    })
+}
+
+#[test]
+fn seccomp_profile_kill_default_allow_list_and_errno_rules() {
+    let mut s = Sandbox::new("seccomp");
+    fs::copy(sysprobe(), s.bundle.join("rootfs/bin/sysprobe")).unwrap();
+    let allow = [
+        "execve",
+        "arch_prctl",
+        "brk",
+        "set_tid_address",
+        "set_robust_list",
+        "rseq",
+        "prlimit64",
+        "mprotect",
+        "readlink",
+        "readlinkat",
+        "getrandom",
+        "newfstatat",
+        "fstat",
+        "write",
+        "exit_group",
+        "exit",
+        "getpid",
+        "uname",
+        "mmap",
+        "munmap",
+        "ioctl",
+        "pause",
+    ];
+    s.config()["linux"]["seccomp"] = serde_json::json!({
+        "defaultAction": "SCMP_ACT_KILL_PROCESS",
+        "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
+        "syscalls": [
+            {"names": allow, "action": "SCMP_ACT_ALLOW"},
+            {"names": ["personality"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38,
+             "args": [{"index": 0, "value": 4294967295u64, "op": "SCMP_CMP_EQ"}]},
+            {"names": ["getpriority"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13,
+             "args": [{"index": 0, "value": 0, "op": "SCMP_CMP_EQ"}]},
+            {"names": ["getpriority"], "action": "SCMP_ACT_ALLOW",
+             "args": [{"index": 0, "value": 2, "op": "SCMP_CMP_EQ"}]}
+        ]
+    });
+    let cases: [(&str, Option<&str>); 6] = [
+        // allowed outright
+        ("getpid", Some("ret=1 errno=0")),
+        // ERRNO rule whose argument matches: its own errno
+        ("personality-query", Some("errno=38")),
+        // same syscall, other argument: no rule names it -> default KILL
+        ("personality-linux", None),
+        // second ERRNO rule with another errno
+        ("getpriority-process", Some("errno=13")),
+        // allowed by the argument-conditioned ALLOW rule
+        ("getpriority-user", Some("errno=0")),
+        // not listed at all -> KILL
+        ("getppid", None),
+    ];
+    for (call, want) in cases {
+        s.id = unique_id("seccomp");
+        let (code, out, err) = run_with(&mut s, &["/bin/sysprobe", call]);
+        match want {
+            Some(w) => {
+                assert_eq!(code, 0, "{call}: {err}");
+                assert!(out.contains(w), "{call}: got {out:?}, want {w}");
+            }
+            None => assert_eq!(code, 128 + 31, "{call} should die of SIGSYS: {out} {err}"),
+        }
+        s.assert_clean(&s.id.clone());
+    }
+}
+
+#[test]
+fn pids_limit_stops_a_fork_loop() {
+    let mut s = Sandbox::new("pids");
+    s.config()["linux"]["resources"]["pids"] = serde_json::json!({"limit": 8});
+    // Each successful fork prints its number; busybox sh gives up with
+    // "can't fork" at the first refused one.
+    let (code, out, err) = run_with(
+        &mut s,
+        &[
+            "sh",
+            "-c",
+            "for i in $(seq 1 40); do sleep 30 & echo $i; done",
+        ],
+    );
+    assert_ne!(code, 0, "the loop should have been stopped: {out}");
+    assert!(err.contains("can't fork"), "no fork failure seen: {err}");
+    let started: u32 = out.lines().last().unwrap_or("0").trim().parse().unwrap();
+    // pid 1 (sh) plus at most 7 sleeps fit under a limit of 8.
+    assert!(
+        started <= 7,
+        "pids limit not enforced: {started} forks succeeded"
+    );
+    assert!(started >= 1, "{out}");
+    s.assert_clean(&s.id.clone());
+}
+
+#[test]
+fn memory_limit_oom_kills_the_container_and_sprout_is_fine() {
+    let mut s = Sandbox::new("oom");
+    s.config()["linux"]["resources"]["memory"] =
+        serde_json::json!({"limit": 33554432, "swap": 33554432});
+    let id = s.id.clone();
+    s.set_args(&[
+        "sh",
+        "-c",
+        "sleep 0.3; awk 'BEGIN { s = \"x\"; while (1) s = s s }'",
+    ]);
+    s.ok(&["run", "-d", "--bundle", s.bundle_str(), &id]);
+    let events = s
+        .cmd()
+        .args(["events", "--interval", "100ms", &id])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(20), || s.status(&id) == "stopped"));
+    let out = events.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines().any(|l| l.contains("\"type\":\"oom\"")),
+        "no oom event: {text}"
+    );
+    assert!(
+        text.lines().any(|l| l.contains("\"type\":\"stats\"")),
+        "no stats: {text}"
+    );
+    // The runtime still works: state and delete.
+    assert_eq!(s.status(&id), "stopped");
+    s.ok(&["delete", &id]);
+    s.assert_clean(&id);
+}
+
+#[test]
+fn hooks_receive_the_state() {
+    let mut s = Sandbox::new("hooks");
+    let out_dir = s.dir.path().join("hooks-out");
+    fs::create_dir(&out_dir).unwrap();
+    // In-container hooks write under /data, which is bound to out_dir.
+    s.config()["mounts"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({"destination": "/data", "type": "bind", "source": out_dir, "options": ["rbind"]}));
+    let host = |name: &str| serde_json::json!({"path": "/bin/sh", "args": ["sh", "-c", format!("cat > {}/{name}", out_dir.display())]});
+    s.config()["hooks"] = serde_json::json!({
+        "prestart": [host("prestart")],
+        "createRuntime": [host("createRuntime")],
+        // createContainer runs in the container's namespaces before the
+        // pivot: host paths still resolve.
+        "createContainer": [host("createContainer")],
+        // startContainer runs after the pivot: container paths.
+        "startContainer": [{"path": "/bin/sh", "args": ["sh", "-c", "cat > /data/startContainer"]}],
+        "poststart": [host("poststart")],
+        "poststop": [host("poststop")]
+    });
+    let (code, _out, err) = run_with(&mut s, &["true"]);
+    assert_eq!(code, 0, "{err}");
+    for (name, status) in [
+        ("prestart", "creating"),
+        ("createRuntime", "creating"),
+        ("createContainer", "creating"),
+        ("startContainer", "created"),
+        ("poststart", "running"),
+        ("poststop", "stopped"),
+    ] {
+        let text = fs::read_to_string(out_dir.join(name))
+            .unwrap_or_else(|_| panic!("{name} hook did not run"));
+        let v: serde_json::Value =
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{name}: {e}: {text}"));
+        assert_eq!(v["id"], s.id.as_str(), "{name}");
+        assert_eq!(v["status"], status, "{name}");
+        assert!(v["pid"].as_i64().unwrap_or(0) > 0, "{name}: {text}");
+        assert_eq!(v["bundle"], s.bundle_str(), "{name}");
+    }
+    s.assert_clean(&s.id.clone());
+}
+
+#[test]
+fn pause_resume_and_exec() {
+    let mut s = Sandbox::new("exec");
+    s.set_args(&["sleep", "1000"]);
+    let id = s.id.clone();
+    s.ok(&["run", "-d", "--bundle", s.bundle_str(), &id]);
+    let out = s.ok(&["exec", &id, "sh", "-c", "echo $$; hostname; pwd"]);
+    let mut lines = out.lines();
+    assert_ne!(lines.next(), Some("1"));
+    assert_eq!(lines.next(), Some("sprout-test"));
+    assert_eq!(lines.next(), Some("/"));
+    let out = s.ok(&[
+        "exec",
+        "--env",
+        "FOO=bar",
+        "--cwd",
+        "/tmp",
+        &id,
+        "sh",
+        "-c",
+        "echo $FOO; pwd",
+    ]);
+    assert_eq!(out, "bar\n/tmp\n");
+    let r = s.sprout(&["exec", &id, "sh", "-c", "exit 5"]);
+    assert_eq!(r.status.code(), Some(5));
+    let r = s.sprout(&["exec", &id, "no-such-binary"]);
+    assert!(!r.status.success());
+    assert!(String::from_utf8_lossy(&r.stderr).contains("executable file not found"));
+    // --process JSON, as containerd's shim passes it.
+    let proc_file = s.dir.path().join("process.json");
+    fs::write(
+        &proc_file,
+        serde_json::json!({"args": ["sh", "-c", "echo from-json $(id -u)"], "cwd": "/", "user": {"uid": 65534, "gid": 65534}, "env": ["PATH=/bin"]}).to_string(),
+    )
+    .unwrap();
+    let out = s.ok(&["exec", "--process", proc_file.to_str().unwrap(), &id]);
+    assert_eq!(out, "from-json 65534\n");
+    // A detached exec with a pid file.
+    let pidfile = s.dir.path().join("exec.pid");
+    s.ok(&[
+        "exec",
+        "-d",
+        "--pid-file",
+        pidfile.to_str().unwrap(),
+        &id,
+        "sleep",
+        "1000",
+    ]);
+    let exec_pid: i32 = fs::read_to_string(&pidfile).unwrap().parse().unwrap();
+    assert!(pid_alive(exec_pid));
+    let pids: Vec<i32> = serde_json::from_str(&s.ok(&["ps", "--format", "json", &id])).unwrap();
+    assert!(pids.contains(&exec_pid), "{pids:?} lacks {exec_pid}");
+
+    s.ok(&["pause", &id]);
+    assert_eq!(s.status(&id), "paused");
+    let st = fs::read_to_string(format!("/proc/{exec_pid}/status")).unwrap();
+    assert!(st.lines().any(|l| l.starts_with("State:")
+        && (l.contains("(stopped)") || l.contains("D") || l.contains("S"))));
+    let err = s.fails(&["exec", &id, "true"]);
+    assert!(err.contains("paused"), "{err}");
+    s.ok(&["resume", &id]);
+    assert_eq!(s.status(&id), "running");
+    let err = s.fails(&["resume", &id]);
+    assert!(err.contains("not paused"), "{err}");
+
+    s.ok(&["kill", &id, "9"]);
+    assert!(wait_until(Duration::from_secs(5), || s.status(&id) == "stopped"));
+    let err = s.fails(&["exec", &id, "true"]);
+    assert!(err.contains("stopped"), "{err}");
+    s.ok(&["delete", &id]);
+    s.assert_clean(&id);
+    assert!(wait_until(Duration::from_secs(5), || !pid_alive(exec_pid)));
+}
+
+#[test]
+fn update_changes_limits_and_events_report_stats() {
+    let mut s = Sandbox::new("update");
+    s.set_args(&["sleep", "1000"]);
+    s.config()["linux"]["resources"]["memory"] = serde_json::json!({"limit": 134217728});
+    s.write_config();
+    let id = s.id.clone();
+    s.ok(&["run", "-d", "--bundle", s.bundle_str(), &id]);
+    let mem_dir = own_cgroup_dir("memory").join(&s.cgroup);
+    let read = |f: &str| {
+        fs::read_to_string(mem_dir.join(f))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    assert_eq!(read("memory.limit_in_bytes"), "134217728");
+    s.ok(&["update", "--memory", "67108864", "--pids-limit", "50", &id]);
+    assert_eq!(read("memory.limit_in_bytes"), "67108864");
+    let res_file = s.dir.path().join("res.json");
+    fs::write(&res_file, r#"{"memory": {"limit": 100663296}}"#).unwrap();
+    s.ok(&["update", "--resources", res_file.to_str().unwrap(), &id]);
+    assert_eq!(read("memory.limit_in_bytes"), "100663296");
+    let ev: serde_json::Value =
+        serde_json::from_str(s.ok(&["events", "--stats", &id]).trim()).unwrap();
+    assert_eq!(ev["type"], "stats");
+    assert!(
+        ev["data"]["memory"]["usage"]["usage"].as_u64().unwrap() > 0,
+        "{ev}"
+    );
+    assert_eq!(ev["data"]["pids"]["current"], 1);
+    s.ok(&["delete", "-f", &id]);
+    s.assert_clean(&id);
+}
+
+#[test]
+fn spec_and_features() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Sandbox::new("spec");
+    s.ok(&["spec", "--bundle", dir.path().to_str().unwrap()]);
+    let v: serde_json::Value =
+        serde_json::from_slice(&fs::read(dir.path().join("config.json")).unwrap()).unwrap();
+    assert_eq!(v["process"]["args"][0], "sh");
+    let err = s.fails(&["spec", "--bundle", dir.path().to_str().unwrap()]);
+    assert!(err.contains("exists"), "{err}");
+    let f: serde_json::Value = serde_json::from_str(&s.ok(&["features"])).unwrap();
+    assert!(
+        f["linux"]["namespaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n == "time")
+    );
+    let v = s.ok(&["--version"]);
+    assert!(v.starts_with("sprout version"), "{v}");
+}
