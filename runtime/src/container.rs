@@ -387,11 +387,11 @@ impl Runtime {
             })?;
         let (parent_ch, init_ch) = channel::pair().map_err(Error::io("channel socketpair"))?;
         let mut pass = vec![init_ch.into_fd(), fifo, state_dir];
-        let console_index = console.is_some().then(|| pass.len());
+        let console_index = console.is_some().then_some(pass.len());
         if let Some(c) = console {
             pass.push(c);
         }
-        let mount_index = ns.join_mount.is_some().then(|| pass.len());
+        let mount_index = ns.join_mount.is_some().then_some(pass.len());
         if let Some(m) = ns.join_mount {
             pass.push(m);
         }
