@@ -33,6 +33,7 @@ use crate::rootfs::{DEFAULT_DEVICES, RootfsConfig};
 use crate::spawn::{self, SpawnRequest, Spawned};
 use crate::spec::{self, Bundle};
 use crate::state::{self, ContainerDir, ProcessId, SavedState, StateStore};
+use crate::timing::Stages;
 
 /// The OCI version sprout reports in states.
 pub const OCI_VERSION: &str = "1.2.0";
@@ -288,6 +289,37 @@ fn open_rdwr_cloexec(path: &Path) -> Result<OwnedFd> {
     Ok(f.into())
 }
 
+/// How a new init gets into its cgroup without the parent writing its
+/// pid into v1 `cgroup.procs` (which costs an RCU grace period; see
+/// `Cgroup::open_v1_task_files`): cloned straight into the unified
+/// hierarchy, and moving itself into the v1 ones.
+pub(crate) struct Placement {
+    pub clone_into: Option<OwnedFd>,
+    pub task_files: Vec<OwnedFd>,
+}
+
+impl Placement {
+    pub fn new(cgroup: &Cgroup) -> std::result::Result<Self, crate::cgroups::CgroupError> {
+        Ok(Self {
+            clone_into: cgroup.unified_dir_fd(),
+            task_files: cgroup.open_v1_task_files()?,
+        })
+    }
+
+    /// Completes the placement from the parent where the clone could not.
+    pub fn finish(
+        cloned_into_unified: bool,
+        cgroup: &Cgroup,
+        pid: i32,
+    ) -> std::result::Result<(), crate::cgroups::CgroupError> {
+        if cloned_into_unified {
+            Ok(())
+        } else {
+            cgroup.add_process_unified(pid)
+        }
+    }
+}
+
 fn cgroup_err(id: &str) -> impl FnOnce(crate::cgroups::CgroupError) -> Error {
     let id = id.to_string();
     move |source| Error::Cgroup { id, source }
@@ -316,9 +348,13 @@ impl Runtime {
             id: id.to_string(),
             reason,
         })?;
+        let mut stages = Stages::new();
         let bundle = spec::load_bundle(bundle_dir)?;
+        stages.mark("validate");
         let dir = self.store.create(id)?;
-        self.create_in(dir, bundle, opts)
+        let c = self.create_in(dir, bundle, opts, &mut stages)?;
+        stages.log("create", id);
+        Ok(c)
     }
 
     fn create_in(
@@ -326,6 +362,7 @@ impl Runtime {
         dir: ContainerDir,
         bundle: Bundle,
         mut opts: CreateOptions,
+        stages: &mut Stages,
     ) -> Result<Container> {
         let id = dir.id().to_string();
         let spec = &bundle.spec;
@@ -350,6 +387,7 @@ impl Runtime {
 
         let dir = guard.dir.as_ref().expect("set above");
         let fifo_path = dir.exec_fifo();
+        stages.mark("cgroup");
         mkfifo(&fifo_path)?;
         let fifo = open_rdwr_cloexec(&fifo_path)?;
         // A separate open (not a dup of the locked fd): a dup would share
@@ -395,6 +433,10 @@ impl Runtime {
         if let Some(m) = ns.join_mount {
             pass.push(m);
         }
+        let placement = Placement::new(cgroup).map_err(cgroup_err(&id))?;
+        let cloned_into_unified = placement.clone_into.is_some();
+        let tasks = pass.len()..pass.len() + placement.task_files.len();
+        pass.extend(placement.task_files);
         let mut req = SpawnRequest {
             new_namespaces: ns.clone_flags,
             joins: ns.joins,
@@ -402,7 +444,7 @@ impl Runtime {
             stdio: std::mem::take(&mut opts.stdio),
             pass,
             preserve_fds: opts.preserve_fds,
-            cgroup: cgroup.unified_dir_fd(),
+            cgroup: placement.clone_into,
             id_maps: ns.new_user.then(|| {
                 (
                     namespaces::id_map_text(linux.uid_mappings().as_deref().unwrap_or_default()),
@@ -416,11 +458,12 @@ impl Runtime {
             .init
             .insert(spawn::spawn(&self.init_binary, &argv, req)?);
         let (pid, init_pid) = (spawned.pid.as_raw(), spawned.pid);
+        stages.mark("spawn");
 
         if let Some(adj) = process.oom_score_adj() {
             oom_score_adj(pid, adj)?;
         }
-        cgroup.add_process(pid).map_err(cgroup_err(&id))?;
+        Placement::finish(cloned_into_unified, cgroup, pid).map_err(cgroup_err(&id))?;
 
         let mut oci_state = State::default();
         oci_state.set_version(OCI_VERSION.into());
@@ -484,6 +527,7 @@ impl Runtime {
             console_socket_fd: console_index.map(|i| fds[i]),
             preserve_fds: opts.preserve_fds,
             join_mount_fd: mount_index.map(|i| fds[i]),
+            cgroup_task_fds: fds[tasks].to_vec(),
             join_mount_via_pidfd: false,
             unshare_cgroup_ns: ns.new_cgroup,
             time_offsets,
@@ -501,7 +545,10 @@ impl Runtime {
                     hooks::run(HookKind::CreateRuntime, spec.hooks().as_ref(), &state_json)?;
                     ch.send(&ParentMsg::RuntimeHooksDone)?;
                 }
-                Ok(InitMsg::Ready) => break,
+                Ok(InitMsg::Ready) => {
+                    stages.mark("init setup");
+                    break;
+                }
                 Ok(InitMsg::Failed(f)) => return Err(Error::Init(f)),
                 Err(channel::ChannelError::Closed) => {
                     let status = nix::sys::wait::waitpid(init_pid, None)
@@ -531,6 +578,7 @@ impl Runtime {
         if let Some(p) = &opts.pid_file {
             write_pid_file(p, pid)?;
         }
+        stages.mark("save");
         // Success: keep everything; the directory lock goes with `dir`.
         guard.init = None;
         guard.cgroup = None;
@@ -718,6 +766,7 @@ impl Container {
 
     /// Lets a created container's process run.
     pub fn start(&mut self) -> Result<()> {
+        let mut stages = Stages::new();
         let dir = self.lock()?;
         let status = self.status();
         if status != Status::Created {
@@ -770,6 +819,7 @@ impl Container {
         }
         self.state.started = true;
         drop(dir);
+        stages.mark("exec");
         // poststart failures are warnings: the process already runs.
         if let Err(e) = hooks::run(
             HookKind::Poststart,
@@ -778,6 +828,8 @@ impl Container {
         ) {
             tracing::warn!(container = %self.state.id, "{e}");
         }
+        stages.mark("poststart");
+        stages.log("start", &self.state.id);
         Ok(())
     }
 
@@ -803,6 +855,7 @@ impl Container {
     /// Removes the container. A running or paused one needs `force`; a
     /// created one is killed (runc's behaviour).
     pub fn delete(self, force: bool) -> Result<()> {
+        let mut stages = Stages::new();
         let dir = self.lock()?;
         let status = self.status();
         let cgroup = self.cgroup();
@@ -837,6 +890,7 @@ impl Container {
                 Some(nix::sys::wait::WaitPidFlag::WNOHANG),
             );
         }
+        stages.mark("stop");
         if let Err(e) = hooks::run(
             HookKind::Poststop,
             self.state.spec.hooks().as_ref(),
@@ -844,8 +898,12 @@ impl Container {
         ) {
             tracing::warn!(container = %self.state.id, "{e}");
         }
+        stages.mark("poststop");
         cgroup.destroy().map_err(cgroup_err(&self.state.id))?;
+        stages.mark("cgroup");
         dir.remove()?;
+        stages.mark("state");
+        stages.log("delete", &self.state.id);
         Ok(())
     }
 

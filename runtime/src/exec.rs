@@ -108,6 +108,14 @@ impl Container {
             pass.push(c);
         }
         let cgroup = self.cgroup();
+        let placement =
+            crate::container::Placement::new(&cgroup).map_err(|source| Error::Cgroup {
+                id: self.id().to_string(),
+                source,
+            })?;
+        let cloned_into_unified = placement.clone_into.is_some();
+        let tasks = pass.len()..pass.len() + placement.task_files.len();
+        pass.extend(placement.task_files);
         let join_fd = pidfd.try_clone().map_err(Error::io("dup of pidfd"))?;
         // Everything but the mount namespace before the exec; the init
         // joins that one itself (see InitConfig::join_mount_fd).
@@ -127,7 +135,7 @@ impl Container {
             stdio: std::mem::take(&mut opts.stdio),
             pass,
             preserve_fds: opts.preserve_fds,
-            cgroup: cgroup.unified_dir_fd(),
+            cgroup: placement.clone_into,
             id_maps: None,
         };
         let fds = spawn::prepare_fds(&mut req).map_err(Error::io("preparing descriptors"))?;
@@ -139,8 +147,7 @@ impl Container {
             e
         };
         let pid = spawned.pid.as_raw();
-        cgroup
-            .add_process(pid)
+        crate::container::Placement::finish(cloned_into_unified, &cgroup, pid)
             .map_err(|source| Error::Cgroup {
                 id: self.id().to_string(),
                 source,
@@ -170,6 +177,7 @@ impl Container {
             preserve_fds: opts.preserve_fds,
             join_mount_fd: joins_mount.then_some(fds[1]),
             join_mount_via_pidfd: true,
+            cgroup_task_fds: fds[tasks].to_vec(),
             unshare_cgroup_ns: false,
             time_offsets: None,
             new_keyring: false,

@@ -23,6 +23,7 @@ pub mod spawn;
 pub mod spec;
 pub mod state;
 pub mod syscall;
+pub mod timing;
 
 pub use container::{Container, CreateOptions, OciState, Runtime, RuntimeBuilder, Status};
 pub use error::{Error, Result};

@@ -145,7 +145,9 @@ pub fn run(g: &GlobalOpts, a: RunArgs) -> Result<u8> {
         return Ok(0);
     }
     let forwarder = signals_forwarder(container.pid());
+    let waited = std::time::Instant::now();
     let code = container.wait()?.unwrap_or(0);
+    tracing::debug!(container = %a.create.id, "ran for {}µs", waited.elapsed().as_micros());
     drop(forwarder);
     drop(relay);
     if !a.keep {

@@ -229,6 +229,38 @@ impl Cgroup {
         Ok(())
     }
 
+    /// Moves process `pid` into the cgroup2 hierarchy only (when it could
+    /// not be cloned into it).
+    pub fn add_process_unified(&self, pid: i32) -> Result<()> {
+        if let Some(u) = &self.s.unified {
+            fsio::write(&RealFs, u, "cgroup.procs", &pid.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// The `tasks` file of every v1 hierarchy, open for writing, so that a
+    /// new single-threaded process can move itself in by writing `0`.
+    ///
+    /// Why: a write of another process's pid to `cgroup.procs` takes the
+    /// cgroup core's global threadgroup lock for writing, which waits for an
+    /// RCU grace period (about 15 ms here, on every container start); a
+    /// thread moving itself skips that lock (kernel/cgroup: "if the thread
+    /// is current ... we can skip the global lock").
+    pub fn open_v1_task_files(&self) -> Result<Vec<OwnedFd>> {
+        self.s
+            .v1
+            .iter()
+            .map(|d| {
+                let path = d.dir.join("tasks");
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map(OwnedFd::from)
+                    .map_err(|source| CgroupError::Open { path, source })
+            })
+            .collect()
+    }
+
     /// An `O_PATH` descriptor of the cgroup2 directory, for `clone3`'s
     /// `CLONE_INTO_CGROUP`; `None` on a v1-only host, or (logged) when it
     /// cannot be opened: the caller then still places the process with

@@ -71,6 +71,10 @@ pub struct InitConfig {
     /// The container's state directory, for an error report after `start`.
     pub state_dir_fd: Option<RawFd>,
     pub preserve_fds: u32,
+    /// v1 cgroup `tasks` files to write `0` to, before anything else (see
+    /// `Cgroup::open_v1_task_files`); the unified hierarchy is joined at
+    /// clone time (`CLONE_INTO_CGROUP`).
+    pub cgroup_task_fds: Vec<RawFd>,
     /// Join this mount namespace first thing: an fd of a namespace file,
     /// or a pidfd (`join_mount_via_pidfd`). Joined here rather than before
     /// the exec, so the helper binary and its libraries were reachable.
@@ -125,6 +129,21 @@ pub fn main() -> ! {
     };
     let _ = ch.send(&InitMsg::Failed(failure));
     std::process::exit(1);
+}
+
+/// Moves this (single-threaded) process into its v1 cgroups.
+fn join_cgroups(cfg: &InitConfig) -> StepResult<()> {
+    for &fd in &cfg.cgroup_task_fds {
+        // SAFETY: write/close on an fd the parent passed for this purpose.
+        let r = unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) };
+        let err = io::Error::last_os_error();
+        // SAFETY: as above; the fd is not used again.
+        unsafe { libc::close(fd) };
+        if r != 1 {
+            return at("joining the cgroups", Err(err));
+        }
+    }
+    Ok(())
 }
 
 fn join_mount_namespace(cfg: &InitConfig) -> StepResult<()> {
@@ -403,6 +422,7 @@ fn become_container_process(cfg: &InitConfig) -> StepResult<(ExecPlan, Option<Se
 
 fn create(ch: &mut InitChannel, cfg: &InitConfig) -> StepResult<Infallible> {
     let sys = LinuxSyscall;
+    join_cgroups(cfg)?;
     join_mount_namespace(cfg)?;
     close_inherited_on_exec(cfg.preserve_fds)?;
     unshare_late_namespaces(cfg)?;
@@ -526,6 +546,7 @@ fn report_start_error(cfg: &InitConfig, failure: &InitFailure) {
 
 fn exec(cfg: &InitConfig) -> StepResult<Infallible> {
     let sys = LinuxSyscall;
+    join_cgroups(cfg)?;
     join_mount_namespace(cfg)?;
     close_inherited_on_exec(cfg.preserve_fds)?;
     setup_console(&sys, cfg, false)?;
