@@ -9,7 +9,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixListener;
 
 use common::*;
-use sprout::runtime::{CreateOptions, Error, ExecOptions, Runtime, Status};
+use sprout::runtime::{CreateOptions, Error, ExecOptions, Runtime, Status, Takeover};
 
 fn runtime(s: &Sandbox) -> Runtime {
     Runtime::builder()
@@ -238,6 +238,73 @@ fn terminal_through_a_console_socket() {
     assert!(text.contains("33 101"), "{text}");
     assert!(text.contains("hello-tty"), "{text}");
     assert_eq!(c.wait().unwrap(), Some(0));
+    c.delete(false).unwrap();
+    s.assert_clean(&s.id.clone());
+}
+
+fn build_static(name: &str) -> std::path::PathBuf {
+    let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let src =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/programs/{name}.c"));
+    let st = std::process::Command::new("gcc")
+        .args(["-static", "-O2", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .status()
+        .expect("gcc");
+    assert!(st.success(), "building {name}");
+    out
+}
+
+#[test]
+fn takeover_execs_the_given_program_before_credentials() {
+    let mut s = Sandbox::new("takeover");
+    // A sandbox that would drop everything: non-root user, no
+    // capabilities, no_new_privs, a seccomp filter.
+    s.config()["process"]["user"] = serde_json::json!({"uid": 65534, "gid": 65534});
+    s.config()["process"]["capabilities"] = serde_json::json!({});
+    s.config()["linux"]["seccomp"] = serde_json::json!({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["personality"], "action": "SCMP_ACT_ERRNO"}]});
+    s.write_config();
+    let probe = build_static("takeover_probe");
+    let exe: OwnedFd = std::fs::File::open(&probe).unwrap().into();
+    let rt = runtime(&s);
+    let (mut out_r, out_w) = pipe();
+    let null: OwnedFd = std::fs::File::open("/dev/null").unwrap().into();
+    let null2: OwnedFd = std::fs::File::open("/dev/null").unwrap().into();
+    let mut c = rt
+        .create(
+            &s.id,
+            &s.bundle,
+            CreateOptions {
+                stdio: [Some(null), Some(out_w), Some(null2)],
+                takeover: Some(Takeover {
+                    exe,
+                    rlimit_stack: Some((16 << 20, 16 << 20)),
+                }),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    c.release().unwrap();
+    assert_eq!(c.wait().unwrap(), Some(0));
+    let mut out = String::new();
+    out_r.read_to_string(&mut out).unwrap();
+    // Still root with every capability sprout has, no no_new_privs, no
+    // seccomp: those are the restorer's to apply last.
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")),
+        "{out}"
+    );
+    let eff = out.lines().find(|l| l.starts_with("CapEff:")).unwrap();
+    assert_ne!(
+        u64::from_str_radix(eff.split_whitespace().nth(1).unwrap(), 16).unwrap(),
+        0,
+        "{out}"
+    );
+    assert!(out.contains("NoNewPrivs:\t0"), "{out}");
+    assert!(out.contains("Seccomp:\t0"), "{out}");
+    assert!(out.contains(&format!("stack={} pid=1", 16 << 20)), "{out}");
     c.delete(false).unwrap();
     s.assert_clean(&s.id.clone());
 }

@@ -120,6 +120,23 @@ pub struct CreateOptions {
     pub no_new_keyring: bool,
     /// The container's stdin, stdout, stderr; `None` inherits the caller's.
     pub stdio: [Option<OwnedFd>; 3],
+    /// Hand the sandbox over to another program at `start` (the restorer's
+    /// stub) instead of exec'ing the bundle's process.
+    pub takeover: Option<Takeover>,
+}
+
+/// A sandbox handed over at `start` to a program exec'd from a descriptor,
+/// before the container's credentials, capabilities, no_new_privs and
+/// seccomp filter are applied: a tracer (the restorer) applies them last,
+/// after it has rebuilt the process. Everything else (namespaces, cgroup,
+/// mounts, rlimits, LSM label of the exec) is set up as for any container.
+#[derive(Debug)]
+pub struct Takeover {
+    /// The program, e.g. a memfd holding the restore stub.
+    pub exe: OwnedFd,
+    /// `RLIMIT_STACK` (soft, hard) for its exec, which sets the layout of
+    /// the new address space (`mmap_base`).
+    pub rlimit_stack: Option<(u64, u64)>,
 }
 
 /// A container's status, as the OCI state reports it.
@@ -433,6 +450,11 @@ impl Runtime {
         if let Some(m) = ns.join_mount {
             pass.push(m);
         }
+        let takeover_index = opts.takeover.as_ref().map(|_| pass.len());
+        let rlimit_stack = opts.takeover.as_ref().and_then(|t| t.rlimit_stack);
+        if let Some(t) = opts.takeover.take() {
+            pass.push(t.exe);
+        }
         let placement = Placement::new(cgroup).map_err(cgroup_err(&id))?;
         let cloned_into_unified = placement.clone_into.is_some();
         let tasks = pass.len()..pass.len() + placement.task_files.len();
@@ -534,6 +556,10 @@ impl Runtime {
             new_keyring: !opts.no_new_keyring,
             user_namespace: ns.new_user,
             runtime_hooks: has_runtime_hooks,
+            takeover: takeover_index.map(|i| crate::init::TakeoverConfig {
+                exe_fd: fds[i],
+                rlimit_stack,
+            }),
         };
         let mut ch: ParentChannel = parent_ch;
         ch.send(&ParentMsg::Bootstrap(Box::new(config)))?;
@@ -764,8 +790,19 @@ impl Container {
         init.is_alive().then_some(fd)
     }
 
-    /// Lets a created container's process run.
+    /// Lets a created container's process run: [`Container::release`]
+    /// then [`Container::finish_start`].
     pub fn start(&mut self) -> Result<()> {
+        self.release()?;
+        self.finish_start();
+        Ok(())
+    }
+
+    /// The first half of `start`: lets the init exec the container's
+    /// process (or the takeover program) and waits until it has. A
+    /// restorer that traces the init does its work between this and
+    /// [`Container::finish_start`].
+    pub fn release(&mut self) -> Result<()> {
         let mut stages = Stages::new();
         let dir = self.lock()?;
         let status = self.status();
@@ -820,7 +857,13 @@ impl Container {
         self.state.started = true;
         drop(dir);
         stages.mark("exec");
-        // poststart failures are warnings: the process already runs.
+        stages.log("start", &self.state.id);
+        Ok(())
+    }
+
+    /// The second half of `start`: the poststart hooks. Their failures are
+    /// warnings (the spec's rule): the process already runs.
+    pub fn finish_start(&self) {
         if let Err(e) = hooks::run(
             HookKind::Poststart,
             self.state.spec.hooks().as_ref(),
@@ -828,9 +871,6 @@ impl Container {
         ) {
             tracing::warn!(container = %self.state.id, "{e}");
         }
-        stages.mark("poststart");
-        stages.log("start", &self.state.id);
-        Ok(())
     }
 
     /// Sends a signal to the init, or with `all` to every process of the

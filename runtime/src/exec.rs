@@ -183,6 +183,7 @@ impl Container {
             new_keyring: false,
             user_namespace: namespaces.contains(&LinuxNamespaceType::User),
             runtime_hooks: false,
+            takeover: None,
         };
         ch.send(&ParentMsg::Bootstrap(Box::new(config)))
             .map_err(|e| kill_spawned(e.into()))?;

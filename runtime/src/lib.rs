@@ -25,6 +25,8 @@ pub mod state;
 pub mod syscall;
 pub mod timing;
 
-pub use container::{Container, CreateOptions, OciState, Runtime, RuntimeBuilder, Status};
+pub use container::{
+    Container, CreateOptions, OciState, Runtime, RuntimeBuilder, Status, Takeover,
+};
 pub use error::{Error, Result};
 pub use exec::{ExecOptions, ExecProcess};

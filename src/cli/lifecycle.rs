@@ -101,7 +101,7 @@ fn create_options(a: &CreateArgs) -> CreateOptions {
         preserve_fds: a.preserve_fds,
         no_pivot: a.no_pivot,
         no_new_keyring: a.no_new_keyring,
-        stdio: [None, None, None],
+        ..Default::default()
     }
 }
 

@@ -89,6 +89,20 @@ pub struct InitConfig {
     pub user_namespace: bool,
     /// Ask the parent to run prestart/createRuntime hooks after the mounts.
     pub runtime_hooks: bool,
+    /// Instead of the container's process, exec this program at `start`,
+    /// before credentials, capabilities, no_new_privs and seccomp, for a
+    /// tracer to take over (the restore stub).
+    pub takeover: Option<TakeoverConfig>,
+}
+
+/// See [`InitConfig::takeover`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TakeoverConfig {
+    /// The program, open (a memfd or an `O_PATH` fd): exec'd with
+    /// `execveat(fd, "", AT_EMPTY_PATH)`, so it need not exist in the rootfs.
+    pub exe_fd: RawFd,
+    /// `RLIMIT_STACK` for the exec: it decides the new mm's `mmap_base`.
+    pub rlimit_stack: Option<(u64, u64)>,
 }
 
 /// Name of the file in the state directory where the init leaves the error
@@ -376,6 +390,25 @@ fn set_io_priority(process: &Process) -> StepResult<()> {
     )
 }
 
+/// Limits and labels that the exec'd program inherits: rlimits,
+/// personality, I/O priority, the LSM label of the exec.
+fn apply_process_limits(cfg: &InitConfig) -> StepResult<()> {
+    let p = &cfg.process;
+    at(
+        "rlimits",
+        process::apply_rlimits(&LinuxSyscall, p.rlimits().as_deref().unwrap_or_default()),
+    )?;
+    set_personality(cfg.personality.as_ref())?;
+    set_io_priority(p)?;
+    apply_lsm_labels(p)
+}
+
+/// What the init execs once `start` comes.
+enum Next {
+    Process(ExecPlan, Option<SeccompProgram>),
+    Takeover(RawFd),
+}
+
 /// The credential steps shared by create and exec: bounding set, early
 /// seccomp (without no_new_privs it needs CAP_SYS_ADMIN, so before the
 /// user switch), user, capabilities, no_new_privs, cwd, executable lookup.
@@ -384,13 +417,7 @@ fn set_io_priority(process: &Process) -> StepResult<()> {
 fn become_container_process(cfg: &InitConfig) -> StepResult<(ExecPlan, Option<SeccompProgram>)> {
     let p = &cfg.process;
     let sys = LinuxSyscall;
-    at(
-        "rlimits",
-        process::apply_rlimits(&sys, p.rlimits().as_deref().unwrap_or_default()),
-    )?;
-    set_personality(cfg.personality.as_ref())?;
-    set_io_priority(p)?;
-    apply_lsm_labels(p)?;
+    apply_process_limits(cfg)?;
     let masks = at(
         "capabilities",
         CapMasks::from_spec(p.capabilities().as_ref()),
@@ -457,7 +484,22 @@ fn create(ch: &mut InitChannel, cfg: &InitConfig) -> StepResult<Infallible> {
     set_names(&sys, cfg)?;
     setup_console(&sys, cfg, true)?;
     join_session_keyring(cfg);
-    let (plan, late_seccomp) = become_container_process(cfg)?;
+    let next = match &cfg.takeover {
+        None => {
+            let (plan, late_seccomp) = become_container_process(cfg)?;
+            Next::Process(plan, late_seccomp)
+        }
+        Some(t) => {
+            apply_process_limits(cfg)?;
+            if let Some((soft, hard)) = t.rlimit_stack {
+                at(
+                    "RLIMIT_STACK",
+                    sys.setrlimit(libc::RLIMIT_STACK as i32, soft, hard),
+                )?;
+            }
+            Next::Takeover(t.exe_fd)
+        }
+    };
     let fifo = cfg.exec_fifo_fd.ok_or_else(|| InitFailure {
         step: "start".into(),
         message: "no exec fifo".into(),
@@ -465,19 +507,14 @@ fn create(ch: &mut InitChannel, cfg: &InitConfig) -> StepResult<Infallible> {
     at("ready", ch.send(&InitMsg::Ready))?;
     // The parent's `create` is done. What fails from here on is reported in
     // the state directory (and on stderr) for `start` to pick up.
-    let err = wait_and_exec(cfg, fifo, &plan, late_seccomp);
+    let err = wait_and_exec(cfg, fifo, next);
     report_start_error(cfg, &err);
     std::process::exit(1)
 }
 
 /// Blocks until `start` writes to the exec fifo, then runs the
 /// startContainer hooks and execs the container's process.
-fn wait_and_exec(
-    cfg: &InitConfig,
-    fifo: RawFd,
-    plan: &ExecPlan,
-    late_seccomp: Option<SeccompProgram>,
-) -> InitFailure {
+fn wait_and_exec(cfg: &InitConfig, fifo: RawFd, next: Next) -> InitFailure {
     // SAFETY: the parent passed the fifo, opened read-write, at this number.
     let mut fifo = unsafe { std::fs::File::from_raw_fd(fifo) };
     let mut byte = [0u8; 1];
@@ -504,21 +541,45 @@ fn wait_and_exec(
             message: e.to_string(),
         };
     }
-    plan.prepare();
-    if let Some(s) = late_seccomp
-        && let Err(e) = s.install()
-    {
-        return InitFailure {
-            step: "seccomp".into(),
-            message: e.to_string(),
-        };
-    }
     // The fifo (close-on-exec) closes with the exec: that is how `start`
     // learns the process is running.
-    let err = plan.exec();
-    InitFailure {
-        step: "exec".into(),
-        message: format!("{:?}: {err}", plan.path()),
+    match next {
+        Next::Process(plan, late_seccomp) => {
+            plan.prepare();
+            if let Some(s) = late_seccomp
+                && let Err(e) = s.install()
+            {
+                return InitFailure {
+                    step: "seccomp".into(),
+                    message: e.to_string(),
+                };
+            }
+            let err = plan.exec();
+            InitFailure {
+                step: "exec".into(),
+                message: format!("{:?}: {err}", plan.path()),
+            }
+        }
+        Next::Takeover(fd) => {
+            process::reset_signals();
+            let empty: [*const libc::c_char; 1] = [std::ptr::null()];
+            // SAFETY: execveat on the fd the parent passed, with an empty
+            // path (AT_EMPTY_PATH) and empty, NULL-terminated argv/envp.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_execveat,
+                    fd,
+                    c"".as_ptr(),
+                    empty.as_ptr(),
+                    empty.as_ptr(),
+                    libc::AT_EMPTY_PATH,
+                )
+            };
+            InitFailure {
+                step: "exec of the takeover program".into(),
+                message: io::Error::last_os_error().to_string(),
+            }
+        }
     }
 }
 
