@@ -1,0 +1,240 @@
+//! `manifest.json`: the envelope, the body, and the one parser every
+//! reader goes through ([`parse_manifest`]).
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use super::encoding::{ChunkHash, Sha256Digest};
+use super::error::{ImageError, Result};
+use super::fds::Fd;
+use super::host::Host;
+use super::limits::{FORMAT, MAX_MANIFEST_BYTES, VERSION};
+use super::memory::{FileRecord, SharedObject, Vma};
+use super::process::Process;
+use super::thread::Thread;
+use super::validate;
+
+/// Everything an image records besides page contents. Stored as the
+/// `body` of `manifest.json`; see the [module docs](super) for the format.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManifestBody {
+    /// Who wrote the image, e.g. `"sprout 0.1.0"`. Informational.
+    pub producer: String,
+    /// What the restoring host must match.
+    pub host: Host,
+    /// Process-wide state.
+    pub process: Process,
+    /// Threads, the leader first.
+    pub threads: Vec<Thread>,
+    /// The address space, sorted by address.
+    pub vmas: Vec<Vma>,
+    /// Files mapped by `vmas`, referenced by index.
+    pub files: Vec<FileRecord>,
+    /// Shared-memory objects mapped by `vmas`, referenced by index.
+    pub shared_memory: Vec<SharedObject>,
+    /// Open file descriptors, sorted by number.
+    pub fds: Vec<Fd>,
+    /// Index of `pages.img`. [`ImageWriter::finish`](super::ImageWriter::finish)
+    /// fills it in; pass `PagesIndex::default()`.
+    pub pages: PagesIndex,
+}
+
+/// Hash function of the pages file's chunks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ChunkHashKind {
+    /// XXH3, 64-bit, seed 0: fast enough to check tens of MiB in a few
+    /// milliseconds. Integrity against corruption only; the manifest's
+    /// SHA-256 protects the list of chunk hashes itself.
+    #[default]
+    #[serde(rename = "xxh3-64")]
+    Xxh3_64,
+}
+
+/// Index of the pages file: its size and per-chunk checksums.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PagesIndex {
+    /// Always `pages.img`; recorded for readers of the JSON, never used as
+    /// a path.
+    pub file: String,
+    /// Exact size of the file in bytes, a multiple of 4096.
+    pub size: u64,
+    /// Chunk size in bytes: a power of two within
+    /// [`MIN_CHUNK_BYTES`](super::limits::MIN_CHUNK_BYTES)..=[`MAX_CHUNK_BYTES`](super::limits::MAX_CHUNK_BYTES).
+    pub chunk_size: u64,
+    /// Hash function of `chunks`.
+    pub hash: ChunkHashKind,
+    /// Hash of each chunk, in order: `ceil(size / chunk_size)` entries; the
+    /// last chunk may be shorter.
+    pub chunks: Vec<ChunkHash>,
+}
+
+impl PagesIndex {
+    /// Byte range `(offset, len)` of chunk `index`.
+    pub fn chunk_range(&self, index: usize) -> (u64, u64) {
+        let off = (index as u64).saturating_mul(self.chunk_size);
+        (off, self.chunk_size.min(self.size.saturating_sub(off)))
+    }
+}
+
+impl ManifestBody {
+    /// Total bytes of page data the VMAs and shared objects reference.
+    pub fn stored_page_bytes(&self) -> u64 {
+        self.vmas
+            .iter()
+            .flat_map(|v| v.pages.iter())
+            .chain(self.shared_memory.iter().flat_map(|o| o.pages.iter()))
+            .map(|r| r.len())
+            .fold(0u64, u64::saturating_add)
+    }
+
+    /// Number of page runs over all VMAs and shared objects.
+    pub fn page_run_count(&self) -> usize {
+        self.vmas.iter().map(|v| v.pages.len()).sum::<usize>()
+            + self
+                .shared_memory
+                .iter()
+                .map(|o| o.pages.len())
+                .sum::<usize>()
+    }
+}
+
+/// The first look at a manifest: only what decides whether this build can
+/// read it at all, so that a future version gets
+/// [`ImageError::UnsupportedVersion`] rather than a JSON error about a
+/// field it added.
+#[derive(Deserialize)]
+struct Probe {
+    format: serde_json::Value,
+    version: serde_json::Value,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Envelope<'a> {
+    #[allow(dead_code)]
+    format: &'a str,
+    #[allow(dead_code)]
+    version: u32,
+    checksum: &'a str,
+    #[serde(borrow)]
+    body: &'a RawValue,
+}
+
+fn json_error(file: &'static str, e: serde_path_to_error::Error<serde_json::Error>) -> ImageError {
+    let path = e.path().to_string();
+    ImageError::Json {
+        file,
+        path,
+        message: e.into_inner().to_string(),
+    }
+}
+
+/// Parses and validates the bytes of a `manifest.json`: size limit, format
+/// and version, envelope, the body's SHA-256 over its exact stored bytes,
+/// the body's structure, then every rule of the format (limits, alignment,
+/// ordering, references, consistency with its own host record). Never
+/// panics; the only way to a [`ManifestBody`] from bytes.
+///
+/// It does not look at the pages file (its size is checked by
+/// [`Image::open`](super::Image::open)) nor at this host.
+pub fn parse_manifest(bytes: &[u8]) -> Result<ManifestBody> {
+    let len = bytes.len() as u64;
+    if len > MAX_MANIFEST_BYTES {
+        return Err(ImageError::limit(
+            "manifest.json size in bytes",
+            len,
+            MAX_MANIFEST_BYTES,
+        ));
+    }
+    let probe: Probe =
+        serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(bytes))
+            .map_err(|e| json_error("manifest.json", e))?;
+    if probe.format.as_str() != Some(FORMAT) {
+        return Err(ImageError::NotAnImage {
+            found: match &probe.format {
+                serde_json::Value::String(s) => s.chars().take(64).collect(),
+                other => other.to_string().chars().take(64).collect(),
+            },
+        });
+    }
+    match probe.version.as_u64() {
+        Some(v) if v == u64::from(VERSION) => {}
+        Some(v) => {
+            return Err(ImageError::UnsupportedVersion {
+                found: v,
+                supported: VERSION,
+            });
+        }
+        None => {
+            return Err(ImageError::invalid(
+                "version",
+                format!(
+                    "{} is not a version number",
+                    probe
+                        .version
+                        .to_string()
+                        .chars()
+                        .take(64)
+                        .collect::<String>()
+                ),
+            ));
+        }
+    }
+    let envelope: Envelope =
+        serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(bytes))
+            .map_err(|e| json_error("manifest.json", e))?;
+    let recorded = envelope
+        .checksum
+        .strip_prefix("sha256:")
+        .and_then(|h| h.parse::<Sha256Digest>().ok())
+        .ok_or_else(|| {
+            ImageError::invalid(
+                "checksum",
+                "expected \"sha256:\" and 64 lowercase hex digits",
+            )
+        })?;
+    let body_bytes = envelope.body.get().as_bytes();
+    let actual = Sha256Digest::of(body_bytes);
+    if actual != recorded {
+        return Err(ImageError::ChecksumMismatch {
+            what: "manifest.json body".into(),
+            expected: format!("sha256:{recorded}"),
+            actual: format!("sha256:{actual}"),
+        });
+    }
+    let body: ManifestBody =
+        serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(body_bytes))
+            .map_err(|e| json_error("manifest.json body", e))?;
+    validate::body(&body)?;
+    Ok(body)
+}
+
+/// Serializes a body into the bytes of a `manifest.json`, after validating
+/// it by the same rules [`parse_manifest`] applies.
+pub fn encode_manifest(body: &ManifestBody) -> Result<Vec<u8>> {
+    validate::body(body)?;
+    let body_json = serde_json::to_vec(body).map_err(|e| ImageError::Json {
+        file: "manifest.json body",
+        path: ".".into(),
+        message: e.to_string(),
+    })?;
+    let digest = Sha256Digest::of(&body_json);
+    let mut out = Vec::with_capacity(body_json.len() + 160);
+    out.extend_from_slice(
+        format!("{{\"format\":\"{FORMAT}\",\"version\":{VERSION},\"checksum\":\"sha256:{digest}\",\"body\":")
+            .as_bytes(),
+    );
+    out.extend_from_slice(&body_json);
+    out.extend_from_slice(b"}\n");
+    let len = out.len() as u64;
+    if len > MAX_MANIFEST_BYTES {
+        return Err(ImageError::limit(
+            "manifest.json size in bytes",
+            len,
+            MAX_MANIFEST_BYTES,
+        ));
+    }
+    Ok(out)
+}

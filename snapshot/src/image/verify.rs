@@ -1,0 +1,127 @@
+//! [`verify`]: the offline check behind `sprout image verify DIR`.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use super::error::Result;
+use super::host::Host;
+use super::reader::Image;
+
+/// What [`verify`] found. The manifest was readable and valid and
+/// `pages.img` had the recorded size (else `verify` returned the error);
+/// the page contents and the host are judged separately, since an image can
+/// be intact yet foreign to this host.
+#[derive(Debug)]
+pub struct VerifyReport {
+    /// The image directory.
+    pub dir: PathBuf,
+    /// `producer` of the manifest.
+    pub producer: String,
+    /// Kernel release the image was taken on.
+    pub kernel_release: String,
+    /// CPU vendor the image was taken on.
+    pub cpu_vendor: String,
+    /// Size of `manifest.json`.
+    pub manifest_bytes: u64,
+    /// Number of threads.
+    pub threads: usize,
+    /// Number of VMAs.
+    pub vmas: usize,
+    /// Number of mapped-file records.
+    pub files: usize,
+    /// Number of shared-memory objects.
+    pub shared_objects: usize,
+    /// Number of fds.
+    pub fds: usize,
+    /// Number of page runs.
+    pub page_runs: usize,
+    /// Bytes of page data referenced by page runs.
+    pub stored_bytes: u64,
+    /// Size of `pages.img`.
+    pub pages_bytes: u64,
+    /// Number of chunks.
+    pub chunks: usize,
+    /// Chunk size.
+    pub chunk_size: u64,
+    /// Whether every chunk of `pages.img` matches its checksum.
+    pub pages: Result<()>,
+    /// Whether this host can restore the image.
+    pub host: Result<()>,
+}
+
+impl VerifyReport {
+    /// Manifest and pages are intact (the host may still be foreign).
+    pub fn intact(&self) -> bool {
+        self.pages.is_ok()
+    }
+
+    /// Intact and restorable on this host.
+    pub fn ok(&self) -> bool {
+        self.pages.is_ok() && self.host.is_ok()
+    }
+}
+
+fn status(r: &Result<()>) -> String {
+    match r {
+        Ok(()) => "ok".into(),
+        Err(e) => format!("FAILED: {e}"),
+    }
+}
+
+impl fmt::Display for VerifyReport {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        writeln!(f, "image:    {}", self.dir.display())?;
+        writeln!(
+            f,
+            "manifest: ok ({} bytes, by {:?})",
+            self.manifest_bytes, self.producer
+        )?;
+        writeln!(f, "pages:    {}", status(&self.pages))?;
+        writeln!(
+            f,
+            "host:     {} (image from {} on {})",
+            status(&self.host),
+            self.kernel_release,
+            self.cpu_vendor
+        )?;
+        writeln!(
+            f,
+            "contents: {} threads, {} vmas, {} files, {} shared objects, {} fds",
+            self.threads, self.vmas, self.files, self.shared_objects, self.fds
+        )?;
+        write!(
+            f,
+            "pages.img: {} bytes in {} chunks of {} bytes; {} page runs referencing {} bytes",
+            self.pages_bytes, self.chunks, self.chunk_size, self.page_runs, self.stored_bytes
+        )
+    }
+}
+
+/// Checks the image in `dir` offline: opens and validates it
+/// ([`Image::open`]; its error is returned as is), then checks every page
+/// chunk and this host's compatibility, reporting each separately.
+pub fn verify(dir: impl AsRef<Path>) -> Result<VerifyReport> {
+    let image = Image::open(dir.as_ref())?;
+    let pages = image.verify_pages();
+    let host = Host::current().and_then(|h| image.check_host(&h));
+    let b = image.manifest();
+    Ok(VerifyReport {
+        dir: dir.as_ref().to_path_buf(),
+        producer: b.producer.clone(),
+        kernel_release: b.host.kernel_release.clone(),
+        cpu_vendor: b.host.cpu.vendor.clone(),
+        manifest_bytes: image.manifest_len(),
+        threads: b.threads.len(),
+        vmas: b.vmas.len(),
+        files: b.files.len(),
+        shared_objects: b.shared_memory.len(),
+        fds: b.fds.len(),
+        page_runs: b.page_run_count(),
+        stored_bytes: b.stored_page_bytes(),
+        pages_bytes: b.pages.size,
+        chunks: b.pages.chunks.len(),
+        chunk_size: b.pages.chunk_size,
+        pages,
+        host,
+    })
+}
