@@ -874,22 +874,27 @@ impl Container {
     }
 
     /// Sends a signal to the init, or with `all` to every process of the
-    /// container.
+    /// container. As with runc, `all` also reaches what is left of a
+    /// stopped container (containerd's shim kills an exited init's
+    /// children that way when the pid namespace is shared), and a SIGKILL
+    /// thaws a paused container, since a task frozen by the v1 freezer does
+    /// not die until thawed.
     pub fn kill(&self, signal: i32, all: bool) -> Result<()> {
         let status = self.status();
-        if status == Status::Stopped {
-            return Err(self.wrong(status, "signal it (container not running)"));
-        }
         if all {
-            return self
-                .cgroup()
+            self.cgroup()
                 .kill_all(signal)
-                .map_err(cgroup_err(&self.state.id));
+                .map_err(cgroup_err(&self.state.id))?;
+        } else {
+            let fd = self
+                .init_pidfd()
+                .ok_or_else(|| self.wrong(Status::Stopped, "signal it (container not running)"))?;
+            pidfd_kill(&fd, signal).map_err(Error::io(format!("signalling {}", self.state.id)))?;
         }
-        let fd = self
-            .init_pidfd()
-            .ok_or_else(|| self.wrong(Status::Stopped, "signal it (container not running)"))?;
-        pidfd_kill(&fd, signal).map_err(Error::io(format!("signalling {}", self.state.id)))
+        if signal == libc::SIGKILL && status == Status::Paused {
+            self.cgroup().thaw().map_err(cgroup_err(&self.state.id))?;
+        }
+        Ok(())
     }
 
     /// Removes the container. A running or paused one needs `force`; a
@@ -903,7 +908,13 @@ impl Container {
             Status::Running | Status::Paused if !force => {
                 return Err(self.wrong(status, "delete it without --force"));
             }
-            Status::Stopped => {}
+            // The init is gone, but with a shared pid namespace its
+            // children may live on in the cgroup: kill them, as runc does.
+            Status::Stopped => {
+                if cgroup.procs().is_ok_and(|p| !p.is_empty()) {
+                    let _ = cgroup.kill_all(libc::SIGKILL);
+                }
+            }
             _ => {
                 let pidfd = self.init_pidfd();
                 let _ = cgroup.kill_all(libc::SIGKILL);
@@ -966,7 +977,12 @@ impl Container {
     }
 
     /// Changes the resources of a live container and remembers them.
+    /// Device rules stay as created (runc's update ignores them too):
+    /// containerd's CRI sends the spec's whole resources, and re-applying
+    /// that list would drop the default rules added at create.
     pub fn update(&mut self, resources: &LinuxResources) -> Result<()> {
+        let mut resources = resources.clone();
+        resources.set_devices(None);
         let dir = self.lock()?;
         let mut saved = dir.load()?;
         let status = self.status();
@@ -975,10 +991,10 @@ impl Container {
         }
         let cgroup = Cgroup::from_saved(&saved.cgroup);
         cgroup
-            .apply(resources)
+            .apply(&resources)
             .map_err(cgroup_err(&self.state.id))?;
         let mut linux = saved.spec.linux().clone().unwrap_or_default();
-        let merged = merge_resources(linux.resources().clone().unwrap_or_default(), resources);
+        let merged = merge_resources(linux.resources().clone().unwrap_or_default(), &resources);
         linux.set_resources(Some(merged));
         saved.spec.set_linux(Some(linux));
         dir.save(&saved)?;
