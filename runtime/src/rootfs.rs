@@ -706,15 +706,16 @@ mod tests {
         }
     }
 
-    fn mounts(
-        calls: &[Call],
-    ) -> Vec<(
+    /// (source, target, fstype, flags, data) of one recorded mount.
+    type MountCall = (
         Option<PathBuf>,
         PathBuf,
         Option<String>,
         MsFlags,
         Option<String>,
-    )> {
+    );
+
+    fn mounts(calls: &[Call]) -> Vec<MountCall> {
         calls
             .iter()
             .filter_map(|c| match c {
