@@ -20,3 +20,4 @@
 
 pub mod image;
 pub mod proc;
+pub mod ptrace;
