@@ -472,7 +472,14 @@ pub fn children(pid: i32) -> Result<Vec<i32>, ProcError> {
     let tids = crate::ptrace::procfs::list_tasks(pid)
         .map_err(|e| parse_err(pid, "task", e.to_string()))?;
     for tid in tids {
-        let text = read(pid, &format!("task/{tid}/children"))?;
+        // A thread may exit between the listing and the read.
+        let text = match read(pid, &format!("task/{tid}/children")) {
+            Ok(t) => t,
+            Err(ProcError::Read { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         out.extend(
             text.split_whitespace()
                 .filter_map(|c| c.parse::<i32>().ok()),
