@@ -1,2 +1,5 @@
-//! sprout: the embedding facade.
+//! sprout: the embedding facade. A platform writes `sprout::runtime::...`
+//! to run containers and `sprout::snapshot::...` to checkpoint and restore
+//! them.
 pub use sprout_runtime as runtime;
+pub use sprout_snapshot as snapshot;

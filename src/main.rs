@@ -17,10 +17,25 @@ fn main() -> ExitCode {
     match cli::run(args) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            let msg = format!("{e:#}");
+            let msg = one_line(&e);
             cli::logging::log_fatal(log.as_deref(), format, &msg);
             eprintln!("sprout: {msg}");
             ExitCode::from(1)
         }
     }
+}
+
+/// The error and its causes on one line. sprout's error types already put
+/// their source into their own message, so a cause is added only when the
+/// line does not say it yet (anyhow's `{:#}` would repeat it).
+fn one_line(e: &anyhow::Error) -> String {
+    let mut msg = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !msg.contains(&c) {
+            msg.push_str(": ");
+            msg.push_str(&c);
+        }
+    }
+    msg.replace('\n', " ")
 }

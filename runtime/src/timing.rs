@@ -33,6 +33,13 @@ impl Stages {
         self.last = now;
     }
 
+    /// Appends stages measured elsewhere (another thread); the current
+    /// stage starts now.
+    pub fn append(&mut self, stages: &[(&'static str, Duration)]) {
+        self.stages.extend_from_slice(stages);
+        self.last = Instant::now();
+    }
+
     pub fn stages(&self) -> &[(&'static str, Duration)] {
         &self.stages
     }

@@ -18,6 +18,9 @@
 #![warn(missing_docs)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+pub mod dump;
+pub mod fds;
 pub mod image;
 pub mod proc;
 pub mod ptrace;
+pub mod restore;

@@ -7,6 +7,7 @@ mod exec;
 mod lifecycle;
 pub mod logging;
 mod signals;
+mod snapshot;
 mod spec_cmd;
 mod tty;
 mod update;
@@ -94,6 +95,13 @@ pub enum Command {
     Update(update::UpdateArgs),
     /// Print container events: resource stats and OOM notifications.
     Events(events::EventsArgs),
+    /// Checkpoint a running container's process into an image.
+    Checkpoint(snapshot::CheckpointArgs),
+    /// Restore an image into a new container.
+    Restore(snapshot::RestoreArgs),
+    /// Images: `sprout image verify DIR`.
+    #[command(subcommand)]
+    Image(snapshot::ImageCommand),
     /// Write a default config.json.
     Spec(spec_cmd::SpecArgs),
     /// Print what this runtime supports, as JSON.
@@ -142,6 +150,9 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Resume(a) => lifecycle::resume(g, &a.id),
         Command::Update(a) => update::update(g, a),
         Command::Events(a) => events::events(g, a),
+        Command::Checkpoint(a) => snapshot::checkpoint(g, a),
+        Command::Restore(a) => snapshot::restore(g, a),
+        Command::Image(c) => snapshot::image(c),
         Command::Spec(a) => spec_cmd::spec(a),
         Command::Features => spec_cmd::features(),
     }

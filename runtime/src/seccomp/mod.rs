@@ -820,6 +820,13 @@ impl SeccompProgram {
         Ok(())
     }
 
+    /// The raw BPF of every filter, in install order, for an installer that
+    /// runs the `seccomp(2)` calls elsewhere (the restorer injects them into
+    /// the restored process; flags from [`flags`](Self::flags)).
+    pub fn bpf_programs(&self) -> impl Iterator<Item = &[libc::sock_filter]> + '_ {
+        self.filters.iter().map(|f| f.bpf.as_slice())
+    }
+
     /// The number of filters [`install`](Self::install) installs.
     pub fn filter_count(&self) -> usize {
         self.filters.len()

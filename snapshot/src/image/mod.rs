@@ -210,7 +210,7 @@ pub use process::{
     Rlimit, RlimitResource, SigAction, TimeOffsets, TimerNotify,
 };
 pub use reader::Image;
-pub use rootfs::{file_matches, file_record, open_in_root};
+pub use rootfs::{file_matches, file_record, open_in_root, set_hash_cache_dir};
 pub use thread::{
     RobustList, Rseq, SigAltStack, SyscallRestart, Thread, USER_CS, USER_SS, UserRegs,
 };

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 use std::sync::{Mutex, OnceLock};
 
@@ -93,6 +94,59 @@ fn cache() -> &'static Mutex<HashMap<Key, Sha256Digest>> {
     CACHE.get_or_init(|| Mutex::new(HashMap::new()))
 }
 
+/// Where hashes are remembered across processes (one small file per
+/// inode), if set: `sprout` CLI calls are short-lived, so without it every
+/// restore would hash libpython and libc again.
+static PERSISTENT: OnceLock<PathBuf> = OnceLock::new();
+
+/// Remembers file hashes under `dir` (created 0700) across processes. An
+/// entry holds the (device, inode, size, mtime, ctime) it was computed for:
+/// any change to the file changes its ctime, so a stale entry never
+/// matches. Only the first call has an effect.
+pub fn set_hash_cache_dir(dir: impl Into<PathBuf>) {
+    let dir = dir.into();
+    if std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .is_ok()
+    {
+        let _ = PERSISTENT.set(dir);
+    }
+}
+
+impl Key {
+    fn line(&self) -> String {
+        format!(
+            "{} {} {} {}.{} {}.{}",
+            self.dev, self.ino, self.size, self.mtime.0, self.mtime.1, self.ctime.0, self.ctime.1
+        )
+    }
+}
+
+fn persistent_get(key: &Key) -> Option<Sha256Digest> {
+    let dir = PERSISTENT.get()?;
+    let text = std::fs::read_to_string(dir.join(format!("{}-{}", key.dev, key.ino))).ok()?;
+    let (k, hex) = text.trim().rsplit_once(' ')?;
+    if k != key.line() || hex.len() != 64 {
+        return None;
+    }
+    let mut d = [0u8; 32];
+    for (i, b) in d.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&hex[i * 2..i * 2 + 2], 16).ok()?;
+    }
+    Some(Sha256Digest(d))
+}
+
+fn persistent_put(key: &Key, d: &Sha256Digest) {
+    let Some(dir) = PERSISTENT.get() else { return };
+    let name = format!("{}-{}", key.dev, key.ino);
+    let tmp = dir.join(format!(".{name}.{}", std::process::id()));
+    if std::fs::write(&tmp, format!("{} {d}\n", key.line())).is_ok() {
+        let _ = std::fs::rename(&tmp, dir.join(name));
+    }
+}
+
 fn regular(path: &str, st: &FileStat) -> Result<()> {
     let kind = SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits());
     if kind != SFlag::S_IFREG {
@@ -114,6 +168,13 @@ fn sha256_of(fd: impl AsFd, path: &str, st: &FileStat) -> Result<Sha256Digest> {
     let key = Key::of(st);
     if let Some(d) = cache().lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
         return Ok(*d);
+    }
+    if let Some(d) = persistent_get(&key) {
+        cache()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, d);
+        return Ok(d);
     }
     use sha2::Digest as _;
     let mut h = sha2::Sha256::new();
@@ -140,6 +201,7 @@ fn sha256_of(fd: impl AsFd, path: &str, st: &FileStat) -> Result<Sha256Digest> {
         off += n as u64;
     }
     let d = Sha256Digest(h.finalize().into());
+    persistent_put(&key, &d);
     let mut c = cache().lock().unwrap_or_else(|e| e.into_inner());
     if c.len() >= CACHE_ENTRIES {
         c.clear();

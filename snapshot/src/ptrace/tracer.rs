@@ -842,6 +842,21 @@ impl TraceCtx {
     /// Freeze the process's cgroup first if it creates threads busily (DESIGN
     /// "Snapshot"). On error the threads seized so far stay seized.
     pub fn seize_all_threads(&mut self, pid: Tid, opts: Options) -> Result<Vec<SeizedThread>> {
+        self.seize_all_threads_frozen(pid, opts, &mut || Ok(()))
+    }
+
+    /// [`TraceCtx::seize_all_threads`] for a process whose cgroup is frozen:
+    /// the first pass seizes and interrupts every thread while the set
+    /// cannot change, then `thaw` runs (a task frozen by the v1 freezer
+    /// gives no ptrace stop until it runs again; CRIU thaws the same way),
+    /// then the stops are waited for as usual.
+    pub fn seize_all_threads_frozen(
+        &mut self,
+        pid: Tid,
+        opts: Options,
+        thaw: &mut dyn FnMut() -> Result<()>,
+    ) -> Result<Vec<SeizedThread>> {
+        let mut thawed = false;
         let timeout = self.stop_timeout.unwrap_or(Duration::from_secs(30));
         let deadline = Instant::now() + timeout;
         let mut threads: BTreeMap<Tid, Option<Stop>> = BTreeMap::new();
@@ -878,6 +893,10 @@ impl TraceCtx {
                 }
                 threads.insert(t, None);
                 added = true;
+            }
+            if !thawed {
+                thaw()?;
+                thawed = true;
             }
             // Wait for every thread not stopped yet.
             while let Some(t) = threads.iter().find(|(_, s)| s.is_none()).map(|(t, _)| *t) {

@@ -1,0 +1,501 @@
+//! Restore: an image into a fresh sandbox.
+//!
+//! What the process was (memory, threads, fds, signal state) comes from the
+//! image; what the sandbox is (namespaces, cgroup, mounts, user,
+//! capabilities, seccomp, rlimits) comes from the bundle. In order:
+//! 1. the image is opened, validated and checked against this host;
+//! 2. the runtime prepares the sandbox as for a fresh start, but hands it
+//!    over at `start` to a tiny static [`stub`] exec'd from a memfd;
+//! 3. on the tracer thread, the stub is caught at its exec stop (before it
+//!    runs an instruction), the files it will map are checked by content
+//!    through its own root, a batch gadget is placed in a hole of both
+//!    layouts, and [`memory`] rebuilds the address space and copies the
+//!    pages in (verified chunk by chunk);
+//! 4. the process's mm fields, personality, umask, cwd and signal handlers;
+//!    the other [`threads`] at their dumped tids with their per-thread
+//!    kernel state; the file descriptors ([`crate::fds`]); timers; pending
+//!    signals;
+//! 5. the sandbox's [`creds`]: ids, capabilities, no_new_privs, then the
+//!    seccomp filter — last, as at a fresh start (pitfalls §9);
+//! 6. the gadget goes, each thread gets its dumped registers, extended
+//!    state and signal mask, and all are let go.
+
+mod creds;
+mod memory;
+pub mod stub;
+mod threads;
+
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use oci_spec::runtime::Process;
+use sprout_runtime::seccomp::SeccompProgram;
+use sprout_runtime::timing::Stages;
+use sprout_runtime::{Container, CreateOptions, Runtime, Takeover};
+
+use crate::image::{Host, Image, ImageError, ManifestBody, RlimitResource};
+use crate::ptrace::{
+    Entry, Gadget, GadgetConfig, GadgetError, Options, PtraceError, Stop, Tid, TraceCtx, Tracer,
+};
+
+/// Why a restore failed. Nothing is left behind: the half-built process is
+/// killed and the container deleted.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    /// The image is unreadable, corrupt, foreign or its files changed.
+    #[error("image: {0}")]
+    Image(#[from] ImageError),
+    /// Preparing or managing the sandbox failed.
+    #[error(transparent)]
+    Runtime(#[from] sprout_runtime::Error),
+    /// A ptrace operation failed.
+    #[error("ptrace: {0}")]
+    Ptrace(#[from] PtraceError),
+    /// A gadget batch failed.
+    #[error("{0}")]
+    Gadget(#[from] GadgetError),
+    /// A syscall injected into the process failed.
+    #[error("injected {what} failed: {}", std::io::Error::from_raw_os_error(*errno))]
+    Injected {
+        /// What it was for.
+        what: &'static str,
+        /// Its errno.
+        errno: i32,
+    },
+    /// A step's batch of injected syscalls stopped at a failing one.
+    #[error("{what}: {error}")]
+    Batch {
+        /// The step.
+        what: &'static str,
+        /// Which syscall failed, with its errno.
+        error: crate::ptrace::BatchError,
+    },
+    /// The image cannot be restored here or into this sandbox.
+    #[error("{0}")]
+    Incompatible(String),
+    /// The bundle's process section cannot be applied.
+    #[error("sandbox: {0}")]
+    Sandbox(String),
+    /// The sandbox's init exited before it handed over.
+    #[error("the sandbox's init exited before the restore: {0}")]
+    InitExited(String),
+    /// A syscall of the restorer failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What it was for.
+        what: &'static str,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file descriptor could not be recreated.
+    #[error("file descriptors: {0}")]
+    Fd(#[from] crate::fds::FdError),
+}
+
+/// Options of a restore that are not in the bundle.
+#[derive(Debug, Default)]
+pub struct RestoreOptions {
+    /// The restored process's stdin, stdout, stderr; `None` inherits.
+    pub stdio: [Option<OwnedFd>; 3],
+    /// Console socket for a bundle with `terminal: true`.
+    pub console_socket: Option<PathBuf>,
+    /// Write the process's pid here.
+    pub pid_file: Option<PathBuf>,
+    /// Do not give the container its own session keyring.
+    pub no_new_keyring: bool,
+}
+
+/// Stage timings and sizes of one restore.
+#[derive(Debug, Clone)]
+pub struct RestoreReport {
+    /// open image, prepare sandbox, exec stub, check files, map memory,
+    /// fill memory, process state, threads, fds, timers+signals,
+    /// credentials+seccomp, resume.
+    pub stages: Vec<(&'static str, Duration)>,
+    /// Bytes of page data copied in.
+    pub pages_bytes: u64,
+}
+
+impl RestoreReport {
+    /// Total time.
+    pub fn total(&self) -> Duration {
+        self.stages.iter().map(|(_, d)| *d).sum()
+    }
+}
+
+fn host() -> Result<&'static Host, ImageError> {
+    static HOST: OnceLock<Host> = OnceLock::new();
+    if let Some(h) = HOST.get() {
+        return Ok(h);
+    }
+    let h = Host::current()?;
+    Ok(HOST.get_or_init(|| h))
+}
+
+/// Restores the image at `image_dir` as container `id` in the sandbox the
+/// bundle describes. All ptrace work runs on `tracer`'s thread.
+pub fn restore(
+    rt: &Runtime,
+    tracer: &Tracer,
+    id: &str,
+    bundle: &Path,
+    image_dir: &Path,
+    opts: RestoreOptions,
+) -> Result<(Container, RestoreReport), RestoreError> {
+    let mut stages = Stages::new();
+    let image = Image::open(image_dir)?;
+    image.check_host(host()?)?;
+    stages.mark("open image");
+    let m = image.manifest();
+    let rlimit_stack = m
+        .process
+        .rlimits
+        .iter()
+        .find(|r| r.resource == RlimitResource::Stack)
+        .map(|r| (r.soft, r.hard));
+    let mut container = rt.create(
+        id,
+        bundle,
+        CreateOptions {
+            console_socket: opts.console_socket,
+            pid_file: opts.pid_file,
+            no_new_keyring: opts.no_new_keyring,
+            stdio: opts.stdio,
+            takeover: Some(Takeover {
+                exe: stub::memfd().map_err(|source| RestoreError::Io {
+                    what: "creating the restore stub",
+                    source,
+                })?,
+                rlimit_stack,
+            }),
+            ..Default::default()
+        },
+    )?;
+    stages.mark("prepare sandbox");
+    let result = restore_into(tracer, &mut container, image, &mut stages);
+    match result {
+        Ok(pages_bytes) => {
+            container.finish_start();
+            Ok((
+                container,
+                RestoreReport {
+                    stages: stages.stages().to_vec(),
+                    pages_bytes,
+                },
+            ))
+        }
+        Err(e) => {
+            let _ = container.delete(true);
+            Err(e)
+        }
+    }
+}
+
+fn restore_into(
+    tracer: &Tracer,
+    container: &mut Container,
+    image: Image,
+    stages: &mut Stages,
+) -> Result<u64, RestoreError> {
+    let pid = container
+        .pid()
+        .ok_or_else(|| RestoreError::InitExited("no init process".into()))?;
+    let spec = container.spec();
+    let process = spec
+        .process()
+        .clone()
+        .ok_or_else(|| RestoreError::Sandbox("the bundle has no process section".into()))?;
+    let linux = spec.linux().clone().unwrap_or_default();
+    let new_pid_ns = linux
+        .namespaces()
+        .iter()
+        .flatten()
+        .any(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::Pid && n.path().is_none());
+    let m = image.manifest();
+    if new_pid_ns && m.process.pid != 1 {
+        return Err(RestoreError::Incompatible(format!(
+            "the image's process was pid {} of its pid namespace; a restored process is pid 1 of a new one",
+            m.process.pid
+        )));
+    }
+    let seccomp = match linux.seccomp() {
+        Some(s) => {
+            Some(SeccompProgram::compile(s).map_err(|e| RestoreError::Sandbox(e.to_string()))?)
+        }
+        None => None,
+    };
+    let stack_limit = process
+        .rlimits()
+        .iter()
+        .flatten()
+        .find(|r| r.typ() == oci_spec::runtime::PosixRlimitType::RlimitStack)
+        .map(|r| (r.soft(), r.hard()));
+
+    tracer.run(move |ctx| {
+        ctx.seize(
+            pid,
+            Options::EXITKILL | Options::TRACEEXEC | Options::TRACECLONE,
+        )
+    })?;
+    // The init execs the stub: the exec stop waits for us on the tracer.
+    container.release()?;
+    stages.mark("exec stub");
+    let image = Arc::new(image);
+    let (bytes, inner) = tracer.run(move |ctx| {
+        let mut inner = Stages::new();
+        let r = rebuild(
+            ctx,
+            pid,
+            &image,
+            &process,
+            seccomp.as_ref(),
+            stack_limit,
+            &mut inner,
+        );
+        if r.is_err() {
+            let _ = ctx.kill(pid);
+        }
+        r.map(|b| (b, inner.stages().to_vec()))
+    })?;
+    stages.append(&inner);
+    Ok(bytes)
+}
+
+/// Waits for the stub's exec, then lets `execve` finish: at the exec event
+/// the thread is still inside the syscall, and resuming it from there would
+/// overwrite `rax` (an injected syscall's number) with execve's result. At
+/// the syscall-exit stop no instruction of the stub has run yet.
+fn wait_for_exec(ctx: &mut TraceCtx, pid: Tid) -> Result<(), RestoreError> {
+    loop {
+        match ctx.wait(pid)? {
+            Stop::Exec { .. } => {
+                ctx.cont_syscall(pid, 0)?;
+                return match ctx.wait(pid)? {
+                    Stop::Syscall => Ok(()),
+                    other => Err(RestoreError::Incompatible(format!(
+                        "the stub stopped with {other:?} after its exec"
+                    ))),
+                };
+            }
+            // A signal for the init before its exec (SIGCHLD of a hook):
+            // deliver it as if we were not there.
+            Stop::Signal(info) => ctx.cont(pid, info.signo())?,
+            Stop::Exited { code } => {
+                return Err(RestoreError::InitExited(format!("exit code {code}")));
+            }
+            Stop::Killed { signal, .. } => {
+                return Err(RestoreError::InitExited(format!(
+                    "killed by signal {signal}"
+                )));
+            }
+            _ => ctx.cont(pid, 0)?,
+        }
+    }
+}
+
+/// Every mapped file, as the new sandbox sees it, must hold the dumped
+/// content: file-backed memory comes from it.
+fn check_files(pid: Tid, m: &ManifestBody) -> Result<(), RestoreError> {
+    let root =
+        std::fs::File::open(format!("/proc/{pid}/root")).map_err(|source| RestoreError::Io {
+            what: "opening the sandbox's root",
+            source,
+        })?;
+    for f in &m.files {
+        let fd = crate::image::open_in_root(&root, &f.path, nix::fcntl::OFlag::O_RDONLY)?;
+        crate::image::file_matches(&fd, f)?;
+    }
+    Ok(())
+}
+
+fn gadget_config(m: &ManifestBody, seccomp: Option<&SeccompProgram>) -> GadgetConfig {
+    let paths: usize = m.files.iter().map(|f| f.path.len() + 1).sum::<usize>()
+        + m.process.exe.len()
+        + m.process.cwd.len()
+        + 2;
+    let filters: usize = seccomp.map_or(0, |s| s.bpf_programs().map(|p| p.len() * 8 + 32).sum());
+    let signals: usize = m
+        .threads
+        .iter()
+        .map(|t| t.pending.len() * 128)
+        .sum::<usize>()
+        + m.process.pending.len() * 128;
+    let need = paths + filters + signals + m.process.sigactions.len() * 32 + 16 * 1024;
+    GadgetConfig {
+        entries: 1024,
+        data_size: need.max(64 * 1024).next_multiple_of(4096),
+        stacks: m.threads.len() + 1,
+        stack_size: 8192,
+    }
+}
+
+fn le(words: &[u64]) -> Vec<u8> {
+    words.iter().flat_map(|w| w.to_le_bytes()).collect()
+}
+
+/// mm fields, personality, umask, cwd, signal handlers (pitfalls §5, §7.2).
+fn process_entries(
+    gadget: &mut Gadget,
+    m: &ManifestBody,
+    exe_fd: Option<i32>,
+) -> Result<Vec<Entry>, RestoreError> {
+    let p = &m.process;
+    let mut e = Vec::new();
+    // The dumped words end with the AT_NULL pair.
+    let auxv_bytes = le(&p.mm.auxv);
+    let auxv_ptr = gadget.data(&auxv_bytes)?;
+    let mm = &p.mm;
+    let mut map = le(&[
+        mm.start_code,
+        mm.end_code,
+        mm.start_data,
+        mm.end_data,
+        mm.start_brk,
+        mm.brk,
+        mm.start_stack,
+        mm.arg_start,
+        mm.arg_end,
+        mm.env_start,
+        mm.env_end,
+        auxv_ptr,
+    ]);
+    map.extend((auxv_bytes.len() as u32).to_le_bytes());
+    map.extend(exe_fd.unwrap_or(-1).to_le_bytes());
+    let map_ptr = gadget.data(&map)?;
+    // PR_SET_MM, PR_SET_MM_MAP
+    e.push(Entry::new(
+        libc::SYS_prctl,
+        [35, 14, map_ptr, map.len() as u64, 0, 0],
+    ));
+    e.push(Entry::new(
+        libc::SYS_personality,
+        [p.personality as u64, 0, 0, 0, 0, 0],
+    ));
+    e.push(Entry::new(libc::SYS_umask, [p.umask as u64, 0, 0, 0, 0, 0]));
+    let cwd = gadget.data(&memory::cstring(&p.cwd))?;
+    e.push(Entry::new(libc::SYS_chdir, [cwd, 0, 0, 0, 0, 0]));
+    for a in &p.sigactions {
+        let act = gadget.data(&le(&[a.handler, a.flags, a.restorer, a.mask]))?;
+        e.push(Entry::new(
+            libc::SYS_rt_sigaction,
+            [a.signal as u64, act, 0, 8, 0, 0],
+        ));
+    }
+    if let Some(fd) = exe_fd {
+        e.push(Entry::new(libc::SYS_close, [fd as u64, 0, 0, 0, 0, 0]));
+    }
+    Ok(e)
+}
+
+fn run_checked(
+    ctx: &mut TraceCtx,
+    gadget: &mut Gadget,
+    tid: Tid,
+    entries: &[Entry],
+    what: &'static str,
+) -> Result<(), RestoreError> {
+    threads::run_on(ctx, gadget, tid, entries, what)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn rebuild(
+    ctx: &mut TraceCtx,
+    pid: Tid,
+    image: &Image,
+    process: &Process,
+    seccomp: Option<&SeccompProgram>,
+    stack_limit: Option<(u64, u64)>,
+    stages: &mut Stages,
+) -> Result<u64, RestoreError> {
+    let m = image.manifest();
+    wait_for_exec(ctx, pid)?;
+    stages.mark("exec stop");
+    check_files(pid, m)?;
+    stages.mark("check files");
+    let stub_maps = crate::ptrace::procfs::read_maps(pid)?;
+    let config = gadget_config(m, seccomp);
+    let at = crate::ptrace::find_hole(&stub_maps, &memory::as_maps(&m.vmas), config.size())
+        .ok_or_else(|| {
+            RestoreError::Incompatible(
+                "no hole for the restorer's gadget in the image's address space".into(),
+            )
+        })?;
+    let mut gadget = Gadget::install(ctx, pid, at, config)?;
+    let opened = memory::open_files(ctx, pid, &mut gadget, image)?;
+    memory::rebuild_layout(ctx, pid, &mut gadget, image, &opened, &stub_maps)?;
+    stages.mark("map memory");
+    let bytes = memory::fill(pid, image)?;
+    stages.mark("fill memory");
+    let mut e = memory::finish_entries(image, &opened);
+    e.extend(process_entries(&mut gadget, m, opened.exe)?);
+    run_checked(ctx, &mut gadget, pid, &e, "restoring process state")?;
+    stages.mark("process state");
+
+    let host_tids = threads::create_threads(ctx, pid, &mut gadget, &m.threads)?;
+    for (t, &h) in m.threads.iter().zip(&host_tids) {
+        let e = threads::per_thread_entries(&mut gadget, t)?;
+        run_checked(ctx, &mut gadget, h, &e, "restoring per-thread state")?;
+    }
+    stages.mark("threads");
+    crate::fds::restore_fds(ctx, pid, &mut gadget, &m.fds)?;
+    stages.mark("fds");
+    let mut e = threads::timer_entries(&mut gadget, m)?;
+    e.extend(threads::queue_signals(&mut gadget, m)?);
+    run_checked(
+        ctx,
+        &mut gadget,
+        pid,
+        &e,
+        "restoring timers and pending signals",
+    )?;
+    stages.mark("timers and signals");
+
+    for &h in &host_tids {
+        let e = creds::entries(&mut gadget, process)?;
+        run_checked(
+            ctx,
+            &mut gadget,
+            h,
+            &e,
+            "applying the sandbox's credentials",
+        )?;
+    }
+    if let Some(program) = seccomp {
+        // The filter applies to every syscall from here on, ours included:
+        // suspend it for the tracees until they are released (pitfalls
+        // §9.1b), so the gadget can still be removed.
+        for &h in &host_tids {
+            let opts = ctx.options(h).unwrap_or(Options::NONE);
+            ctx.set_options(h, Options(opts.0 | Options::SUSPEND_SECCOMP.0))?;
+        }
+        let e = creds::seccomp_entries(&mut gadget, program)?;
+        run_checked(ctx, &mut gadget, pid, &e, "installing the seccomp filter")?;
+    }
+    stages.mark("credentials");
+    gadget.remove(ctx, pid)?;
+    if let Some((soft, hard)) = stack_limit {
+        let lim = libc::rlimit64 {
+            rlim_cur: soft,
+            rlim_max: hard,
+        };
+        // SAFETY: prlimit64 setting another process's limit from a valid
+        // struct.
+        if unsafe { libc::prlimit64(pid, libc::RLIMIT_STACK, &lim, std::ptr::null_mut()) } < 0 {
+            return Err(RestoreError::Io {
+                what: "setting the bundle's RLIMIT_STACK",
+                source: std::io::Error::last_os_error(),
+            });
+        }
+    }
+    for (t, &h) in m.threads.iter().zip(&host_tids) {
+        threads::install_final_state(ctx, h, t)?;
+    }
+    for &h in &host_tids {
+        ctx.detach(h, 0)?;
+    }
+    stages.mark("resume");
+    Ok(bytes)
+}
