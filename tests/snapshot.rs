@@ -516,6 +516,42 @@ fn bad_images_are_refused_and_leave_nothing() {
         .replacen("\"version\":1", "\"version\":99", 1);
     fs::write(d.join("manifest.json"), m).unwrap();
     try_restore(&d, "version");
+    // Edits of the body with a valid checksum: a foreign kernel record, and
+    // a mapped file's path that tries to leave the rootfs.
+    let rewrite = |name: &str, from: &str, to: &str| -> PathBuf {
+        let d = copy(name);
+        let script = format!(
+            r#"
+import hashlib, json, re, sys
+p = sys.argv[1]
+text = open(p).read()
+body = json.loads(text, object_pairs_hook=dict)["body"]
+raw = json.dumps(body, separators=(",", ":"))
+raw = re.sub({from:?}, {to:?}, raw, count=1)
+doc = '{{"format":"sprout-image","version":1,"checksum":"sha256:' + hashlib.sha256(raw.encode()).hexdigest() + '","body":' + raw + '}}'
+open(p, "w").write(doc)
+"#
+        );
+        let st = std::process::Command::new("/usr/bin/python3")
+            .args(["-c", &script])
+            .arg(d.join("manifest.json"))
+            .status()
+            .unwrap();
+        assert!(st.success());
+        d
+    };
+    let d = rewrite(
+        "foreign",
+        r#""kernel_release":"[^"]*""#,
+        r#""kernel_release":"4.19.0-other""#,
+    );
+    try_restore(&d, "kernel");
+    let d = rewrite(
+        "escape",
+        r#""path":"/bin/counter""#,
+        r#""path":"/../../../etc/passwd""#,
+    );
+    try_restore(&d, "path");
     // A rootfs whose mapped program changed.
     let d = copy("changed");
     let mut bin = fs::read(s.bundle.join("rootfs/bin/counter")).unwrap();
@@ -523,6 +559,28 @@ fn bad_images_are_refused_and_leave_nothing() {
     bin[n] ^= 0xff;
     fs::write(s.bundle.join("rootfs/bin/counter"), bin).unwrap();
     try_restore(&d, "counter");
+}
+
+#[test]
+fn checkpoint_refuses_an_unsupported_fd_naming_it() {
+    let mut s = Sandbox::new("snapinotify");
+    fs::copy(
+        program("inotify", true),
+        s.bundle.join("rootfs/bin/inotify"),
+    )
+    .unwrap();
+    s.set_args(&["/bin/inotify"]);
+    let id = s.id.clone();
+    s.ok(&["run", "-d", "--bundle", s.bundle_str(), &id]);
+    std::thread::sleep(Duration::from_millis(300));
+    let img = s.dir.path().join("image");
+    let err = s.fails(&["checkpoint", "--image-path", img.to_str().unwrap(), &id]);
+    assert!(err.contains("inotify") && err.contains("fd "), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(!img.exists() || fs::read_dir(&img).unwrap().next().is_none());
+    assert_eq!(s.status(&id), "running");
+    s.ok(&["delete", "--force", &id]);
+    s.assert_clean(&id);
 }
 
 #[test]
