@@ -28,6 +28,10 @@ int main(void) {
     long pg = sysconf(_SC_PAGESIZE);
     unsigned char *m = mmap(NULL, PAGES * pg, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (m == MAP_FAILED) return 1;
+    /* Shared anonymous memory must come back shared, with its contents. */
+    unsigned char *sh = mmap(NULL, 4 * pg, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (sh == MAP_FAILED) return 1;
+    memset(sh, 0x5a, 4 * pg);
     memset(m, 0xab, PAGES * pg);
     madvise(m, 32 * pg, MADV_DONTNEED);
     /* a large block from malloc (mmap'd), filled and freed, then calloc */
@@ -40,6 +44,16 @@ int main(void) {
     while (!go) pause();
     if (!all(m, 32 * pg, 0)) { printf("memsem FAIL dropped pages not zero\n"); return 1; }
     if (!all(m + 32 * pg, 32 * pg, 0xab)) { printf("memsem FAIL kept pages lost\n"); return 1; }
+    if (!all(sh, 4 * pg, 0x5a)) { printf("memsem FAIL shared memory contents\n"); return 1; }
+    {
+        char line[512], want[64];
+        snprintf(want, sizeof want, "%lx-", (unsigned long)sh);
+        FILE *f = fopen("/proc/self/maps", "r");
+        int shared = 0;
+        while (f && fgets(line, sizeof line, f))
+            if (!strncmp(line, want, strlen(want))) shared = strstr(line, " rw-s ") != NULL;
+        if (!shared) { printf("memsem FAIL shared memory is not MAP_SHARED\n"); return 1; }
+    }
     unsigned char *c = calloc(1, big);
     if (!c || !all(c, big, 0)) { printf("memsem FAIL calloc not zeroed\n"); return 1; }
     memset(m + 32 * pg, 0x11, 32 * pg);
