@@ -280,6 +280,8 @@ fn takeover_execs_the_given_program_before_credentials() {
                 takeover: Some(Takeover {
                     exe,
                     rlimit_stack: Some((16 << 20, 16 << 20)),
+                    inherit: Vec::new(),
+                    holder: false,
                 }),
                 ..Default::default()
             },

@@ -137,6 +137,14 @@ pub struct Takeover {
     /// `RLIMIT_STACK` (soft, hard) for its exec, which sets the layout of
     /// the new address space (`mmap_base`).
     pub rlimit_stack: Option<(u64, u64)>,
+    /// Descriptors the program gets at fd 3, 4, ... (e.g. a control socket).
+    pub inherit: Vec<OwnedFd>,
+    /// Make the sandbox a holder: its init forks the program and stays as
+    /// the pid namespace's reaper, recording the exit status of every child
+    /// in [`crate::init::EXITS_FILE`] in the state directory. The
+    /// program (a template) is then not the namespace's init, so it can go
+    /// while processes it forks with `CLONE_PARENT` live on.
+    pub holder: bool,
 }
 
 /// A container's status, as the OCI state reports it.
@@ -196,6 +204,71 @@ impl Drop for CreateGuard {
             let _ = pidfd_kill(&init.pidfd, libc::SIGKILL);
             let _ = nix::sys::wait::waitpid(init.pid, None);
         }
+        if let Some(cg) = self.cgroup.take() {
+            let _ = cg.destroy();
+        }
+        if let Some(dir) = self.dir.take() {
+            let _ = dir.remove();
+        }
+    }
+}
+
+/// A container id taken, with its cgroup, for a process started outside
+/// the runtime; see [`Runtime::adopt`].
+#[derive(Debug)]
+pub struct Adoption {
+    runtime: Runtime,
+    bundle: Bundle,
+    dir: Option<ContainerDir>,
+    cgroup: Option<Cgroup>,
+}
+
+impl Adoption {
+    /// The container's id.
+    pub fn id(&self) -> &str {
+        self.dir.as_ref().expect("present until finish").id()
+    }
+
+    /// The container's cgroup, made and limited; the process goes here.
+    pub fn cgroup(&self) -> &Cgroup {
+        self.cgroup.as_ref().expect("present until finish")
+    }
+
+    /// The bundle the container was reserved for.
+    pub fn bundle(&self) -> &Bundle {
+        &self.bundle
+    }
+
+    /// Records running process `pid` as the container, so that state,
+    /// kill, pause, exec and delete work on it like on any other.
+    pub fn finish(mut self, pid: i32) -> Result<Container> {
+        let dir = self.dir.as_ref().expect("present until finish");
+        let cgroup = self.cgroup.as_ref().expect("present until finish");
+        let saved = SavedState {
+            id: dir.id().to_string(),
+            bundle: self.bundle.dir.clone(),
+            rootfs: self.bundle.rootfs.clone(),
+            created: state::rfc3339(SystemTime::now()),
+            owner: owner_name(),
+            init: ProcessId::of(pid),
+            started: true,
+            cgroup: cgroup.to_saved(),
+            spec: self.bundle.spec.clone(),
+            sprout_version: env!("CARGO_PKG_VERSION").to_string(),
+        };
+        dir.save(&saved)?;
+        // Recorded: the directory and the cgroup now belong to the container.
+        self.dir = None;
+        self.cgroup = None;
+        Ok(Container {
+            runtime: self.runtime.clone(),
+            state: saved,
+        })
+    }
+}
+
+impl Drop for Adoption {
+    fn drop(&mut self) {
         if let Some(cg) = self.cgroup.take() {
             let _ = cg.destroy();
         }
@@ -374,6 +447,28 @@ impl Runtime {
         Ok(c)
     }
 
+    /// Like [`create`](Self::create), from a bundle the caller loaded with
+    /// [`spec::load_bundle`] and adjusted (netplug points the network
+    /// namespace at a pooled one this way). Validated again here.
+    pub fn create_from_bundle(
+        &self,
+        id: &str,
+        bundle: Bundle,
+        opts: CreateOptions,
+    ) -> Result<Container> {
+        spec::validate_id(id).map_err(|reason| Error::InvalidId {
+            id: id.to_string(),
+            reason,
+        })?;
+        let mut stages = Stages::new();
+        spec::validate(&bundle.spec)?;
+        stages.mark("validate");
+        let dir = self.store.create(id)?;
+        let c = self.create_in(dir, bundle, opts, &mut stages)?;
+        stages.log("create", id);
+        Ok(c)
+    }
+
     fn create_in(
         &self,
         dir: ContainerDir,
@@ -391,16 +486,7 @@ impl Runtime {
             init: None,
         };
 
-        let cg_path = match linux.cgroups_path() {
-            Some(p) if !p.as_os_str().is_empty() => CgroupsPath::parse(p),
-            _ => CgroupsPath::parse(Path::new(&id)),
-        }
-        .map_err(cgroup_err(&id))?;
-        let cgroup = Cgroup::create(&cg_path).map_err(cgroup_err(&id))?;
-        let cgroup = guard.cgroup.insert(cgroup);
-        cgroup
-            .apply(&effective_resources(spec))
-            .map_err(cgroup_err(&id))?;
+        let cgroup = guard.cgroup.insert(Self::prepare_cgroup(&id, spec)?);
 
         let dir = guard.dir.as_ref().expect("set above");
         let fifo_path = dir.exec_fifo();
@@ -452,8 +538,14 @@ impl Runtime {
         }
         let takeover_index = opts.takeover.as_ref().map(|_| pass.len());
         let rlimit_stack = opts.takeover.as_ref().and_then(|t| t.rlimit_stack);
+        let holder = opts.takeover.as_ref().is_some_and(|t| t.holder);
+        let mut inherit_indices = Vec::new();
         if let Some(t) = opts.takeover.take() {
             pass.push(t.exe);
+            for fd in t.inherit {
+                inherit_indices.push(pass.len());
+                pass.push(fd);
+            }
         }
         let placement = Placement::new(cgroup).map_err(cgroup_err(&id))?;
         let cloned_into_unified = placement.clone_into.is_some();
@@ -515,23 +607,7 @@ impl Runtime {
             mode: InitMode::Create,
             id: id.clone(),
             process: process.clone(),
-            rootfs: Some(RootfsConfig {
-                rootfs: bundle.rootfs.clone(),
-                bundle: bundle.dir.clone(),
-                mounts: spec.mounts().clone().unwrap_or_default(),
-                propagation: linux.rootfs_propagation().clone(),
-                readonly: spec
-                    .root()
-                    .as_ref()
-                    .and_then(|r| r.readonly())
-                    .unwrap_or(false),
-                devices: linux.devices().clone().unwrap_or_default(),
-                masked_paths: linux.masked_paths().clone().unwrap_or_default(),
-                readonly_paths: linux.readonly_paths().clone().unwrap_or_default(),
-                no_pivot: opts.no_pivot,
-                user_namespace: ns.new_user,
-                cgroup_namespace: ns.new_cgroup,
-            }),
+            rootfs: Some(RootfsConfig::for_bundle(&bundle, opts.no_pivot)),
             hostname: spec.hostname().clone(),
             domainname: spec.domainname().clone(),
             sysctl: linux
@@ -559,6 +635,8 @@ impl Runtime {
             takeover: takeover_index.map(|i| crate::init::TakeoverConfig {
                 exe_fd: fds[i],
                 rlimit_stack,
+                inherit: inherit_indices.iter().map(|&j| fds[j]).collect(),
+                holder,
             }),
         };
         let mut ch: ParentChannel = parent_ch;
@@ -612,6 +690,51 @@ impl Runtime {
         Ok(Container {
             runtime: self.clone(),
             state: saved,
+        })
+    }
+
+    /// Creates container `id`'s cgroup (its `cgroupsPath`, or its id
+    /// under the caller's own cgroup) and applies the spec's limits with
+    /// the device rules every container needs.
+    pub fn prepare_cgroup(id: &str, spec: &Spec) -> Result<Cgroup> {
+        let linux = spec.linux().clone().unwrap_or_default();
+        let cg_path = match linux.cgroups_path() {
+            Some(p) if !p.as_os_str().is_empty() => CgroupsPath::parse(p),
+            _ => CgroupsPath::parse(Path::new(id)),
+        }
+        .map_err(cgroup_err(id))?;
+        let cgroup = Cgroup::create(&cg_path).map_err(cgroup_err(id))?;
+        if let Err(e) = cgroup.apply(&effective_resources(spec)) {
+            let _ = cgroup.destroy();
+            return Err(cgroup_err(id)(e));
+        }
+        Ok(cgroup)
+    }
+
+    /// Reserves container `id` for a process started outside this
+    /// runtime (an instance forked from a template): its state directory
+    /// is made (so the id is taken) and its cgroup created with the
+    /// bundle's limits. The process is then put in [`Adoption::cgroup`]
+    /// and recorded with [`Adoption::finish`]; dropping the adoption
+    /// unfinished removes both.
+    pub fn adopt(&self, id: &str, bundle: Bundle) -> Result<Adoption> {
+        spec::validate_id(id).map_err(|reason| Error::InvalidId {
+            id: id.to_string(),
+            reason,
+        })?;
+        let dir = self.store.create(id)?;
+        let cgroup = match Self::prepare_cgroup(id, &bundle.spec) {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = dir.remove();
+                return Err(e);
+            }
+        };
+        Ok(Adoption {
+            runtime: self.clone(),
+            bundle,
+            dir: Some(dir),
+            cgroup: Some(cgroup),
         })
     }
 

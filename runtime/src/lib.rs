@@ -26,7 +26,7 @@ pub mod syscall;
 pub mod timing;
 
 pub use container::{
-    Container, CreateOptions, OciState, Runtime, RuntimeBuilder, Status, Takeover,
+    Adoption, Container, CreateOptions, OciState, Runtime, RuntimeBuilder, Status, Takeover,
 };
 pub use error::{Error, Result};
 pub use exec::{ExecOptions, ExecProcess};

@@ -24,3 +24,4 @@ pub mod image;
 pub mod proc;
 pub mod ptrace;
 pub mod restore;
+pub mod template;

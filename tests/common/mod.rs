@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 use std::fs;
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -340,4 +342,137 @@ pub fn own_cgroup_dir(controller: &str) -> PathBuf {
         }
     }
     panic!("no {controller} cgroup");
+}
+
+// ---- processes to checkpoint, restore and fork (snapshot and template tests) ----
+
+/// Builds tests/programs/NAME.c into the target's temp dir (once).
+pub fn program(name: &str, static_link: bool) -> PathBuf {
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("snap-{name}"));
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/programs/{name}.c"));
+    // Build to a unique name and rename: tests run in parallel.
+    let tmp = out.with_extension(format!("tmp{}", unique_id("b")));
+    let mut cmd = std::process::Command::new("gcc");
+    if static_link {
+        cmd.arg("-static");
+    }
+    let st = cmd
+        .args(["-O2", "-pthread", "-o"])
+        .arg(&tmp)
+        .arg(&src)
+        .status()
+        .expect("gcc");
+    assert!(st.success(), "building {name}");
+    fs::rename(&tmp, &out).unwrap();
+    out
+}
+
+/// A sandbox whose rootfs sees the host's /usr read-only (merged-usr:
+/// /lib and /lib64 are links into it), for dynamic programs and Python.
+pub fn with_usr(s: &mut Sandbox) {
+    let rootfs = s.bundle.join("rootfs");
+    let _ = std::os::unix::fs::symlink("usr/lib", rootfs.join("lib"));
+    let _ = std::os::unix::fs::symlink("usr/lib64", rootfs.join("lib64"));
+    fs::create_dir_all(rootfs.join("usr")).unwrap();
+    s.config()["mounts"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({"destination": "/usr", "type": "bind", "source": "/usr", "options": ["rbind", "ro"]}));
+    s.write_config();
+}
+
+/// Runs `sprout args` with stdout/stderr appended to `out` (the container
+/// keeps writing there after sprout returns).
+pub fn sprout_to(s: &Sandbox, args: &[&str], out: &Path) -> std::process::ExitStatus {
+    let f = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(out)
+        .unwrap();
+    let e = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(out.with_extension("err"))
+        .unwrap();
+    s.cmd()
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(f)
+        .stderr(e)
+        .status()
+        .unwrap()
+}
+
+pub fn stderr_of(out: &Path) -> String {
+    fs::read_to_string(out.with_extension("err")).unwrap_or_default()
+}
+
+pub fn lines(path: &Path) -> Vec<String> {
+    fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+pub fn count_of(line: &str) -> u64 {
+    line.strip_prefix("count ").unwrap().parse().unwrap()
+}
+
+/// Sends one HTTP request to 127.0.0.1:port inside the network namespace of
+/// `pid`, from a thread that joins it (traffic stays on that loopback).
+pub fn http_get_in_netns(pid: i32, port: u16, path: &str) -> std::io::Result<String> {
+    let ns = fs::File::open(format!("/proc/{pid}/ns/net"))?;
+    let path = path.to_string();
+    std::thread::spawn(move || -> std::io::Result<String> {
+        // SAFETY: setns on this thread only (network namespaces are per
+        // thread); the thread exits afterwards.
+        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", port))?;
+        c.set_read_timeout(Some(Duration::from_secs(10)))?;
+        write!(c, "GET {path} HTTP/1.1\r\nHost: fn\r\n\r\n")?;
+        let mut resp = String::new();
+        c.read_to_string(&mut resp)?;
+        Ok(resp)
+    })
+    .join()
+    .unwrap()
+}
+
+pub fn lo_up(pid: i32) {
+    let st = std::process::Command::new("nsenter")
+        .args([
+            "-t",
+            &pid.to_string(),
+            "-n",
+            "ip",
+            "link",
+            "set",
+            "lo",
+            "up",
+        ])
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+pub fn json_body(resp: &str) -> serde_json::Value {
+    let body = resp.split("\r\n\r\n").nth(1).unwrap_or("");
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("bad response {resp:?}: {e}"))
+}
+
+pub fn python_sandbox(name: &str) -> Sandbox {
+    let mut s = Sandbox::new(name);
+    with_usr(&mut s);
+    let app = s.bundle.join("rootfs/app");
+    fs::create_dir_all(&app).unwrap();
+    fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/programs/function.py"),
+        app.join("function.py"),
+    )
+    .unwrap();
+    s.set_args(&["/usr/bin/python3", "/app/function.py", "8080"]);
+    s
 }

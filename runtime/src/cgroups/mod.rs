@@ -238,6 +238,13 @@ impl Cgroup {
         Ok(())
     }
 
+    /// Every directory of the cgroup: one per v1 hierarchy, and the
+    /// cgroup2 one.
+    pub fn dirs(&self) -> Vec<PathBuf> {
+        let v1 = self.s.v1.iter().map(|d| d.dir.clone());
+        v1.chain(self.s.unified.clone()).collect()
+    }
+
     /// The `tasks` file of every v1 hierarchy, open for writing, so that a
     /// new single-threaded process can move itself in by writing `0`.
     ///

@@ -103,7 +103,17 @@ pub struct TakeoverConfig {
     pub exe_fd: RawFd,
     /// `RLIMIT_STACK` for the exec: it decides the new mm's `mmap_base`.
     pub rlimit_stack: Option<(u64, u64)>,
+    /// Descriptors (numbers in the init) the program gets at 3, 4, ...
+    pub inherit: Vec<RawFd>,
+    /// Hold the pid namespace: the init forks, the child execs the program,
+    /// and the init stays as the namespace's reaper (see [`reap_forever`]).
+    pub holder: bool,
 }
+
+/// In a holder's state directory: one line `PID STATUS` per child the
+/// reaper collected (PID in the holder's pid namespace; STATUS the exit
+/// code, or 128 + the signal), appended as they exit.
+pub const EXITS_FILE: &str = "exits.log";
 
 /// Name of the file in the state directory where the init leaves the error
 /// of a step that failed after `create` returned (start hooks, exec).
@@ -406,7 +416,7 @@ fn apply_process_limits(cfg: &InitConfig) -> StepResult<()> {
 /// What the init execs once `start` comes.
 enum Next {
     Process(ExecPlan, Option<SeccompProgram>),
-    Takeover(RawFd),
+    Takeover(TakeoverConfig),
 }
 
 /// The credential steps shared by create and exec: bounding set, early
@@ -497,7 +507,7 @@ fn create(ch: &mut InitChannel, cfg: &InitConfig) -> StepResult<Infallible> {
                     sys.setrlimit(libc::RLIMIT_STACK as i32, soft, hard),
                 )?;
             }
-            Next::Takeover(t.exe_fd)
+            Next::Takeover(t.clone())
         }
     };
     let fifo = cfg.exec_fifo_fd.ok_or_else(|| InitFailure {
@@ -560,15 +570,37 @@ fn wait_and_exec(cfg: &InitConfig, fifo: RawFd, next: Next) -> InitFailure {
                 message: format!("{:?}: {err}", plan.path()),
             }
         }
-        Next::Takeover(fd) => {
+        Next::Takeover(t) => {
+            if t.holder {
+                // SAFETY: fork in the single-threaded init.
+                match unsafe { libc::fork() } {
+                    -1 => {
+                        return InitFailure {
+                            step: "forking the holder's program".into(),
+                            message: io::Error::last_os_error().to_string(),
+                        };
+                    }
+                    0 => {}
+                    _ => reap_forever(cfg.state_dir_fd),
+                }
+            }
             process::reset_signals();
+            let exe_fd = match place_inherited(t.exe_fd, &t.inherit) {
+                Ok(fd) => fd,
+                Err(err) => {
+                    return InitFailure {
+                        step: "handing descriptors to the takeover program".into(),
+                        message: err.to_string(),
+                    };
+                }
+            };
             let empty: [*const libc::c_char; 1] = [std::ptr::null()];
             // SAFETY: execveat on the fd the parent passed, with an empty
             // path (AT_EMPTY_PATH) and empty, NULL-terminated argv/envp.
             unsafe {
                 libc::syscall(
                     libc::SYS_execveat,
-                    fd,
+                    exe_fd,
                     c"".as_ptr(),
                     empty.as_ptr(),
                     empty.as_ptr(),
@@ -579,6 +611,89 @@ fn wait_and_exec(cfg: &InitConfig, fifo: RawFd, next: Next) -> InitFailure {
                 step: "exec of the takeover program".into(),
                 message: io::Error::last_os_error().to_string(),
             }
+        }
+    }
+}
+
+/// Puts `inherit` at fds 3, 4, ... (not close-on-exec) and returns where
+/// the program's fd is then. Everything is first copied above the target
+/// range, close-on-exec, so no dup2 overwrites a source still needed.
+fn place_inherited(exe_fd: RawFd, inherit: &[RawFd]) -> io::Result<RawFd> {
+    let above = 3 + inherit.len() as RawFd;
+    let high = |fd: RawFd| -> io::Result<RawFd> {
+        // SAFETY: fcntl(F_DUPFD_CLOEXEC) on a descriptor of this process.
+        let r = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, above) };
+        if r < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(r)
+        }
+    };
+    let exe = high(exe_fd)?;
+    let copies = inherit
+        .iter()
+        .map(|&fd| high(fd))
+        .collect::<io::Result<Vec<_>>>()?;
+    for (i, &fd) in copies.iter().enumerate() {
+        // SAFETY: dup2 of a descriptor of this process onto 3+i; the
+        // target is below every copy, so no copy is overwritten.
+        if unsafe { libc::dup2(fd, 3 + i as RawFd) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(exe)
+}
+
+/// The holder's init, forever: reaps every child (the takeover program, and
+/// the template's instances, which are cloned with CLONE_PARENT so they are
+/// its children) and appends each exit status to [`EXITS_FILE`] in the
+/// state directory, where the node daemon reads it, also after a restart.
+/// A holder outlives its template, so instances outlive their template.
+fn reap_forever(state_dir: Option<RawFd>) -> ! {
+    // Nothing of the init's is needed any more: its end of the channel,
+    // the exec fifo (which `start` watches for the exec), stdio.
+    // SAFETY: close_range on this process's own descriptors, keeping the
+    // state directory; sigprocmask with a valid set.
+    unsafe {
+        let keep = state_dir.unwrap_or(-1);
+        for fd in 0..1024 {
+            if fd != keep {
+                libc::close(fd);
+            }
+        }
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGCHLD);
+        libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        loop {
+            let mut status = 0;
+            let pid = libc::waitpid(-1, &mut status, libc::WNOHANG);
+            if pid > 0 {
+                let code = if libc::WIFEXITED(status) {
+                    libc::WEXITSTATUS(status)
+                } else if libc::WIFSIGNALED(status) {
+                    128 + libc::WTERMSIG(status)
+                } else {
+                    continue;
+                };
+                if let Some(dir) = state_dir {
+                    let fd = libc::openat(
+                        dir,
+                        c"exits.log".as_ptr(),
+                        libc::O_WRONLY | libc::O_APPEND | libc::O_CREAT | libc::O_CLOEXEC,
+                        0o600,
+                    );
+                    if fd >= 0 {
+                        let line = format!("{pid} {code}\n");
+                        libc::write(fd, line.as_ptr().cast(), line.len());
+                        libc::close(fd);
+                    }
+                }
+                continue;
+            }
+            // No child has exited: wait for the next SIGCHLD.
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            libc::sigwaitinfo(&set, &mut info);
         }
     }
 }

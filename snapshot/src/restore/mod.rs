@@ -170,6 +170,8 @@ pub fn restore(
                     source,
                 })?,
                 rlimit_stack,
+                inherit: Vec::new(),
+                holder: false,
             }),
             ..Default::default()
         },
@@ -298,7 +300,7 @@ fn wait_for_exec(ctx: &mut TraceCtx, pid: Tid) -> Result<(), RestoreError> {
 
 /// Every mapped file, as the new sandbox sees it, must hold the dumped
 /// content: file-backed memory comes from it.
-fn check_files(pid: Tid, m: &ManifestBody) -> Result<(), RestoreError> {
+pub(crate) fn check_files(pid: Tid, m: &ManifestBody) -> Result<(), RestoreError> {
     let root =
         std::fs::File::open(format!("/proc/{pid}/root")).map_err(|source| RestoreError::Io {
             what: "opening the sandbox's root",
@@ -400,6 +402,16 @@ fn run_checked(
     threads::run_on(ctx, gadget, tid, entries, what)
 }
 
+/// What the sandbox imposes on the process being released: from the
+/// bundle, applied last (pitfalls §9).
+pub(crate) struct SandboxRules<'a> {
+    pub process: &'a Process,
+    pub seccomp: Option<&'a SeccompProgram>,
+    /// The bundle's RLIMIT_STACK, if it sets one (the stub was exec'd with
+    /// the image's, for the layout).
+    pub stack_limit: Option<(u64, u64)>,
+}
+
 #[allow(clippy::too_many_arguments)]
 fn rebuild(
     ctx: &mut TraceCtx,
@@ -410,9 +422,37 @@ fn rebuild(
     stack_limit: Option<(u64, u64)>,
     stages: &mut Stages,
 ) -> Result<u64, RestoreError> {
-    let m = image.manifest();
     wait_for_exec(ctx, pid)?;
     stages.mark("exec stop");
+    let (mut gadget, bytes) = rebuild_memory(ctx, pid, image, seccomp, stages)?;
+    let rules = SandboxRules {
+        process,
+        seccomp,
+        stack_limit,
+    };
+    release(
+        ctx,
+        pid,
+        &mut gadget,
+        image,
+        &rules,
+        &crate::fds::RestoreOptions::default(),
+        stages,
+    )?;
+    Ok(bytes)
+}
+
+/// From the stopped stub to the dumped address space, mm map, personality,
+/// umask, cwd and signal handlers: everything a fork of it inherits. Leaves
+/// the batch gadget installed for what follows.
+pub(crate) fn rebuild_memory(
+    ctx: &mut TraceCtx,
+    pid: Tid,
+    image: &Image,
+    seccomp: Option<&SeccompProgram>,
+    stages: &mut Stages,
+) -> Result<(Gadget, u64), RestoreError> {
+    let m = image.manifest();
     check_files(pid, m)?;
     stages.mark("check files");
     let stub_maps = crate::ptrace::procfs::read_maps(pid)?;
@@ -433,37 +473,42 @@ fn rebuild(
     e.extend(process_entries(&mut gadget, m, opened.exe)?);
     run_checked(ctx, &mut gadget, pid, &e, "restoring process state")?;
     stages.mark("process state");
+    Ok((gadget, bytes))
+}
 
-    let host_tids = threads::create_threads(ctx, pid, &mut gadget, &m.threads)?;
+/// From a process with the dumped memory (a restored stub or a fresh fork
+/// of a template), single-threaded and stopped, to the running process:
+/// its other threads, fds, timers, pending signals, then the sandbox's
+/// credentials and seccomp, the gadget's removal by the caller's choice
+/// (it is still needed in a template), final registers, detach.
+pub(crate) fn release(
+    ctx: &mut TraceCtx,
+    pid: Tid,
+    gadget: &mut Gadget,
+    image: &Image,
+    rules: &SandboxRules<'_>,
+    fd_opts: &crate::fds::RestoreOptions,
+    stages: &mut Stages,
+) -> Result<(), RestoreError> {
+    let m = image.manifest();
+    let host_tids = threads::create_threads(ctx, pid, gadget, &m.threads)?;
     for (t, &h) in m.threads.iter().zip(&host_tids) {
-        let e = threads::per_thread_entries(&mut gadget, t)?;
-        run_checked(ctx, &mut gadget, h, &e, "restoring per-thread state")?;
+        let e = threads::per_thread_entries(gadget, t)?;
+        run_checked(ctx, gadget, h, &e, "restoring per-thread state")?;
     }
     stages.mark("threads");
-    crate::fds::restore_fds(ctx, pid, &mut gadget, &m.fds)?;
+    crate::fds::restore_fds_with(ctx, pid, gadget, &m.fds, fd_opts)?;
     stages.mark("fds");
-    let mut e = threads::timer_entries(&mut gadget, m)?;
-    e.extend(threads::queue_signals(&mut gadget, m)?);
-    run_checked(
-        ctx,
-        &mut gadget,
-        pid,
-        &e,
-        "restoring timers and pending signals",
-    )?;
+    let mut e = threads::timer_entries(gadget, m)?;
+    e.extend(threads::queue_signals(gadget, m)?);
+    run_checked(ctx, gadget, pid, &e, "restoring timers and pending signals")?;
     stages.mark("timers and signals");
 
     for &h in &host_tids {
-        let e = creds::entries(&mut gadget, process)?;
-        run_checked(
-            ctx,
-            &mut gadget,
-            h,
-            &e,
-            "applying the sandbox's credentials",
-        )?;
+        let e = creds::entries(gadget, rules.process)?;
+        run_checked(ctx, gadget, h, &e, "applying the sandbox's credentials")?;
     }
-    if let Some(program) = seccomp {
+    if let Some(program) = rules.seccomp {
         // The filter applies to every syscall from here on, ours included:
         // suspend it for the tracees until they are released (pitfalls
         // §9.1b), so the gadget can still be removed.
@@ -471,12 +516,13 @@ fn rebuild(
             let opts = ctx.options(h).unwrap_or(Options::NONE);
             ctx.set_options(h, Options(opts.0 | Options::SUSPEND_SECCOMP.0))?;
         }
-        let e = creds::seccomp_entries(&mut gadget, program)?;
-        run_checked(ctx, &mut gadget, pid, &e, "installing the seccomp filter")?;
+        let e = creds::seccomp_entries(gadget, program)?;
+        run_checked(ctx, gadget, pid, &e, "installing the seccomp filter")?;
     }
     stages.mark("credentials");
-    gadget.remove(ctx, pid)?;
-    if let Some((soft, hard)) = stack_limit {
+    let g = std::mem::replace(gadget, gadget.for_child(pid));
+    g.remove(ctx, pid)?;
+    if let Some((soft, hard)) = rules.stack_limit {
         let lim = libc::rlimit64 {
             rlim_cur: soft,
             rlim_max: hard,
@@ -497,5 +543,5 @@ fn rebuild(
         ctx.detach(h, 0)?;
     }
     stages.mark("resume");
-    Ok(bytes)
+    Ok(())
 }

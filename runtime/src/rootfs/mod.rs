@@ -17,6 +17,8 @@ use crate::mount_options::parse_mount_options;
 use crate::mountinfo;
 use crate::syscall::{CreateKind, Syscall};
 
+pub mod detached;
+
 #[derive(Debug, thiserror::Error)]
 pub enum RootfsError {
     #[error("mount {what} on {dest}: {source}")]
@@ -49,7 +51,7 @@ pub enum RootfsError {
     },
 }
 
-fn step(what: &'static str) -> impl FnOnce(io::Error) -> RootfsError {
+pub(crate) fn step(what: &'static str) -> impl FnOnce(io::Error) -> RootfsError {
     move |source| RootfsError::Step { what, source }
 }
 
@@ -71,6 +73,45 @@ pub struct RootfsConfig {
     /// The container has its own cgroup namespace (cgroup mounts are then
     /// fresh cgroupfs instances rather than bind mounts).
     pub cgroup_namespace: bool,
+    /// The container's cgroup directories, one per hierarchy, for cgroup
+    /// bind mounts made by a process that is not in them (a detached tree
+    /// built for a forked instance). `None`: the caller's own cgroups.
+    #[serde(default)]
+    pub cgroup_dirs: Option<Vec<PathBuf>>,
+}
+
+impl RootfsConfig {
+    /// The rootfs steps of `bundle`'s config.
+    pub fn for_bundle(bundle: &crate::spec::Bundle, no_pivot: bool) -> RootfsConfig {
+        use oci_spec::runtime::LinuxNamespaceType;
+        let spec = &bundle.spec;
+        let linux = spec.linux().clone().unwrap_or_default();
+        let new_ns = |t: LinuxNamespaceType| {
+            linux
+                .namespaces()
+                .iter()
+                .flatten()
+                .any(|n| n.typ() == t && n.path().is_none())
+        };
+        RootfsConfig {
+            rootfs: bundle.rootfs.clone(),
+            bundle: bundle.dir.clone(),
+            mounts: spec.mounts().clone().unwrap_or_default(),
+            propagation: linux.rootfs_propagation().clone(),
+            readonly: spec
+                .root()
+                .as_ref()
+                .and_then(|r| r.readonly())
+                .unwrap_or(false),
+            devices: linux.devices().clone().unwrap_or_default(),
+            masked_paths: linux.masked_paths().clone().unwrap_or_default(),
+            readonly_paths: linux.readonly_paths().clone().unwrap_or_default(),
+            no_pivot,
+            user_namespace: new_ns(LinuxNamespaceType::User),
+            cgroup_namespace: new_ns(LinuxNamespaceType::Cgroup),
+            cgroup_dirs: None,
+        }
+    }
 }
 
 fn propagation_flags(p: Option<&str>) -> MsFlags {
@@ -425,10 +466,19 @@ fn mount_cgroups(
             )
             .map_err(err(format!("{fstype} {data}")))?;
         } else {
-            let own_path = own_cgroup_path(&own, mi).unwrap_or_else(|| PathBuf::from("/"));
-            let source = mi
-                .mount_point
-                .join(own_path.strip_prefix("/").unwrap_or(&own_path));
+            let given = cfg
+                .cgroup_dirs
+                .iter()
+                .flatten()
+                .find(|d| d.starts_with(&mi.mount_point));
+            let source = match given {
+                Some(dir) => dir.clone(),
+                None => {
+                    let own_path = own_cgroup_path(&own, mi).unwrap_or_else(|| PathBuf::from("/"));
+                    mi.mount_point
+                        .join(own_path.strip_prefix("/").unwrap_or(&own_path))
+                }
+            };
             sys.mount(
                 Some(&source),
                 &target.path,
@@ -703,6 +753,7 @@ mod tests {
             no_pivot: false,
             user_namespace: false,
             cgroup_namespace: false,
+            cgroup_dirs: None,
         }
     }
 

@@ -1,0 +1,310 @@
+//! A container's rootfs built as a detached mount tree by a process that is
+//! not the container.
+//!
+//! An instance forked from a template exists before its rootfs: it is a
+//! copy of the template, in a copy of the template's mount namespace. So
+//! its rootfs is built outside, on a short-lived thread in a private mount
+//! namespace, with the same steps as a created container's ([`prepare`]),
+//! and handed over as one `open_tree(OPEN_TREE_CLONE | AT_RECURSIVE)` fd
+//! that the instance attaches and pivots into.
+//!
+//! Filesystems that belong to the namespaces of the process that mounts
+//! them cannot be made on that thread: procfs (pid namespace), mqueue
+//! (ipc namespace) and cgroupfs (cgroup namespace). Those mounts, and the
+//! remounts of them, are **deferred**: recorded with their path inside the
+//! container for the instance to make once it is in its namespaces. Their
+//! mount points are created in the tree. sysfs follows the network
+//! namespace, which the thread joins first when one is given.
+
+use std::cell::RefCell;
+use std::io;
+use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use nix::mount::{MntFlags, MsFlags};
+use nix::sys::stat::{Mode, SFlag};
+
+use super::{RootfsConfig, RootfsError, prepare, step};
+use crate::syscall::{CreateKind, LinuxSyscall, Resolved, Syscall};
+
+const OPEN_TREE_CLONE: u32 = 1;
+const AT_RECURSIVE: u32 = 0x8000;
+
+/// A mount the instance makes itself, in its own namespaces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeferredMount {
+    pub source: Option<String>,
+    /// Absolute, as seen inside the container.
+    pub target: PathBuf,
+    pub fstype: Option<String>,
+    pub flags: MsFlags,
+    pub data: Option<String>,
+}
+
+/// The built tree and what is left for the instance.
+#[derive(Debug)]
+pub struct DetachedRootfs {
+    /// The rootfs with every mount of the spec below it but the deferred
+    /// ones, not attached to any mount namespace.
+    pub tree: OwnedFd,
+    /// In the spec's order.
+    pub deferred: Vec<DeferredMount>,
+}
+
+/// Filesystems that take the mounting process's namespaces.
+fn namespaced_fstype(fstype: Option<&str>) -> bool {
+    matches!(fstype, Some("proc" | "mqueue" | "cgroup" | "cgroup2"))
+}
+
+/// Builds `cfg`'s rootfs (its mounts, devices and /dev links; the pivot,
+/// masks and read-only paths are the instance's) as a detached tree.
+/// sysfs is mounted inside `netns` when given.
+pub fn build(
+    cfg: &RootfsConfig,
+    netns: Option<BorrowedFd<'_>>,
+) -> Result<DetachedRootfs, RootfsError> {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(move || build_on_this_thread(cfg, netns))
+            .join()
+            .unwrap_or_else(|_| {
+                Err(RootfsError::Step {
+                    what: "building a detached rootfs",
+                    source: io::Error::other("the builder thread panicked"),
+                })
+            })
+    })
+}
+
+/// Runs on a thread of its own: the mount and network namespaces it
+/// enters die with it.
+fn build_on_this_thread(
+    cfg: &RootfsConfig,
+    netns: Option<BorrowedFd<'_>>,
+) -> Result<DetachedRootfs, RootfsError> {
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
+        .map_err(|e| step("unsharing a mount namespace for the rootfs")(e.into()))?;
+    if let Some(ns) = netns {
+        nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(|e| step("joining the instance's network namespace")(e.into()))?;
+    }
+    let root = std::fs::canonicalize(&cfg.rootfs).map_err(|source| RootfsError::Path {
+        what: "resolving rootfs",
+        path: cfg.rootfs.clone(),
+        source,
+    })?;
+    let sys = Deferring {
+        inner: LinuxSyscall,
+        root: root.clone(),
+        deferred: RefCell::new(Vec::new()),
+    };
+    prepare(&sys, cfg)?;
+    let tree = open_tree(&root).map_err(step("open_tree of the rootfs"))?;
+    Ok(DetachedRootfs {
+        tree,
+        deferred: sys.deferred.into_inner(),
+    })
+}
+
+fn open_tree(path: &Path) -> io::Result<OwnedFd> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: open_tree with a valid C string; returns a new fd or -1.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as u32 | AT_RECURSIVE,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd from the kernel, owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// The kernel, except for mounts of namespaced filesystems (and remounts
+/// of those), which are recorded instead.
+struct Deferring {
+    inner: LinuxSyscall,
+    /// The rootfs, canonical: deferred targets are made relative to it.
+    root: PathBuf,
+    deferred: RefCell<Vec<DeferredMount>>,
+}
+
+impl Deferring {
+    /// `target` (usually `/proc/self/fd/N` for a pinned path) as the
+    /// container will see it.
+    fn inside(&self, target: &Path) -> io::Result<PathBuf> {
+        let real = if target.starts_with("/proc/self/fd") {
+            std::fs::read_link(target)?
+        } else {
+            target.to_path_buf()
+        };
+        let rel = real.strip_prefix(&self.root).map_err(|_| {
+            io::Error::other(format!(
+                "mount target {} is outside the rootfs {}",
+                real.display(),
+                self.root.display()
+            ))
+        })?;
+        Ok(Path::new("/").join(rel))
+    }
+}
+
+impl Syscall for Deferring {
+    fn mount(
+        &self,
+        source: Option<&Path>,
+        target: &Path,
+        fstype: Option<&str>,
+        flags: MsFlags,
+        data: Option<&str>,
+    ) -> io::Result<()> {
+        let fresh_namespaced = namespaced_fstype(fstype) && !flags.contains(MsFlags::MS_BIND);
+        let remount = flags.contains(MsFlags::MS_REMOUNT);
+        if fresh_namespaced || remount {
+            let inside = self.inside(target)?;
+            let of_deferred = remount && self.deferred.borrow().iter().any(|d| d.target == inside);
+            if fresh_namespaced || of_deferred {
+                self.deferred.borrow_mut().push(DeferredMount {
+                    source: source.map(|s| s.display().to_string()),
+                    target: inside,
+                    fstype: fstype.map(str::to_string),
+                    flags,
+                    data: data.map(str::to_string),
+                });
+                return Ok(());
+            }
+        }
+        self.inner.mount(source, target, fstype, flags, data)
+    }
+
+    fn umount(&self, target: &Path, flags: MntFlags) -> io::Result<()> {
+        self.inner.umount(target, flags)
+    }
+
+    fn resolve_in_root(
+        &self,
+        root: &Path,
+        path: &Path,
+        create: CreateKind,
+    ) -> io::Result<Resolved> {
+        self.inner.resolve_in_root(root, path, create)
+    }
+
+    fn pivot_root(&self, new_root: &Path) -> io::Result<()> {
+        self.inner.pivot_root(new_root)
+    }
+
+    fn chroot(&self, new_root: &Path) -> io::Result<()> {
+        self.inner.chroot(new_root)
+    }
+
+    fn chdir(&self, path: &Path) -> io::Result<()> {
+        self.inner.chdir(path)
+    }
+
+    fn symlink(&self, target: &Path, link: &Path) -> io::Result<()> {
+        self.inner.symlink(target, link)
+    }
+
+    fn mknod(&self, path: &Path, kind: SFlag, perm: Mode, dev: u64) -> io::Result<()> {
+        self.inner.mknod(path, kind, perm, dev)
+    }
+
+    fn chown(&self, path: &Path, uid: u32, gid: u32) -> io::Result<()> {
+        self.inner.chown(path, uid, gid)
+    }
+
+    fn write_file(&self, path: &Path, data: &[u8]) -> io::Result<()> {
+        self.inner.write_file(path, data)
+    }
+
+    fn exists(&self, path: &Path) -> bool {
+        self.inner.exists(path)
+    }
+
+    fn is_dir(&self, path: &Path) -> bool {
+        self.inner.is_dir(path)
+    }
+
+    fn sethostname(&self, name: &str) -> io::Result<()> {
+        self.inner.sethostname(name)
+    }
+
+    fn setdomainname(&self, name: &str) -> io::Result<()> {
+        self.inner.setdomainname(name)
+    }
+
+    fn setrlimit(&self, resource: i32, soft: u64, hard: u64) -> io::Result<()> {
+        self.inner.setrlimit(resource, soft, hard)
+    }
+
+    fn mount_flags(&self, path: &Path) -> io::Result<MsFlags> {
+        self.inner.mount_flags(path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn namespaced_filesystems_are_the_ones_tied_to_the_mounter() {
+        for t in ["proc", "mqueue", "cgroup", "cgroup2"] {
+            assert!(namespaced_fstype(Some(t)), "{t}");
+        }
+        for t in ["tmpfs", "sysfs", "devpts", "bind", "overlay"] {
+            assert!(!namespaced_fstype(Some(t)), "{t}");
+        }
+        assert!(!namespaced_fstype(None));
+    }
+
+    #[test]
+    fn deferred_targets_are_made_relative_to_the_rootfs() {
+        let d = Deferring {
+            inner: LinuxSyscall,
+            root: "/b/rootfs".into(),
+            deferred: RefCell::new(Vec::new()),
+        };
+        assert_eq!(
+            d.inside(Path::new("/b/rootfs/dev/mqueue")).unwrap(),
+            Path::new("/dev/mqueue")
+        );
+        assert_eq!(d.inside(Path::new("/b/rootfs")).unwrap(), Path::new("/"));
+        assert!(d.inside(Path::new("/etc")).is_err());
+    }
+
+    #[test]
+    fn fresh_proc_is_deferred_with_its_remount_but_binds_are_not() {
+        let d = Deferring {
+            inner: LinuxSyscall,
+            root: "/b/rootfs".into(),
+            deferred: RefCell::new(Vec::new()),
+        };
+        d.mount(
+            Some(Path::new("proc")),
+            Path::new("/b/rootfs/proc"),
+            Some("proc"),
+            MsFlags::empty(),
+            None,
+        )
+        .unwrap();
+        d.mount(
+            None,
+            Path::new("/b/rootfs/proc"),
+            None,
+            MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY,
+            None,
+        )
+        .unwrap();
+        let got = d.deferred.borrow();
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].target, Path::new("/proc"));
+        assert_eq!(got[0].fstype.as_deref(), Some("proc"));
+        assert!(got[1].flags.contains(MsFlags::MS_REMOUNT));
+    }
+}

@@ -1,0 +1,1013 @@
+//! Templates and fork: instances that share a restored process's memory
+//! copy-on-write (Catalyzer's "sfork").
+//!
+//! [`Template::load`] restores an image once into a **holder** sandbox: the
+//! holder's init forks the restore stub and stays as its pid namespace's
+//! reaper, so the template is never a namespace init. The restore stops
+//! early: memory, mm map, signal handlers — no threads, no fds but a control
+//! socket, no credentials, no seccomp — and the template waits, stopped
+//! under ptrace, with the batch gadget in place.
+//!
+//! [`Template::fork`] makes an instance: the instance's fds (network
+//! namespace, stdio, cgroup) are passed in over the control socket, a
+//! `clone3` injected into the template creates the child with new pid,
+//! mount, uts and ipc namespaces, `CLONE_PARENT` (its parent is the holder's
+//! reaper, which collects its exit status; the template can go while it
+//! lives) and `CLONE_INTO_CGROUP`. In the child: it moves itself into its
+//! v1 cgroups, joins the network namespace, gets fresh proc/sysfs/tmpfs/
+//! devpts/mqueue mounts with the masked and read-only paths re-applied,
+//! its hostname and stdio; then, as after a restore, every fd is
+//! re-created (fork shares open file descriptions), the other threads are
+//! made from the saved registers, timers and pending signals come back,
+//! and the instance's credentials, no_new_privs and seccomp are applied
+//! last. Memory is never copied: the child shares the template's pages.
+
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nix::mount::MsFlags;
+use oci_spec::runtime::LinuxNamespaceType;
+use sprout_runtime::rootfs::RootfsConfig;
+use sprout_runtime::rootfs::detached::{self, DeferredMount};
+use sprout_runtime::seccomp::SeccompProgram;
+use sprout_runtime::spec::{Bundle, load_bundle};
+use sprout_runtime::timing::Stages;
+use sprout_runtime::{Adoption, Container, CreateOptions, Runtime, Takeover};
+
+use crate::image::{Backing, Image, RlimitResource};
+use crate::ptrace::{Entry, Gadget, Options, Stop, Tid, TraceCtx, Tracer};
+use crate::restore::{self, RestoreError, SandboxRules};
+
+/// The template's end of its control socket (fd 3 in the template).
+const CONTROL_FD: u64 = 3;
+
+/// Why a template could not be loaded or an instance forked.
+#[derive(Debug, thiserror::Error)]
+pub enum TemplateError {
+    /// Restoring the image (or an instance's last steps) failed.
+    #[error(transparent)]
+    Restore(#[from] RestoreError),
+    /// The sandbox of the holder or an instance could not be made.
+    #[error(transparent)]
+    Runtime(#[from] sprout_runtime::Error),
+    /// The image maps shared memory, which fork would share between
+    /// instances.
+    #[error(
+        "image {image}: the process maps shared memory at {start:#x} ({what}); fork would share it between instances, so it cannot be a template"
+    )]
+    SharedMemory {
+        /// The image.
+        image: PathBuf,
+        /// The mapping.
+        start: u64,
+        /// What it is.
+        what: String,
+    },
+    /// The bundle does not ask for what a template or instance needs.
+    #[error("bundle {bundle}: {reason}")]
+    Bundle {
+        /// The bundle.
+        bundle: PathBuf,
+        /// What is missing or unsupported.
+        reason: String,
+    },
+    /// A syscall of the forker failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What for.
+        what: &'static str,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The instance's rootfs could not be built.
+    #[error("bundle {bundle}: building the instance's rootfs: {source}")]
+    Rootfs {
+        /// The bundle.
+        bundle: PathBuf,
+        /// Why.
+        #[source]
+        source: sprout_runtime::rootfs::RootfsError,
+    },
+    /// The template process is gone.
+    #[error("the template of {0:?} is gone")]
+    Gone(String),
+}
+
+impl From<crate::ptrace::PtraceError> for TemplateError {
+    fn from(e: crate::ptrace::PtraceError) -> Self {
+        TemplateError::Restore(e.into())
+    }
+}
+
+impl From<crate::ptrace::GadgetError> for TemplateError {
+    fn from(e: crate::ptrace::GadgetError) -> Self {
+        TemplateError::Restore(e.into())
+    }
+}
+
+/// What a fork is asked for.
+#[derive(Debug, Default)]
+pub struct ForkSpec {
+    /// The instance's bundle: its config decides namespaces, cgroup and
+    /// limits, mounts, user, capabilities, seccomp. `None`: the template's.
+    /// Its rootfs may be another than the template's, but every file the
+    /// template maps must hold the same content there (checked).
+    pub bundle: Option<PathBuf>,
+    /// stdin, stdout, stderr; `None` is /dev/null.
+    pub stdio: [Option<OwnedFd>; 3],
+    /// The network namespace to join (e.g. from netplug's pool); `None`
+    /// makes a fresh one with `lo` up.
+    pub netns: Option<OwnedFd>,
+    /// Sent to the instance once it runs, so a function can re-seed what
+    /// it cached at init (PRNG seeds, ids): every instance starts from the
+    /// template's memory.
+    pub after_fork_signal: Option<i32>,
+}
+
+/// Stage timings of a load (open image, prepare holder, the restore's
+/// memory stages) or a fork (prepare: bundle, cgroup, netns; fds in,
+/// clone, sandbox, threads, fds, timers and signals, credentials, resume,
+/// record).
+#[derive(Debug, Clone, Default)]
+pub struct Timings {
+    /// (stage, time) in order.
+    pub stages: Vec<(&'static str, Duration)>,
+}
+
+impl Timings {
+    /// Total time.
+    pub fn total(&self) -> Duration {
+        self.stages.iter().map(|(_, d)| *d).sum()
+    }
+}
+
+struct Held {
+    pid: Tid,
+    gadget: Gadget,
+}
+
+/// A function's restored, stopped process, ready to fork instances.
+pub struct Template {
+    name: String,
+    tracer: Tracer,
+    holder: Container,
+    bundle: Bundle,
+    image: Arc<Image>,
+    held: Arc<Mutex<Option<Held>>>,
+    control: UnixStream,
+}
+
+impl std::fmt::Debug for Template {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Template")
+            .field("name", &self.name)
+            .field("holder", &self.holder.id())
+            .finish()
+    }
+}
+
+/// Refuses images whose memory fork would share between instances.
+fn check_forkable(image: &Image, dir: &Path) -> Result<(), TemplateError> {
+    for v in &image.manifest().vmas {
+        let shared_mem = matches!(v.backing, Backing::SharedMemory { .. });
+        if shared_mem || (v.shared && v.prot.write) {
+            return Err(TemplateError::SharedMemory {
+                image: dir.to_path_buf(),
+                start: v.start,
+                what: if shared_mem {
+                    "MAP_SHARED anonymous memory, shmem or memfd".into()
+                } else {
+                    "a writable MAP_SHARED file mapping".into()
+                },
+            });
+        }
+    }
+    Ok(())
+}
+
+fn has_new(bundle: &Bundle, t: LinuxNamespaceType) -> bool {
+    bundle
+        .spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().clone())
+        .unwrap_or_default()
+        .iter()
+        .any(|n| n.typ() == t && n.path().is_none())
+}
+
+/// A new network namespace with `lo` up, made on a short-lived thread so
+/// the caller's own namespace never changes.
+pub fn fresh_netns() -> std::io::Result<OwnedFd> {
+    std::thread::spawn(|| -> std::io::Result<OwnedFd> {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)?;
+        let ns: OwnedFd = std::fs::File::open("/proc/thread-self/ns/net")?.into();
+        let sock = nix::sys::socket::socket(
+            nix::sys::socket::AddressFamily::Inet,
+            nix::sys::socket::SockType::Datagram,
+            nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+            None,
+        )?;
+        // SAFETY: an all-zero ifreq is valid; SIOCGIFFLAGS/SIOCSIFFLAGS on
+        // a socket with a NUL-terminated interface name.
+        unsafe {
+            let mut req: libc::ifreq = std::mem::zeroed();
+            for (i, b) in b"lo\0".iter().enumerate() {
+                req.ifr_name[i] = *b as libc::c_char;
+            }
+            if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+            if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        Ok(ns)
+    })
+    .join()
+    .map_err(|_| std::io::Error::other("netns thread panicked"))?
+}
+
+fn dev_null() -> Result<OwnedFd, TemplateError> {
+    Ok(std::fs::File::open("/dev/null")
+        .map_err(|source| TemplateError::Io {
+            what: "opening /dev/null",
+            source,
+        })?
+        .into())
+}
+
+impl Template {
+    /// The function's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The holder container (its init is the reaper of the template's and
+    /// every instance's pid namespace tree).
+    pub fn holder(&self) -> &Container {
+        &self.holder
+    }
+
+    /// The template process (host pid), while it exists.
+    pub fn pid(&self) -> Option<Tid> {
+        self.held.lock().ok()?.as_ref().map(|h| h.pid)
+    }
+
+    /// Restores `image_dir` once into a template held in a new sandbox of
+    /// `bundle` (which must ask for a new pid namespace). The holder is
+    /// container `holder_id` in `rt`.
+    pub fn load(
+        rt: &Runtime,
+        tracer: &Tracer,
+        name: &str,
+        holder_id: &str,
+        image_dir: &Path,
+        bundle_dir: &Path,
+    ) -> Result<(Template, Timings), TemplateError> {
+        let mut stages = Stages::new();
+        let image = Image::open(image_dir).map_err(RestoreError::from)?;
+        image
+            .check_host(&crate::image::Host::current().map_err(RestoreError::from)?)
+            .map_err(RestoreError::from)?;
+        check_forkable(&image, image_dir)?;
+        let image = Arc::new(image);
+        let bundle = load_bundle(bundle_dir).map_err(sprout_runtime::Error::from)?;
+        if !has_new(&bundle, LinuxNamespaceType::Pid) {
+            return Err(TemplateError::Bundle {
+                bundle: bundle_dir.to_path_buf(),
+                reason: "a template needs a new pid namespace".into(),
+            });
+        }
+        stages.mark("open image");
+        let (ours, theirs) = UnixStream::pair().map_err(|source| TemplateError::Io {
+            what: "control socketpair",
+            source,
+        })?;
+        let rlimit_stack = image
+            .manifest()
+            .process
+            .rlimits
+            .iter()
+            .find(|r| r.resource == RlimitResource::Stack)
+            .map(|r| (r.soft, r.hard));
+        let holder = rt.create(
+            holder_id,
+            bundle_dir,
+            CreateOptions {
+                stdio: [Some(dev_null()?), Some(dev_null()?), Some(dev_null()?)],
+                takeover: Some(Takeover {
+                    exe: restore::stub::memfd().map_err(|source| TemplateError::Io {
+                        what: "creating the restore stub",
+                        source,
+                    })?,
+                    rlimit_stack,
+                    inherit: vec![theirs.into()],
+                    holder: true,
+                }),
+                ..Default::default()
+            },
+        )?;
+        stages.mark("prepare holder");
+        let init = holder
+            .pid()
+            .ok_or_else(|| TemplateError::Gone(name.to_string()))?;
+        let result = (|| -> Result<Held, TemplateError> {
+            tracer.run(move |ctx| {
+                ctx.seize(
+                    init,
+                    Options::TRACEFORK | Options::TRACECLONE | Options::TRACEEXEC,
+                )
+            })?;
+            // `release` returns once the init's program is exec'd, which
+            // happens in the forked child only after the tracer lets it go
+            // on: release on a thread of its own while the tracer follows.
+            let mut releasing = holder.clone();
+            let releaser = std::thread::spawn(move || releasing.release());
+            let img = image.clone();
+            let traced = tracer.run(move |ctx| -> Result<_, TemplateError> {
+                let mut inner = Stages::new();
+                let pid = catch_template(ctx, init)?;
+                let r = restore::rebuild_memory(ctx, pid, &img, None, &mut inner);
+                match r {
+                    Ok((gadget, _)) => Ok((Held { pid, gadget }, inner.stages().to_vec())),
+                    Err(e) => {
+                        let _ = ctx.kill(pid);
+                        Err(e.into())
+                    }
+                }
+            });
+            if traced.is_err() {
+                // The release waits for an exec that will not come.
+                let _ = holder.kill(libc::SIGKILL, true);
+            }
+            let released = releaser.join().map_err(|_| TemplateError::Io {
+                what: "starting the holder",
+                source: std::io::Error::other("the release thread panicked"),
+            });
+            let (held, inner) = traced?;
+            released??;
+            stages.append(&inner);
+            Ok(held)
+        })();
+        let held = match result {
+            Ok(h) => h,
+            Err(e) => {
+                let _ = holder.clone().delete(true);
+                return Err(e);
+            }
+        };
+        Ok((
+            Template {
+                name: name.to_string(),
+                tracer: tracer.clone(),
+                holder,
+                bundle,
+                image,
+                held: Arc::new(Mutex::new(Some(held))),
+                control: ours,
+            },
+            Timings {
+                stages: stages.stages().to_vec(),
+            },
+        ))
+    }
+
+    /// Forks an instance as container `id` of `rt`.
+    pub fn fork(
+        &self,
+        rt: &Runtime,
+        id: &str,
+        spec: ForkSpec,
+    ) -> Result<(Container, Timings), TemplateError> {
+        if self.pid().is_none() {
+            return Err(TemplateError::Gone(self.name.clone()));
+        }
+        let mut stages = Stages::new();
+        let bundle = match &spec.bundle {
+            Some(b) => load_bundle(b).map_err(sprout_runtime::Error::from)?,
+            None => self.bundle.clone(),
+        };
+        for t in [LinuxNamespaceType::User, LinuxNamespaceType::Time] {
+            if has_new(&bundle, t) {
+                return Err(TemplateError::Bundle {
+                    bundle: bundle.dir.clone(),
+                    reason: format!("a {t} namespace is not supported for instances"),
+                });
+            }
+        }
+        let adoption = rt.adopt(id, bundle)?;
+        let child = self.fork_into(&adoption, spec, &mut stages)?;
+        let container = match adoption.finish(child) {
+            Ok(c) => c,
+            Err(e) => {
+                // SAFETY: kill with plain integers: the instance we forked.
+                unsafe { libc::kill(child, libc::SIGKILL) };
+                return Err(e.into());
+            }
+        };
+        stages.mark("record");
+        Ok((
+            container,
+            Timings {
+                stages: stages.stages().to_vec(),
+            },
+        ))
+    }
+
+    /// Forks the instance into `adoption`'s cgroup; returns its host pid.
+    fn fork_into(
+        &self,
+        adoption: &Adoption,
+        spec: ForkSpec,
+        stages: &mut Stages,
+    ) -> Result<Tid, TemplateError> {
+        let bundle = adoption.bundle();
+        let cgroup = adoption.cgroup();
+        let netns = match spec.netns {
+            Some(n) => n,
+            None => fresh_netns().map_err(|source| TemplateError::Io {
+                what: "making a network namespace",
+                source,
+            })?,
+        };
+        let mut rootfs_cfg = RootfsConfig::for_bundle(bundle, false);
+        rootfs_cfg.cgroup_dirs = Some(cgroup.dirs());
+        let rootfs = detached::build(&rootfs_cfg, Some(netns.as_fd())).map_err(|e| {
+            TemplateError::Rootfs {
+                bundle: bundle.dir.clone(),
+                source: e,
+            }
+        })?;
+        stages.mark("rootfs");
+        let [a, b, c] = spec.stdio;
+        let stdio = [
+            a.map_or_else(dev_null, Ok)?,
+            b.map_or_else(dev_null, Ok)?,
+            c.map_or_else(dev_null, Ok)?,
+        ];
+        let unified = cgroup
+            .try_unified_dir_fd()
+            .map_err(|e| sprout_runtime::Error::Cgroup {
+                id: adoption.id().to_string(),
+                source: e,
+            })?;
+        let tasks = cgroup
+            .open_v1_task_files()
+            .map_err(|e| sprout_runtime::Error::Cgroup {
+                id: adoption.id().to_string(),
+                source: e,
+            })?;
+        let plan = ChildPlan::new(bundle, &rootfs_cfg, rootfs.deferred, &self.image)?;
+        let process = bundle
+            .spec
+            .process()
+            .clone()
+            .ok_or_else(|| TemplateError::Bundle {
+                bundle: bundle.dir.clone(),
+                reason: "no process section".into(),
+            })?;
+        let seccomp = match bundle
+            .spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.seccomp().clone())
+        {
+            Some(s) => Some(
+                SeccompProgram::compile(&s).map_err(|e| RestoreError::Sandbox(e.to_string()))?,
+            ),
+            None => None,
+        };
+        let stack_limit = process
+            .rlimits()
+            .iter()
+            .flatten()
+            .find(|r| r.typ() == oci_spec::runtime::PosixRlimitType::RlimitStack)
+            .map(|r| (r.soft(), r.hard()));
+
+        let passed = Passed {
+            has_unified: unified.is_some(),
+            tasks: tasks.len(),
+        };
+        let mut fds: Vec<OwnedFd> = vec![netns, rootfs.tree];
+        fds.extend(stdio);
+        fds.extend(unified);
+        fds.extend(tasks);
+        send_fds(&self.control, &fds)?;
+        drop(fds);
+        stages.mark("prepare");
+
+        let image = self.image.clone();
+        let held = self.held.clone();
+        let name = self.name.clone();
+        let (child, inner) = self.tracer.run(move |ctx| -> Result<_, TemplateError> {
+            let mut inner = Stages::new();
+            let mut guard = held.lock().unwrap_or_else(|e| e.into_inner());
+            let h = guard.as_mut().ok_or(TemplateError::Gone(name))?;
+            let received = Received(receive_fds(ctx, h, passed.count())?);
+            inner.mark("fds in");
+            let cloned = clone_instance(ctx, h, &plan, received.unified(&passed));
+            // The template keeps nothing of the instance's.
+            let close: Vec<Entry> = received
+                .0
+                .iter()
+                .map(|&fd| Entry::new(libc::SYS_close, [fd as u64, 0, 0, 0, 0, 0]))
+                .collect();
+            h.gadget.run(ctx, h.pid, &close)?;
+            let child = cloned?;
+            inner.mark("clone");
+            let mut g = h.gadget.for_child(child);
+            let r = (|| -> Result<(), TemplateError> {
+                enter_sandbox(ctx, child, &mut g, &plan, &received, &passed)?;
+                restore::check_files(child, image.manifest())?;
+                inner.mark("sandbox");
+                let rules = SandboxRules {
+                    process: &process,
+                    seccomp: seccomp.as_ref(),
+                    stack_limit,
+                };
+                let opts = crate::fds::RestoreOptions {
+                    reserved: Vec::new(),
+                    close_others: true,
+                };
+                restore::release(ctx, child, &mut g, &image, &rules, &opts, &mut inner)?;
+                Ok(())
+            })();
+            if let Err(e) = r {
+                let _ = ctx.kill(child);
+                return Err(e);
+            }
+            Ok((child, inner.stages().to_vec()))
+        })?;
+        stages.append(&inner);
+        if let Some(sig) = spec.after_fork_signal {
+            // SAFETY: kill with plain integers: the instance just forked.
+            unsafe { libc::kill(child, sig) };
+        }
+        Ok(child)
+    }
+
+    /// Kills the template process. Its instances live on (their parent is
+    /// the holder's reaper); the holder container stays until its caller
+    /// deletes it, which kills whatever still runs below it.
+    pub fn drop_template(&self) -> Result<(), TemplateError> {
+        let held = self.held.clone();
+        self.tracer.run(move |ctx| {
+            if let Some(h) = held.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                let _ = ctx.kill(h.pid);
+            }
+        });
+        Ok(())
+    }
+}
+
+/// Follows the holder's init through its fork to the template child and
+/// the child to its exec'd stub, at execve's syscall-exit stop.
+fn catch_template(ctx: &mut TraceCtx, init: Tid) -> Result<Tid, TemplateError> {
+    let child = loop {
+        match ctx.wait(init)? {
+            Stop::Clone { new_tid, .. } => break new_tid,
+            Stop::Signal(info) => ctx.cont(init, info.signo())?,
+            Stop::Exited { code } => {
+                return Err(RestoreError::InitExited(format!("exit code {code}")).into());
+            }
+            Stop::Killed { signal, .. } => {
+                return Err(RestoreError::InitExited(format!("killed by signal {signal}")).into());
+            }
+            _ => ctx.cont(init, 0)?,
+        }
+    };
+    // The init goes on as the reaper, untraced.
+    ctx.detach(init, 0)?;
+    match ctx.wait(child)? {
+        Stop::Interrupt => {}
+        other => {
+            return Err(RestoreError::Incompatible(format!(
+                "the template process stopped with {other:?}"
+            ))
+            .into());
+        }
+    }
+    // If sproutd dies, its templates die with it; instances do not.
+    ctx.set_options(
+        child,
+        Options(
+            Options::TRACECLONE.0
+                | Options::TRACEFORK.0
+                | Options::TRACEEXEC.0
+                | Options::EXITKILL.0,
+        ),
+    )?;
+    ctx.cont(child, 0)?;
+    loop {
+        match ctx.wait(child)? {
+            Stop::Exec { .. } => break,
+            Stop::Signal(info) => ctx.cont(child, info.signo())?,
+            Stop::Exited { code } => {
+                return Err(RestoreError::InitExited(format!("template exit code {code}")).into());
+            }
+            Stop::Killed { signal, .. } => {
+                return Err(RestoreError::InitExited(format!(
+                    "template killed by signal {signal}"
+                ))
+                .into());
+            }
+            _ => ctx.cont(child, 0)?,
+        }
+    }
+    ctx.cont_syscall(child, 0)?;
+    match ctx.wait(child)? {
+        Stop::Syscall => Ok(child),
+        other => Err(RestoreError::Incompatible(format!(
+            "the stub stopped with {other:?} after its exec"
+        ))
+        .into()),
+    }
+}
+
+/// Sends `fds` over the control socket (one message).
+fn send_fds(sock: &UnixStream, fds: &[OwnedFd]) -> Result<(), TemplateError> {
+    use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+    let raw: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    let cmsg = [ControlMessage::ScmRights(&raw)];
+    let iov = [std::io::IoSlice::new(b"f")];
+    sendmsg::<()>(sock.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None).map_err(|e| {
+        TemplateError::Io {
+            what: "passing fds to the template",
+            source: e.into(),
+        }
+    })?;
+    Ok(())
+}
+
+/// `recvmsg` injected into the template: returns the fd numbers it got.
+fn receive_fds(ctx: &mut TraceCtx, h: &mut Held, n: usize) -> Result<Vec<i32>, TemplateError> {
+    let g = &mut h.gadget;
+    let buf = g.data_zeroed(8)?;
+    let iov = g.data(&[buf.to_le_bytes(), 8u64.to_le_bytes()].concat())?;
+    // CMSG_SPACE(n * 4): a 16-byte header and the ints, aligned to 8.
+    let control_len = 16 + (n * 4).next_multiple_of(8);
+    let control = g.data_zeroed(control_len)?;
+    // struct msghdr: name, namelen, iov, iovlen, control, controllen, flags.
+    let mut hdr = Vec::new();
+    hdr.extend(0u64.to_le_bytes());
+    hdr.extend(0u64.to_le_bytes());
+    hdr.extend(iov.to_le_bytes());
+    hdr.extend(1u64.to_le_bytes());
+    hdr.extend(control.to_le_bytes());
+    hdr.extend((control_len as u64).to_le_bytes());
+    hdr.extend(0u64.to_le_bytes());
+    let msg = g.data(&hdr)?;
+    let rs = g.run(
+        ctx,
+        h.pid,
+        &[Entry::new(
+            libc::SYS_recvmsg,
+            [CONTROL_FD, msg, libc::MSG_CMSG_CLOEXEC as u64, 0, 0, 0],
+        )],
+    )?;
+    let _ = rs;
+    let c = g.read(control, control_len)?;
+    let len = u64::from_le_bytes(c[0..8].try_into().unwrap()) as usize;
+    let level = i32::from_le_bytes(c[8..12].try_into().unwrap());
+    let typ = i32::from_le_bytes(c[12..16].try_into().unwrap());
+    if level != libc::SOL_SOCKET || typ != libc::SCM_RIGHTS || len < 16 + n * 4 {
+        return Err(RestoreError::Incompatible(format!(
+            "the template received no fds (cmsg level {level} type {typ} len {len})"
+        ))
+        .into());
+    }
+    Ok((0..n)
+        .map(|i| i32::from_le_bytes(c[16 + i * 4..20 + i * 4].try_into().unwrap()))
+        .collect())
+}
+
+/// What was passed to the template, in this order: the network
+/// namespace, the rootfs tree, stdin, stdout, stderr, the cgroup2
+/// directory (if any), the v1 `tasks` files.
+#[derive(Clone, Copy)]
+struct Passed {
+    has_unified: bool,
+    tasks: usize,
+}
+
+impl Passed {
+    fn count(&self) -> usize {
+        5 + self.has_unified as usize + self.tasks
+    }
+}
+
+/// The fd numbers the template got them at (the child has the same).
+struct Received(Vec<i32>);
+
+impl Received {
+    fn netns(&self) -> i32 {
+        self.0[0]
+    }
+    fn tree(&self) -> i32 {
+        self.0[1]
+    }
+    fn stdio(&self) -> &[i32] {
+        &self.0[2..5]
+    }
+    fn unified(&self, p: &Passed) -> Option<i32> {
+        p.has_unified.then(|| self.0[5])
+    }
+    fn tasks(&self, p: &Passed) -> &[i32] {
+        &self.0[5 + p.has_unified as usize..]
+    }
+}
+
+/// The instance's sandbox, as the steps injected into the child need it.
+struct ChildPlan {
+    clone_flags: u64,
+    new_cgroup_ns: bool,
+    hostname: Option<String>,
+    propagation: Option<String>,
+    deferred: Vec<DeferredMount>,
+    masked: Vec<String>,
+    readonly: Vec<String>,
+    readonly_root: bool,
+    /// The image's working directory, entered again inside the new root.
+    cwd: String,
+}
+
+impl ChildPlan {
+    fn new(
+        bundle: &Bundle,
+        cfg: &RootfsConfig,
+        deferred: Vec<DeferredMount>,
+        image: &Image,
+    ) -> Result<ChildPlan, TemplateError> {
+        let mut flags = 0u64;
+        for (t, f) in [
+            (LinuxNamespaceType::Pid, libc::CLONE_NEWPID),
+            (LinuxNamespaceType::Mount, libc::CLONE_NEWNS),
+            (LinuxNamespaceType::Uts, libc::CLONE_NEWUTS),
+            (LinuxNamespaceType::Ipc, libc::CLONE_NEWIPC),
+        ] {
+            if has_new(bundle, t) {
+                flags |= f as u64;
+            }
+        }
+        if flags & libc::CLONE_NEWPID as u64 == 0 || flags & libc::CLONE_NEWNS as u64 == 0 {
+            return Err(TemplateError::Bundle {
+                bundle: bundle.dir.clone(),
+                reason: "an instance needs new pid and mount namespaces".into(),
+            });
+        }
+        Ok(ChildPlan {
+            clone_flags: flags,
+            new_cgroup_ns: cfg.cgroup_namespace,
+            hostname: bundle.spec.hostname().clone().filter(|h| !h.is_empty()),
+            propagation: cfg.propagation.clone().filter(|p| !p.is_empty()),
+            deferred,
+            masked: cfg.masked_paths.clone(),
+            readonly: cfg.readonly_paths.clone(),
+            readonly_root: cfg.readonly,
+            cwd: image.manifest().process.cwd.clone(),
+        })
+    }
+}
+
+/// clone3 in the template: the child, in its new namespaces and cgroup, a
+/// child of the holder's reaper. Returns its host tid, stopped.
+fn clone_instance(
+    ctx: &mut TraceCtx,
+    h: &mut Held,
+    plan: &ChildPlan,
+    cgroup_fd: Option<i32>,
+) -> Result<Tid, TemplateError> {
+    let mut flags = plan.clone_flags | libc::CLONE_PARENT as u64;
+    if cgroup_fd.is_some() {
+        flags |= 0x2_0000_0000; // CLONE_INTO_CGROUP
+    }
+    let mut args = [0u64; 11];
+    args[0] = flags;
+    // exit_signal 0 with CLONE_PARENT: the child inherits the template's.
+    args[10] = cgroup_fd.map_or(0, |f| f as u64);
+    let bytes: Vec<u8> = args.iter().flat_map(|w| w.to_le_bytes()).collect();
+    let a = h.gadget.data(&bytes)?;
+    h.gadget.run(
+        ctx,
+        h.pid,
+        &[Entry::new(libc::SYS_clone3, [a, 88, 0, 0, 0, 0])],
+    )?;
+    let child = ctx
+        .take_events(h.pid)
+        .into_iter()
+        .find_map(|e| match e {
+            Stop::Clone { new_tid, .. } => Some(new_tid),
+            _ => None,
+        })
+        .ok_or_else(|| RestoreError::Incompatible("the injected clone reported no child".into()))?;
+    match ctx.wait(child)? {
+        Stop::Interrupt => Ok(child),
+        other => Err(RestoreError::Incompatible(format!(
+            "the new instance stopped with {other:?}"
+        ))
+        .into()),
+    }
+}
+
+fn cstr(s: &str) -> Vec<u8> {
+    let mut v = s.as_bytes().to_vec();
+    v.push(0);
+    v
+}
+
+const MOVE_MOUNT_F_EMPTY_PATH: u64 = 0x4;
+
+fn batch_error(what: &'static str) -> impl FnOnce(crate::ptrace::GadgetError) -> TemplateError {
+    move |err| match err {
+        crate::ptrace::GadgetError::Failed(b) => RestoreError::Batch { what, error: b }.into(),
+        other => TemplateError::from(other),
+    }
+}
+
+/// The instance's own sandbox, injected into the stopped child: its
+/// cgroups, network and cgroup namespaces, hostname; its rootfs tree
+/// attached over the template's root and pivoted into; the deferred
+/// mounts (proc, mqueue, cgroupfs: they take the child's namespaces);
+/// stdio; then the masked and read-only paths and the working directory.
+fn enter_sandbox(
+    ctx: &mut TraceCtx,
+    child: Tid,
+    g: &mut Gadget,
+    plan: &ChildPlan,
+    received: &Received,
+    passed: &Passed,
+) -> Result<(), TemplateError> {
+    let mut e = Vec::new();
+    let zero = g.data(b"0")?;
+    for &t in received.tasks(passed) {
+        e.push(Entry::new(libc::SYS_write, [t as u64, zero, 1, 0, 0, 0]));
+    }
+    e.push(Entry::new(
+        libc::SYS_setns,
+        [
+            received.netns() as u64,
+            libc::CLONE_NEWNET as u64,
+            0,
+            0,
+            0,
+            0,
+        ],
+    ));
+    if plan.new_cgroup_ns {
+        // After the move: the namespace's root is the instance's cgroup.
+        e.push(Entry::new(
+            libc::SYS_unshare,
+            [libc::CLONE_NEWCGROUP as u64, 0, 0, 0, 0, 0],
+        ));
+    }
+    if let Some(h) = &plan.hostname {
+        let p = g.data(h.as_bytes())?;
+        e.push(Entry::new(
+            libc::SYS_sethostname,
+            [p, h.len() as u64, 0, 0, 0, 0],
+        ));
+    }
+    // The tree goes on top of "/", becomes the root (pivot_root(".", ".")
+    // puts the old root under it), and the old root is detached: nothing
+    // of the template's filesystem stays reachable.
+    let empty = g.data(b"\0")?;
+    let slash = g.data(b"/\0")?;
+    let dot = g.data(b".\0")?;
+    let tree = received.tree() as u64;
+    e.push(Entry::new(
+        libc::SYS_move_mount,
+        [
+            tree,
+            empty,
+            libc::AT_FDCWD as u64,
+            slash,
+            MOVE_MOUNT_F_EMPTY_PATH,
+            0,
+        ],
+    ));
+    e.push(Entry::new(libc::SYS_fchdir, [tree, 0, 0, 0, 0, 0]));
+    e.push(Entry::new(libc::SYS_pivot_root, [dot, dot, 0, 0, 0, 0]));
+    e.push(Entry::new(
+        libc::SYS_umount2,
+        [dot, libc::MNT_DETACH as u64, 0, 0, 0, 0],
+    ));
+    e.push(Entry::new(libc::SYS_chdir, [slash, 0, 0, 0, 0, 0]));
+    if let Some(p) = &plan.propagation {
+        let flags = match p.as_str() {
+            "private" => MsFlags::MS_PRIVATE,
+            "rprivate" => MsFlags::MS_PRIVATE | MsFlags::MS_REC,
+            "shared" => MsFlags::MS_SHARED,
+            "rshared" => MsFlags::MS_SHARED | MsFlags::MS_REC,
+            "slave" => MsFlags::MS_SLAVE,
+            "rslave" => MsFlags::MS_SLAVE | MsFlags::MS_REC,
+            "unbindable" => MsFlags::MS_UNBINDABLE,
+            _ => MsFlags::MS_UNBINDABLE | MsFlags::MS_REC,
+        };
+        e.push(Entry::new(
+            libc::SYS_mount,
+            [0, slash, 0, flags.bits(), 0, 0],
+        ));
+    }
+    for m in &plan.deferred {
+        let s = match &m.source {
+            Some(s) => g.data(&cstr(s))?,
+            None => 0,
+        };
+        let d = g.data(&cstr(&m.target.to_string_lossy()))?;
+        let t = match &m.fstype {
+            Some(t) => g.data(&cstr(t))?,
+            None => 0,
+        };
+        let dp = match &m.data {
+            Some(x) => g.data(&cstr(x))?,
+            None => 0,
+        };
+        e.push(Entry::new(
+            libc::SYS_mount,
+            [s, d, t, m.flags.bits(), dp, 0],
+        ));
+    }
+    for (i, &fd) in received.stdio().iter().enumerate() {
+        e.push(Entry::new(
+            libc::SYS_dup3,
+            [fd as u64, i as u64, 0, 0, 0, 0],
+        ));
+    }
+    for &fd in &received.0 {
+        e.push(Entry::new(libc::SYS_close, [fd as u64, 0, 0, 0, 0, 0]));
+    }
+    g.run(ctx, child, &e)
+        .map_err(batch_error("entering the instance's sandbox"))?;
+
+    // Now that the instance's proc and sys are in place: masks (a file
+    // or a directory, as the instance sees it), read-only paths, a
+    // read-only root, and the working directory.
+    let mut e = Vec::new();
+    let null = g.data(b"/dev/null\0")?;
+    let tmpfs = g.data(b"tmpfs\0")?;
+    for p in &plan.masked {
+        let Ok(meta) = std::fs::metadata(format!("/proc/{child}/root{p}")) else {
+            continue;
+        };
+        let d = g.data(&cstr(p))?;
+        if meta.is_dir() {
+            e.push(Entry::new(
+                libc::SYS_mount,
+                [tmpfs, d, tmpfs, MsFlags::MS_RDONLY.bits(), 0, 0],
+            ));
+        } else {
+            e.push(Entry::new(
+                libc::SYS_mount,
+                [null, d, 0, MsFlags::MS_BIND.bits(), 0, 0],
+            ));
+        }
+    }
+    let bind = MsFlags::MS_BIND | MsFlags::MS_REC;
+    let ro = bind | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+    for p in &plan.readonly {
+        if std::fs::symlink_metadata(format!("/proc/{child}/root{p}")).is_err() {
+            continue;
+        }
+        let d = g.data(&cstr(p))?;
+        e.push(Entry::new(libc::SYS_mount, [d, d, 0, bind.bits(), 0, 0]));
+        e.push(Entry::new(libc::SYS_mount, [0, d, 0, ro.bits(), 0, 0]));
+    }
+    if plan.readonly_root {
+        let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+        e.push(Entry::new(
+            libc::SYS_mount,
+            [0, slash, 0, flags.bits(), 0, 0],
+        ));
+    }
+    let cwd = g.data(&cstr(&plan.cwd))?;
+    e.push(Entry::new(libc::SYS_chdir, [cwd, 0, 0, 0, 0, 0]));
+    g.run(ctx, child, &e)
+        .map_err(batch_error("masking paths of the instance"))?;
+    g.release_thread(child);
+    Ok(())
+}
+
+/// Reads the exit statuses the holder's reaper recorded: (pid in the
+/// holder's pid namespace, status: exit code or 128 + signal).
+pub fn holder_exits(holder_state_dir: &Path) -> Vec<(i32, i32)> {
+    std::fs::read_to_string(holder_state_dir.join(sprout_runtime::init::EXITS_FILE))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let (p, s) = l.split_once(' ')?;
+            Some((p.parse().ok()?, s.parse().ok()?))
+        })
+        .collect()
+}
+
+impl Drop for Template {
+    fn drop(&mut self) {
+        let _ = self.drop_template();
+    }
+}

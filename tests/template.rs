@@ -1,0 +1,246 @@
+//! Templates and fork, through the library: the asyncio Python function and
+//! the threaded C program restored once into a template and forked into
+//! many instances, each in its own namespaces, cgroup and rootfs.
+
+mod common;
+
+use std::fs;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::*;
+use sprout::runtime::{Container, Runtime, Status};
+use sprout::snapshot::ptrace::Tracer;
+use sprout::snapshot::template::{ForkSpec, Template, TemplateError};
+
+fn runtime(s: &Sandbox) -> Runtime {
+    Runtime::builder()
+        .root(&s.root)
+        .init_binary(init_bin())
+        .build()
+        .unwrap()
+}
+
+/// Runs the Python function in `s`, warms it with one request and
+/// checkpoints it to `<dir>/image`; returns the image and the warm answer.
+fn python_image(s: &mut Sandbox) -> (PathBuf, serde_json::Value) {
+    let id = s.id.clone();
+    let out = s.dir.path().join("out");
+    assert!(
+        sprout_to(s, &["run", "-d", "--bundle", s.bundle_str(), &id], &out).success(),
+        "{}",
+        stderr_of(&out)
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || lines(&out)
+            .iter()
+            .any(|l| l == "ready")),
+        "{}",
+        stderr_of(&out)
+    );
+    let pid = s.state(&id)["pid"].as_i64().unwrap() as i32;
+    lo_up(pid);
+    let warm = json_body(&http_get_in_netns(pid, 8080, "/warm").unwrap());
+    let img = s.dir.path().join("image");
+    s.ok(&["checkpoint", "--image-path", img.to_str().unwrap(), &id]);
+    s.ok(&["delete", "--force", &id]);
+    // No cgroupsPath from here: the holder and every instance get a
+    // cgroup of their own, named after their id, under the test's cgroup.
+    s.config()["linux"]
+        .as_object_mut()
+        .unwrap()
+        .remove("cgroupsPath");
+    s.write_config();
+    (img, warm)
+}
+
+fn out_file(s: &Sandbox, name: &str) -> (PathBuf, fs::File) {
+    let path = s.dir.path().join(name);
+    let f = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .unwrap();
+    (path, f)
+}
+
+fn stdio_to(f: &fs::File) -> ForkSpec {
+    ForkSpec {
+        stdio: [
+            None,
+            Some(f.try_clone().unwrap().into()),
+            Some(f.try_clone().unwrap().into()),
+        ],
+        ..Default::default()
+    }
+}
+
+fn pid_of(c: &Container) -> i32 {
+    c.pid().expect("an instance has a pid")
+}
+
+/// Ends a template the way sproutd does: the template process, then the
+/// holder (its reaper) with whatever still runs below it.
+fn unload(rt: &Runtime, s: &Sandbox, template: Template) {
+    let holder = template.holder().id().to_string();
+    template.drop_template().unwrap();
+    drop(template);
+    rt.container(&holder).unwrap().delete(true).unwrap();
+    s.assert_clean(&holder);
+}
+
+#[test]
+fn python_template_forks_instances_that_answer_with_its_state_and_diverge() {
+    let mut s = python_sandbox("tpl");
+    let (img, warm) = python_image(&mut s);
+    let rt = runtime(&s);
+    let tracer = Tracer::spawn("test-tracer").unwrap();
+    let holder = format!("{}-holder", s.id);
+    let (template, _) = Template::load(&rt, &tracer, "fn", &holder, &img, &s.bundle)
+        .unwrap_or_else(|e| panic!("load: {e}"));
+    let (log, f) = out_file(&s, "instances.log");
+
+    let n = 50;
+    let ids: Vec<String> = (0..n).map(|i| format!("{}-i{i}", s.id)).collect();
+    let mut instances = Vec::new();
+    for id in &ids {
+        let (c, _) = template
+            .fork(&rt, id, stdio_to(&f))
+            .unwrap_or_else(|e| panic!("fork {id}: {e}\n{}", fs::read_to_string(&log).unwrap()));
+        instances.push(c);
+    }
+    for (i, c) in instances.iter().enumerate() {
+        let pid = pid_of(c);
+        assert_eq!(rt.container(c.id()).unwrap().status(), Status::Running);
+        // Instance i gets 1 + i % 3 requests: each counts from the
+        // template's state on its own (a shared epoll set or socket would
+        // send requests to the wrong instance or hang).
+        let mut last = serde_json::Value::Null;
+        for _ in 0..=i % 3 {
+            last = json_body(&http_get_in_netns(pid, 8080, &format!("/{}", c.id())).unwrap());
+        }
+        assert_eq!(last["digest"], warm["digest"], "{}", c.id());
+        assert_eq!(last["requests"], 2 + (i % 3) as u64, "{}: {last}", c.id());
+        assert_eq!(last["pid"], 1, "an instance is its pid namespace's init");
+        // Own namespaces: none shared with the template or another instance.
+        for ns in ["pid_for_children", "net", "mnt", "uts", "ipc", "cgroup"] {
+            let mine = fs::read_link(format!("/proc/{pid}/ns/{ns}")).unwrap();
+            let tpl = fs::read_link(format!("/proc/{}/ns/{ns}", template.pid().unwrap())).unwrap();
+            assert_ne!(mine, tpl, "{ns} of {}", c.id());
+        }
+    }
+    // The template never answered: its listening socket is not theirs.
+    let tpl_pid = template.pid().unwrap();
+    let (_, tpl_state) = fs::read_to_string(format!("/proc/{tpl_pid}/stat"))
+        .unwrap()
+        .rsplit_once(") ")
+        .map(|(a, b)| (a.to_string(), b.chars().next().unwrap()))
+        .unwrap();
+    assert_eq!(tpl_state, 't', "the template stays stopped under ptrace");
+
+    for c in instances {
+        let id = c.id().to_string();
+        c.delete(true).unwrap();
+        s.assert_clean(&id);
+    }
+    unload(&rt, &s, template);
+    assert!(
+        cgroup_leftovers(&s.id).is_empty(),
+        "{:?}",
+        cgroup_leftovers(&s.id)
+    );
+}
+
+#[test]
+fn instances_outlive_their_template_and_bad_forks_are_refused() {
+    let mut s = python_sandbox("tpldrop");
+    let (img, warm) = python_image(&mut s);
+    let rt = runtime(&s);
+    let tracer = Tracer::spawn("test-tracer").unwrap();
+    let holder = format!("{}-holder", s.id);
+    let (template, _) = Template::load(&rt, &tracer, "fn", &holder, &img, &s.bundle).unwrap();
+    let (_, f) = out_file(&s, "instances.log");
+
+    // A bundle whose rootfs holds another python3.11 (one byte more):
+    // refused by content, naming the file, leaving nothing behind.
+    let other = s.dir.path().join("other");
+    fs::create_dir_all(&other).unwrap();
+    let changed = s.dir.path().join("python3.11");
+    let mut bytes = fs::read("/usr/bin/python3.11").unwrap();
+    bytes.push(0);
+    fs::write(&changed, bytes).unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_slice(&fs::read(s.bundle.join("config.json")).unwrap()).unwrap();
+    cfg["root"]["path"] = s.bundle.join("rootfs").to_str().unwrap().into();
+    cfg["mounts"].as_array_mut().unwrap().push(serde_json::json!(
+        {"destination": "/usr/bin/python3.11", "type": "bind", "source": changed, "options": ["bind", "ro"]}
+    ));
+    fs::write(other.join("config.json"), serde_json::to_vec(&cfg).unwrap()).unwrap();
+    let bad_id = format!("{}-bad", s.id);
+    let err = template
+        .fork(
+            &rt,
+            &bad_id,
+            ForkSpec {
+                bundle: Some(other.clone()),
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("python3.11"),
+        "the error names the differing file: {err}"
+    );
+    s.assert_clean(&bad_id);
+
+    // The same bundle content at another path is fine.
+    let copy = s.dir.path().join("copy");
+    fs::create_dir_all(&copy).unwrap();
+    let mut cfg2: serde_json::Value =
+        serde_json::from_slice(&fs::read(s.bundle.join("config.json")).unwrap()).unwrap();
+    cfg2["root"]["path"] = s.bundle.join("rootfs").to_str().unwrap().into();
+    fs::write(copy.join("config.json"), serde_json::to_vec(&cfg2).unwrap()).unwrap();
+    let ok_id = format!("{}-copy", s.id);
+    let mut spec = stdio_to(&f);
+    spec.bundle = Some(copy);
+    let (inst, _) = template.fork(&rt, &ok_id, spec).unwrap();
+
+    // A second instance, then the template goes: both keep answering.
+    let id2 = format!("{}-two", s.id);
+    let (inst2, _) = template.fork(&rt, &id2, stdio_to(&f)).unwrap();
+    let tpl_pid = template.pid().unwrap();
+    template.drop_template().unwrap();
+    assert!(wait_until(Duration::from_secs(5), || !pid_alive(tpl_pid)));
+    for c in [&inst, &inst2] {
+        let r = json_body(&http_get_in_netns(pid_of(c), 8080, "/after").unwrap());
+        assert_eq!(r["digest"], warm["digest"]);
+        assert_eq!(r["requests"], 2);
+    }
+    // Forking from a dropped template is a clear error.
+    match template.fork(&rt, &format!("{}-late", s.id), ForkSpec::default()) {
+        Err(TemplateError::Gone(name)) => assert_eq!(name, "fn"),
+        other => panic!("expected Gone, got {other:?}"),
+    }
+    s.assert_clean(&format!("{}-late", s.id));
+
+    // An instance's exit status reaches the holder's record. (SIGKILL: an
+    // instance is its pid namespace's init, which ignores signals it has
+    // no handler for, as with runc.)
+    let holder_dir = s.root.join(&holder);
+    inst2.kill(libc::SIGKILL, false).unwrap();
+    assert!(wait_until(Duration::from_secs(10), || {
+        sprout::snapshot::template::holder_exits(&holder_dir)
+            .iter()
+            .any(|&(_, st)| st == 128 + libc::SIGKILL)
+    }));
+    inst2.delete(true).unwrap();
+    s.assert_clean(&id2);
+    inst.delete(true).unwrap();
+    s.assert_clean(&ok_id);
+    unload(&rt, &s, template);
+    assert!(
+        cgroup_leftovers(&s.id).is_empty(),
+        "{:?}",
+        cgroup_leftovers(&s.id)
+    );
+}
