@@ -21,37 +21,17 @@ fn runtime(s: &Sandbox) -> Runtime {
         .unwrap()
 }
 
-/// Runs the Python function in `s`, warms it with one request and
-/// checkpoints it to `<dir>/image`; returns the image and the warm answer.
-fn python_image(s: &mut Sandbox) -> (PathBuf, serde_json::Value) {
-    let id = s.id.clone();
-    let out = s.dir.path().join("out");
-    assert!(
-        sprout_to(s, &["run", "-d", "--bundle", s.bundle_str(), &id], &out).success(),
-        "{}",
-        stderr_of(&out)
-    );
-    assert!(
-        wait_until(Duration::from_secs(30), || lines(&out)
-            .iter()
-            .any(|l| l == "ready")),
-        "{}",
-        stderr_of(&out)
-    );
-    let pid = s.state(&id)["pid"].as_i64().unwrap() as i32;
-    lo_up(pid);
-    let warm = json_body(&http_get_in_netns(pid, 8080, "/warm").unwrap());
-    let img = s.dir.path().join("image");
-    s.ok(&["checkpoint", "--image-path", img.to_str().unwrap(), &id]);
-    s.ok(&["delete", "--force", &id]);
-    // No cgroupsPath from here: the holder and every instance get a
-    // cgroup of their own, named after their id, under the test's cgroup.
+/// The Python function's image (see `python_image`), with the bundle's
+/// `cgroupsPath` removed afterwards: the holder and every instance get a
+/// cgroup of their own, named after their id, under the test's cgroup.
+fn python_template_image(s: &mut Sandbox) -> (PathBuf, serde_json::Value) {
+    let r = python_image(s);
     s.config()["linux"]
         .as_object_mut()
         .unwrap()
         .remove("cgroupsPath");
     s.write_config();
-    (img, warm)
+    r
 }
 
 fn out_file(s: &Sandbox, name: &str) -> (PathBuf, fs::File) {
@@ -92,11 +72,11 @@ fn unload(rt: &Runtime, s: &Sandbox, template: Template) {
 #[test]
 fn python_template_forks_instances_that_answer_with_its_state_and_diverge() {
     let mut s = python_sandbox("tpl");
-    let (img, warm) = python_image(&mut s);
+    let (img, warm) = python_template_image(&mut s);
     let rt = runtime(&s);
     let tracer = Tracer::spawn("test-tracer").unwrap();
     let holder = format!("{}-holder", s.id);
-    let (template, _) = Template::load(&rt, &tracer, "fn", &holder, &img, &s.bundle)
+    let (template, _) = Template::load(&rt, &tracer, "fn", &holder, &img, &s.bundle, None)
         .unwrap_or_else(|e| panic!("load: {e}"));
     let (log, f) = out_file(&s, "instances.log");
 
@@ -104,10 +84,10 @@ fn python_template_forks_instances_that_answer_with_its_state_and_diverge() {
     let ids: Vec<String> = (0..n).map(|i| format!("{}-i{i}", s.id)).collect();
     let mut instances = Vec::new();
     for id in &ids {
-        let (c, _) = template
+        let forked = template
             .fork(&rt, id, stdio_to(&f))
             .unwrap_or_else(|e| panic!("fork {id}: {e}\n{}", fs::read_to_string(&log).unwrap()));
-        instances.push(c);
+        instances.push(forked.container);
     }
     for (i, c) in instances.iter().enumerate() {
         let pid = pid_of(c);
@@ -154,11 +134,11 @@ fn python_template_forks_instances_that_answer_with_its_state_and_diverge() {
 #[test]
 fn instances_outlive_their_template_and_bad_forks_are_refused() {
     let mut s = python_sandbox("tpldrop");
-    let (img, warm) = python_image(&mut s);
+    let (img, warm) = python_template_image(&mut s);
     let rt = runtime(&s);
     let tracer = Tracer::spawn("test-tracer").unwrap();
     let holder = format!("{}-holder", s.id);
-    let (template, _) = Template::load(&rt, &tracer, "fn", &holder, &img, &s.bundle).unwrap();
+    let (template, _) = Template::load(&rt, &tracer, "fn", &holder, &img, &s.bundle, None).unwrap();
     let (_, f) = out_file(&s, "instances.log");
 
     // A bundle whose rootfs holds another python3.11 (one byte more):
@@ -203,11 +183,11 @@ fn instances_outlive_their_template_and_bad_forks_are_refused() {
     let ok_id = format!("{}-copy", s.id);
     let mut spec = stdio_to(&f);
     spec.bundle = Some(copy);
-    let (inst, _) = template.fork(&rt, &ok_id, spec).unwrap();
+    let inst = template.fork(&rt, &ok_id, spec).unwrap().container;
 
     // A second instance, then the template goes: both keep answering.
     let id2 = format!("{}-two", s.id);
-    let (inst2, _) = template.fork(&rt, &id2, stdio_to(&f)).unwrap();
+    let inst2 = template.fork(&rt, &id2, stdio_to(&f)).unwrap().container;
     let tpl_pid = template.pid().unwrap();
     template.drop_template().unwrap();
     assert!(wait_until(Duration::from_secs(5), || !pid_alive(tpl_pid)));

@@ -278,7 +278,8 @@ impl Drop for Adoption {
     }
 }
 
-pub(crate) fn pidfd_kill(pidfd: &OwnedFd, sig: i32) -> io::Result<()> {
+/// Sends `sig` through a pidfd.
+pub fn pidfd_kill(pidfd: &OwnedFd, sig: i32) -> io::Result<()> {
     // SAFETY: pidfd_send_signal with a valid pidfd and no siginfo.
     let r = unsafe {
         libc::syscall(

@@ -422,7 +422,7 @@ unsafe fn child_fail(report: RawFd, step: SpawnStep) -> ! {
 
 /// The child after `clone3`. Only raw system calls from here to `execve`.
 unsafe fn child_main(plan: &ChildPlan) -> ! {
-    // SAFETY (whole function): every call is a raw, async-signal-safe
+    // SAFETY: (the whole function) every call is a raw, async-signal-safe
     // system call on descriptors and pointers prepared by the parent, which
     // stay valid because the child has its own copy of the parent's memory.
     unsafe {

@@ -22,14 +22,15 @@
 //! and the instance's credentials, no_new_privs and seccomp are applied
 //! last. Memory is never copied: the child shares the template's pages.
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::collections::HashMap;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nix::mount::MsFlags;
-use oci_spec::runtime::LinuxNamespaceType;
+use oci_spec::runtime::{LinuxNamespaceType, LinuxResources};
 use sprout_runtime::rootfs::RootfsConfig;
 use sprout_runtime::rootfs::detached::{self, DeferredMount};
 use sprout_runtime::seccomp::SeccompProgram;
@@ -126,6 +127,26 @@ pub struct ForkSpec {
     /// it cached at init (PRNG seeds, ids): every instance starts from the
     /// template's memory.
     pub after_fork_signal: Option<i32>,
+    /// Replaces the bundle's `linux.cgroupsPath`: instances that share a
+    /// bundle need one each.
+    pub cgroups_path: Option<PathBuf>,
+    /// Replaces the bundle's `linux.resources`.
+    pub resources: Option<LinuxResources>,
+    /// Added to the bundle's annotations in the instance's state.
+    pub annotations: HashMap<String, String>,
+}
+
+/// A forked instance.
+#[derive(Debug)]
+pub struct Forked {
+    /// The instance, a running container of the runtime it was forked in.
+    pub container: Container,
+    /// A pidfd of the instance, opened while it was still stopped under
+    /// ptrace (so it names the instance even if it exits at once and its
+    /// pid is reused).
+    pub pidfd: OwnedFd,
+    /// How long each step took.
+    pub timings: Timings,
 }
 
 /// Stage timings of a load (open image, prepare holder, the restore's
@@ -159,6 +180,10 @@ pub struct Template {
     image: Arc<Image>,
     held: Arc<Mutex<Option<Held>>>,
     control: UnixStream,
+    /// Held from passing an instance's fds to the template until the
+    /// template received them: concurrent forks must not take each
+    /// other's.
+    handover: Mutex<()>,
 }
 
 impl std::fmt::Debug for Template {
@@ -198,6 +223,12 @@ fn has_new(bundle: &Bundle, t: LinuxNamespaceType) -> bool {
         .unwrap_or_default()
         .iter()
         .any(|n| n.typ() == t && n.path().is_none())
+}
+
+fn set_cgroups_path(bundle: &mut Bundle, path: &Path) {
+    let mut linux = bundle.spec.linux().clone().unwrap_or_default();
+    linux.set_cgroups_path(Some(path.to_path_buf()));
+    bundle.spec.set_linux(Some(linux));
 }
 
 /// A new network namespace with `lo` up, made on a short-lived thread so
@@ -261,7 +292,13 @@ impl Template {
 
     /// Restores `image_dir` once into a template held in a new sandbox of
     /// `bundle` (which must ask for a new pid namespace). The holder is
-    /// container `holder_id` in `rt`.
+    /// container `holder_id` in `rt`, in cgroup `holder_cgroups_path` when
+    /// given (else the bundle's `cgroupsPath`, else its id).
+    ///
+    /// The holder's init is the reaper of the template and of every
+    /// instance: it must outlive them. Deleting the holder kills every
+    /// instance forked from the template (they live in pid namespaces
+    /// nested in the holder's).
     pub fn load(
         rt: &Runtime,
         tracer: &Tracer,
@@ -269,6 +306,7 @@ impl Template {
         holder_id: &str,
         image_dir: &Path,
         bundle_dir: &Path,
+        holder_cgroups_path: Option<&Path>,
     ) -> Result<(Template, Timings), TemplateError> {
         let mut stages = Stages::new();
         let image = Image::open(image_dir).map_err(RestoreError::from)?;
@@ -278,6 +316,10 @@ impl Template {
         check_forkable(&image, image_dir)?;
         let image = Arc::new(image);
         let bundle = load_bundle(bundle_dir).map_err(sprout_runtime::Error::from)?;
+        let mut holder_bundle = bundle.clone();
+        if let Some(p) = holder_cgroups_path {
+            set_cgroups_path(&mut holder_bundle, p);
+        }
         if !has_new(&bundle, LinuxNamespaceType::Pid) {
             return Err(TemplateError::Bundle {
                 bundle: bundle_dir.to_path_buf(),
@@ -296,9 +338,9 @@ impl Template {
             .iter()
             .find(|r| r.resource == RlimitResource::Stack)
             .map(|r| (r.soft, r.hard));
-        let holder = rt.create(
+        let holder = rt.create_from_bundle(
             holder_id,
-            bundle_dir,
+            holder_bundle,
             CreateOptions {
                 stdio: [Some(dev_null()?), Some(dev_null()?), Some(dev_null()?)],
                 takeover: Some(Takeover {
@@ -371,6 +413,7 @@ impl Template {
                 image,
                 held: Arc::new(Mutex::new(Some(held))),
                 control: ours,
+                handover: Mutex::new(()),
             },
             Timings {
                 stages: stages.stages().to_vec(),
@@ -379,17 +422,12 @@ impl Template {
     }
 
     /// Forks an instance as container `id` of `rt`.
-    pub fn fork(
-        &self,
-        rt: &Runtime,
-        id: &str,
-        spec: ForkSpec,
-    ) -> Result<(Container, Timings), TemplateError> {
+    pub fn fork(&self, rt: &Runtime, id: &str, spec: ForkSpec) -> Result<Forked, TemplateError> {
         if self.pid().is_none() {
             return Err(TemplateError::Gone(self.name.clone()));
         }
         let mut stages = Stages::new();
-        let bundle = match &spec.bundle {
+        let mut bundle = match &spec.bundle {
             Some(b) => load_bundle(b).map_err(sprout_runtime::Error::from)?,
             None => self.bundle.clone(),
         };
@@ -401,32 +439,52 @@ impl Template {
                 });
             }
         }
+        if bundle.spec.process().as_ref().and_then(|p| p.terminal()) == Some(true) {
+            return Err(TemplateError::Bundle {
+                bundle: bundle.dir.clone(),
+                reason: "process.terminal is not supported for forked instances: pass stdio".into(),
+            });
+        }
+        if let Some(p) = &spec.cgroups_path {
+            set_cgroups_path(&mut bundle, p);
+        }
+        if let Some(r) = &spec.resources {
+            let mut linux = bundle.spec.linux().clone().unwrap_or_default();
+            linux.set_resources(Some(r.clone()));
+            bundle.spec.set_linux(Some(linux));
+        }
+        if !spec.annotations.is_empty() {
+            let mut a = bundle.spec.annotations().clone().unwrap_or_default();
+            a.extend(spec.annotations.iter().map(|(k, v)| (k.clone(), v.clone())));
+            bundle.spec.set_annotations(Some(a));
+        }
         let adoption = rt.adopt(id, bundle)?;
-        let child = self.fork_into(&adoption, spec, &mut stages)?;
+        let (child, pidfd) = self.fork_into(&adoption, spec, &mut stages)?;
         let container = match adoption.finish(child) {
             Ok(c) => c,
             Err(e) => {
-                // SAFETY: kill with plain integers: the instance we forked.
-                unsafe { libc::kill(child, libc::SIGKILL) };
+                let _ = sprout_runtime::container::pidfd_kill(&pidfd, libc::SIGKILL);
                 return Err(e.into());
             }
         };
         stages.mark("record");
-        Ok((
+        Ok(Forked {
             container,
-            Timings {
+            pidfd,
+            timings: Timings {
                 stages: stages.stages().to_vec(),
             },
-        ))
+        })
     }
 
-    /// Forks the instance into `adoption`'s cgroup; returns its host pid.
+    /// Forks the instance into `adoption`'s cgroup; returns its host pid
+    /// and a pidfd of it.
     fn fork_into(
         &self,
         adoption: &Adoption,
         spec: ForkSpec,
         stages: &mut Stages,
-    ) -> Result<Tid, TemplateError> {
+    ) -> Result<(Tid, OwnedFd), TemplateError> {
         let bundle = adoption.bundle();
         let cgroup = adoption.cgroup();
         let netns = match spec.netns {
@@ -498,14 +556,15 @@ impl Template {
         fds.extend(stdio);
         fds.extend(unified);
         fds.extend(tasks);
+        stages.mark("prepare");
+        let handover = self.handover.lock().unwrap_or_else(|e| e.into_inner());
         send_fds(&self.control, &fds)?;
         drop(fds);
-        stages.mark("prepare");
 
         let image = self.image.clone();
         let held = self.held.clone();
         let name = self.name.clone();
-        let (child, inner) = self.tracer.run(move |ctx| -> Result<_, TemplateError> {
+        let traced = self.tracer.run(move |ctx| -> Result<_, TemplateError> {
             let mut inner = Stages::new();
             let mut guard = held.lock().unwrap_or_else(|e| e.into_inner());
             let h = guard.as_mut().ok_or(TemplateError::Gone(name))?;
@@ -520,6 +579,16 @@ impl Template {
                 .collect();
             h.gadget.run(ctx, h.pid, &close)?;
             let child = cloned?;
+            let pidfd = match pidfd_open(child) {
+                Ok(fd) => fd,
+                Err(source) => {
+                    let _ = ctx.kill(child);
+                    return Err(TemplateError::Io {
+                        what: "opening a pidfd of the instance",
+                        source,
+                    });
+                }
+            };
             inner.mark("clone");
             let mut g = h.gadget.for_child(child);
             let r = (|| -> Result<(), TemplateError> {
@@ -542,14 +611,15 @@ impl Template {
                 let _ = ctx.kill(child);
                 return Err(e);
             }
-            Ok((child, inner.stages().to_vec()))
-        })?;
+            Ok((child, pidfd, inner.stages().to_vec()))
+        });
+        drop(handover);
+        let (child, pidfd, inner) = traced?;
         stages.append(&inner);
         if let Some(sig) = spec.after_fork_signal {
-            // SAFETY: kill with plain integers: the instance just forked.
-            unsafe { libc::kill(child, sig) };
+            let _ = sprout_runtime::container::pidfd_kill(&pidfd, sig);
         }
-        Ok(child)
+        Ok((child, pidfd))
     }
 
     /// Kills the template process. Its instances live on (their parent is
@@ -628,6 +698,16 @@ fn catch_template(ctx: &mut TraceCtx, init: Tid) -> Result<Tid, TemplateError> {
         ))
         .into()),
     }
+}
+
+fn pidfd_open(pid: Tid) -> std::io::Result<OwnedFd> {
+    // SAFETY: pidfd_open with plain integers; returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd from the kernel, owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 /// Sends `fds` over the control socket (one message).

@@ -525,10 +525,8 @@ fn single_syscall_injection() {
         // ptrace stop is dequeued when the injection resumes it, and set
         // aside for the caller.
         // SAFETY: a signal to a thread of our own child.
-        assert_eq!(
-            unsafe { libc::syscall(libc::SYS_tgkill, pid, sleeper, libc::SIGSTOP) },
-            0
-        );
+        let r = unsafe { libc::syscall(libc::SYS_tgkill, pid, sleeper, libc::SIGSTOP) };
+        assert_eq!(r, 0);
         assert_eq!(
             ctx.syscall(sleeper, libc::SYS_getppid, [0; 6]).unwrap(),
             std::process::id() as i64

@@ -31,6 +31,10 @@ pub struct CreateArgs {
     /// Pass this many extra fds (3, 4, ...) into the container.
     #[arg(long, default_value_t = 0)]
     pub preserve_fds: u32,
+    /// Join a pre-plugged network namespace of this VPC (as the
+    /// io.sprout.vpc annotation does).
+    #[arg(long)]
+    pub vpc: Option<String>,
     /// Container id.
     pub id: String,
 }
@@ -45,6 +49,10 @@ pub struct RunArgs {
     /// Do not delete the container after it exits.
     #[arg(long)]
     pub keep: bool,
+    /// Fork an instance of this function from sproutd's template instead
+    /// (the bundle defaults to the function's).
+    #[arg(long)]
+    pub function: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -107,7 +115,8 @@ fn create_options(a: &CreateArgs) -> CreateOptions {
 
 pub fn create(g: &GlobalOpts, a: CreateArgs) -> Result<u8> {
     let rt = runtime(g)?;
-    rt.create(&a.id, &a.bundle, create_options(&a))?;
+    let opts = create_options(&a);
+    super::netplug::create_container(g, &rt, &a.id, &a.bundle, a.vpc.as_deref(), opts)?;
     Ok(0)
 }
 
@@ -132,13 +141,20 @@ pub fn run(g: &GlobalOpts, a: RunArgs) -> Result<u8> {
     } else {
         None
     };
-    let mut container = rt.create(&a.create.id, &a.create.bundle, opts)?;
+    let mut container = super::netplug::create_container(
+        g,
+        &rt,
+        &a.create.id,
+        &a.create.bundle,
+        a.create.vpc.as_deref(),
+        opts,
+    )?;
     let relay = match proxy {
         Some(p) => Some(p.receive()?.relay()?),
         None => None,
     };
     if let Err(e) = container.start() {
-        let _ = container.clone().delete(true);
+        let _ = super::netplug::delete_container(g, container.clone(), true);
         return Err(e.into());
     }
     if a.detach {
@@ -151,7 +167,7 @@ pub fn run(g: &GlobalOpts, a: RunArgs) -> Result<u8> {
     drop(forwarder);
     drop(relay);
     if !a.keep {
-        rt.container(&a.create.id)?.delete(true)?;
+        super::netplug::delete_container(g, rt.container(&a.create.id)?, true)?;
     }
     Ok(code.clamp(0, 255) as u8)
 }
@@ -201,7 +217,7 @@ pub fn kill(g: &GlobalOpts, a: KillArgs) -> Result<u8> {
 pub fn delete(g: &GlobalOpts, a: DeleteArgs) -> Result<u8> {
     let rt = runtime(g)?;
     match rt.container(&a.id) {
-        Ok(c) => c.delete(a.force)?,
+        Ok(c) => super::netplug::delete_container(g, c, a.force)?,
         // runc: deleting a missing container with --force is not an error.
         Err(sprout::runtime::Error::State(sprout::runtime::state::StateError::NotFound(_)))
             if a.force => {}

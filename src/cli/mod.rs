@@ -4,8 +4,10 @@
 
 mod events;
 mod exec;
+mod function;
 mod lifecycle;
 pub mod logging;
+mod netplug;
 mod signals;
 mod snapshot;
 mod spec_cmd;
@@ -64,6 +66,14 @@ pub struct GlobalOpts {
     /// Print the version.
     #[arg(short = 'v', long = "version", global = false)]
     pub version: bool,
+    /// sproutd's API socket (for `function` and `run --function`).
+    #[arg(
+        long,
+        global = true,
+        env = "SPROUTD_SOCKET",
+        default_value = sprout_shim::client::DEFAULT_SOCKET
+    )]
+    pub sproutd_socket: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]
@@ -106,6 +116,15 @@ pub enum Command {
     Spec(spec_cmd::SpecArgs),
     /// Print what this runtime supports, as JSON.
     Features,
+    /// Functions registered with sproutd: add, list, remove.
+    #[command(subcommand)]
+    Function(function::FunctionCommand),
+    /// VPCs for pre-plugged network namespaces: create, delete, list.
+    #[command(subcommand)]
+    Vpc(netplug::VpcCommand),
+    /// netplug's namespace pools: status, gc, fill, serve, forwarding.
+    #[command(subcommand)]
+    Netplug(netplug::NetplugCommand),
 }
 
 #[derive(Debug, Args)]
@@ -139,6 +158,7 @@ pub fn run(cli: Cli) -> Result<u8> {
     match command {
         Command::Create(a) => lifecycle::create(g, a),
         Command::Start(a) => lifecycle::start(g, &a.id),
+        Command::Run(a) if a.function.is_some() => function::run(g, a),
         Command::Run(a) => lifecycle::run(g, a),
         Command::State(a) => lifecycle::state(g, &a.id),
         Command::Kill(a) => lifecycle::kill(g, a),
@@ -155,5 +175,8 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Image(c) => snapshot::image(c),
         Command::Spec(a) => spec_cmd::spec(a),
         Command::Features => spec_cmd::features(),
+        Command::Function(c) => function::function(g, c),
+        Command::Vpc(c) => netplug::vpc(g, c),
+        Command::Netplug(c) => netplug::netplug(g, c),
     }
 }

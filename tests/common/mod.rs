@@ -476,3 +476,30 @@ pub fn python_sandbox(name: &str) -> Sandbox {
     s.set_args(&["/usr/bin/python3", "/app/function.py", "8080"]);
     s
 }
+
+/// Runs the Python function in `s`, warms it with one request and
+/// checkpoints it to `<dir>/image` (the container is deleted); returns
+/// the image and the warm answer.
+pub fn python_image(s: &Sandbox) -> (PathBuf, serde_json::Value) {
+    let id = s.id.clone();
+    let out = s.dir.path().join("out");
+    assert!(
+        sprout_to(s, &["run", "-d", "--bundle", s.bundle_str(), &id], &out).success(),
+        "{}",
+        stderr_of(&out)
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || lines(&out)
+            .iter()
+            .any(|l| l == "ready")),
+        "{}",
+        stderr_of(&out)
+    );
+    let pid = s.state(&id)["pid"].as_i64().unwrap() as i32;
+    lo_up(pid);
+    let warm = json_body(&http_get_in_netns(pid, 8080, "/warm").unwrap());
+    let img = s.dir.path().join("image");
+    s.ok(&["checkpoint", "--image-path", img.to_str().unwrap(), &id]);
+    s.ok(&["delete", "--force", &id]);
+    (img, warm)
+}

@@ -93,8 +93,8 @@ impl Cgroup {
                     reason: "contains a NUL byte",
                 }
             })?;
-            // SAFETY: valid fd and NUL-terminated path.
             check(
+                // SAFETY: valid fd and NUL-terminated path.
                 unsafe {
                     libc::inotify_add_watch(
                         inotify.as_raw_fd(),

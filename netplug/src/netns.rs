@@ -1,0 +1,239 @@
+//! Network namespaces persisted by bind mounts, and work done inside one.
+//!
+//! A namespace is made by a short-lived thread that `unshare`s a new
+//! network namespace for itself alone, bind-mounts
+//! `/proc/thread-self/ns/net` onto a file, and opens a netlink socket in
+//! it (a socket stays in the namespace it was made in, whichever thread
+//! uses it later). The caller's own threads never change namespace.
+
+use std::ffi::CString;
+use std::fs;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use crate::error::{Error, Result};
+
+const NSFS_MAGIC: i64 = 0x6e73_6673;
+
+fn cstr(p: &Path) -> io::Result<CString> {
+    CString::new(p.as_os_str().as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+fn check(r: libc::c_int) -> io::Result<()> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+fn mount(src: Option<&Path>, target: &Path, flags: libc::c_ulong) -> io::Result<()> {
+    let src = src.map(cstr).transpose()?;
+    let target = cstr(target)?;
+    let none = c"none";
+    // SAFETY: all pointers are valid NUL-terminated strings (or null for
+    // the source of a propagation change) that outlive the call.
+    check(unsafe {
+        libc::mount(
+            src.as_ref().map_or(none.as_ptr(), |s| s.as_ptr()),
+            target.as_ptr(),
+            none.as_ptr(),
+            flags,
+            std::ptr::null(),
+        )
+    })
+}
+
+fn umount_detach(target: &Path) -> io::Result<()> {
+    let t = cstr(target)?;
+    // SAFETY: t is a valid NUL-terminated path.
+    check(unsafe { libc::umount2(t.as_ptr(), libc::MNT_DETACH) })
+}
+
+/// Makes `dir` a mount point of its own with shared propagation (as
+/// `ip netns` does for /run/netns), so that unmounting a namespace file
+/// also unmounts it in mount namespaces copied while it was mounted.
+pub fn prepare_ns_dir(dir: &Path) -> Result<()> {
+    let op = || format!("making {} a shared mount", dir.display());
+    match mount(None, dir, libc::MS_SHARED) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
+        Err(e) => return Err(Error::sys(op())(e)),
+    }
+    // Not a mount point yet: bind it onto itself, in a peer group of its
+    // own (private first, so it does not join its parent's group).
+    mount(Some(dir), dir, libc::MS_BIND).map_err(Error::sys(op()))?;
+    let r = mount(None, dir, libc::MS_PRIVATE).and_then(|()| mount(None, dir, libc::MS_SHARED));
+    if let Err(e) = r {
+        let _ = umount_detach(dir);
+        return Err(Error::sys(op())(e));
+    }
+    Ok(())
+}
+
+/// Undoes [`prepare_ns_dir`].
+pub fn release_ns_dir(dir: &Path) -> Result<()> {
+    match umount_detach(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOENT)) => Ok(()),
+        Err(e) => Err(Error::sys(format!("unmounting {}", dir.display()))(e)),
+    }
+}
+
+/// Whether `path` is a mounted namespace file.
+pub fn is_ns_file(path: &Path) -> bool {
+    let Ok(p) = cstr(path) else { return false };
+    // SAFETY: statfs fills the zeroed struct; p is a valid path.
+    unsafe {
+        let mut st: libc::statfs = std::mem::zeroed();
+        libc::statfs(p.as_ptr(), &mut st) == 0 && st.f_type as i64 == NSFS_MAGIC
+    }
+}
+
+/// The inode of a namespace file (identifies the namespace).
+pub fn ns_inode(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    // SAFETY: fstat fills the zeroed struct for a valid fd.
+    unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        check(libc::fstat(fd.as_raw_fd(), &mut st))?;
+        Ok(st.st_ino)
+    }
+}
+
+pub fn open_ns(path: &Path) -> Result<OwnedFd> {
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(path)
+        .map_err(Error::sys(format!("opening namespace {}", path.display())))?;
+    Ok(f.into())
+}
+
+/// A new NETLINK_ROUTE socket in the calling thread's network namespace.
+pub fn netlink_socket() -> io::Result<OwnedFd> {
+    // SAFETY: plain socket(2); the fd is checked and owned below.
+    let fd = unsafe {
+        libc::socket(
+            libc::PF_NETLINK,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+            libc::NETLINK_ROUTE,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh descriptor we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Writes a sysctl of the calling thread's network namespace, e.g.
+/// `net/ipv4/ip_forward` (net sysctls are looked up in the namespace of
+/// the task that opens them).
+pub fn write_sysctl(key: &str, value: &str) -> io::Result<()> {
+    fs::write(format!("/proc/sys/{key}"), value)
+}
+
+/// A namespace made by [`create`].
+#[derive(Debug)]
+pub struct NewNs {
+    /// The namespace (an nsfs fd).
+    pub fd: OwnedFd,
+    /// A NETLINK_ROUTE socket inside it.
+    pub netlink: OwnedFd,
+}
+
+/// Makes a network namespace, persisted by a bind mount on `path` (a new
+/// file; an existing one is an error). `sysctls` are written inside
+/// before anything else happens there. On error nothing is left.
+pub fn create(path: &Path, sysctls: &[(&str, &str)]) -> Result<NewNs> {
+    std::thread::scope(|s| {
+        s.spawn(|| create_in_thread(path, sysctls))
+            .join()
+            .unwrap_or_else(|_| {
+                Err(Error::sys("creating a network namespace")(
+                    io::Error::other("namespace thread panicked"),
+                ))
+            })
+    })
+}
+
+fn create_in_thread(path: &Path, sysctls: &[(&str, &str)]) -> Result<NewNs> {
+    let op = |what: &str| format!("network namespace {}: {what}", path.display());
+    // SAFETY: unshare only changes this (short-lived) thread's namespace.
+    check(unsafe { libc::unshare(libc::CLONE_NEWNET) }).map_err(Error::sys(op("unshare")))?;
+    for (k, v) in sysctls {
+        write_sysctl(k, v).map_err(Error::sys(op(&format!("sysctl {k}"))))?;
+    }
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o400)
+        .open(path)
+        .map_err(Error::sys(op("creating the mount point")))?;
+    if let Err(e) = mount(
+        Some(Path::new("/proc/thread-self/ns/net")),
+        path,
+        libc::MS_BIND,
+    ) {
+        let _ = fs::remove_file(path);
+        return Err(Error::sys(op("bind mount"))(e));
+    }
+    let made = (|| {
+        let fd = open_ns(path)?;
+        let netlink = netlink_socket().map_err(Error::sys(op("netlink socket")))?;
+        Ok(NewNs { fd, netlink })
+    })();
+    if made.is_err() {
+        let _ = remove(path);
+    }
+    made
+}
+
+/// Unmounts and removes a namespace file; missing or unmounted is fine.
+/// The namespace itself goes once nothing else holds it.
+pub fn remove(path: &Path) -> Result<()> {
+    match umount_detach(path) {
+        Ok(()) => {}
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOENT)) => {}
+        Err(e) => return Err(Error::sys(format!("unmounting {}", path.display()))(e)),
+    }
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(path)(e)),
+    }
+}
+
+/// Runs `f` on a thread that has joined network namespace `ns`.
+pub fn run_in<R: Send>(ns: BorrowedFd<'_>, f: impl FnOnce() -> R + Send) -> Result<R> {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: setns on a valid namespace fd changes only this
+            // (short-lived) thread's network namespace.
+            check(unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) })
+                .map_err(Error::sys("joining a network namespace"))?;
+            Ok(f())
+        })
+        .join()
+        .unwrap_or_else(|_| {
+            Err(Error::sys("network namespace thread")(io::Error::other(
+                "panicked",
+            )))
+        })
+    })
+}
+
+/// A NETLINK_ROUTE socket inside namespace `ns`.
+pub fn netlink_socket_in(ns: BorrowedFd<'_>) -> Result<OwnedFd> {
+    run_in(ns, netlink_socket)?.map_err(Error::sys("netlink socket in a namespace"))
+}
+
+/// Joins `ns` in the calling thread (for a caller that is about to run a
+/// sandbox in it, or a test/bench thread).
+pub fn enter(ns: impl AsFd) -> io::Result<()> {
+    // SAFETY: setns on a valid namespace fd; affects the calling thread.
+    check(unsafe { libc::setns(ns.as_fd().as_raw_fd(), libc::CLONE_NEWNET) })
+}

@@ -1,0 +1,1092 @@
+//! sproutd end to end: the real daemon binary (with its test-only fake
+//! engine, which "forks" by cold-starting the function's busybox bundle
+//! as a real container), driven through its HTTP API, its side channel and
+//! the `sprout function` / `sprout run --function` commands.
+//!
+//! The `sproutd` binary is found next to `sprout` (they are installed side
+//! by side); `cargo test --workspace` builds it. Each test starts its own
+//! sproutd on a state directory inside its sandbox and stops it by pid at
+//! the end, even on failure, deleting whatever instances are left.
+
+mod common;
+
+use std::fs;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use common::*;
+use sprout::shim::client::{Client, ClientError, side_fork};
+use sprout::shim::events::{Event, EventKind};
+use sprout::shim::proto::{
+    ExecBody, FdRole, ForkBody, KillBody, SideMessage, SideRequest, SignalArg,
+};
+use sprout::shim::registry::FunctionSpec;
+
+/// Generous: a shared, noisy 2-core machine. Never a performance claim.
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+fn sproutd_bin() -> PathBuf {
+    let p = Path::new(sprout_bin()).with_file_name("sproutd");
+    assert!(
+        p.exists(),
+        "{} is missing: build the workspace's binaries (cargo test --workspace does)",
+        p.display()
+    );
+    p
+}
+
+/// A sproutd process on a state directory under the sandbox.
+struct Sproutd {
+    fake: bool,
+    child: Option<Child>,
+    root: PathBuf,
+    socket: PathBuf,
+    side: PathBuf,
+    log: PathBuf,
+}
+
+impl Sproutd {
+    /// With the test-only fake engine.
+    fn start(s: &Sandbox) -> Self {
+        Self::start_with(s, true)
+    }
+
+    /// With the real template engine.
+    fn start_real(s: &Sandbox) -> Self {
+        Self::start_with(s, false)
+    }
+
+    fn start_with(s: &Sandbox, fake: bool) -> Self {
+        let dir = s.dir.path();
+        let mut d = Sproutd {
+            fake,
+            child: None,
+            root: dir.join("sproutd"),
+            socket: dir.join("api.sock"),
+            side: dir.join("side.sock"),
+            log: dir.join("sproutd.log"),
+        };
+        d.spawn();
+        d
+    }
+
+    fn command(&self) -> Command {
+        let mut c = Command::new(sproutd_bin());
+        c.arg("--root")
+            .arg(&self.root)
+            .arg("--socket")
+            .arg(&self.socket)
+            .arg("--side-socket")
+            .arg(&self.side)
+            .arg("--init-binary")
+            .arg(init_bin())
+            .arg("--debug");
+        if self.fake {
+            c.arg("--fake-engine");
+        }
+        c
+    }
+
+    fn spawn(&mut self) {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = self
+            .command()
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let c = self.client();
+        let up = wait_until(TIMEOUT, || {
+            c.info().is_ok() || self.child.as_mut().unwrap().try_wait().unwrap().is_some()
+        });
+        assert!(
+            up && c.info().is_ok(),
+            "sproutd did not come up: {}",
+            self.log_text()
+        );
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.as_ref().unwrap().id() as i32
+    }
+
+    fn client(&self) -> Client {
+        Client::new(&self.socket)
+    }
+
+    fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL by pid, as a crash.
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: kill with plain integers: our own child.
+            unsafe { libc::kill(c.id() as i32, libc::SIGKILL) };
+            let _ = c.wait();
+        }
+    }
+
+    /// `sprout --root <runtime root>`, to inspect and clean up the
+    /// instances behind sproutd's back.
+    fn runtime_cli(&self) -> Command {
+        let mut c = Command::new(sprout_bin());
+        c.arg("--root").arg(self.root.join("runtime"));
+        c
+    }
+
+    /// Instance state directories left in the runtime root.
+    fn runtime_ids(&self) -> Vec<String> {
+        fs::read_dir(self.root.join("runtime"))
+            .map(|r| {
+                r.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Sproutd {
+    fn drop(&mut self) {
+        self.kill9();
+        for id in self.runtime_ids() {
+            let _ = self
+                .runtime_cli()
+                .args(["delete", "--force", &id])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// Events of a `GET /events` stream, read on a thread.
+struct Events {
+    rx: mpsc::Receiver<Event>,
+    seen: Vec<Event>,
+}
+
+impl Events {
+    fn subscribe(c: &Client, query: &str) -> Self {
+        let stream = c.events(query).unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for e in stream {
+                match e {
+                    Ok(e) => {
+                        if tx.send(e).is_err() {
+                            break;
+                        }
+                    }
+                    Err(_) => break,
+                }
+            }
+        });
+        Events {
+            rx,
+            seen: Vec::new(),
+        }
+    }
+
+    /// The next event of `kind` for `id` (earlier ones are kept in `seen`).
+    fn expect(&mut self, kind: EventKind, id: &str) -> Event {
+        if let Some(i) = self.seen.iter().position(|e| e.kind == kind && e.id == id) {
+            return self.seen.remove(i);
+        }
+        loop {
+            match self.rx.recv_timeout(TIMEOUT) {
+                Ok(e) if e.kind == kind && e.id == id => return e,
+                Ok(e) => self.seen.push(e),
+                Err(_) => panic!("no {kind:?} event for {id}; saw {:?}", self.seen),
+            }
+        }
+    }
+}
+
+fn function(name: &str, s: &Sandbox) -> FunctionSpec {
+    let image = s.dir.path().join("image");
+    fs::create_dir_all(&image).unwrap();
+    FunctionSpec {
+        name: name.into(),
+        image,
+        bundle: s.bundle.clone(),
+        vpc: None,
+        resources: None,
+        concurrency: 1,
+    }
+}
+
+fn api_status(r: Result<impl Sized, ClientError>) -> (u16, String) {
+    match r {
+        Err(ClientError::Api { status, message }) => (status, message),
+        Err(e) => panic!("expected an API error, got {e}"),
+        Ok(_) => panic!("expected an API error, got success"),
+    }
+}
+
+fn pipe() -> (fs::File, OwnedFd) {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills two fds.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: fresh fds owned here.
+    unsafe { (fs::File::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+}
+
+/// Nothing of the instances is left: state, cgroups, processes.
+fn assert_clean(s: &Sandbox, d: &Sproutd) {
+    assert!(
+        d.runtime_ids().is_empty(),
+        "instances left in the runtime root: {:?}",
+        d.runtime_ids()
+    );
+    let records: Vec<_> = fs::read_dir(d.root.join("instances"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(records.is_empty(), "instance records left: {records:?}");
+    let cg = cgroup_leftovers(&s.cgroup);
+    assert!(cg.is_empty(), "cgroups left behind: {cg:?}");
+    let procs = processes_in_cgroup_named(&s.cgroup);
+    assert!(procs.is_empty(), "processes left behind: {procs:?}");
+    let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let tmp = s.dir.path().to_str().unwrap();
+    assert!(!mounts.contains(tmp), "mounts under {tmp} left behind");
+}
+
+#[test]
+fn api_fork_exec_pause_stats_kill_delete_with_events() {
+    let mut s = Sandbox::new("sd-api");
+    s.set_args(&["sh", "-c", "echo started; exec sleep 1000"]);
+    let d = Sproutd::start(&s);
+    let c = d.client();
+    assert!(c.info().unwrap().engine.starts_with("fake"));
+    c.add_function(&function("f", &s)).unwrap();
+    let mut ev = Events::subscribe(&c, "function=f");
+
+    let out = s.dir.path().join("i1.out");
+    let forked = c
+        .fork(
+            "f",
+            &ForkBody {
+                id: "i1".into(),
+                stdout: Some(out.clone()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert!(forked.pid > 0);
+    assert!(!forked.stages.is_empty());
+    assert_eq!(ev.expect(EventKind::Created, "i1").pid, Some(forked.pid));
+    ev.expect(EventKind::Started, "i1");
+    assert!(wait_until(TIMEOUT, || fs::read_to_string(&out)
+        .unwrap_or_default()
+        .contains("started")));
+    let v = c.instance("i1").unwrap();
+    assert_eq!((v.status.as_str(), v.function.as_str()), ("running", "f"));
+    assert_eq!(v.pid, forked.pid);
+    assert!(!v.adopted);
+    // The fork loaded the function's template on demand.
+    assert!(c.function("f").unwrap().template.is_some());
+    assert_eq!(c.function("f").unwrap().instances, ["i1"]);
+
+    // exec: captured output and exit code, or output to a file.
+    let r = c
+        .exec(
+            "i1",
+            &ExecBody {
+                args: vec![
+                    "sh".into(),
+                    "-c".into(),
+                    "echo out-$((6*7)); echo err >&2; exit 3".into(),
+                ],
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(r.exit_code, Some(3));
+    assert_eq!(r.stdout.as_deref(), Some("out-42\n"));
+    assert_eq!(r.stderr.as_deref(), Some("err\n"));
+    let exec_out = s.dir.path().join("exec.out");
+    let r = c
+        .exec(
+            "i1",
+            &ExecBody {
+                args: vec!["hostname".into()],
+                stdout: Some(exec_out.clone()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(r.exit_code, Some(0));
+    assert_eq!(r.stdout, None);
+    assert_eq!(fs::read_to_string(&exec_out).unwrap(), "sprout-test\n");
+
+    // A process that leaves a child holding its stdout: the answer comes
+    // once the process itself exits.
+    let r = c
+        .exec(
+            "i1",
+            &ExecBody {
+                args: vec![
+                    "sh".into(),
+                    "-c".into(),
+                    "echo quick; sleep 1000 & exit 0".into(),
+                ],
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(
+        (r.exit_code, r.stdout.as_deref()),
+        (Some(0), Some("quick\n"))
+    );
+
+    // pause / resume.
+    c.call::<()>("POST", "/instances/i1/pause", None::<&()>)
+        .unwrap();
+    ev.expect(EventKind::Paused, "i1");
+    assert_eq!(c.instance("i1").unwrap().status, "paused");
+    c.call::<()>("POST", "/instances/i1/resume", None::<&()>)
+        .unwrap();
+    ev.expect(EventKind::Resumed, "i1");
+    assert_eq!(c.instance("i1").unwrap().status, "running");
+
+    // stats, as the runtime reads them.
+    let st: serde_json::Value = c.call("GET", "/instances/i1/stats", None::<&()>).unwrap();
+    assert!(st["pids"]["current"].as_u64().unwrap() >= 1, "{st}");
+    assert!(st["memory"].is_object(), "{st}");
+
+    // kill: the exit is reported with its status.
+    c.kill(
+        "i1",
+        &KillBody {
+            signal: SignalArg::Name("KILL".into()),
+            all: false,
+        },
+    )
+    .unwrap();
+    let e = ev.expect(EventKind::Exited, "i1");
+    let exit = e.exit.unwrap();
+    assert_eq!((exit.exit_code, exit.signal), (Some(137), Some(9)));
+    let v = c.instance("i1").unwrap();
+    assert_eq!(v.status, "stopped");
+    assert_eq!(v.exit.unwrap().exit_code, Some(137));
+
+    c.delete("i1", false).unwrap();
+    ev.expect(EventKind::Deleted, "i1");
+    assert_eq!(api_status(c.instance("i1")).0, 404);
+
+    // The template can be dropped and loaded explicitly.
+    c.call::<()>("DELETE", "/functions/f/template", None::<&()>)
+        .unwrap();
+    assert_eq!(
+        api_status(c.call::<serde_json::Value>("GET", "/functions/f/template", None::<&()>)).0,
+        404
+    );
+    let t: serde_json::Value = c
+        .call("POST", "/functions/f/template", None::<&()>)
+        .unwrap();
+    assert_eq!(t["function"], "f");
+    c.remove_function("f").unwrap();
+    assert!(c.functions().unwrap().is_empty());
+    assert_clean(&s, &d);
+}
+
+#[test]
+fn side_channel_passes_stdio_and_reports_the_exit() {
+    let mut s = Sandbox::new("sd-side");
+    s.set_args(&["sh", "-c", "read x; echo got-$x; echo oops >&2; exit 5"]);
+    let d = Sproutd::start(&s);
+    let c = d.client();
+    c.add_function(&function("f", &s)).unwrap();
+    let mut ev = Events::subscribe(&c, "");
+
+    let (in_r, in_w) = pipe();
+    let (mut out_r, out_w) = pipe();
+    let (mut err_r, err_w) = pipe();
+    let in_r: OwnedFd = in_r.into();
+    let req = SideRequest {
+        op: "fork".into(),
+        function: "f".into(),
+        id: "s1".into(),
+        fds: vec![FdRole::Stdin, FdRole::Stdout, FdRole::Stderr],
+        wait: true,
+        ..Default::default()
+    };
+    let (forked, conn) =
+        side_fork(&d.side, &req, &[in_r.as_fd(), out_w.as_fd(), err_w.as_fd()]).unwrap();
+    // sproutd keeps no copy: ours are the only other ends.
+    drop((in_r, out_w, err_w));
+    assert_eq!(forked.id, "s1");
+    let mut in_w = fs::File::from(in_w);
+    in_w.write_all(b"abc\n").unwrap();
+    drop(in_w);
+    let mut out = String::new();
+    out_r.read_to_string(&mut out).unwrap();
+    let mut err = String::new();
+    err_r.read_to_string(&mut err).unwrap();
+    assert_eq!(out, "got-abc\n");
+    assert_eq!(err, "oops\n");
+    match conn.wait().unwrap() {
+        SideMessage::Exited { id, exit, .. } => {
+            assert_eq!(id, "s1");
+            assert_eq!((exit.exit_code, exit.signal), (Some(5), None));
+        }
+        other => panic!("expected the exit, got {other:?}"),
+    }
+    let e = ev.expect(EventKind::Exited, "s1");
+    assert_eq!(e.exit.unwrap().exit_code, Some(5));
+
+    // Without fds and without waiting: stdio is /dev/null (so `read`
+    // gets EOF) and the connection ends after the answer.
+    let req = SideRequest {
+        id: "s2".into(),
+        wait: false,
+        fds: vec![],
+        ..req
+    };
+    let (_, conn) = side_fork(&d.side, &req, &[]).unwrap();
+    let mut rest = Vec::new();
+    conn.socket().read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+    assert_eq!(
+        ev.expect(EventKind::Exited, "s2").exit.unwrap().exit_code,
+        Some(5)
+    );
+
+    for id in ["s1", "s2"] {
+        c.delete(id, false).unwrap();
+        ev.expect(EventKind::Deleted, id);
+    }
+    assert_clean(&s, &d);
+}
+
+#[test]
+fn bad_requests_get_clear_errors() {
+    let mut s = Sandbox::new("sd-bad");
+    s.set_args(&["sleep", "1000"]);
+    let d = Sproutd::start(&s);
+    let c = d.client();
+    let f = function("f", &s);
+
+    let err = |method: &str, path: &str, body: &str| -> (u16, String) {
+        let r = c.raw(method, path, body.as_bytes()).unwrap();
+        let v = r.json();
+        let msg = v["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{method} {path}: no JSON error in {v}"))
+            .to_string();
+        (r.status, msg)
+    };
+    let (st, m) = err("POST", "/functions", "{bad");
+    assert_eq!(st, 400);
+    assert!(m.contains("bad JSON"), "{m}");
+    let (st, m) = err("POST", "/functions", r#"{"name":"f"}"#);
+    assert_eq!(st, 400);
+    assert!(m.contains("missing field"), "{m}");
+    let (st, m) = err(
+        "POST",
+        "/functions",
+        r#"{"name":"f","image":"rel","bundle":"/"}"#,
+    );
+    assert_eq!(st, 400);
+    assert!(m.contains("absolute"), "{m}");
+    let mut no_bundle = f.clone();
+    no_bundle.bundle = s.dir.path().join("image");
+    assert_eq!(api_status(c.add_function(&no_bundle)).0, 400);
+    let mut bad_name = f.clone();
+    bad_name.name = "a/b".into();
+    assert_eq!(api_status(c.add_function(&bad_name)).0, 400);
+    c.add_function(&f).unwrap();
+    let (st, m) = api_status(c.add_function(&f));
+    assert_eq!(st, 409);
+    assert!(m.contains("already exists"), "{m}");
+
+    let (st, m) = err("GET", "/functions/nope", "");
+    assert_eq!(st, 404);
+    assert!(m.contains("unknown function \"nope\""), "{m}");
+    let (st, _) = err("POST", "/functions/nope/instances", r#"{"id":"x"}"#);
+    assert_eq!(st, 404);
+    let (st, m) = err("POST", "/functions/f/instances", r#"{"id":"../x"}"#);
+    assert_eq!(st, 400);
+    assert!(m.contains("invalid instance id"), "{m}");
+    let (st, m) = err(
+        "POST",
+        "/functions/f/instances",
+        r#"{"id":"x","stdout":"rel.out"}"#,
+    );
+    assert_eq!(st, 400);
+    assert!(m.contains("absolute"), "{m}");
+    let (st, m) = err("POST", "/functions/f/instances", r#"{"id":"x","extra":1}"#);
+    assert_eq!(st, 400);
+    assert!(m.contains("unknown field"), "{m}");
+    let (st, _) = err("POST", "/functions/f/instances", "");
+    assert_eq!(st, 400);
+    for (m, p) in [
+        ("GET", "/instances/nope"),
+        ("DELETE", "/instances/nope"),
+        ("POST", "/instances/nope/pause"),
+        ("GET", "/instances/nope/stats"),
+    ] {
+        let (st, msg) = err(m, p, "");
+        assert_eq!(st, 404, "{m} {p}");
+        assert!(msg.contains("unknown instance \"nope\""), "{msg}");
+    }
+    let (st, m) = err("POST", "/instances/nope/kill", r#"{"signal":"NOPE"}"#);
+    assert_eq!(st, 400);
+    assert!(m.contains("unknown signal"), "{m}");
+    let (st, m) = err("GET", "/nothing/here", "");
+    assert_eq!(st, 404);
+    assert!(m.contains("no such endpoint"), "{m}");
+    let r = c.raw("PUT", "/functions", b"").unwrap();
+    assert_eq!(r.status, 405);
+    assert_eq!(r.header("allow"), Some("GET, POST"));
+
+    // Duplicate and busy instances.
+    c.fork(
+        "f",
+        &ForkBody {
+            id: "x".into(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let (st, m) = api_status(c.fork(
+        "f",
+        &ForkBody {
+            id: "x".into(),
+            ..Default::default()
+        },
+    ));
+    assert_eq!(st, 409);
+    assert!(m.contains("already exists"), "{m}");
+    let (st, m) = api_status(c.delete("x", false));
+    assert_eq!(st, 409);
+    assert!(m.contains("running"), "{m}");
+    let (st, m) = api_status(c.remove_function("f"));
+    assert_eq!(st, 409);
+    assert!(m.contains("delete them first"), "{m}");
+    let (st, m) = err("POST", "/instances/x/exec", r#"{"args":[]}"#);
+    assert_eq!(st, 400);
+    assert!(m.contains("args"), "{m}");
+    let (st, _) = err("POST", "/instances/x/resume", "");
+    assert_eq!(st, 409, "resume of a running instance");
+
+    // The side channel: garbage, a count mismatch, an unknown function.
+    let side_err = |line: &[u8], fds: &[std::os::fd::BorrowedFd<'_>]| -> (u16, String) {
+        let sock = UnixStream::connect(&d.side).unwrap();
+        sprout::shim::client::send_with_fds(&sock, line, fds).unwrap();
+        let mut answer = String::new();
+        (&sock).read_to_string(&mut answer).unwrap();
+        match serde_json::from_str::<SideMessage>(answer.trim()).unwrap() {
+            SideMessage::Error { status, error } => (status, error),
+            other => panic!("expected an error, got {other:?}"),
+        }
+    };
+    let (st, m) = side_err(b"not json\n", &[]);
+    assert_eq!(st, 400);
+    assert!(m.contains("bad JSON"), "{m}");
+    let devnull = fs::File::open("/dev/null").unwrap();
+    let (st, m) = side_err(
+        br#"{"op":"fork","function":"f","id":"y","fds":["stdin","stdout"]}
+"#,
+        &[devnull.as_fd()],
+    );
+    assert_eq!(st, 400);
+    assert!(m.contains("names 2 fd(s) but 1 came"), "{m}");
+    let (st, _) = side_err(
+        br#"{"op":"fork","function":"nope","id":"y"}
+"#,
+        &[],
+    );
+    assert_eq!(st, 404);
+    let (st, m) = side_err(
+        br#"{"op":"launch","function":"f","id":"y"}
+"#,
+        &[],
+    );
+    assert_eq!(st, 400);
+    assert!(m.contains("unknown op"), "{m}");
+
+    c.delete("x", true).unwrap();
+    c.remove_function("f").unwrap();
+    assert_clean(&s, &d);
+}
+
+#[test]
+fn cli_function_commands_and_run_function() {
+    let mut s = Sandbox::new("sd-cli");
+    s.set_args(&["sh", "-c", "echo from-instance; echo to-stderr >&2; exit 3"]);
+    let d = Sproutd::start(&s);
+    let c = d.client();
+    let socket = d.socket.to_str().unwrap().to_string();
+    let image = s.dir.path().join("image");
+    fs::create_dir_all(&image).unwrap();
+    let sprout = |args: &[&str]| {
+        run_to_files(
+            Command::new(sprout_bin())
+                .arg("--sproutd-socket")
+                .arg(&socket)
+                .args(args),
+            s.dir.path(),
+        )
+    };
+    let ok = |args: &[&str]| {
+        let out = sprout(args);
+        assert!(
+            out.status.success(),
+            "sprout {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    ok(&[
+        "function",
+        "add",
+        "f",
+        "--image",
+        image.to_str().unwrap(),
+        "--bundle",
+        s.bundle_str(),
+        "--concurrency",
+        "8",
+    ]);
+    let table = ok(&["function", "list"]);
+    assert!(table.lines().any(|l| l.starts_with("f ")), "{table}");
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&["function", "list", "-f", "json"])).unwrap();
+    assert_eq!(json[0]["function"]["concurrency"], 8);
+    let out = sprout(&[
+        "function",
+        "add",
+        "f",
+        "--image",
+        "/",
+        "--bundle",
+        s.bundle_str(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
+
+    // Foreground: the instance writes to our stdio and its exit code is
+    // ours; the instance is deleted afterwards.
+    let out = sprout(&["run", "--function", "f", "r1"]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "from-instance\n");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("to-stderr"));
+    assert_eq!(api_status(c.instance("r1")).0, 404);
+
+    // Detached, with a bundle of its own (same rootfs, own cgroup).
+    let own = s.dir.path().join("own-bundle");
+    fs::create_dir_all(&own).unwrap();
+    let mut config = default_config(&["sleep", "1000"], &format!("{}-own", s.cgroup));
+    config["root"]["path"] = serde_json::json!(s.bundle.join("rootfs"));
+    fs::write(own.join("config.json"), config.to_string()).unwrap();
+    let pid_file = s.dir.path().join("r2.pid");
+    ok(&[
+        "run",
+        "--function",
+        "f",
+        "--bundle",
+        own.to_str().unwrap(),
+        "-d",
+        "--pid-file",
+        pid_file.to_str().unwrap(),
+        "r2",
+    ]);
+    let v = c.instance("r2").unwrap();
+    assert_eq!(v.status, "running");
+    assert_eq!(v.bundle, own);
+    assert_eq!(
+        fs::read_to_string(&pid_file).unwrap().trim(),
+        v.pid.to_string()
+    );
+    let out = sprout(&["function", "remove", "f"]);
+    assert_eq!(out.status.code(), Some(1));
+    c.delete("r2", true).unwrap();
+    ok(&["function", "remove", "f"]);
+    assert_eq!(ok(&["function", "list", "-q"]), "");
+
+    let out = sprout(&["run", "--function", "nope", "r3"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown function \"nope\""));
+    let out = run_to_files(
+        Command::new(sprout_bin())
+            .env("SPROUTD_SOCKET", s.dir.path().join("missing.sock"))
+            .args(["function", "list"]),
+        s.dir.path(),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach sproutd"));
+    assert_clean(&s, &d);
+}
+
+#[test]
+fn restarted_sproutd_adopts_its_instances() {
+    let mut s = Sandbox::new("sd-restart");
+    s.set_args(&["sleep", "1000"]);
+    let mut d = Sproutd::start(&s);
+    let c = d.client();
+    c.add_function(&function("f", &s)).unwrap();
+    let mut pids = Vec::new();
+    for id in ["a", "b"] {
+        let f = c
+            .fork(
+                "f",
+                &ForkBody {
+                    id: id.into(),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        pids.push(f.pid);
+    }
+    let old = d.pid();
+    d.kill9();
+    assert!(!pid_alive(old));
+    for &p in &pids {
+        assert!(pid_alive(p), "instance {p} died with sproutd");
+    }
+
+    d.spawn();
+    // A second sproutd on the same root is refused.
+    let second = run_to_files(&mut d.command(), s.dir.path());
+    assert_eq!(second.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&second.stderr).contains("in use by another sproutd"),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+
+    // The registry and the instances are back.
+    assert_eq!(c.functions().unwrap()[0].function.name, "f");
+    let list = c.instances().unwrap();
+    assert_eq!(
+        list.iter().map(|v| v.id.as_str()).collect::<Vec<_>>(),
+        ["a", "b"]
+    );
+    for (v, p) in list.iter().zip(&pids) {
+        assert_eq!((v.status.as_str(), v.pid, v.adopted), ("running", *p, true));
+        assert_eq!(v.function, "f");
+    }
+    // Events go on for adopted instances; their status is known when the
+    // kernel can tell it (PIDFD_INFO_EXIT) once something reaped them.
+    let mut ev = Events::subscribe(&c, "");
+    c.kill(
+        "a",
+        &KillBody {
+            signal: SignalArg::Number(9),
+            all: false,
+        },
+    )
+    .unwrap();
+    let e = ev.expect(EventKind::Exited, "a");
+    let code = e.exit.unwrap().exit_code;
+    assert!(code.is_none() || code == Some(137), "{code:?}");
+    c.delete("a", false).unwrap();
+    ev.expect(EventKind::Deleted, "a");
+    c.delete("b", true).unwrap();
+    ev.expect(EventKind::Exited, "b");
+    ev.expect(EventKind::Deleted, "b");
+    assert!(c.instances().unwrap().is_empty());
+    assert_clean(&s, &d);
+}
+
+#[test]
+fn crashed_clients_do_not_hurt_instances() {
+    let mut s = Sandbox::new("sd-client");
+    s.set_args(&["sleep", "1000"]);
+    let d = Sproutd::start(&s);
+    let c = d.client();
+    c.add_function(&function("f", &s)).unwrap();
+
+    // A foreground `sprout run --function`, killed while it waits.
+    let log = fs::File::create(s.dir.path().join("client.out")).unwrap();
+    let mut client = Command::new(sprout_bin())
+        .arg("--sproutd-socket")
+        .arg(&d.socket)
+        .args(["run", "--function", "f", "c1"])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    assert!(wait_until(TIMEOUT, || c
+        .instance("c1")
+        .is_ok_and(|v| v.status == "running")));
+    // SAFETY: kill with plain integers: our own child.
+    unsafe { libc::kill(client.id() as i32, libc::SIGKILL) };
+    client.wait().unwrap();
+
+    // An events subscriber that leaves, and side-channel clients that
+    // send half a request or leave before the exit.
+    drop(c.events("").unwrap());
+    let mut half = UnixStream::connect(&d.side).unwrap();
+    half.write_all(br#"{"op":"fork","function":"f","#).unwrap();
+    drop(half);
+    let req = SideRequest {
+        op: "fork".into(),
+        function: "f".into(),
+        id: "c2".into(),
+        wait: true,
+        ..Default::default()
+    };
+    let (_, conn) = side_fork(&d.side, &req, &[]).unwrap();
+    drop(conn);
+
+    let v1 = c.instance("c1").unwrap();
+    let v2 = c.instance("c2").unwrap();
+    assert_eq!(
+        (v1.status.as_str(), v2.status.as_str()),
+        ("running", "running")
+    );
+    assert!(pid_alive(v1.pid) && pid_alive(v2.pid));
+    // The instance keeps its stdio: the killed client's file.
+    let exec = c
+        .exec(
+            "c1",
+            &ExecBody {
+                args: vec!["true".into()],
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(exec.exit_code, Some(0));
+    assert!(c.info().is_ok());
+    for id in ["c1", "c2"] {
+        c.delete(id, true).unwrap();
+    }
+    assert_clean(&s, &d);
+}
+
+#[test]
+fn fork_limits_apply_and_oom_kills_are_events() {
+    let mut s = Sandbox::new("sd-oom");
+    s.set_args(&["sleep", "1000"]);
+    let d = Sproutd::start(&s);
+    let c = d.client();
+    c.add_function(&function("f", &s)).unwrap();
+    let mut ev = Events::subscribe(&c, "id=m");
+    let limit = 32u64 << 20;
+    let resources =
+        serde_json::from_value(serde_json::json!({"memory": {"limit": limit}})).unwrap();
+    c.fork(
+        "f",
+        &ForkBody {
+            id: "m".into(),
+            resources: Some(resources),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let st: serde_json::Value = c.call("GET", "/instances/m/stats", None::<&()>).unwrap();
+    assert_eq!(st["memory"]["usage"]["limit"].as_u64(), Some(limit), "{st}");
+    // dd's 64 MiB buffer does not fit: the OOM killer ends it.
+    let r = c
+        .exec(
+            "m",
+            &ExecBody {
+                args: ["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"]
+                    .map(String::from)
+                    .to_vec(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(r.signal, Some(libc::SIGKILL), "{r:?}");
+    ev.expect(EventKind::Oom, "m");
+    c.delete("m", true).unwrap();
+    assert_clean(&s, &d);
+}
+
+#[test]
+fn a_foreground_run_outlives_a_sproutd_restart() {
+    let mut s = Sandbox::new("sd-fg");
+    s.set_args(&["sh", "-c", "read x; echo got-$x; exit 4"]);
+    let mut d = Sproutd::start(&s);
+    let c = d.client();
+    c.add_function(&function("f", &s)).unwrap();
+    let out = s.dir.path().join("fg.out");
+    let mut client = Command::new(sprout_bin())
+        .arg("--sproutd-socket")
+        .arg(&d.socket)
+        .args(["run", "--function", "f", "fg"])
+        .stdin(Stdio::piped())
+        .stdout(fs::File::create(&out).unwrap())
+        .stderr(fs::File::create(out.with_extension("err")).unwrap())
+        .spawn()
+        .unwrap();
+    assert!(wait_until(TIMEOUT, || c
+        .instance("fg")
+        .is_ok_and(|v| v.status == "running")));
+    d.kill9();
+    d.spawn();
+    let mut stdin = client.stdin.take().unwrap();
+    stdin.write_all(b"x\n").unwrap();
+    drop(stdin);
+    let status = client.wait().unwrap();
+    assert_eq!(fs::read_to_string(&out).unwrap(), "got-x\n");
+    // 255 when the kernel cannot tell an adopted instance's status.
+    assert!(
+        matches!(status.code(), Some(4) | Some(255)),
+        "{status}: {}",
+        fs::read_to_string(out.with_extension("err")).unwrap_or_default()
+    );
+    assert_eq!(api_status(c.instance("fg")).0, 404, "deleted after the run");
+    assert_clean(&s, &d);
+}
+
+#[test]
+fn concurrent_forks_and_deletes() {
+    let mut s = Sandbox::new("sd-many");
+    s.set_args(&["sleep", "1000"]);
+    let d = Sproutd::start(&s);
+    let c = d.client();
+    c.add_function(&function("f", &s)).unwrap();
+    let ids: Vec<String> = (0..6).map(|i| format!("m{i}")).collect();
+    std::thread::scope(|t| {
+        for id in &ids {
+            let c = c.clone();
+            t.spawn(move || {
+                c.fork(
+                    "f",
+                    &ForkBody {
+                        id: id.clone(),
+                        ..Default::default()
+                    },
+                )
+                .unwrap()
+            });
+        }
+    });
+    let list = c.instances().unwrap();
+    assert_eq!(list.len(), ids.len());
+    let mut pids: Vec<i32> = list.iter().map(|v| v.pid).collect();
+    pids.sort();
+    pids.dedup();
+    assert_eq!(pids.len(), ids.len());
+    assert!(list.iter().all(|v| v.status == "running"));
+    assert_eq!(c.function("f").unwrap().instances, ids);
+    std::thread::scope(|t| {
+        for id in &ids {
+            let c = c.clone();
+            t.spawn(move || c.delete(id, true).unwrap());
+        }
+    });
+    assert!(c.instances().unwrap().is_empty());
+    assert_clean(&s, &d);
+}
+
+/// Holders (the sandboxes templates live in) left in the engine's runtime.
+fn holders_left(d: &Sproutd) -> Vec<String> {
+    fs::read_dir(d.root.join("engine/holders"))
+        .map(|r| {
+            r.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n != "file-hashes")
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn real_engine_forks_python_instances_that_survive_a_sproutd_crash() {
+    let s = python_sandbox("sd-real");
+    let (image, warm) = python_image(&s);
+    let mut d = Sproutd::start_real(&s);
+    let c = d.client();
+    assert_eq!(c.info().unwrap().engine, "sfork");
+    let mut f = function("py", &s);
+    f.image = image;
+    c.add_function(&f).unwrap();
+
+    let ids = ["p0", "p1", "p2"];
+    let mut pids = Vec::new();
+    for id in ids {
+        let forked = c
+            .fork(
+                "py",
+                &ForkBody {
+                    id: id.into(),
+                    stdout: Some(s.dir.path().join(format!("{id}.out"))),
+                    ..Default::default()
+                },
+            )
+            .unwrap_or_else(|e| panic!("fork {id}: {e}\n{}", d.log_text()));
+        assert!(forked.stages.iter().any(|st| st.name == "clone"));
+        pids.push(forked.pid);
+    }
+    let template = c
+        .function("py")
+        .unwrap()
+        .template
+        .expect("loaded on demand");
+    for (i, &pid) in pids.iter().enumerate() {
+        let r = json_body(&http_get_in_netns(pid, 8080, &format!("/{i}")).unwrap());
+        assert_eq!(r["digest"], warm["digest"]);
+        assert_eq!(r["requests"], 2, "each instance counts on its own");
+    }
+
+    // sproutd crashes: its template dies with it (the tracer's EXITKILL),
+    // the instances do not; the next sproutd adopts them.
+    d.kill9();
+    assert!(wait_until(TIMEOUT, || !pid_alive(template.pid)));
+    d.spawn();
+    for (id, &pid) in ids.iter().zip(&pids) {
+        let v = c.instance(id).unwrap();
+        assert_eq!(
+            (v.status.as_str(), v.pid, v.adopted),
+            ("running", pid, true)
+        );
+        let r = json_body(&http_get_in_netns(pid, 8080, "/again").unwrap());
+        assert_eq!(r["requests"], 3);
+    }
+    // A new template is loaded for the next fork.
+    let again = c
+        .fork(
+            "py",
+            &ForkBody {
+                id: "p3".into(),
+                ..Default::default()
+            },
+        )
+        .unwrap_or_else(|e| panic!("fork after restart: {e}\n{}", d.log_text()));
+    let r = json_body(&http_get_in_netns(again.pid, 8080, "/new").unwrap());
+    assert_eq!(
+        (r["digest"].clone(), r["requests"].clone()),
+        (warm["digest"].clone(), 2.into())
+    );
+
+    let mut ev = Events::subscribe(&c, "function=py");
+    for id in ["p0", "p1", "p2", "p3"] {
+        c.delete(id, true).unwrap();
+        ev.expect(EventKind::Deleted, id);
+    }
+    c.remove_function("py").unwrap();
+    // Holders go once nothing runs below them.
+    assert!(
+        wait_until(TIMEOUT, || holders_left(&d).is_empty()),
+        "holders left: {:?}\n{}",
+        holders_left(&d),
+        d.log_text()
+    );
+    assert_clean(&s, &d);
+}
