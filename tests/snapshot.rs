@@ -156,11 +156,7 @@ fn threaded_dynamic_program_resumes_all_threads() {
         "no progress: {}",
         stderr_of(&out2)
     );
-    let parse = |l: &str| -> Vec<u64> {
-        l.split_whitespace()
-            .filter_map(|kv| kv.split_once('=').map(|(_, v)| v.parse().unwrap()))
-            .collect()
-    };
+    let parse = counters;
     let last_before = parse(lines(&out1).last().unwrap());
     let after = lines(&out2);
     let first = parse(&after[0]);

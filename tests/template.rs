@@ -224,3 +224,206 @@ fn instances_outlive_their_template_and_bad_forks_are_refused() {
         cgroup_leftovers(&s.id)
     );
 }
+
+/// Runs `args` in `s` until `out` has a line starting with `ready`
+/// (`lines` of them for the threaded program), checkpoints it to
+/// `<dir>/image`, deletes it and drops the bundle's cgroupsPath.
+fn program_image(s: &mut Sandbox, ready: impl Fn(&[String]) -> bool) -> PathBuf {
+    let id = s.id.clone();
+    let out = s.dir.path().join("out");
+    assert!(
+        sprout_to(s, &["run", "-d", "--bundle", s.bundle_str(), &id], &out).success(),
+        "{}",
+        stderr_of(&out)
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || ready(&lines(&out))),
+        "{:?} {}",
+        lines(&out),
+        stderr_of(&out)
+    );
+    let img = s.dir.path().join("image");
+    s.ok(&["checkpoint", "--image-path", img.to_str().unwrap(), &id]);
+    s.ok(&["delete", "--force", &id]);
+    s.config()["linux"]
+        .as_object_mut()
+        .unwrap()
+        .remove("cgroupsPath");
+    s.write_config();
+    img
+}
+
+#[test]
+fn threaded_template_forks_with_its_threads_in_blocking_syscalls() {
+    let mut s = Sandbox::new("tplthr");
+    with_usr(&mut s);
+    fs::copy(
+        program("threads", false),
+        s.bundle.join("rootfs/bin/threads"),
+    )
+    .unwrap();
+    s.set_args(&["/bin/threads"]);
+    // Dumped with the workers in futex wait, nanosleep and read, the main
+    // thread in sigwaitinfo.
+    let img = program_image(&mut s, |l| l.len() >= 3);
+    let before = counters(lines(&s.dir.path().join("out")).last().unwrap());
+    let rt = runtime(&s);
+    let tracer = Tracer::spawn("test-tracer").unwrap();
+    let holder = format!("{}-holder", s.id);
+    let (template, _) =
+        Template::load(&rt, &tracer, "thr", &holder, &img, &s.bundle, None).unwrap();
+    let mut instances = Vec::new();
+    for i in 0..10 {
+        let (path, f) = out_file(&s, &format!("thr{i}.out"));
+        let id = format!("{}-t{i}", s.id);
+        let c = template.fork(&rt, &id, stdio_to(&f)).unwrap().container;
+        instances.push((c, path));
+    }
+    for (c, path) in &instances {
+        assert!(
+            wait_until(Duration::from_secs(20), || lines(path).len() >= 3),
+            "{} made no progress: {:?}",
+            c.id(),
+            lines(path)
+        );
+        let after = lines(path);
+        let (first, last) = (counters(&after[0]), counters(after.last().unwrap()));
+        // Every thread of every instance runs on from the template's state.
+        for i in 0..4 {
+            assert!(first[i] >= before[i], "{}: counter {i} went back", c.id());
+            assert!(
+                last[i] > first[i],
+                "{}: counter {i} is stuck: {after:?}",
+                c.id()
+            );
+        }
+        assert_eq!(last[4], 1, "{}: the pending signal was lost", c.id());
+        let tasks = fs::read_dir(format!("/proc/{}/task", pid_of(c)))
+            .unwrap()
+            .count();
+        assert_eq!(tasks, 4, "{}: main and three workers", c.id());
+    }
+    for (c, _) in instances {
+        let id = c.id().to_string();
+        c.delete(true).unwrap();
+        s.assert_clean(&id);
+    }
+    unload(&rt, &s, template);
+    assert!(
+        cgroup_leftovers(&s.id).is_empty(),
+        "{:?}",
+        cgroup_leftovers(&s.id)
+    );
+}
+
+/// The last `report` line of `path`, as numbers, once there is one.
+fn report_of(path: &std::path::Path) -> Vec<i64> {
+    assert!(
+        wait_until(Duration::from_secs(20), || lines(path)
+            .iter()
+            .any(|l| l.starts_with("report"))),
+        "no report: {:?}",
+        lines(path)
+    );
+    let l = lines(path)
+        .into_iter()
+        .rfind(|l| l.starts_with("report"))
+        .unwrap();
+    l.split_whitespace()
+        .filter_map(|kv| kv.split_once('=').map(|(_, v)| v.parse().unwrap()))
+        .collect()
+}
+
+#[test]
+fn instances_have_fork_memory_semantics_and_their_own_memory_limits() {
+    let mut s = Sandbox::new("tplmem");
+    fs::copy(
+        program("forkmem", true),
+        s.bundle.join("rootfs/bin/forkmem"),
+    )
+    .unwrap();
+    s.set_args(&["/bin/forkmem"]);
+    let img = program_image(&mut s, |l| l.iter().any(|l| l == "ready wipe=1"));
+    let rt = runtime(&s);
+    let tracer = Tracer::spawn("test-tracer").unwrap();
+    let holder = format!("{}-holder", s.id);
+    let (template, _) =
+        Template::load(&rt, &tracer, "mem", &holder, &img, &s.bundle, None).unwrap();
+
+    let limit = |bytes: i64| -> oci_spec::runtime::LinuxResources {
+        serde_json::from_value(serde_json::json!({"memory": {"limit": bytes}})).unwrap()
+    };
+    let mut forked = Vec::new();
+    for (name, bytes) in [("small", 32 << 20), ("large", 256 << 20)] {
+        let (path, f) = out_file(&s, &format!("{name}.out"));
+        let mut spec = stdio_to(&f);
+        spec.resources = Some(limit(bytes));
+        let id = format!("{}-{name}", s.id);
+        forked.push((template.fork(&rt, &id, spec).unwrap().container, path));
+    }
+    for (c, path) in &forked {
+        c.kill(libc::SIGUSR1, false).unwrap();
+        let r = report_of(path);
+        // normal, wipe_zero, wf, dp, dontneed_zero, child_wipe_zero
+        assert_eq!(
+            r,
+            [1, 1, 1, 1, 1, 1],
+            "{}: fork semantics (template pages shared copy-on-write, wipe-on-fork zero, flags kept, MADV_DONTNEED reads zeros)",
+            c.id()
+        );
+    }
+    // A second report: the first instance's MADV_DONTNEED and writes did
+    // not reach the other (nor the template).
+    let (c, path) = &forked[1];
+    c.kill(libc::SIGUSR1, false).unwrap();
+    assert!(wait_until(Duration::from_secs(20), || lines(path)
+        .iter()
+        .filter(|l| l.starts_with("report"))
+        .count()
+        == 2));
+    assert_eq!(report_of(path)[0], 1);
+
+    // 64 MiB more: over the small instance's 32 MiB, under the large one's.
+    let holder_dir = s.root.join(&holder);
+    for (c, _) in &forked {
+        c.kill(libc::SIGUSR2, false).unwrap();
+    }
+    let (small, large) = (&forked[0], &forked[1]);
+    assert!(
+        wait_until(Duration::from_secs(20), || lines(&large.1)
+            .iter()
+            .any(|l| l == "allocated")),
+        "{:?}",
+        lines(&large.1)
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || rt
+            .container(small.0.id())
+            .unwrap()
+            .status()
+            == Status::Stopped),
+        "the small instance was not stopped by its limit"
+    );
+    assert!(!lines(&small.1).iter().any(|l| l == "allocated"));
+    assert!(wait_until(Duration::from_secs(10), || {
+        sprout::snapshot::template::holder_exits(&holder_dir)
+            .iter()
+            .any(|&(_, st)| st == 128 + libc::SIGKILL)
+    }));
+    assert_eq!(
+        rt.container(large.0.id()).unwrap().status(),
+        Status::Running
+    );
+
+    for (c, _) in forked {
+        let id = c.id().to_string();
+        c.delete(true).unwrap();
+        s.assert_clean(&id);
+    }
+    unload(&rt, &s, template);
+    assert!(
+        cgroup_leftovers(&s.id).is_empty(),
+        "{:?}",
+        cgroup_leftovers(&s.id)
+    );
+}

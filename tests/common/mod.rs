@@ -503,3 +503,10 @@ pub fn python_image(s: &Sandbox) -> (PathBuf, serde_json::Value) {
     s.ok(&["delete", "--force", &id]);
     (img, warm)
 }
+
+/// The values of a `k=v k=v ...` line, in order.
+pub fn counters(line: &str) -> Vec<u64> {
+    line.split_whitespace()
+        .filter_map(|kv| kv.split_once('=').map(|(_, v)| v.parse().unwrap()))
+        .collect()
+}
