@@ -427,3 +427,69 @@ fn instances_have_fork_memory_semantics_and_their_own_memory_limits() {
         cgroup_leftovers(&s.id)
     );
 }
+
+#[test]
+fn a_process_with_shared_memory_cannot_be_a_template() {
+    let mut s = Sandbox::new("tplshm");
+    fs::copy(program("memsem", true), s.bundle.join("rootfs/bin/memsem")).unwrap();
+    s.set_args(&["/bin/memsem"]);
+    let img = program_image(&mut s, |l| l.iter().any(|l| l == "memsem ready"));
+    let rt = runtime(&s);
+    let tracer = Tracer::spawn("test-tracer").unwrap();
+    let holder = format!("{}-holder", s.id);
+    match Template::load(&rt, &tracer, "shm", &holder, &img, &s.bundle, None) {
+        Err(e @ TemplateError::SharedMemory { .. }) => {
+            let m = e.to_string();
+            assert!(
+                m.contains("MAP_SHARED") && m.contains("fork would share"),
+                "{m}"
+            );
+        }
+        other => panic!("expected SharedMemory, got {other:?}"),
+    }
+    s.assert_clean(&holder);
+}
+
+#[test]
+fn an_instance_is_a_container_like_any_other() {
+    let mut s = python_sandbox("tplctr");
+    let (img, warm) = python_template_image(&mut s);
+    let rt = runtime(&s);
+    let tracer = Tracer::spawn("test-tracer").unwrap();
+    let holder = format!("{}-holder", s.id);
+    let (template, _) = Template::load(&rt, &tracer, "fn", &holder, &img, &s.bundle, None).unwrap();
+    let id = format!("{}-i", s.id);
+    let c = template
+        .fork(&rt, &id, ForkSpec::default())
+        .unwrap()
+        .container;
+    // The CLI sees it: state, exec (in its namespaces: its hostname, its
+    // own pid namespace), pause and resume, kill and delete.
+    let state: serde_json::Value = serde_json::from_str(&s.ok(&["state", &id])).unwrap();
+    assert_eq!(state["status"], "running");
+    assert_eq!(state["pid"], pid_of(&c));
+    assert_eq!(s.ok(&["exec", &id, "hostname"]).trim(), "sprout-test");
+    let ps = s.ok(&[
+        "exec",
+        &id,
+        "sh",
+        "-c",
+        "echo $$; cat /proc/1/cmdline | tr '\\0' ' '",
+    ]);
+    assert!(ps.contains("python3 /app/function.py"), "{ps}");
+    s.ok(&["pause", &id]);
+    assert_eq!(s.status(&id), "paused");
+    s.ok(&["resume", &id]);
+    let r = json_body(&http_get_in_netns(pid_of(&c), 8080, "/resumed").unwrap());
+    assert_eq!(r["digest"], warm["digest"]);
+    s.ok(&["kill", &id, "KILL"]);
+    assert!(wait_until(Duration::from_secs(10), || s.status(&id) == "stopped"));
+    s.ok(&["delete", &id]);
+    s.assert_clean(&id);
+    unload(&rt, &s, template);
+    assert!(
+        cgroup_leftovers(&s.id).is_empty(),
+        "{:?}",
+        cgroup_leftovers(&s.id)
+    );
+}
