@@ -180,3 +180,69 @@ fn unsupported_global_flags() {
     let err = s.fails(&["kill", "whatever", "NOTASIGNAL"]);
     assert!(err.contains("unknown signal"), "{err}");
 }
+
+#[test]
+fn usage_errors_exit_1_like_runc_and_reach_the_log() {
+    let s = Sandbox::new("usage");
+    let log = s.dir.path().join("usage.log");
+    // `state` needs an id: runc says so and exits 1 (clap's own code is 2).
+    let err = s.fails(&[
+        "--log",
+        log.to_str().unwrap(),
+        "--log-format",
+        "json",
+        "state",
+    ]);
+    assert!(err.contains("required"), "{err}");
+    let line = fs::read_to_string(&log).unwrap();
+    let entry: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
+    assert_eq!(entry["level"], "error");
+    assert!(
+        entry["msg"].as_str().unwrap().contains("required"),
+        "{entry}"
+    );
+    let err = s.fails(&["kill", "--no-such-flag", "x"]);
+    assert!(err.contains("--no-such-flag"), "{err}");
+    // Help is not an error.
+    assert!(s.sprout(&["--help"]).status.success());
+    // runc's `delete --force` of an unknown id succeeds; the flag may come
+    // after the id.
+    s.ok(&["delete", "nope-usage", "--force"]);
+}
+
+#[test]
+fn failing_hooks_at_every_create_point_undo_everything() {
+    for (name, kind) in [
+        ("badhookcr", "createRuntime"),
+        ("badhookcc", "createContainer"),
+    ] {
+        let mut s = Sandbox::new(name);
+        s.config()["hooks"] = serde_json::json!({
+            kind: [{"path": "/bin/sh", "args": ["sh", "-c", "echo hook says no >&2; exit 1"]}]
+        });
+        s.write_config();
+        create_fails(&s, &[&format!("{kind} hook"), "hook says no"]);
+    }
+    // A hook that hangs past its timeout is killed with what it started.
+    let mut s = Sandbox::new("hookhang");
+    s.config()["hooks"] = serde_json::json!({
+        "createRuntime": [{"path": "/bin/sh", "args": ["sh", "-c", "sleep 300 & wait"], "timeout": 1}]
+    });
+    s.write_config();
+    create_fails(&s, &["createRuntime hook", "timed out"]);
+    // startContainer fails at `start`: the container does not run its
+    // process, and delete leaves nothing.
+    let mut s = Sandbox::new("badhooksc");
+    s.set_args(&["sh", "-c", "echo ran > /ran"]);
+    s.config()["hooks"] = serde_json::json!({
+        "startContainer": [{"path": "/bin/sh", "args": ["sh", "-c", "echo hook says no >&2; exit 1"]}]
+    });
+    s.write_config();
+    let id = s.id.clone();
+    s.ok(&["create", "--bundle", s.bundle_str(), &id]);
+    let err = s.fails(&["start", &id]);
+    assert!(err.contains("startContainer hook"), "{err}");
+    assert!(!s.bundle.join("rootfs/ran").exists());
+    s.ok(&["delete", "--force", &id]);
+    s.assert_clean(&id);
+}

@@ -557,9 +557,15 @@ fn pause_resume_and_exec() {
 
     s.ok(&["pause", &id]);
     assert_eq!(s.status(&id), "paused");
-    let st = fs::read_to_string(format!("/proc/{exec_pid}/status")).unwrap();
-    assert!(st.lines().any(|l| l.starts_with("State:")
-        && (l.contains("(stopped)") || l.contains("D") || l.contains("S"))));
+    // The exec'd process sits in the container's frozen freezer cgroup.
+    let cg = fs::read_to_string(format!("/proc/{exec_pid}/cgroup")).unwrap();
+    let freezer = cg
+        .lines()
+        .find_map(|l| l.split_once(":freezer:").map(|(_, p)| p.to_string()))
+        .expect("a v1 freezer line");
+    let state =
+        fs::read_to_string(format!("/sys/fs/cgroup/freezer{freezer}/freezer.state")).unwrap();
+    assert_eq!(state.trim(), "FROZEN");
     let err = s.fails(&["exec", &id, "true"]);
     assert!(err.contains("paused"), "{err}");
     s.ok(&["resume", &id]);
@@ -594,6 +600,8 @@ fn update_changes_limits_and_events_report_stats() {
     assert_eq!(read("memory.limit_in_bytes"), "134217728");
     s.ok(&["update", "--memory", "67108864", "--pids-limit", "50", &id]);
     assert_eq!(read("memory.limit_in_bytes"), "67108864");
+    let pids_max = own_cgroup_dir("pids").join(&s.cgroup).join("pids.max");
+    assert_eq!(fs::read_to_string(pids_max).unwrap().trim(), "50");
     let res_file = s.dir.path().join("res.json");
     fs::write(&res_file, r#"{"memory": {"limit": 100663296}}"#).unwrap();
     s.ok(&["update", "--resources", res_file.to_str().unwrap(), &id]);
@@ -630,4 +638,97 @@ fn spec_and_features() {
     );
     let v = s.ok(&["--version"]);
     assert!(v.starts_with("sprout version"), "{v}");
+}
+
+#[test]
+fn process_and_sandbox_settings_are_applied() {
+    let mut s = Sandbox::new("settings");
+    s.set_args(&[
+        "sh",
+        "-c",
+        "echo groups=$(id -G); echo umask=$(umask); \
+         grep 'open files' /proc/self/limits | tr -s ' '; \
+         echo oom=$(cat /proc/self/oom_score_adj); \
+         echo domain=$(cat /proc/sys/kernel/domainname); \
+         echo forward=$(cat /proc/sys/net/ipv4/ip_forward); \
+         echo fuse=$(stat -c '%F %t:%T %a' /dev/fuse); \
+         echo rootprop=$(awk '$5 == \"/\" {print $7}' /proc/self/mountinfo); \
+         echo net=$(ls /sys/class/net); \
+         echo cgroups=$(ls /sys/fs/cgroup | tr '\\n' ' '); \
+         exec sleep 1000",
+    ]);
+    let c = s.config();
+    c["process"]["user"]["additionalGids"] = serde_json::json!([10, 20]);
+    c["process"]["user"]["umask"] = 0o027.into();
+    c["process"]["rlimits"] =
+        serde_json::json!([{"type": "RLIMIT_NOFILE", "hard": 654, "soft": 321}]);
+    c["process"]["oomScoreAdj"] = 500.into();
+    c["domainname"] = "example.test".into();
+    c["linux"]["sysctl"] = serde_json::json!({"net.ipv4.ip_forward": "1"});
+    c["linux"]["devices"] = serde_json::json!([
+        {"path": "/dev/fuse", "type": "c", "major": 10, "minor": 229, "fileMode": 0o640}
+    ]);
+    c["linux"]["resources"]["devices"] = serde_json::json!([
+        {"allow": false, "access": "rwm"},
+        {"allow": true, "type": "c", "major": 10, "minor": 229, "access": "rw"}
+    ]);
+    c["linux"]["rootfsPropagation"] = "private".into();
+    s.write_config();
+    let id = s.id.clone();
+    let out = s.dir.path().join("settings.out");
+    let pid_file = s.dir.path().join("run.pid");
+    // Flags after the id, as runc accepts them.
+    let st = sprout_to(
+        &s,
+        &[
+            "run",
+            &id,
+            "--bundle",
+            s.bundle_str(),
+            "--detach",
+            "--pid-file",
+            pid_file.to_str().unwrap(),
+        ],
+        &out,
+    );
+    assert!(st.success(), "{}", stderr_of(&out));
+    assert!(wait_until(Duration::from_secs(10), || lines(&out)
+        .iter()
+        .any(|l| l.starts_with("cgroups="))));
+    let got = lines(&out).join("\n");
+    for want in [
+        "groups=0 10 20",
+        "umask=0027",
+        "Max open files 321 654 files",
+        "oom=500",
+        "domain=example.test",
+        "forward=1",
+        "fuse=character special file a:e5 640",
+        "net=lo",
+    ] {
+        assert!(
+            got.lines().any(|l| l.trim() == want),
+            "want {want:?} in:\n{got}"
+        );
+    }
+    // A private root carries no propagation tag; sysfs and the cgroup
+    // mounts are there.
+    let root = got.lines().find(|l| l.starts_with("rootprop=")).unwrap();
+    assert!(
+        !root.contains("shared:") && !root.contains("master:"),
+        "{root}"
+    );
+    let cgroups = got.lines().find(|l| l.starts_with("cgroups=")).unwrap();
+    assert!(
+        cgroups.contains("memory") && cgroups.contains("pids"),
+        "{cgroups}"
+    );
+    let pid: i32 = fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(s.state(&id)["pid"], pid);
+    s.ok(&["delete", &id, "--force"]);
+    s.assert_clean(&id);
 }

@@ -11,6 +11,9 @@ use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+/// A private containerd for the containerd tests.
+pub mod containerd;
+
 pub fn sprout_bin() -> &'static str {
     env!("CARGO_BIN_EXE_sprout")
 }
@@ -138,13 +141,16 @@ impl Sandbox {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// Like `sprout`, expecting failure; returns stderr.
+    /// Like `sprout`, expecting failure with runc's exit code for every
+    /// error, 1; returns stderr.
     pub fn fails(&self, args: &[&str]) -> String {
         let out = self.sprout(args);
-        assert!(
-            !out.status.success(),
-            "sprout {args:?} should have failed; stdout: {}",
-            String::from_utf8_lossy(&out.stdout)
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "sprout {args:?} should have failed with exit code 1; stdout: {} stderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stderr).into_owned()
     }
