@@ -10,9 +10,12 @@
 
 mod common;
 
+use std::collections::HashMap;
 use std::fs;
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::net::Ipv4Addr;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -20,6 +23,9 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use common::*;
+use sprout::netplug::{
+    self, BlockingNetplug, Options as NetplugOptions, Owner, ProcRef, VpcConfig, VpcPlumbing,
+};
 use sprout::shim::client::{Client, ClientError, side_fork};
 use sprout::shim::events::{Event, EventKind};
 use sprout::shim::proto::{
@@ -146,12 +152,14 @@ impl Sproutd {
         c
     }
 
-    /// Instance state directories left in the runtime root.
+    /// Instance state directories left in the runtime root (not
+    /// netplug's `.netplug`).
     fn runtime_ids(&self) -> Vec<String> {
         fs::read_dir(self.root.join("runtime"))
             .map(|r| {
                 r.flatten()
                     .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| !n.starts_with('.'))
                     .collect()
             })
             .unwrap_or_default()
@@ -223,6 +231,7 @@ fn function(name: &str, s: &Sandbox) -> FunctionSpec {
         image,
         bundle: s.bundle.clone(),
         vpc: None,
+        after_fork_signal: None,
         resources: None,
         concurrency: 1,
     }
@@ -1088,5 +1097,514 @@ fn real_engine_forks_python_instances_that_survive_a_sproutd_crash() {
         holders_left(&d),
         d.log_text()
     );
+    assert_clean(&s, &d);
+}
+
+// ---- VPCs and the after-fork hook ----------------------------------------
+
+/// netplug of a sproutd's runtime root, where its VPCs live.
+fn netplug_root(d: &Sproutd) -> PathBuf {
+    d.root.join("runtime")
+}
+
+fn open_netplug(root: &Path) -> BlockingNetplug {
+    BlockingNetplug::open(NetplugOptions::new(root)).unwrap()
+}
+
+fn vpc_config(name: &str, subnet: &str, pool: usize) -> VpcConfig {
+    VpcConfig {
+        name: name.into(),
+        plumbing: VpcPlumbing::Native {
+            subnet: subnet.parse().unwrap(),
+            gateway: None,
+        },
+        mtu: 1500,
+        pool_size: pool,
+        give_back: Default::default(),
+    }
+}
+
+/// Deletes every VPC of a netplug root when dropped (a failed test too),
+/// after reclaiming leases of owners that are gone. Declared before the
+/// `Sproutd`, so it runs after sproutd is killed and its instances are
+/// deleted.
+struct VpcGuard(PathBuf);
+
+impl Drop for VpcGuard {
+    fn drop(&mut self) {
+        let np = open_netplug(&self.0);
+        let _ = np.gc();
+        for v in np.vpcs().unwrap_or_default() {
+            let _ = np.delete_vpc(&v.name, true);
+        }
+    }
+}
+
+/// One HTTP GET to `addr:port` from a thread inside the network namespace
+/// bind-mounted at `ns` (the hub of a VPC: traffic stays in namespaces
+/// the test made).
+fn http_get_via(ns: &Path, addr: Ipv4Addr, port: u16, path: &str) -> std::io::Result<String> {
+    let ns = fs::File::open(ns)?;
+    let path = path.to_string();
+    std::thread::spawn(move || -> std::io::Result<String> {
+        // SAFETY: setns on this thread only (network namespaces are per
+        // thread); the thread exits afterwards.
+        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut c = std::net::TcpStream::connect_timeout(&(addr, port).into(), TIMEOUT)?;
+        c.set_read_timeout(Some(TIMEOUT))?;
+        write!(c, "GET {path} HTTP/1.1\r\nHost: fn\r\n\r\n")?;
+        let mut resp = String::new();
+        c.read_to_string(&mut resp)?;
+        Ok(resp)
+    })
+    .join()
+    .unwrap()
+}
+
+/// The network namespace inode of a process.
+fn netns_ino(pid: i32) -> u64 {
+    fs::metadata(format!("/proc/{pid}/ns/net")).unwrap().ino()
+}
+
+/// Leases of a netplug root: namespace id → (owner container, address).
+fn leases(np: &BlockingNetplug) -> HashMap<String, (Option<String>, Ipv4Addr)> {
+    netplug::state::list_leases(np.layout())
+        .unwrap()
+        .into_iter()
+        .map(|l| (l.ns.id, (l.owner.container, l.ns.address)))
+        .collect()
+}
+
+fn in_subnet(a: Ipv4Addr, prefix: [u8; 3]) -> bool {
+    a.octets()[..3] == prefix
+}
+
+/// Nothing of netplug is left: no namespace files or mounts under its
+/// root, no link of ours in the host namespace. Polls: the kernel lets go
+/// of a deleted namespace's veths asynchronously.
+fn assert_no_netplug_leftovers(root: &Path) {
+    let r = root.to_str().unwrap().to_string();
+    let ok = wait_until(TIMEOUT, || {
+        let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
+        !mounts.contains(&r)
+            && fs::read_dir(root.join(".netplug/ns"))
+                .map(|d| d.count())
+                .unwrap_or(0)
+                == 0
+    });
+    assert!(ok, "netplug namespaces or mounts left under {r}");
+    let host = Command::new("ip")
+        .args(["-o", "link", "show"])
+        .output()
+        .unwrap();
+    let host = String::from_utf8_lossy(&host.stdout);
+    assert!(
+        !host
+            .lines()
+            .filter_map(|l| l.split(": ").nth(1))
+            .any(|n| n.starts_with("np")),
+        "netplug links in the host namespace: {host}"
+    );
+}
+
+#[test]
+fn real_engine_instances_join_their_vpc_and_keep_their_leases_across_a_crash() {
+    let s = python_sandbox("sd-vpc");
+    let (image, warm) = python_image(&s);
+    // The VPCs live in netplug's state under sproutd's runtime root,
+    // made before sproutd starts (as an operator would).
+    let root = s.dir.path().join("sproutd/runtime");
+    let _vpcs = VpcGuard(root.clone());
+    let np = open_netplug(&root);
+    np.create_vpc(vpc_config("blue", "198.18.40.0/24", 2))
+        .unwrap();
+    np.create_vpc(vpc_config("green", "198.18.41.0/24", 0))
+        .unwrap();
+    let hub = root.join(".netplug/ns/hub");
+    let mut d = Sproutd::start_real(&s);
+    let c = d.client();
+    assert_eq!(c.info().unwrap().netplug_root, netplug_root(&d));
+    // sproutd keeps the pool filled.
+    assert!(
+        wait_until(TIMEOUT, || np.status().unwrap().pools[0].ready >= 2),
+        "{:?}\n{}",
+        np.status().unwrap(),
+        d.log_text()
+    );
+    let mut f = function("py", &s);
+    f.image = image;
+    f.vpc = Some("blue".into());
+    c.add_function(&f).unwrap();
+
+    let mut pids = Vec::new();
+    let mut addrs = Vec::new();
+    let mut lease_of = HashMap::new();
+    for id in ["v0", "v1"] {
+        let forked = c
+            .fork(
+                "py",
+                &ForkBody {
+                    id: id.into(),
+                    ..Default::default()
+                },
+            )
+            .unwrap_or_else(|e| panic!("fork {id}: {e}\n{}", d.log_text()));
+        assert_eq!(forked.vpc.as_deref(), Some("blue"));
+        let addr = forked.address.expect("an address in the VPC");
+        assert!(in_subnet(addr, [198, 18, 40]), "{addr}");
+        let v = c.instance(id).unwrap();
+        assert_eq!((v.vpc.as_deref(), v.address), (Some("blue"), Some(addr)));
+        let lease = v.lease.clone().unwrap();
+        // The instance's network namespace is the pooled one.
+        let pooled = fs::metadata(root.join(".netplug/ns").join(&lease))
+            .unwrap()
+            .ino();
+        assert_eq!(netns_ino(forked.pid), pooled, "{id} is not in its lease");
+        assert_eq!(
+            v.annotations.get("io.sprout.netplug.lease"),
+            Some(&lease),
+            "recorded for `sprout delete` too"
+        );
+        lease_of.insert(id, lease);
+        pids.push(forked.pid);
+        addrs.push(addr);
+    }
+    assert_ne!(addrs[0], addrs[1]);
+    // Each answers on its address in the VPC, from the VPC's hub.
+    for (i, &addr) in addrs.iter().enumerate() {
+        let r = json_body(&http_get_via(&hub, addr, 8080, &format!("/{i}")).unwrap());
+        assert_eq!(r["digest"], warm["digest"]);
+        assert_eq!(r["requests"], 2, "{r}");
+        assert_eq!(r["path"], format!("/{i}"));
+    }
+    let held = leases(&np);
+    for (id, addr) in ["v0", "v1"].iter().zip(&addrs) {
+        assert_eq!(
+            held.get(&lease_of[id]),
+            Some(&(Some(id.to_string()), *addr)),
+            "{held:?}"
+        );
+    }
+
+    // sproutd crashes. Meanwhile a lease is left whose instance never
+    // came to be (as by a sproutd that died mid-fork): its taker is gone
+    // and no container of that id exists.
+    d.kill9();
+    let dead_taker = Owner {
+        process: ProcRef {
+            pid: std::process::id() as i32,
+            start: 1,
+        },
+        container: Some("never-forked".into()),
+    };
+    let orphan = np.take("blue", &dead_taker).unwrap();
+    assert!(leases(&np).contains_key(&orphan.id));
+    drop(orphan);
+    d.spawn();
+    // The restart gave the orphan back and left the instances theirs.
+    let held = leases(&np);
+    assert_eq!(held.len(), 2, "{held:?}\n{}", d.log_text());
+    for ((id, &pid), addr) in ["v0", "v1"].iter().zip(&pids).zip(&addrs) {
+        let v = c.instance(id).unwrap();
+        assert_eq!(
+            (v.status.as_str(), v.pid, v.adopted),
+            ("running", pid, true)
+        );
+        assert_eq!((v.vpc.as_deref(), v.address), (Some("blue"), Some(*addr)));
+        assert_eq!(v.lease.as_ref(), Some(&lease_of[id]));
+        assert_eq!(held[&lease_of[id]].0.as_deref(), Some(*id));
+        let r = json_body(&http_get_via(&hub, *addr, 8080, "/again").unwrap());
+        assert_eq!(r["requests"], 3, "{r}");
+    }
+
+    // A fork may name another VPC than its function's: through the API,
+    // and through `sprout run --function --vpc`.
+    let g = c
+        .fork(
+            "py",
+            &ForkBody {
+                id: "g0".into(),
+                vpc: Some("green".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap_or_else(|e| panic!("fork g0: {e}\n{}", d.log_text()));
+    assert_eq!(g.vpc.as_deref(), Some("green"));
+    let g_addr = g.address.unwrap();
+    assert!(in_subnet(g_addr, [198, 18, 41]), "{g_addr}");
+    let r = json_body(&http_get_via(&hub, g_addr, 8080, "/green").unwrap());
+    assert_eq!(r["requests"], 2, "{r}");
+    let out = run_to_files(
+        Command::new(sprout_bin())
+            .arg("--sproutd-socket")
+            .arg(&d.socket)
+            .args(["run", "--function", "py", "--vpc", "green", "-d", "g1"]),
+        s.dir.path(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let g1 = c.instance("g1").unwrap();
+    assert_eq!(g1.vpc.as_deref(), Some("green"));
+    let g1_addr = g1.address.unwrap();
+    assert!(in_subnet(g1_addr, [198, 18, 41]) && g1_addr != g_addr);
+    // VPCs are isolated: blue's instances are not reachable from green's
+    // (their own namespaces, through the hub).
+    let from_green = fs::File::open(root.join(".netplug/ns").join(g1.lease.unwrap())).unwrap();
+    let blue0 = addrs[0];
+    let blocked = std::thread::spawn(move || {
+        // SAFETY: setns on this thread only; it exits afterwards.
+        let entered = unsafe { libc::setns(from_green.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(entered, 0);
+        std::net::TcpStream::connect_timeout(&(blue0, 8080).into(), Duration::from_secs(2))
+    })
+    .join()
+    .unwrap();
+    assert!(blocked.is_err(), "green reached an instance of blue");
+
+    // Deleting gives the namespaces back, scrubbed for reuse.
+    let given: Vec<String> = ["v0", "v1", "g0", "g1"]
+        .iter()
+        .map(|id| c.instance(id).unwrap().lease.unwrap())
+        .collect();
+    for id in ["v0", "v1", "g0", "g1"] {
+        c.delete(id, true).unwrap();
+    }
+    assert!(leases(&np).is_empty(), "{:?}", leases(&np));
+    for (lease, vpc) in given.iter().zip(["blue", "blue", "green", "green"]) {
+        assert!(
+            np.layout().ready(vpc, lease).exists(),
+            "{lease} is not back in {vpc}'s pool"
+        );
+    }
+    assert!(
+        wait_until(TIMEOUT, || {
+            let st = np.status().unwrap();
+            st.pools.iter().all(|p| p.leased == 0)
+                && st.pools.iter().map(|p| p.counters.reused).sum::<u64>() >= 4
+        }),
+        "{:?}",
+        np.status().unwrap()
+    );
+
+    c.remove_function("py").unwrap();
+    assert!(
+        wait_until(TIMEOUT, || holders_left(&d).is_empty()),
+        "holders left: {:?}\n{}",
+        holders_left(&d),
+        d.log_text()
+    );
+    // sproutd holds namespaces of the pools open; stop it before the VPCs
+    // go, then nothing of them may be left.
+    d.kill9();
+    np.delete_vpc("blue", false).unwrap();
+    np.delete_vpc("green", false).unwrap();
+    drop(np);
+    assert_no_netplug_leftovers(&root);
+    assert_clean(&s, &d);
+}
+
+#[test]
+fn real_engine_after_fork_signal_lets_instances_reseed() {
+    let s = python_sandbox("sd-seed");
+    let (image, _) = python_image(&s);
+    let d = Sproutd::start_real(&s);
+    let c = d.client();
+    let mut plain = function("plain", &s);
+    plain.image = image.clone();
+    c.add_function(&plain).unwrap();
+    let mut seeded = function("seeded", &s);
+    seeded.image = image;
+    seeded.after_fork_signal = Some(SignalArg::Name("SIGUSR2".into()));
+    c.add_function(&seeded).unwrap();
+    assert_eq!(
+        c.function("seeded").unwrap().function.after_fork_signal,
+        Some(SignalArg::Name("SIGUSR2".into()))
+    );
+
+    let fork = |function: &str, id: &str| {
+        c.fork(
+            function,
+            &ForkBody {
+                id: id.into(),
+                ..Default::default()
+            },
+        )
+        .unwrap_or_else(|e| panic!("fork {id}: {e}\n{}", d.log_text()))
+        .pid
+    };
+    // Without the hook, fork copies the template's PRNG: every instance
+    // draws the same first number.
+    let plain_draws: Vec<serde_json::Value> = ["a0", "a1"]
+        .iter()
+        .map(|id| json_body(&http_get_in_netns(fork("plain", id), 8080, "/").unwrap()))
+        .collect();
+    assert_eq!(plain_draws[0]["reseeds"], 0);
+    assert_eq!(plain_draws[1]["reseeds"], 0);
+    assert_eq!(
+        plain_draws[0]["random"], plain_draws[1]["random"],
+        "instances of one template should start from the same PRNG state"
+    );
+
+    // With it, each instance gets the signal once and re-seeds from the
+    // kernel: their numbers differ (and differ from the template's).
+    let mut seeded_draws = Vec::new();
+    for id in ["b0", "b1"] {
+        let pid = fork("seeded", id);
+        let mut last = serde_json::Value::Null;
+        assert!(
+            wait_until(TIMEOUT, || {
+                last = json_body(&http_get_in_netns(pid, 8080, "/").unwrap());
+                last["reseeds"] == 1
+            }),
+            "{id} never re-seeded: {last}"
+        );
+        seeded_draws.push(last["random"].clone());
+    }
+    assert_ne!(seeded_draws[0], seeded_draws[1]);
+    for draw in &seeded_draws {
+        assert_ne!(draw, &plain_draws[0]["random"]);
+    }
+
+    for id in ["a0", "a1", "b0", "b1"] {
+        c.delete(id, true).unwrap();
+    }
+    c.remove_function("plain").unwrap();
+    c.remove_function("seeded").unwrap();
+    assert!(
+        wait_until(TIMEOUT, || holders_left(&d).is_empty()),
+        "holders left: {:?}\n{}",
+        holders_left(&d),
+        d.log_text()
+    );
+    assert_clean(&s, &d);
+}
+
+#[test]
+fn unknown_vpcs_and_bad_signals_are_clear_errors_that_leave_nothing() {
+    let mut s = Sandbox::new("sd-badnet");
+    s.set_args(&["sleep", "1000"]);
+    let root = s.dir.path().join("sproutd/runtime");
+    let _vpcs = VpcGuard(root.clone());
+    let np = open_netplug(&root);
+    np.create_vpc(vpc_config("red", "198.18.42.0/24", 1))
+        .unwrap();
+    assert_eq!(np.fill().unwrap(), 1);
+    let mut d = Sproutd::start(&s);
+    let c = d.client();
+
+    // Function add: a VPC that does not exist, a signal that does not.
+    let mut f = function("f", &s);
+    f.vpc = Some("nope".into());
+    let (st, m) = api_status(c.add_function(&f));
+    assert_eq!(st, 400, "{m}");
+    assert!(m.contains("no VPC named nope"), "{m}");
+    assert!(
+        m.contains(root.to_str().unwrap()),
+        "names where VPCs live: {m}"
+    );
+    f.vpc = None;
+    f.after_fork_signal = Some(SignalArg::Name("SIGBOGUS".into()));
+    let (st, m) = api_status(c.add_function(&f));
+    assert_eq!(st, 400, "{m}");
+    assert!(
+        m.contains("after_fork_signal") && m.contains("SIGBOGUS"),
+        "{m}"
+    );
+    f.after_fork_signal = Some(SignalArg::Number(99));
+    assert_eq!(api_status(c.add_function(&f)).0, 400);
+    assert!(c.functions().unwrap().is_empty());
+    // The same through the CLI: one clear line, exit 1.
+    let cli = |args: &[&str]| {
+        run_to_files(
+            Command::new(sprout_bin())
+                .arg("--sproutd-socket")
+                .arg(&d.socket)
+                .args(args),
+            s.dir.path(),
+        )
+    };
+    let image = f.image.to_str().unwrap().to_string();
+    for (extra, says) in [
+        (["--vpc", "nope"], "no VPC named nope"),
+        (["--after-fork-signal", "BOGUS"], "unknown signal \"BOGUS\""),
+    ] {
+        let mut args = vec![
+            "function",
+            "add",
+            "f",
+            "--image",
+            &image,
+            "--bundle",
+            s.bundle_str(),
+        ];
+        args.extend(extra);
+        let out = cli(&args);
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{err}");
+    }
+    assert!(c.functions().unwrap().is_empty());
+
+    // Fork: a VPC of the request's that does not exist; a VPC and a
+    // netns fd at once.
+    f.after_fork_signal = None;
+    c.add_function(&f).unwrap();
+    let (st, m) = api_status(c.fork(
+        "f",
+        &ForkBody {
+            id: "x".into(),
+            vpc: Some("nope".into()),
+            ..Default::default()
+        },
+    ));
+    assert_eq!(st, 400, "{m}");
+    assert!(m.contains("no VPC named nope"), "{m}");
+    let out = cli(&["run", "--function", "f", "--vpc", "nope", "-d", "x"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no VPC named nope"));
+    let side = d.side.clone();
+    let netns = fs::File::open("/proc/self/ns/net").unwrap();
+    let (st, m) = api_status(side_fork(
+        &side,
+        &SideRequest {
+            op: "fork".into(),
+            function: "f".into(),
+            id: "x".into(),
+            fds: vec![FdRole::Netns],
+            vpc: Some("red".into()),
+            ..Default::default()
+        },
+        &[netns.as_fd()],
+    ));
+    assert_eq!(st, 400, "{m}");
+    assert!(m.contains("not both"), "{m}");
+
+    // A fork that fails after its namespace was taken gives it back
+    // unused (the test engine cannot join one).
+    let ready_before = np.status().unwrap().pools[0].ready;
+    let (st, m) = api_status(c.fork(
+        "f",
+        &ForkBody {
+            id: "x".into(),
+            vpc: Some("red".into()),
+            ..Default::default()
+        },
+    ));
+    assert_eq!(st, 501, "{m}");
+    assert!(leases(&np).is_empty(), "{:?}", leases(&np));
+    assert!(np.status().unwrap().pools[0].ready >= ready_before);
+    assert!(c.instances().unwrap().is_empty());
+    assert_eq!(api_status(c.instance("x")).0, 404);
+
+    c.remove_function("f").unwrap();
+    d.kill9();
+    np.delete_vpc("red", false).unwrap();
+    drop(np);
+    assert_no_netplug_leftovers(&root);
     assert_clean(&s, &d);
 }

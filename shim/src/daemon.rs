@@ -9,6 +9,7 @@
 //! ROOT/functions.json      the function registry
 //! ROOT/instances/ID.json   sproutd's record of each instance (its function)
 //! ROOT/runtime/            sprout-runtime state root of the instances
+//! ROOT/runtime/.netplug/   netplug's VPCs and pools (see [`crate::network`])
 //! ROOT/engine/             the engine's own files
 //! ```
 //!
@@ -19,7 +20,9 @@
 //! the runtime root: it opens a pidfd of each live init (checked against
 //! its start time), so exits are seen and the event stream goes on, and
 //! the API manages them as before. Templates are not adopted: they die
-//! with the sproutd that held them and are loaded again on demand.
+//! with the sproutd that held them and are loaded again on demand. The
+//! network namespaces instances hold from netplug's pools stay theirs;
+//! netplug's gc gives back those whose instance is gone.
 
 use std::collections::HashMap;
 use std::fs;
@@ -42,6 +45,7 @@ use crate::engine::{
 };
 use crate::error::ApiError;
 use crate::events::{EventBus, EventKind};
+use crate::network::{Attachment, Network};
 use crate::pidfd;
 use crate::proto::{
     EXEC_CAPTURE_LIMIT, ExecBody, ExecResult, ExitView, Forked, Info, InstanceView, StageView,
@@ -103,6 +107,8 @@ pub enum DaemonError {
     Runtime(#[from] sprout_runtime::Error),
     #[error("starting the engine: {0}")]
     Engine(#[from] EngineError),
+    #[error("opening netplug: {0}")]
+    Netplug(#[from] sprout_netplug::Error),
 }
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> DaemonError {
@@ -118,6 +124,9 @@ struct InstanceRecord {
     /// The bundle the fork asked for (the function's if none).
     bundle: PathBuf,
     created: String,
+    /// The pooled network namespace it holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    network: Option<Attachment>,
 }
 
 /// An instance sproutd manages.
@@ -130,6 +139,8 @@ pub struct Instance {
     pub stages: Vec<Stage>,
     /// Found in the state root at startup rather than forked by us.
     pub adopted: bool,
+    /// The VPC namespace it holds, given back when it is deleted.
+    pub network: Option<Attachment>,
     /// `Some` once it exited.
     exit: watch::Sender<Option<ExitStatus>>,
 }
@@ -174,6 +185,9 @@ pub struct Daemon {
     reported: Mutex<HashMap<String, ExitStatus>>,
     exit_rx: Mutex<Option<mpsc::UnboundedReceiver<InstanceExit>>>,
     events: EventBus,
+    network: Network,
+    /// netplug's refill task, from [`Daemon::start`] to shutdown.
+    refill: Mutex<Option<tokio::task::JoinHandle<()>>>,
     ops: Ops,
     /// Held for its flock.
     _lock: fs::File,
@@ -285,6 +299,7 @@ impl Daemon {
             mkdir(d)?;
         }
         let registry = Registry::open(&paths.functions)?;
+        let network = Network::open(&paths.runtime)?;
         let ctx = engine_context(&cfg)?;
         let runtime = Runtime::builder()
             .root(&paths.runtime)
@@ -304,6 +319,8 @@ impl Daemon {
             reported: Mutex::new(HashMap::new()),
             exit_rx: Mutex::new(Some(rx)),
             events: EventBus::default(),
+            network,
+            refill: Mutex::new(None),
             ops: Ops::default(),
             _lock: lock_file,
         }))
@@ -333,14 +350,16 @@ impl Daemon {
             root: self.paths.root.clone(),
             socket: self.cfg.socket.clone(),
             side_socket: self.cfg.side_socket.clone(),
+            netplug_root: self.network.root().to_path_buf(),
             pid: std::process::id() as i32,
         }
     }
 
-    /// Adopts the instances of the state root and starts taking the
-    /// engine's exit reports. Called once by [`crate::server::serve`],
-    /// inside the tokio runtime, before the sockets open.
-    pub fn start(self: &Arc<Self>) -> Result<(), DaemonError> {
+    /// Adopts the instances of the state root, starts taking the engine's
+    /// exit reports, reconciles netplug's leases and starts filling its
+    /// pools. Called once by [`crate::server::serve`], before the sockets
+    /// open.
+    pub async fn start(self: &Arc<Self>) -> Result<(), DaemonError> {
         if let Some(mut rx) = lock(&self.exit_rx).take() {
             let d = Arc::downgrade(self);
             tokio::spawn(async move {
@@ -353,7 +372,19 @@ impl Daemon {
                 }
             });
         }
-        self.adopt()
+        self.adopt()?;
+        let refill = self.network.start().await;
+        if let Some(old) = lock(&self.refill).replace(refill) {
+            old.abort();
+        }
+        Ok(())
+    }
+
+    /// Stops filling netplug's pools (sproutd stops).
+    pub fn stop_refill(&self) {
+        if let Some(t) = lock(&self.refill).take() {
+            t.abort();
+        }
     }
 
     /// Starts a state-changing operation; refused once shutting down.
@@ -402,6 +433,11 @@ impl Daemon {
             Ok(f)
         })
         .await?;
+        if let Some(vpc) = &f.vpc {
+            self.network.check_vpc(vpc).map_err(|e| {
+                ApiError::new(e.status, format!("function {:?}: {}", f.name, e.message))
+            })?;
+        }
         let mut reg = lock(&self.registry);
         if reg.contains(&f.name) {
             return Err(ApiError::conflict(format!(
@@ -536,11 +572,14 @@ impl Daemon {
     // ---- instances -------------------------------------------------
 
     /// Forks an instance of `function` (loading its template first if
-    /// needed). The instance is running when this returns.
+    /// needed). The instance is running when this returns. It joins a
+    /// namespace from the pool of `vpc` if given, else of the function's
+    /// VPC, unless `req` brings a network namespace of its own.
     pub async fn fork(
         self: &Arc<Self>,
         function: &str,
-        req: ForkRequest,
+        mut req: ForkRequest,
+        vpc: Option<String>,
     ) -> Result<Arc<Instance>, ApiError> {
         let _op = self.op()?;
         let id = req.id.clone();
@@ -555,12 +594,64 @@ impl Daemon {
                 b.display()
             )));
         }
-        let mut reservation = self.reserve(&id, function)?;
+        // A VPC the request names that does not exist is the request's
+        // fault (400); the function's own, a state conflict (409).
+        let vpc = match (vpc, req.netns.is_some()) {
+            (Some(v), true) => {
+                return Err(ApiError::bad_request(format!(
+                    "instance {id:?}: give a VPC ({v:?}) or a network namespace, not both"
+                )));
+            }
+            (Some(v), false) => Some((v, 400)),
+            (None, true) => None,
+            (None, false) => f.vpc.clone().map(|v| (v, 409)),
+        };
+        // Only sproutd records leases.
+        req.annotations.remove(sprout_netplug::LEASE_ANNOTATION);
+        let reservation = self.reserve(&id, function)?;
+        let lease = match &vpc {
+            Some((v, unknown)) => Some(self.network.take(v, &id, *unknown).await?),
+            None => None,
+        };
+        let network = lease.as_ref().map(Attachment::of);
+        if let (Some(l), Some(a)) = (&lease, &network) {
+            match l.fd.try_clone() {
+                Ok(fd) => req.netns = Some(fd),
+                Err(e) => {
+                    let err = ApiError::internal(format!("duplicating the netns fd: {e}"));
+                    self.network.give_back_unused(lease.expect("taken")).await;
+                    return Err(err);
+                }
+            }
+            req.annotations.extend(a.annotations());
+        }
+        let forked = self.fork_reserved(f, req, reservation, network).await;
+        if forked.is_err()
+            && let Some(l) = lease
+        {
+            // No instance ran in it: straight back to the pool.
+            self.network.give_back_unused(l).await;
+        }
+        forked
+    }
+
+    /// The part of [`Daemon::fork`] after the id is reserved and the
+    /// network namespace taken.
+    async fn fork_reserved(
+        self: &Arc<Self>,
+        f: FunctionSpec,
+        req: ForkRequest,
+        mut reservation: Reservation<'_>,
+        network: Option<Attachment>,
+    ) -> Result<Arc<Instance>, ApiError> {
+        let id = req.id.clone();
+        let function = f.name.clone();
         let record = InstanceRecord {
             id: id.clone(),
-            function: function.to_string(),
+            function: function.clone(),
             bundle: req.bundle.clone().unwrap_or_else(|| f.bundle.clone()),
             created: sprout_runtime::state::rfc3339(SystemTime::now()),
+            network,
         };
         self.write_record(&record)
             .map_err(|e| ApiError::internal(format!("instance record of {id:?}: {e}")))?;
@@ -577,20 +668,25 @@ impl Daemon {
         };
         let inst = Arc::new(Instance {
             id: id.clone(),
-            function: function.to_string(),
+            function: function.clone(),
             bundle: record.bundle,
             pid: info.pid,
             stages: info.stages,
             adopted: false,
+            network: record.network,
             exit: watch::Sender::new(None),
         });
         lock(&self.instances).insert(id.clone(), Slot::Live(inst.clone()));
         reservation.disarm();
-        tracing::info!(container = %id, function = %function, pid = info.pid, us = started.elapsed().as_micros() as u64, "instance forked");
+        let (vpc, address) = match &inst.network {
+            Some(a) => (a.vpc.as_str(), Some(a.address)),
+            None => ("", None),
+        };
+        tracing::info!(container = %id, function = %function, pid = info.pid, vpc, address = ?address, us = started.elapsed().as_micros() as u64, "instance forked");
         self.events
-            .publish(EventKind::Created, &id, function, Some(info.pid), None);
+            .publish(EventKind::Created, &id, &function, Some(info.pid), None);
         self.events
-            .publish(EventKind::Started, &id, function, Some(info.pid), None);
+            .publish(EventKind::Started, &id, &function, Some(info.pid), None);
         match pidfd {
             Some(fd) => self.watch(inst.clone(), fd),
             None => {
@@ -872,6 +968,10 @@ impl Daemon {
             }
             blocking(move || Ok(c.delete(true)?)).await?;
         }
+        // Nothing of the instance runs in its namespace any more.
+        if let Some(a) = &inst.network {
+            self.network.give_back(a, id).await;
+        }
         self.remove_record(id);
         lock(&self.instances).remove(id);
         lock(&self.reported).remove(id);
@@ -927,14 +1027,19 @@ impl Daemon {
         let mut adopted = 0;
         for c in self.runtime.list()? {
             let id = c.id().to_string();
-            let (function, bundle) = match records.remove(&id) {
-                Some(r) => (r.function, r.bundle),
+            let (function, bundle, network) = match records.remove(&id) {
+                Some(r) => (r.function, r.bundle, r.network),
                 None => {
                     tracing::warn!(container = %id, "adopting a container sproutd has no record of");
-                    (String::new(), c.bundle().to_path_buf())
+                    let network = c
+                        .spec()
+                        .annotations()
+                        .as_ref()
+                        .and_then(Attachment::from_annotations);
+                    (String::new(), c.bundle().to_path_buf(), network)
                 }
             };
-            self.adopt_one(c, function, bundle);
+            self.adopt_one(c, function, bundle, network);
             adopted += 1;
         }
         // Records of instances that never came to be (a fork cut short) or
@@ -949,7 +1054,13 @@ impl Daemon {
         Ok(())
     }
 
-    fn adopt_one(self: &Arc<Self>, c: Container, function: String, bundle: PathBuf) {
+    fn adopt_one(
+        self: &Arc<Self>,
+        c: Container,
+        function: String,
+        bundle: PathBuf,
+        network: Option<Attachment>,
+    ) {
         let init = c.saved().init;
         // Opened first, checked second: a pidfd pins the process, so a
         // reused pid cannot slip in between.
@@ -961,13 +1072,14 @@ impl Daemon {
             pid: init.map_or(0, |p| p.pid),
             stages: Vec::new(),
             adopted: true,
+            network,
             exit: watch::Sender::new(if pidfd.is_some() {
                 None
             } else {
                 Some(ExitStatus::Unknown)
             }),
         });
-        tracing::info!(container = %inst.id, function = %inst.function, pid = inst.pid, alive = pidfd.is_some(), "adopted instance");
+        tracing::info!(container = %inst.id, function = %inst.function, pid = inst.pid, alive = pidfd.is_some(), vpc = ?inst.network.as_ref().map(|a| &a.vpc), "adopted instance");
         lock(&self.instances).insert(inst.id.clone(), Slot::Live(inst.clone()));
         if let Some(fd) = pidfd {
             self.watch(inst, fd);
@@ -1030,6 +1142,9 @@ fn view_of(rt: &Runtime, inst: &Instance) -> InstanceView {
         stages: inst.stages.iter().map(StageView::from).collect(),
         exit: exit.map(ExitView::from),
         adopted: inst.adopted,
+        vpc: inst.network.as_ref().map(|a| a.vpc.clone()),
+        address: inst.network.as_ref().map(|a| a.address),
+        lease: inst.network.as_ref().map(|a| a.lease.clone()),
         annotations,
     }
 }
@@ -1206,5 +1321,7 @@ pub fn forked(inst: &Instance) -> Forked {
         function: inst.function.clone(),
         pid: inst.pid,
         stages: inst.stages.iter().map(StageView::from).collect(),
+        vpc: inst.network.as_ref().map(|a| a.vpc.clone()),
+        address: inst.network.as_ref().map(|a| a.address),
     }
 }

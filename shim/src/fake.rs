@@ -11,7 +11,10 @@
 //! none), with a bundle of its own at that bundle's `cgroupsPath`.
 //! Annotations and resources of the fork are written into a private copy
 //! of the bundle's config (under the engine directory, removed once the
-//! container is created). A netns or console socket is refused.
+//! container is created). A netns or console socket is refused (so a
+//! function in a VPC cannot be forked by it). A function's
+//! `after_fork_signal` is not sent: a cold start runs the initializer in
+//! every instance, so there is nothing to re-seed.
 
 use std::collections::HashSet;
 use std::fs;

@@ -336,7 +336,7 @@ async fn fork(d: &Arc<Daemon>, function: &str, body: ForkBody) -> Result<Respons
         annotations: body.annotations,
         resources: body.resources,
     };
-    let inst = d.fork(function, req).await?;
+    let inst = d.fork(function, req, body.vpc).await?;
     Ok(json(StatusCode::CREATED, &forked(&inst)))
 }
 

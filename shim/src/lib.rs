@@ -14,6 +14,7 @@ pub mod error;
 pub mod events;
 pub mod fake;
 pub mod http;
+pub mod network;
 pub mod pidfd;
 pub mod proto;
 pub mod registry;

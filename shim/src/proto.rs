@@ -3,6 +3,7 @@
 //! [`crate::client`]; `API.md` documents them with examples.
 
 use std::collections::HashMap;
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 use oci_spec::runtime::LinuxResources;
@@ -21,6 +22,9 @@ pub struct Info {
     pub socket: PathBuf,
     /// The side channel, for forks that pass fds.
     pub side_socket: Option<PathBuf>,
+    /// The state root of the netplug whose VPCs functions may name
+    /// (`sprout --root <it> vpc create ...` makes one).
+    pub netplug_root: PathBuf,
     pub pid: i32,
 }
 
@@ -73,6 +77,10 @@ pub struct ForkBody {
     pub annotations: HashMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<LinuxResources>,
+    /// A VPC whose pooled network namespace the instance joins instead of
+    /// the function's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vpc: Option<String>,
 }
 
 /// A signal by name (`"TERM"`, `"SIGKILL"`) or number.
@@ -229,6 +237,15 @@ pub struct InstanceView {
     /// Found in the state root when this sproutd started.
     #[serde(default)]
     pub adopted: bool,
+    /// The VPC whose pooled network namespace the instance holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vpc: Option<String>,
+    /// The instance's address in that VPC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<Ipv4Addr>,
+    /// netplug's id of the namespace (its lease), given back on delete.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<String>,
     #[serde(default, skip_serializing_if = "HashMap::is_empty")]
     pub annotations: HashMap<String, String>,
 }
@@ -255,6 +272,11 @@ pub struct Forked {
     pub function: String,
     pub pid: i32,
     pub stages: Vec<StageView>,
+    /// The VPC and address of the instance, when it joined a VPC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vpc: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<Ipv4Addr>,
 }
 
 /// The error body of every non-2xx answer.
@@ -297,6 +319,10 @@ pub struct SideRequest {
     pub annotations: HashMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<LinuxResources>,
+    /// A VPC whose pooled network namespace the instance joins instead of
+    /// the function's (not with a `netns` fd).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vpc: Option<String>,
     /// Keep the connection open and send the exit when the instance exits.
     #[serde(default = "yes")]
     pub wait: bool,

@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use oci_spec::runtime::LinuxResources;
 use serde::{Deserialize, Serialize};
 
+use crate::proto::SignalArg;
+
 /// The most concurrent requests one instance may be given.
 pub const MAX_CONCURRENCY: u32 = 10_000;
 
@@ -25,9 +27,14 @@ pub struct FunctionSpec {
     /// The OCI bundle the image was taken in; instances get its sandbox
     /// unless a fork names another bundle.
     pub bundle: PathBuf,
-    /// The VPC whose pooled network namespaces instances join.
+    /// The VPC whose pooled network namespaces instances join (a VPC of
+    /// netplug's state under sproutd's runtime root).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vpc: Option<String>,
+    /// A signal sent to every instance once it runs, so the function can
+    /// re-seed what fork copied from the template (PRNG state, ids).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_fork_signal: Option<SignalArg>,
     /// Limits for each instance's cgroup (OCI `linux.resources`),
     /// replacing the bundle's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -68,6 +75,7 @@ impl FunctionSpec {
         if let Some(vpc) = &self.vpc {
             validate_name("VPC", vpc)?;
         }
+        self.after_fork_signal()?;
         if self.concurrency == 0 || self.concurrency > MAX_CONCURRENCY {
             return Err(format!(
                 "concurrency {} must be between 1 and {MAX_CONCURRENCY}",
@@ -88,6 +96,24 @@ impl FunctionSpec {
         sprout_runtime::spec::load_bundle(&self.bundle)
             .map_err(|e| format!("bundle {}: {e}", self.bundle.display()))?;
         Ok(())
+    }
+
+    /// The after-fork signal's number. SIGKILL and SIGSTOP are refused:
+    /// they cannot be handled, so they would only kill or stop every
+    /// instance.
+    pub fn after_fork_signal(&self) -> Result<Option<i32>, String> {
+        let Some(s) = &self.after_fork_signal else {
+            return Ok(None);
+        };
+        let n = s
+            .to_number()
+            .map_err(|e| format!("after_fork_signal: {e}"))?;
+        if n == libc::SIGKILL || n == libc::SIGSTOP {
+            return Err(format!(
+                "after_fork_signal: signal {n} cannot be handled; pick one the function installs a handler for (e.g. SIGUSR2)"
+            ));
+        }
+        Ok(Some(n))
     }
 }
 
@@ -235,6 +261,7 @@ mod tests {
             image: dir.into(),
             bundle: dir.into(),
             vpc: None,
+            after_fork_signal: None,
             resources: None,
             concurrency: 1,
         }
@@ -289,5 +316,32 @@ mod tests {
         // A directory without config.json is not a bundle.
         let f = spec("f", dir.path());
         assert!(f.validate().unwrap_err().contains("bundle"));
+    }
+
+    #[test]
+    fn after_fork_signal_by_name_or_number() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut f = spec("f", dir.path());
+        assert_eq!(f.after_fork_signal(), Ok(None));
+        f.after_fork_signal = Some(SignalArg::Name("USR2".into()));
+        assert_eq!(f.after_fork_signal(), Ok(Some(libc::SIGUSR2)));
+        f.after_fork_signal = Some(SignalArg::Number(libc::SIGHUP));
+        assert_eq!(f.after_fork_signal(), Ok(Some(libc::SIGHUP)));
+        for bad in [
+            SignalArg::Name("SIGNOPE".into()),
+            SignalArg::Number(0),
+            SignalArg::Name("KILL".into()),
+            SignalArg::Number(libc::SIGSTOP),
+        ] {
+            f.after_fork_signal = Some(bad.clone());
+            let e = f.after_fork_signal().unwrap_err();
+            assert!(e.starts_with("after_fork_signal: "), "{bad:?}: {e}");
+            assert!(f.validate().unwrap_err().contains("after_fork_signal"));
+        }
+        // Stored as given, read back the same.
+        f.after_fork_signal = Some(SignalArg::Name("SIGUSR2".into()));
+        let text = serde_json::to_string(&f).unwrap();
+        assert!(text.contains(r#""after_fork_signal":"SIGUSR2""#), "{text}");
+        assert_eq!(serde_json::from_str::<FunctionSpec>(&text).unwrap(), f);
     }
 }

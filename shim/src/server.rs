@@ -51,7 +51,7 @@ pub fn bind(path: &Path) -> Result<UnixListener, DaemonError> {
 /// Adopts the state root's instances, opens the sockets and serves until
 /// `shutdown` completes; then closes and removes the sockets.
 pub async fn serve(d: Arc<Daemon>, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
-    d.start()?;
+    d.start().await?;
     let cfg = d.config().clone();
     let api = bind(&cfg.socket)?;
     let side = match &cfg.side_socket {
@@ -79,6 +79,7 @@ pub async fn serve(d: Arc<Daemon>, shutdown: impl Future<Output = ()>) -> Result
         t.abort();
     }
     d.drain(DRAIN_TIMEOUT).await;
+    d.stop_refill();
     d.shutdown_engine().await;
     let _ = fs::remove_file(&cfg.socket);
     if let Some(p) = &cfg.side_socket {

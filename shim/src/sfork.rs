@@ -233,11 +233,14 @@ impl Engine for SforkEngine {
             Some(_) => None,
             None => derived_cgroups_path(&f.bundle, &req.id)?,
         };
+        let after_fork_signal = f
+            .after_fork_signal()
+            .map_err(|e| EngineError::Invalid(format!("function {:?}: {e}", f.name)))?;
         let spec = ForkSpec {
             bundle: req.bundle,
             stdio: req.stdio,
             netns: req.netns,
-            after_fork_signal: None,
+            after_fork_signal,
             cgroups_path,
             resources: req.resources.or_else(|| f.resources.clone()),
             annotations: req.annotations,

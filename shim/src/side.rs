@@ -74,7 +74,7 @@ async fn serve_connection(d: Arc<Daemon>, mut stream: UnixStream) {
     let wait = req.wait;
     let function = req.function.clone();
     let inst = match fork_request(req, fds) {
-        Ok(fr) => d.fork(&function, fr).await,
+        Ok((fr, vpc)) => d.fork(&function, fr, vpc).await,
         Err(e) => Err(e),
     };
     let inst = match inst {
@@ -213,8 +213,12 @@ async fn read_request(stream: &UnixStream) -> Result<(SideRequest, Vec<OwnedFd>)
     Ok((req, fds))
 }
 
-/// Pairs the request's roles with the fds that came with it.
-fn fork_request(req: SideRequest, fds: Vec<OwnedFd>) -> Result<ForkRequest, ApiError> {
+/// Pairs the request's roles with the fds that came with it; the VPC the
+/// request names, if any, comes back beside.
+fn fork_request(
+    req: SideRequest,
+    fds: Vec<OwnedFd>,
+) -> Result<(ForkRequest, Option<String>), ApiError> {
     if req.op != "fork" {
         return Err(ApiError::bad_request(format!(
             "unknown op {:?} (expected \"fork\")",
@@ -258,5 +262,5 @@ fn fork_request(req: SideRequest, fds: Vec<OwnedFd>) -> Result<ForkRequest, ApiE
         }
         *slot = Some(fd);
     }
-    Ok(fr)
+    Ok((fr, req.vpc))
 }

@@ -9,6 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use sprout_shim::client::{Client, ClientError};
+use sprout_shim::proto::SignalArg;
 use sprout_shim::registry::FunctionSpec;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -124,14 +125,29 @@ fn a_function_with_no_image_fails_clearly_and_the_registry_persists() {
     assert_eq!(info.side_socket.as_deref(), Some(d.side.as_path()));
     let image = tmp.path().join("image");
     fs::create_dir_all(&image).unwrap();
-    let f = FunctionSpec {
+    let mut f = FunctionSpec {
         name: "f".into(),
         image,
         bundle: bundle(tmp.path()),
         vpc: Some("blue".into()),
+        after_fork_signal: Some(SignalArg::Name("USR2".into())),
         resources: None,
         concurrency: 4,
     };
+    // No VPC "blue" in sproutd's netplug root: a clear 400, nothing added.
+    let (st, m) = status_of(c.add_function(&f));
+    assert_eq!(st, 400, "{m}");
+    assert!(m.contains("no VPC named blue"), "{m}");
+    assert!(m.contains(&info.netplug_root.display().to_string()), "{m}");
+    assert_eq!(info.netplug_root, tmp.path().join("root/runtime"));
+    // A signal that cannot be handled: 400 too.
+    f.vpc = None;
+    f.after_fork_signal = Some(SignalArg::Name("KILL".into()));
+    let (st, m) = status_of(c.add_function(&f));
+    assert_eq!(st, 400, "{m}");
+    assert!(m.contains("after_fork_signal"), "{m}");
+    assert!(c.functions().unwrap().is_empty());
+    f.after_fork_signal = Some(SignalArg::Name("USR2".into()));
     c.add_function(&f).unwrap();
 
     let (st, m) =
@@ -155,7 +171,13 @@ fn a_function_with_no_image_fails_clearly_and_the_registry_persists() {
     assert!(c.function("f").unwrap().instances.is_empty());
     let root = tmp.path().join("root");
     assert_eq!(fs::read_dir(root.join("instances")).unwrap().count(), 0);
-    assert_eq!(fs::read_dir(root.join("runtime")).unwrap().count(), 0);
+    // Only netplug's state directory is in the runtime root.
+    let runtime: Vec<_> = fs::read_dir(root.join("runtime"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(runtime, [".netplug"]);
 
     // SIGTERM: a clean exit that removes the sockets; the registry stays.
     assert!(d.stop().success());

@@ -53,9 +53,14 @@ pub struct AddArgs {
     /// Requests one instance serves at once.
     #[arg(long, default_value_t = 1)]
     pub concurrency: u32,
-    /// VPC whose pooled network namespaces instances join.
+    /// VPC whose pooled network namespaces instances join (a VPC of
+    /// netplug root `<sproutd root>/runtime`).
     #[arg(long)]
     pub vpc: Option<String>,
+    /// Signal sent to every instance once it runs, so the function can
+    /// re-seed what it cached at init (name or number, e.g. USR2).
+    #[arg(long)]
+    pub after_fork_signal: Option<String>,
     /// Limits per instance: a JSON file of OCI `linux.resources`.
     #[arg(long)]
     pub resources: Option<PathBuf>,
@@ -87,6 +92,10 @@ pub fn function(g: &GlobalOpts, c: FunctionCommand) -> Result<u8> {
                 image: absolute(&a.image)?,
                 bundle: absolute(&a.bundle)?,
                 vpc: a.vpc,
+                after_fork_signal: a.after_fork_signal.map(|s| match s.parse::<i32>() {
+                    Ok(n) => SignalArg::Number(n),
+                    Err(_) => SignalArg::Name(s),
+                }),
                 resources,
                 concurrency: a.concurrency,
             };
@@ -104,8 +113,8 @@ pub fn function(g: &GlobalOpts, c: FunctionCommand) -> Result<u8> {
             } else {
                 writeln!(
                     out,
-                    "{:<24} {:<11} {:<10} {:<9} {:<40} BUNDLE",
-                    "NAME", "CONCURRENCY", "TEMPLATE", "INSTANCES", "IMAGE"
+                    "{:<24} {:<11} {:<10} {:<9} {:<12} {:<40} BUNDLE",
+                    "NAME", "CONCURRENCY", "TEMPLATE", "INSTANCES", "VPC", "IMAGE"
                 )?;
                 for f in &fs {
                     let t = f
@@ -114,11 +123,12 @@ pub fn function(g: &GlobalOpts, c: FunctionCommand) -> Result<u8> {
                         .map_or("-".to_string(), |t| format!("pid {}", t.pid));
                     writeln!(
                         out,
-                        "{:<24} {:<11} {:<10} {:<9} {:<40} {}",
+                        "{:<24} {:<11} {:<10} {:<9} {:<12} {:<40} {}",
                         f.function.name,
                         f.function.concurrency,
                         t,
                         f.instances.len(),
+                        f.function.vpc.as_deref().unwrap_or("-"),
                         f.function.image.display(),
                         f.function.bundle.display()
                     )?;
@@ -130,8 +140,9 @@ pub fn function(g: &GlobalOpts, c: FunctionCommand) -> Result<u8> {
     Ok(0)
 }
 
-/// `sprout run --function NAME [-b BUNDLE] [-d] ID`: an instance forked by
-/// sproutd with this process's stdio. In the foreground the exit code is
+/// `sprout run --function NAME [-b BUNDLE] [--vpc VPC] [-d] ID`: an
+/// instance forked by sproutd with this process's stdio (in a namespace
+/// of `VPC`'s pool instead of the function's VPC, with `--vpc`). In the foreground the exit code is
 /// the instance's (128+signal for a signal) and the instance is deleted
 /// afterwards unless `--keep`.
 pub fn run(g: &GlobalOpts, a: RunArgs) -> Result<u8> {
@@ -145,9 +156,6 @@ pub fn run(g: &GlobalOpts, a: RunArgs) -> Result<u8> {
     }
     if c.no_pivot {
         bail!("--no-pivot is not supported with --function");
-    }
-    if c.vpc.is_some() {
-        bail!("--vpc is not supported with --function: register the function with --vpc instead");
     }
     let client = client(g);
     let side = client
@@ -198,6 +206,7 @@ pub fn run(g: &GlobalOpts, a: RunArgs) -> Result<u8> {
         id: c.id.clone(),
         bundle,
         fds: roles,
+        vpc: c.vpc.clone(),
         wait: !a.detach,
         ..Default::default()
     };

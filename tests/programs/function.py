@@ -7,6 +7,11 @@ socketpair) and answers each request with the initializer's digest and a
 per-process request counter, so restored instances can be told apart:
 every instance starts from the dumped counter and diverges from there.
 
+Each answer also carries a number from the `random` module and how many
+times SIGUSR2 re-seeded it ("reseeds"): instances forked from one
+template share the template's PRNG state until an after-fork signal
+makes each re-seed from the kernel.
+
 Usage: python3 function.py [PORT]   (prints "ready" once listening)
 """
 
@@ -19,6 +24,8 @@ import http
 import http.client
 import json
 import os
+import random
+import signal
 import sys
 import urllib.parse
 
@@ -46,6 +53,17 @@ def initialize():
 
 STATE = initialize()
 REQUESTS = 0
+RESEEDS = 0
+
+
+def reseed(_signum, _frame):
+    """The after-fork hook: fresh entropy for this instance's PRNG."""
+    global RESEEDS
+    random.seed()
+    RESEEDS += 1
+
+
+signal.signal(signal.SIGUSR2, reseed)
 
 
 async def handle(reader, writer):
@@ -63,6 +81,8 @@ async def handle(reader, writer):
                 "requests": REQUESTS,
                 "path": urllib.parse.unquote(path),
                 "pid": os.getpid(),
+                "random": random.getrandbits(62),
+                "reseeds": RESEEDS,
             }
         ).encode()
         head = (

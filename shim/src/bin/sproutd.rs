@@ -23,7 +23,9 @@ enum LogFormat {
 #[derive(Debug, Parser)]
 #[command(name = "sproutd", version)]
 struct Args {
-    /// State directory: function registry, instance state, lock.
+    /// State directory: function registry, instance state, lock. Its
+    /// `runtime/` is also the netplug root whose VPCs functions may name
+    /// (`sprout --root ROOT/runtime vpc create ...`).
     #[arg(long, default_value = "/var/lib/sproutd", env = "SPROUTD_ROOT")]
     root: PathBuf,
     /// Unix socket of the HTTP/JSON API.
