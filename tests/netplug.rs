@@ -484,36 +484,67 @@ fn a_take_from_an_empty_pool_still_works() {
     s.assert_clean(&id);
 }
 
-#[test]
-fn reconciliation_after_the_pool_holder_is_killed() {
-    let s = Sandbox::new("np-crash");
-    let _vpcs = VpcGuard(s.root.clone());
-    s.ok(&[
-        "vpc",
-        "create",
-        "k",
-        "--subnet",
-        "198.18.25.0/24",
-        "--pool",
-        "60",
-    ]);
-    let np = open(&s.root);
-    // The holder: killed while it is filling the pool.
-    let holder = Reaped(
-        s.cmd()
-            .args(["netplug", "serve"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let ready = || state_files(&s.root, "ready").len();
-    assert!(
-        wait_until(Duration::from_secs(30), || ready() >= 5),
-        "the holder made nothing"
-    );
-    // A lease whose owner dies without giving it back.
+/// Whether every thread of process `pid` is stopped (or it is gone).
+fn all_stopped(pid: i32) -> bool {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return true;
+    };
+    tasks.flatten().all(|t| {
+        fs::read_to_string(t.path().join("stat"))
+            .ok()
+            .and_then(|st| st.rsplit_once(") ").map(|(_, r)| r.starts_with(['T', 't'])))
+            .unwrap_or(true)
+    })
+}
+
+fn signal(pid: i32, sig: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).unwrap();
+}
+
+/// Stops the pool holder `pid` (SIGSTOP) at a moment when it is half-way
+/// through building a namespace — its building record, address,
+/// namespace file and hub veth all exist, and no ready record — and
+/// returns that namespace's id, leaving the holder stopped. Looks while
+/// the holder is stopped, so what it sees is what a kill leaves.
+fn stop_mid_build(root: &Path, pid: i32) -> String {
+    use nix::sys::signal::Signal;
+    let hub = root.join(".netplug/ns/hub");
+    for _ in 0..2000 {
+        signal(pid, Signal::SIGSTOP);
+        assert!(wait_until(Duration::from_secs(10), || all_stopped(pid)));
+        let building: Vec<String> = state_files(root, "building")
+            .iter()
+            .filter_map(|p| p.file_stem().map(|n| n.to_string_lossy().into_owned()))
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        let plugged = |id: &String| {
+            netplug::netns::is_ns_file(&root.join(".netplug/ns").join(id))
+                && state_files(root, "ipam")
+                    .iter()
+                    .any(|p| fs::read_to_string(p).unwrap_or_default() == *id)
+                && state_files(root, "ready")
+                    .iter()
+                    .all(|p| p.file_stem().unwrap().to_string_lossy() != *id)
+        };
+        let candidates: Vec<&String> = building.iter().filter(|id| plugged(id)).collect();
+        if !candidates.is_empty() {
+            let links = links_in(&hub);
+            if let Some(id) = candidates
+                .into_iter()
+                .find(|id| links.contains(&format!("np{id}")))
+            {
+                return id.clone();
+            }
+        }
+        signal(pid, Signal::SIGCONT);
+        std::thread::sleep(Duration::from_millis(3));
+    }
+    panic!("never caught the holder half-way through a build");
+}
+
+/// A namespace of the pool left a lease whose owner (a process of the
+/// test's own) died without giving it back; returns its id.
+fn orphaned_lease(np: &BlockingNetplug, vpc: &str) -> String {
     let owner_proc = Reaped(Command::new("sleep").arg("60").spawn().unwrap());
     let pid = owner_proc.0.id() as i32;
     let owner = Owner {
@@ -523,22 +554,38 @@ fn reconciliation_after_the_pool_holder_is_killed() {
         },
         container: None,
     };
-    let orphaned = np.take("k", &owner).unwrap();
+    let lease = np.take(vpc, &owner).unwrap();
     drop(owner_proc);
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(holder.0.id() as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
-    drop(holder);
-    assert!(ready() < 60, "the holder finished before it was killed");
+    lease.id.clone()
+}
 
-    let out = s.ok(&["netplug", "gc"]);
-    eprintln!("gc after the holder was killed:\n{out}");
-    assert!(out.contains(&format!("reclaimed {}", orphaned.id)), "{out}");
-    drop(orphaned);
-    // Every namespace, hub veth and address left belongs to a ready record.
-    let ready_recs: Vec<netplug::NsRecord> = state_files(&s.root, "ready")
+/// Starts `sprout netplug serve` (stdout to `out`) and waits until it has
+/// reconciled and holds the pools; returns it and what it printed.
+fn start_holder(s: &Sandbox, out: &Path) -> (Reaped, String) {
+    let holder = Reaped(
+        s.cmd()
+            .args(["netplug", "serve"])
+            .stdin(Stdio::null())
+            .stdout(fs::File::create(out).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    assert!(
+        wait_until(Duration::from_secs(60), || lines(out)
+            .iter()
+            .any(|l| l == "serving")),
+        "the pool holder did not start: {:?}",
+        lines(out)
+    );
+    (holder, fs::read_to_string(out).unwrap())
+}
+
+/// Every namespace file, hub veth and address of `root` belongs to a
+/// ready record, and nothing is building or leased. Polls: the kernel
+/// lets go of a deleted namespace's veth asynchronously.
+fn assert_only_ready_namespaces(root: &Path) -> Vec<netplug::NsRecord> {
+    let ready_recs: Vec<netplug::NsRecord> = state_files(root, "ready")
         .iter()
         .map(|p| serde_json::from_slice(&fs::read(p).unwrap()).unwrap())
         .collect();
@@ -548,11 +595,11 @@ fn reconciliation_after_the_pool_holder_is_killed() {
         .filter_map(|r| r.hub_veth.clone())
         .collect();
     let addrs: HashSet<String> = ready_recs.iter().map(|r| r.address.to_string()).collect();
-    assert!(state_files(&s.root, "building").is_empty());
-    assert!(state_files(&s.root, "leases").is_empty());
-    let hub = s.root.join(".netplug/ns/hub");
+    assert!(state_files(root, "building").is_empty());
+    assert!(state_files(root, "leases").is_empty());
+    let hub = root.join(".netplug/ns/hub");
     let consistent = wait_until(Duration::from_secs(10), || {
-        let files: HashSet<String> = fs::read_dir(s.root.join(".netplug/ns"))
+        let files: HashSet<String> = fs::read_dir(root.join(".netplug/ns"))
             .unwrap()
             .flatten()
             .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -562,7 +609,7 @@ fn reconciliation_after_the_pool_holder_is_killed() {
             .into_iter()
             .filter(|l| l.starts_with("np") && !l.starts_with("npbr"))
             .collect();
-        let ipam: HashSet<String> = state_files(&s.root, "ipam")
+        let ipam: HashSet<String> = state_files(root, "ipam")
             .iter()
             .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
             .collect();
@@ -572,11 +619,106 @@ fn reconciliation_after_the_pool_holder_is_killed() {
         consistent,
         "reconciliation left namespaces, veths or addresses no record owns"
     );
-    for p in &ready_recs {
+    for r in &ready_recs {
         assert!(netplug::netns::is_ns_file(
-            &s.root.join(".netplug/ns").join(&p.id)
+            &root.join(".netplug/ns").join(&r.id)
         ));
     }
+    ready_recs
+}
+
+/// What is left of namespace `id`: records, its namespace file, its hub
+/// veth, an address held for it.
+fn traces_of(root: &Path, id: &str) -> Vec<String> {
+    let mut out: Vec<String> = walk(&root.join(".netplug"))
+        .into_iter()
+        .filter(|p| {
+            p.to_string_lossy().contains(id)
+                || (p.starts_with(root.join(".netplug/ipam"))
+                    && fs::read_to_string(p).unwrap_or_default() == id)
+        })
+        .map(|p| p.display().to_string())
+        .collect();
+    if links_in(&root.join(".netplug/ns/hub")).contains(&format!("np{id}")) {
+        out.push(format!("hub veth np{id}"));
+    }
+    out
+}
+
+/// Nothing of namespace `id` is left. Polls: the kernel lets go of a
+/// deleted namespace's veth asynchronously.
+fn assert_gone(root: &Path, id: &str) {
+    let gone = wait_until(Duration::from_secs(10), || traces_of(root, id).is_empty());
+    assert!(
+        gone,
+        "namespace {id} left traces: {:?}",
+        traces_of(root, id)
+    );
+}
+
+#[test]
+fn reconciliation_after_the_pool_holder_is_killed() {
+    use nix::sys::signal::Signal;
+    let s = Sandbox::new("np-crash");
+    let _vpcs = VpcGuard(s.root.clone());
+    let target = 150;
+    s.ok(&[
+        "vpc",
+        "create",
+        "k",
+        "--subnet",
+        "198.18.25.0/24",
+        "--pool",
+        &target.to_string(),
+    ]);
+    let np = open(&s.root);
+    let ready = || state_files(&s.root, "ready").len();
+
+    // 1. The holder is killed half-way through a build, after a lease's
+    // owner died without giving it back.
+    let (holder, _) = start_holder(&s, &s.dir.path().join("serve-1"));
+    assert!(
+        wait_until(Duration::from_secs(30), || ready() >= 5),
+        "the holder made nothing"
+    );
+    let orphaned = orphaned_lease(&np, "k");
+    let pid = holder.0.id() as i32;
+    let half = stop_mid_build(&s.root, pid);
+    assert!(ready() < target, "the holder finished before it was killed");
+    signal(pid, Signal::SIGKILL);
+    drop(holder);
+    assert!(
+        s.root
+            .join(format!(".netplug/building/{half}.json"))
+            .exists()
+    );
+
+    // 2. A new holder reconciles as it starts: the lease is reclaimed,
+    // the half-built namespace torn down (veth, address, file, record).
+    let (holder, out) = start_holder(&s, &s.dir.path().join("serve-2"));
+    eprintln!("serve after the holder was killed:\n{out}");
+    assert!(out.contains(&format!("reclaimed {orphaned}")), "{out}");
+    assert!(out.contains(&format!("destroyed {half}")), "{out}");
+    assert_gone(&s.root, &half);
+
+    // 3. Killed again mid-build, this time reconciled by `netplug gc`.
+    let orphaned = orphaned_lease(&np, "k");
+    let pid = holder.0.id() as i32;
+    let half = stop_mid_build(&s.root, pid);
+    signal(pid, Signal::SIGKILL);
+    drop(holder);
+    assert!(
+        s.root
+            .join(format!(".netplug/building/{half}.json"))
+            .exists()
+    );
+    let out = s.ok(&["netplug", "gc"]);
+    eprintln!("gc after the holder was killed:\n{out}");
+    assert!(out.contains(&format!("reclaimed {orphaned}")), "{out}");
+    assert!(out.contains(&format!("destroyed {half}")), "{out}");
+    assert_gone(&s.root, &half);
+    // Every namespace, hub veth and address left belongs to a ready record.
+    assert_only_ready_namespaces(&s.root);
     // A second gc finds nothing more to do.
     let out = s.ok(&["netplug", "gc"]);
     assert!(out.trim().is_empty(), "{out}");
@@ -729,4 +871,645 @@ fn deleting_a_vpc_removes_everything_it_made() {
     drop(held);
     assert!(np.hub_path().is_none());
     assert_no_netplug_leftovers(&root);
+}
+
+/// An HTTP GET of `path` from `addr:port`, sent from a thread inside
+/// namespace `ns`.
+fn http_get_from(ns: &OwnedFd, addr: Ipv4Addr, port: u16, path: &str) -> std::io::Result<String> {
+    in_ns(ns, || {
+        let mut c =
+            TcpStream::connect_timeout(&SocketAddr::from((addr, port)), Duration::from_secs(10))?;
+        c.set_read_timeout(Some(Duration::from_secs(10)))?;
+        write!(c, "GET {path} HTTP/1.1\r\nHost: fn\r\n\r\n")?;
+        let mut r = String::new();
+        c.read_to_string(&mut r)?;
+        Ok(r)
+    })
+}
+
+/// The address a container got in its VPC (from its annotations).
+fn address_of(s: &Sandbox, id: &str) -> Ipv4Addr {
+    let st = s.state(id);
+    st["annotations"]["io.sprout.netplug.address"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{id} has no VPC address: {st}"))
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn a_restored_function_joins_a_vpc_and_gives_its_namespace_back() {
+    let mut s = python_sandbox("np-restore");
+    let _vpcs = VpcGuard(s.root.clone());
+    s.ok(&[
+        "vpc",
+        "create",
+        "fn",
+        "--subnet",
+        "198.18.29.0/24",
+        "--pool",
+        "2",
+    ]);
+    assert_eq!(s.ok(&["netplug", "fill"]).trim(), "made 2");
+    // Checkpointed from a container in a namespace of its own.
+    let (img, warm) = python_image(&s);
+    let img = img.to_str().unwrap().to_string();
+    let subnet: netplug::Subnet = "198.18.29.0/24".parse().unwrap();
+    let np = open(&s.root);
+    // Another namespace of the VPC, to call the function from.
+    let client = np.take("fn", &Owner::this_process()).unwrap();
+    let leased = |s: &Sandbox| pool(&status(s), "fn")["leased"].as_u64().unwrap();
+
+    // --vpc on the command line.
+    let r1 = format!("{}-r1", s.id);
+    s.ok(&[
+        "restore",
+        "--image-path",
+        &img,
+        "--bundle",
+        s.bundle_str(),
+        "-d",
+        "--vpc",
+        "fn",
+        &r1,
+    ]);
+    let a1 = address_of(&s, &r1);
+    assert!(subnet.is_host(a1) && a1 != client.address, "{a1}");
+    let got = json_body(&http_get_from(&client.fd, a1, 8080, "/r1").unwrap());
+    assert_eq!(got["digest"], warm["digest"], "{got}");
+    assert_eq!(got["requests"], 2, "{got}");
+    assert_eq!(leased(&s), 2);
+    s.ok(&["delete", "--force", &r1]);
+    assert_eq!(leased(&s), 1, "delete did not give the namespace back");
+
+    // The annotation, as containerd would pass it.
+    s.config()["annotations"] = serde_json::json!({ "io.sprout.vpc": "fn" });
+    s.write_config();
+    let r2 = format!("{}-r2", s.id);
+    s.ok(&[
+        "restore",
+        "--image-path",
+        &img,
+        "--bundle",
+        s.bundle_str(),
+        "-d",
+        &r2,
+    ]);
+    let a2 = address_of(&s, &r2);
+    assert!(subnet.is_host(a2) && a2 != client.address, "{a2}");
+    let got = json_body(&http_get_from(&client.fd, a2, 8080, "/r2").unwrap());
+    assert_eq!(got["digest"], warm["digest"], "{got}");
+    assert_eq!(got["path"], "/r2", "{got}");
+    s.ok(&["delete", "--force", &r2]);
+    assert_eq!(leased(&s), 1);
+
+    // A restore that fails after the take gives the namespace back.
+    let takes = pool(&status(&s), "fn")["counters"]["takes"]
+        .as_u64()
+        .unwrap();
+    let r3 = format!("{}-r3", s.id);
+    let missing = s.dir.path().join("no-such-image");
+    let err = s.fails(&[
+        "restore",
+        "--image-path",
+        missing.to_str().unwrap(),
+        "--bundle",
+        s.bundle_str(),
+        "-d",
+        &r3,
+    ]);
+    assert!(err.contains("no-such-image"), "{err}");
+    let st = status(&s);
+    let p = pool(&st, "fn");
+    assert_eq!(p["counters"]["takes"].as_u64(), Some(takes + 1), "{st}");
+    assert_eq!(p["leased"], 1, "{st}");
+    assert!(!s.root.join(&r3).exists());
+    let err = s.fails(&[
+        "restore",
+        "--image-path",
+        &img,
+        "--bundle",
+        s.bundle_str(),
+        "-d",
+        "--vpc",
+        "nope",
+        &r3,
+    ]);
+    assert!(err.contains("no VPC named nope"), "{err}");
+
+    let id = client.id.clone();
+    drop(client);
+    np.give_back(&id).unwrap();
+    let st = status(&s);
+    assert_eq!(
+        (
+            pool(&st, "fn")["leased"].as_u64(),
+            pool(&st, "fn")["ready"].as_u64()
+        ),
+        (Some(0), Some(2)),
+        "{st}"
+    );
+    s.ok(&["vpc", "delete", "fn"]);
+    assert_no_netplug_leftovers(&s.root);
+    for id in [&r1, &r2, &r3] {
+        s.assert_clean(id);
+    }
+}
+
+/// The MTU of link `ifname` in the namespace at `ns`.
+fn mtu_in(ns: &Path, ifname: &str) -> u32 {
+    let out = Command::new("nsenter")
+        .arg(format!("--net={}", ns.display()))
+        .args(["ip", "-o", "link", "show", "dev", ifname])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace()
+        .skip_while(|w| *w != "mtu")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no mtu for {ifname}: {text}"))
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn the_mtu_reaches_the_bridge_and_every_namespace_and_survives_a_scrub() {
+    let s = Sandbox::new("np-mtu");
+    let _vpcs = VpcGuard(s.root.clone());
+    // Out of range: a clear error, nothing made.
+    let err = s.fails(&[
+        "vpc",
+        "create",
+        "m",
+        "--subnet",
+        "198.18.33.0/24",
+        "--mtu",
+        "100",
+    ]);
+    assert!(err.contains("invalid MTU 100"), "{err}");
+    assert!(!s.root.join(".netplug/ns/hub").exists());
+    s.ok(&[
+        "vpc",
+        "create",
+        "m",
+        "--subnet",
+        "198.18.33.0/24",
+        "--mtu",
+        "1400",
+        "--pool",
+        "1",
+    ]);
+    assert_eq!(s.ok(&["netplug", "fill"]).trim(), "made 1");
+    let hub = s.root.join(".netplug/ns/hub");
+    assert_eq!(mtu_in(&hub, "npbr0"), 1400);
+    let np = open(&s.root);
+    let l = np.take("m", &Owner::this_process()).unwrap();
+    assert_eq!(l.mtu, 1400);
+    assert_eq!(mtu_in(&l.path, "eth0"), 1400);
+    assert_eq!(mtu_in(&hub, &format!("np{}", l.id)), 1400);
+    // A sandbox changes it; the scrub at give-back puts it back.
+    let st = Command::new("nsenter")
+        .arg(format!("--net={}", l.path.display()))
+        .args(["ip", "link", "set", "eth0", "mtu", "1280"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert_eq!(mtu_in(&l.path, "eth0"), 1280);
+    let (id, path) = (l.id.clone(), l.path.clone());
+    drop(l);
+    np.give_back(&id).unwrap();
+    let again = np.take("m", &Owner::this_process()).unwrap();
+    assert_eq!(again.id, id, "the scrubbed namespace was not reused");
+    assert_eq!(mtu_in(&path, "eth0"), 1400);
+    let id = again.id.clone();
+    drop(again);
+    np.give_back(&id).unwrap();
+    s.ok(&["vpc", "delete", "m"]);
+    assert_no_netplug_leftovers(&s.root);
+}
+
+#[test]
+fn destroy_on_give_back_removes_the_namespace() {
+    let mut s = Sandbox::new("np-destroy");
+    let _vpcs = VpcGuard(s.root.clone());
+    // The VPC's own policy, through the CLI.
+    s.ok(&[
+        "vpc",
+        "create",
+        "dz",
+        "--subnet",
+        "198.18.34.0/24",
+        "--pool",
+        "1",
+        "--destroy-on-give-back",
+    ]);
+    assert_eq!(s.ok(&["netplug", "fill"]).trim(), "made 1");
+    s.config()["linux"]["cgroupsPath"] = serde_json::json!(format!("{}-1", s.cgroup));
+    s.set_args(&["sleep", "60"]);
+    let id = unique_id("np-destroy");
+    s.ok(&["run", "-b", s.bundle_str(), "-d", "--vpc", "dz", &id]);
+    let lease = s.state(&id)["annotations"]["io.sprout.netplug.lease"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(netplug::netns::is_ns_file(
+        &s.root.join(".netplug/ns").join(&lease)
+    ));
+    s.ok(&["delete", "--force", &id]);
+    assert_gone(&s.root, &lease);
+    let st = status(&s);
+    let p = pool(&st, "dz");
+    assert_eq!(
+        (
+            p["leased"].as_u64(),
+            p["ready"].as_u64(),
+            p["counters"]["destroyed"].as_u64(),
+            p["counters"]["reused"].as_u64()
+        ),
+        (Some(0), Some(0), Some(1), Some(0)),
+        "{st}"
+    );
+
+    // Netplug's own option, for a VPC that would reuse.
+    s.ok(&["vpc", "create", "dr", "--subnet", "198.18.35.0/24"]);
+    let mut opts = Options::new(&s.root);
+    opts.give_back = netplug::GiveBackPolicy::Destroy;
+    let np = BlockingNetplug::open(opts).unwrap();
+    let l = np.take("dr", &Owner::this_process()).unwrap();
+    let lid = l.id.clone();
+    drop(l);
+    np.give_back(&lid).unwrap();
+    assert_gone(&s.root, &lid);
+    assert_eq!(np.status().unwrap().pools[1].ready, 0);
+    // The same VPC with the default policy reuses.
+    let np = open(&s.root);
+    let l = np.take("dr", &Owner::this_process()).unwrap();
+    let lid = l.id.clone();
+    drop(l);
+    np.give_back(&lid).unwrap();
+    assert!(netplug::netns::is_ns_file(
+        &s.root.join(".netplug/ns").join(&lid)
+    ));
+    s.ok(&["vpc", "delete", "dz"]);
+    s.ok(&["vpc", "delete", "dr"]);
+    assert_no_netplug_leftovers(&s.root);
+    s.assert_clean(&id);
+}
+
+/// IPv4 forwarding in the hub of state root `root`.
+fn hub_forwarding(root: &Path) -> String {
+    let out = Command::new("nsenter")
+        .arg(format!("--net={}", root.join(".netplug/ns/hub").display()))
+        .args(["cat", "/proc/sys/net/ipv4/ip_forward"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn the_hub_does_not_forward_unless_asked() {
+    let s = Sandbox::new("np-fwd");
+    let _vpcs = VpcGuard(s.root.clone());
+    s.ok(&["vpc", "create", "f", "--subnet", "198.18.36.0/24"]);
+    assert_eq!(hub_forwarding(&s.root), "0");
+    assert_eq!(status(&s)["forwarding"], false);
+    assert!(s.ok(&["netplug", "status"]).contains("forwarding off"));
+    s.ok(&["netplug", "forwarding", "on"]);
+    assert_eq!(hub_forwarding(&s.root), "1");
+    assert_eq!(status(&s)["forwarding"], true);
+    s.ok(&["netplug", "forwarding", "off"]);
+    assert_eq!(hub_forwarding(&s.root), "0");
+    // A hub made again (the last VPC took the old one with it) keeps the
+    // setting.
+    s.ok(&["vpc", "delete", "f"]);
+    s.ok(&["netplug", "forwarding", "on"]);
+    s.ok(&["vpc", "create", "f", "--subnet", "198.18.36.0/24"]);
+    assert_eq!(hub_forwarding(&s.root), "1");
+    s.ok(&["netplug", "forwarding", "off"]);
+    s.ok(&["vpc", "delete", "f"]);
+    s.ok(&["vpc", "create", "f", "--subnet", "198.18.36.0/24"]);
+    assert_eq!(hub_forwarding(&s.root), "0");
+    s.ok(&["vpc", "delete", "f"]);
+    assert_no_netplug_leftovers(&s.root);
+}
+
+/// A TCP connection from namespace `from` to `addr:port` that gets
+/// through within 2 s.
+fn connects(from: &OwnedFd, addr: Ipv4Addr, port: u16) -> bool {
+    in_ns(from, || {
+        TcpStream::connect_timeout(&SocketAddr::from((addr, port)), Duration::from_secs(2))
+            .and_then(|mut c| c.write_all(b"x"))
+            .is_ok()
+    })
+}
+
+#[test]
+fn a_cni_vpc_and_a_native_vpc_are_isolated_and_listed() {
+    let s = Sandbox::new("np-mixed");
+    let _vpcs = VpcGuard(s.root.clone());
+    let conflist = s.dir.path().join("net.conflist");
+    fs::write(
+        &conflist,
+        serde_json::json!({
+            "cniVersion": "1.0.0",
+            "name": "sprout-test-mixed",
+            "plugins": [{
+                "type": "bridge", "bridge": "npcni1", "isGateway": true,
+                // A default route, as real networks have: the isolation
+                // must come from the rules, not from a missing route.
+                "ipam": {"type": "host-local", "ranges": [[{"subnet": "198.18.30.0/24"}]],
+                         "routes": [{"dst": "0.0.0.0/0"}]}
+            }]
+        })
+        .to_string(),
+    )
+    .unwrap();
+    s.ok(&[
+        "vpc",
+        "create",
+        "ci",
+        "--cni",
+        conflist.to_str().unwrap(),
+        "--pool",
+        "1",
+    ]);
+    s.ok(&[
+        "vpc",
+        "create",
+        "na",
+        "--subnet",
+        "198.18.31.0/24",
+        "--mtu",
+        "1450",
+        "--pool",
+        "1",
+        "--destroy-on-give-back",
+    ]);
+    // `vpc list`: a row per VPC, in both formats.
+    let table = s.ok(&["vpc", "list"]);
+    let rows: Vec<Vec<&str>> = table
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        rows,
+        vec![
+            vec!["NAME", "SUBNET", "GATEWAY", "BRIDGE", "MTU", "POOL", "MODE"],
+            vec![
+                "ci",
+                "198.18.30.0/24",
+                "198.18.30.1",
+                "npcni1",
+                "1500",
+                "1",
+                "cni"
+            ],
+            vec![
+                "na",
+                "198.18.31.0/24",
+                "198.18.31.1",
+                "npbr0",
+                "1450",
+                "1",
+                "native"
+            ],
+        ],
+        "{table}"
+    );
+    let list: serde_json::Value =
+        serde_json::from_str(&s.ok(&["vpc", "ls", "-f", "json"])).unwrap();
+    let list = list.as_array().unwrap();
+    assert_eq!(list.len(), 2, "{list:?}");
+    assert_eq!(list[1]["name"], "na");
+    assert_eq!(list[1]["give_back"], "destroy");
+    assert_eq!(list[0]["fill"]["mode"], "cni");
+
+    s.ok(&["netplug", "forwarding", "on"]);
+    assert_eq!(s.ok(&["netplug", "fill"]).trim(), "made 2");
+    let np = open(&s.root);
+    let c = np.take("ci", &Owner::this_process()).unwrap();
+    let n = np.take("na", &Owner::this_process()).unwrap();
+    let before = np.status().unwrap().drops;
+    let drop_count = |drops: &[netplug::DropCounter], vpc: &str, hook: &str| {
+        drops
+            .iter()
+            .find(|d| d.vpc == vpc && d.hook == hook)
+            .map(|d| d.packets)
+            .unwrap_or(0)
+    };
+    // Each reaches its own gateway (the hub answers on both).
+    for (from, gw, port) in [(&c, c.gateway, 7400), (&n, n.gateway, 7401)] {
+        let got = listen_once(hub_fd(&s.root), gw, port, Duration::from_secs(10));
+        assert!(
+            connects(&from.fd, gw, port),
+            "no way to its own gateway {gw}"
+        );
+        assert!(got.join().unwrap().is_some());
+    }
+    // Neither reaches the other's sandboxes or gateway, both ways.
+    for (from, to, port) in [(&c, &n, 7402), (&n, &c, 7403)] {
+        let got = listen_once(
+            to.fd.try_clone().unwrap(),
+            to.address,
+            port,
+            Duration::from_secs(4),
+        );
+        assert!(
+            !connects(&from.fd, to.address, port),
+            "VPC {} reached a sandbox of VPC {}",
+            from.vpc,
+            to.vpc
+        );
+        assert_eq!(got.join().unwrap(), None);
+        let got = listen_once(hub_fd(&s.root), to.gateway, port, Duration::from_secs(4));
+        assert!(
+            !connects(&from.fd, to.gateway, port),
+            "VPC {} reached the gateway of VPC {}",
+            from.vpc,
+            to.vpc
+        );
+        assert_eq!(got.join().unwrap(), None);
+    }
+    let after = np.status().unwrap().drops;
+    for vpc in ["ci", "na"] {
+        for hook in ["forward", "input"] {
+            assert!(
+                drop_count(&after, vpc, hook) > drop_count(&before, vpc, hook),
+                "{vpc} {hook}: {after:?}"
+            );
+        }
+    }
+    let (ci, ni) = (c.id.clone(), n.id.clone());
+    drop((c, n));
+    np.give_back(&ci).unwrap();
+    np.give_back(&ni).unwrap();
+    s.ok(&["vpc", "delete", "ci"]);
+    s.ok(&["vpc", "delete", "na"]);
+    assert_no_netplug_leftovers(&s.root);
+}
+
+/// A CNI bridge plugin for the test below, put in front of the real one:
+/// an ADD from any process but this test's blocks while `gate` exists
+/// (saying so in `blocked`), then fails if `fail` exists (adding a line
+/// to `failed`).
+fn gated_cni_dir(dir: &Path) -> PathBuf {
+    let bin = dir.join("cni");
+    fs::create_dir_all(&bin).unwrap();
+    std::os::unix::fs::symlink("/usr/lib/cni/host-local", bin.join("host-local")).unwrap();
+    let d = dir.display();
+    let script = format!(
+        r#"#!/bin/sh
+if [ "$CNI_COMMAND" = ADD ] && [ "$PPID" != {me} ]; then
+  if [ -e {d}/gate ]; then
+    : > {d}/blocked
+    while [ -e {d}/gate ]; do sleep 0.05; done
+    rm -f {d}/blocked
+  fi
+  if [ -e {d}/fail ]; then
+    echo x >> {d}/failed
+    echo '{{"cniVersion":"1.0.0","code":11,"msg":"made to fail by the test"}}'
+    exit 1
+  fi
+fi
+exec /usr/lib/cni/bridge
+"#,
+        me = std::process::id()
+    );
+    fs::write(bin.join("bridge"), script).unwrap();
+    fs::set_permissions(
+        bin.join("bridge"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    bin
+}
+
+#[test]
+fn a_take_never_waits_for_the_refill() {
+    let s = Sandbox::new("np-slow");
+    let _vpcs = VpcGuard(s.root.clone());
+    let d = s.dir.path();
+    let cni = gated_cni_dir(d);
+    let conflist = d.join("net.conflist");
+    fs::write(
+        &conflist,
+        serde_json::json!({
+            "cniVersion": "1.0.0",
+            "name": "sprout-test-slow",
+            "plugins": [{
+                "type": "bridge", "bridge": "npcni2", "isGateway": true,
+                "ipam": {"type": "host-local", "ranges": [[{"subnet": "198.18.32.0/24"}]]}
+            }]
+        })
+        .to_string(),
+    )
+    .unwrap();
+    s.ok(&[
+        "vpc",
+        "create",
+        "sl",
+        "--cni",
+        conflist.to_str().unwrap(),
+        "--pool",
+        "1",
+    ]);
+    // The holder's first build hangs in the plugin.
+    fs::write(d.join("gate"), "").unwrap();
+    let holder = Reaped(
+        s.cmd()
+            .env("SPROUT_CNI_PATH", &cni)
+            .args(["netplug", "serve"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || d.join("blocked").exists()),
+        "the refill never ran the plugin"
+    );
+    let mut opts = Options::new(&s.root);
+    opts.cni_path = cni.clone();
+    let np = BlockingNetplug::open(opts).unwrap();
+    // A take from the empty pool: made on the spot while the refill's
+    // build is stuck (a take that waited for it would never return).
+    let take = || {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let root = s.root.clone();
+        let cni = cni.clone();
+        std::thread::spawn(move || {
+            let mut opts = Options::new(&root);
+            opts.cni_path = cni;
+            let np = BlockingNetplug::open(opts).unwrap();
+            let lease = np.take("sl", &Owner::this_process());
+            // Its counters go to the state when it is dropped.
+            drop(np);
+            let _ = tx.send(lease);
+        });
+        rx.recv_timeout(Duration::from_secs(60))
+            .expect("the take waited for the refill")
+            .unwrap()
+    };
+    let first = take();
+    let st = np.status().unwrap();
+    let p = &st.pools[0];
+    assert_eq!((p.counters.takes, p.counters.misses), (1, 1), "{p:?}");
+    assert_eq!(p.ready, 0, "{p:?}");
+    assert!(
+        d.join("blocked").exists() && state_files(&s.root, "building").len() == 1,
+        "the refill was not stuck during the take"
+    );
+
+    // Now the refill fails instead, round after round; takes still work.
+    fs::write(d.join("fail"), "").unwrap();
+    fs::remove_file(d.join("gate")).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(30), || lines(&d.join("failed")).len()
+            >= 2),
+        "the refill did not try again"
+    );
+    let second = take();
+    let st = np.status().unwrap();
+    let p = &st.pools[0];
+    assert_eq!((p.counters.takes, p.counters.misses), (2, 2), "{p:?}");
+    // Failed builds leave nothing: every CNI address is a lease's.
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let ipam: Vec<_> = state_files(&s.root, "cni/sl/ipam")
+                .into_iter()
+                .filter(|p| {
+                    p.file_name()
+                        .unwrap()
+                        .to_string_lossy()
+                        .parse::<Ipv4Addr>()
+                        .is_ok()
+                })
+                .collect();
+            state_files(&s.root, "building").is_empty() && ipam.len() == 2
+        }),
+        "a failed build left something: {:?}",
+        walk(&s.root.join(".netplug"))
+    );
+    for l in [first, second] {
+        let id = l.id.clone();
+        drop(l);
+        np.give_back(&id).unwrap();
+    }
+    fs::remove_file(d.join("fail")).unwrap();
+    let mut holder = holder;
+    signal(holder.0.id() as i32, nix::sys::signal::Signal::SIGTERM);
+    assert!(
+        wait_until(Duration::from_secs(30), || holder
+            .0
+            .try_wait()
+            .unwrap()
+            .is_some()),
+        "the holder did not stop on SIGTERM"
+    );
+    s.ok(&["vpc", "delete", "sl"]);
+    assert_no_netplug_leftovers(&s.root);
 }

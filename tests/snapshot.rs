@@ -1,7 +1,12 @@
 //! Checkpoint and restore of real processes in real containers, through the
 //! CLI: a static counter, a threaded dynamic C program, the asyncio Python
 //! function (20 restores at once), anonymous-memory semantics, and images
-//! that must be refused.
+//! that must be refused; the sandbox a restore applies (credentials,
+//! capabilities, no_new_privs, seccomp, rlimits, pid 1, the image's argv and
+//! env), the CLI's foreground, pid-file, console-socket and timings paths,
+//! process and thread state (itimers, sigaltstacks, umask, cwd,
+//! personality, a thread in accept), and shared memory (one object mapped
+//! twice; System V segments refused).
 
 mod common;
 
@@ -467,6 +472,580 @@ fn checkpoint_refuses_what_it_cannot_restore() {
         "running",
         "a refused checkpoint must leave the container running"
     );
+    s.ok(&["delete", "--force", &id]);
+    s.assert_clean(&id);
+}
+
+// ---- the sandbox side of a restore, the CLI's restore paths, process and
+// thread state, shared memory ----
+
+/// `k=v` pairs of the output line that starts with `prefix ` (the last
+/// such line).
+fn fields(out: &[String], prefix: &str) -> std::collections::HashMap<String, String> {
+    let line = out
+        .iter()
+        .rev()
+        .find(|l| l.starts_with(&format!("{prefix} ")))
+        .unwrap_or_else(|| panic!("no {prefix:?} line in {out:?}"));
+    line.split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// The value of `key:` in a /proc status file, whitespace-normalized.
+fn status_field(status: &str, key: &str) -> String {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}:")))
+        .unwrap_or_else(|| panic!("no {key} in {status}"))
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Host tids of `pid`'s threads.
+fn tasks(pid: i32) -> Vec<i32> {
+    fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().parse().unwrap())
+        .collect()
+}
+
+/// A sandbox running tests/programs/stateprobe.c; its config's env carries
+/// a marker the image keeps.
+fn probe_sandbox(name: &str) -> Sandbox {
+    let mut s = Sandbox::new(name);
+    fs::copy(
+        program("stateprobe", true),
+        s.bundle.join("rootfs/bin/stateprobe"),
+    )
+    .unwrap();
+    s.config()["process"]["env"]
+        .as_array_mut()
+        .unwrap()
+        .push("FROM_IMAGE=1".into());
+    s.set_args(&["/bin/stateprobe"]);
+    s
+}
+
+/// Runs the probe, waits until its second thread sits in accept(), and
+/// checkpoints it to `<dir>/image` (the container is deleted). Returns the
+/// image and the probe's output before the dump.
+fn probe_image(s: &Sandbox) -> (PathBuf, Vec<String>) {
+    let id = s.id.clone();
+    let out = s.dir.path().join("out-probe");
+    assert!(
+        sprout_to(s, &["run", "-d", "--bundle", s.bundle_str(), &id], &out).success(),
+        "{}",
+        stderr_of(&out)
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || lines(&out)
+            .iter()
+            .any(|l| l == "ready")),
+        "{:?} {}",
+        lines(&out),
+        stderr_of(&out)
+    );
+    let pid = s.state(&id)["pid"].as_i64().unwrap() as i32;
+    // accept is syscall 43 (accept4 288): the dump must find it there.
+    assert!(
+        wait_until(Duration::from_secs(10), || tasks(pid).iter().any(|t| {
+            fs::read_to_string(format!("/proc/{pid}/task/{t}/syscall"))
+                .is_ok_and(|s| s.starts_with("43 ") || s.starts_with("288 "))
+        })),
+        "the probe's second thread never blocked in accept"
+    );
+    let img = s.dir.path().join("image");
+    s.ok(&["checkpoint", "--image-path", img.to_str().unwrap(), &id]);
+    s.ok(&["delete", "--force", &id]);
+    s.assert_clean(&id);
+    (img, lines(&out))
+}
+
+#[test]
+fn restore_applies_the_bundles_sandbox_not_the_images() {
+    let mut s = probe_sandbox("snapsbx");
+    // Dumped as root with the default capabilities, no seccomp.
+    let (img, before) = probe_image(&s);
+    assert_eq!(fields(&before, "before")["prio_errno"], "0");
+
+    // The new sandbox: another user, fewer capabilities, no_new_privs, a
+    // seccomp filter, lower limits, and a process section whose args and
+    // env must not be used.
+    let p = &mut s.config()["process"];
+    p["user"] = serde_json::json!({"uid": 65534, "gid": 65534, "additionalGids": [5]});
+    p["capabilities"] = serde_json::json!({
+        "bounding": ["CAP_KILL", "CAP_NET_BIND_SERVICE"],
+        "effective": ["CAP_KILL"],
+        "permitted": ["CAP_KILL"],
+        "inheritable": ["CAP_KILL"],
+        "ambient": ["CAP_KILL"]
+    });
+    p["noNewPrivileges"] = true.into();
+    p["rlimits"] = serde_json::json!([
+        {"type": "RLIMIT_NOFILE", "soft": 200, "hard": 300},
+        {"type": "RLIMIT_STACK", "soft": 4u64 << 20, "hard": 6u64 << 20}
+    ]);
+    p["args"] = serde_json::json!(["/bin/sh", "-c", "exit 3"]);
+    p["env"] = serde_json::json!(["PATH=/bin", "FROM_BUNDLE=1"]);
+    s.config()["linux"]["seccomp"] = serde_json::json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "syscalls": [{"names": ["getpriority"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13}]
+    });
+    s.write_config();
+
+    let rid = unique_id("snapsbx-r");
+    let out = s.dir.path().join("out-r");
+    let st = sprout_to(
+        &s,
+        &[
+            "restore",
+            "--image-path",
+            img.to_str().unwrap(),
+            "--bundle",
+            s.bundle_str(),
+            "-d",
+            &rid,
+        ],
+        &out,
+    );
+    assert!(st.success(), "restore failed: {}", stderr_of(&out));
+    let pid = s.state(&rid)["pid"].as_i64().unwrap() as i32;
+    let threads = tasks(pid);
+    assert_eq!(threads.len(), 2, "{threads:?}");
+    // Credentials are per thread: every thread has the bundle's.
+    for t in &threads {
+        let st = fs::read_to_string(format!("/proc/{pid}/task/{t}/status")).unwrap();
+        let f = |k| status_field(&st, k);
+        assert_eq!(f("Uid"), "65534 65534 65534 65534", "thread {t}");
+        assert_eq!(f("Gid"), "65534 65534 65534 65534", "thread {t}");
+        assert_eq!(f("Groups"), "5", "thread {t}");
+        // CAP_KILL = bit 5, CAP_NET_BIND_SERVICE = bit 10.
+        assert_eq!(f("CapEff"), "0000000000000020", "thread {t}");
+        assert_eq!(f("CapPrm"), "0000000000000020", "thread {t}");
+        assert_eq!(f("CapInh"), "0000000000000020", "thread {t}");
+        assert_eq!(f("CapAmb"), "0000000000000020", "thread {t}");
+        assert_eq!(f("CapBnd"), "0000000000000420", "thread {t}");
+        assert_eq!(f("NoNewPrivs"), "1", "thread {t}");
+        assert_eq!(f("Seccomp"), "2", "thread {t}");
+    }
+    // pid 1 of its own pid namespace, as when dumped.
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert_eq!(status_field(&status, "NSpid"), format!("{pid} 1"));
+    let limits = fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let limit = |name: &str| -> Vec<String> {
+        let l = limits
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("{name} in {limits}"));
+        l[name.len()..]
+            .split_whitespace()
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(limit("Max open files")[..2], ["200", "300"], "{limits}");
+    assert_eq!(
+        limit("Max stack size")[..2],
+        [(4u64 << 20).to_string(), (6u64 << 20).to_string()],
+        "{limits}"
+    );
+    // The image's command line and environment, not the bundle's.
+    let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    assert_eq!(cmdline, b"/bin/stateprobe\0");
+    let environ =
+        String::from_utf8_lossy(&fs::read(format!("/proc/{pid}/environ")).unwrap()).into_owned();
+    assert!(environ.contains("FROM_IMAGE=1"), "{environ:?}");
+    assert!(!environ.contains("FROM_BUNDLE"), "{environ:?}");
+
+    // The filter is the bundle's and holds on both threads (TSYNC); the
+    // process runs on under it.
+    s.ok(&["kill", &rid, "USR1"]);
+    assert!(
+        wait_until(Duration::from_secs(10), || s.status(&rid) == "stopped"),
+        "{:?} {}",
+        lines(&out),
+        stderr_of(&out)
+    );
+    let after = lines(&out);
+    assert_eq!(fields(&after, "after")["prio_errno"], "13", "{after:?}");
+    assert_eq!(fields(&after, "after")["pid"], "1", "{after:?}");
+    let thread = fields(&after, "after-thread");
+    assert_eq!(thread["accept"], "ok", "{after:?}");
+    assert_eq!(thread["prio_errno"], "13", "{after:?}");
+    s.ok(&["delete", &rid]);
+    s.assert_clean(&rid);
+}
+
+#[test]
+fn process_and_thread_state_survive_restore() {
+    let s = probe_sandbox("snapstate");
+    let (img, before) = probe_image(&s);
+    let rid = unique_id("snapstate-r");
+    let out = s.dir.path().join("out-r");
+    let st = sprout_to(
+        &s,
+        &[
+            "restore",
+            "--image-path",
+            img.to_str().unwrap(),
+            "--bundle",
+            s.bundle_str(),
+            "-d",
+            &rid,
+        ],
+        &out,
+    );
+    assert!(st.success(), "restore failed: {}", stderr_of(&out));
+    s.ok(&["kill", &rid, "USR1"]);
+    assert!(
+        wait_until(Duration::from_secs(10), || s.status(&rid) == "stopped"),
+        "{:?} {}",
+        lines(&out),
+        stderr_of(&out)
+    );
+    let after = lines(&out);
+    let b = fields(&before, "before");
+    let a = fields(&after, "after");
+    for k in [
+        "pid",
+        "umask",
+        "cwd",
+        "personality",
+        "release",
+        "main_altstack",
+    ] {
+        assert_eq!(a[k], b[k], "{k}: before {before:?}, after {after:?}");
+    }
+    assert_eq!(a["pid"], "1");
+    assert_eq!(a["umask"], "027");
+    assert_eq!(a["cwd"], "/tmp/probe-cwd");
+    // PER_LINUX | UNAME26: uname reports a 2.6 release.
+    assert_eq!(a["personality"], "0x20000");
+    assert!(a["release"].starts_with("2.6."), "{}", a["release"]);
+    assert!(
+        a["main_altstack"].ends_with(":65536:0"),
+        "{}",
+        a["main_altstack"]
+    );
+    // Interval timers: the intervals exactly, the values still running.
+    let timers = fields(&after, "after-timers");
+    let pair = |k: &str| -> (u64, u64) {
+        let (i, v) = timers[k].split_once('/').unwrap();
+        (i.parse().unwrap(), v.parse().unwrap())
+    };
+    let (interval, value) = pair("real");
+    assert_eq!(interval, 7_000_000, "{after:?}");
+    assert!(value > 0 && value <= 3_600_000_000, "{after:?}");
+    let (interval, value) = pair("virtual");
+    assert_eq!(interval, 3_000_000, "{after:?}");
+    // CPU time only counts down; a tick of rounding above the set value.
+    assert!(value > 0 && value <= 500_100_000, "{after:?}");
+    assert_eq!(pair("prof"), (0, 0), "{after:?}");
+    // The thread blocked in accept() resumed in it and took the connection
+    // (a restart, not EINTR), with its own alternate stack.
+    let thread = fields(&after, "after-thread");
+    assert_eq!(thread["accept"], "ok", "{after:?}");
+    assert_eq!(
+        thread["altstack"],
+        fields(&before, "before-thread")["altstack"],
+        "{after:?}"
+    );
+    s.ok(&["delete", &rid]);
+    s.assert_clean(&rid);
+}
+
+#[test]
+fn foreground_restore_waits_passes_the_exit_code_and_deletes() {
+    let s = probe_sandbox("snapfg");
+    let (img, _) = probe_image(&s);
+    let rid = unique_id("snapfg-r");
+    let pid_file = s.dir.path().join("restored.pid");
+    let out = s.dir.path().join("out-fg");
+    let err = out.with_extension("err");
+    // Not detached: sprout waits for the process and relays its status.
+    let mut child = s
+        .cmd()
+        .args([
+            "restore",
+            "--image-path",
+            img.to_str().unwrap(),
+            "--bundle",
+            s.bundle_str(),
+            "--pid-file",
+            pid_file.to_str().unwrap(),
+            "--timings",
+            &rid,
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(fs::File::create(&out).unwrap())
+        .stderr(fs::File::create(&err).unwrap())
+        .spawn()
+        .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || fs::read_to_string(&pid_file)
+            .is_ok_and(|p| !p.is_empty())),
+        "no pid file: {}",
+        stderr_of(&out)
+    );
+    let pid: i32 = fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(s.state(&rid)["pid"].as_i64(), Some(pid as i64));
+    assert_eq!(s.status(&rid), "running");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "a foreground restore returned while its process runs"
+    );
+    // The restored process is the one writing to sprout's stdout.
+    s.ok(&["kill", &rid, "USR1"]);
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(42), "{}", stderr_of(&out));
+    let after = lines(&out);
+    assert_eq!(fields(&after, "after-thread")["accept"], "ok", "{after:?}");
+    // Deleted once it exited: nothing left.
+    assert!(s.fails(&["state", &rid]).contains(&rid));
+    s.assert_clean(&rid);
+    // --timings: one line naming every stage with its time.
+    let timings = stderr_of(&out);
+    let line = timings
+        .lines()
+        .find(|l| l.starts_with("restore: "))
+        .unwrap_or_else(|| panic!("no timings in {timings:?}"));
+    for stage in [
+        "open image",
+        "prepare sandbox",
+        "exec stub",
+        "check files",
+        "map memory",
+        "fill memory",
+        "process state",
+        "threads",
+        "fds",
+        "timers and signals",
+        "credentials",
+        "resume",
+    ] {
+        let at = line
+            .find(&format!("{stage} "))
+            .unwrap_or_else(|| panic!("no {stage:?} in {line:?}"));
+        let rest = &line[at + stage.len() + 1..];
+        let digits = rest.chars().take_while(char::is_ascii_digit).count();
+        assert!(
+            digits > 0 && rest[digits..].starts_with("µs"),
+            "{stage}: {line:?}"
+        );
+    }
+    assert!(line.contains("(total "), "{line:?}");
+}
+
+/// Accepts one connection on `listener` and returns the fd it carries.
+fn recv_fd(listener: &std::os::unix::net::UnixListener) -> std::os::fd::OwnedFd {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+    use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+    let (stream, _) = listener.accept().unwrap();
+    let mut buf = [0u8; 256];
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let mut cmsg = nix::cmsg_space!([RawFd; 1]);
+    let msg = recvmsg::<()>(
+        stream.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .unwrap();
+    for c in msg.cmsgs().unwrap() {
+        if let ControlMessageOwned::ScmRights(fds) = c {
+            // SAFETY: the kernel installed this fd for us.
+            return unsafe { std::os::fd::OwnedFd::from_raw_fd(fds[0]) };
+        }
+    }
+    panic!("no fd received");
+}
+
+#[test]
+fn restore_with_a_console_socket_puts_the_process_on_the_terminal() {
+    let mut s = Sandbox::new("snaptty");
+    fs::copy(
+        program("counter", true),
+        s.bundle.join("rootfs/bin/counter"),
+    )
+    .unwrap();
+    s.set_args(&["/bin/counter", "20"]);
+    let id = s.id.clone();
+    let out1 = s.dir.path().join("out1");
+    assert!(sprout_to(&s, &["run", "-d", "--bundle", s.bundle_str(), &id], &out1).success());
+    assert!(wait_until(Duration::from_secs(10), || lines(&out1).len() >= 3));
+    let img = s.dir.path().join("image");
+    s.ok(&["checkpoint", "--image-path", img.to_str().unwrap(), &id]);
+    let before = count_of(lines(&out1).last().unwrap());
+    s.ok(&["delete", "--force", &id]);
+
+    // The same process restored into a sandbox with a terminal: its
+    // stdout, a file when dumped, is now the pty the console socket got.
+    s.config()["process"]["terminal"] = true.into();
+    s.write_config();
+    let sock = s.dir.path().join("console.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let rid = unique_id("snaptty-r");
+    s.ok(&[
+        "restore",
+        "--image-path",
+        img.to_str().unwrap(),
+        "--bundle",
+        s.bundle_str(),
+        "--console-socket",
+        sock.to_str().unwrap(),
+        "-d",
+        &rid,
+    ]);
+    let master = std::fs::File::from(recv_fd(&listener));
+    let pid = s.state(&rid)["pid"].as_i64().unwrap();
+    for fd in 0..=2 {
+        assert_eq!(
+            fs::read_link(format!("/proc/{pid}/fd/{fd}")).unwrap(),
+            Path::new("/dev/pts/0"),
+            "fd {fd}"
+        );
+    }
+    // Read the terminal from a thread: a read blocks until output comes.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::Read;
+        let mut master = master;
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = master.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut text = String::new();
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            while let Ok(b) = rx.try_recv() {
+                text.push_str(&String::from_utf8_lossy(&b));
+            }
+            text.matches('\n').count() >= 3
+        }),
+        "nothing on the terminal: {text:?}"
+    );
+    let counts: Vec<u64> = text
+        .lines()
+        .map(|l| l.trim_end_matches('\r'))
+        .filter(|l| !l.is_empty())
+        .take(3)
+        .map(count_of)
+        .collect();
+    assert_eq!(counts, [before + 1, before + 2, before + 3], "{text:?}");
+    s.ok(&["delete", "--force", &rid]);
+    s.assert_clean(&rid);
+}
+
+#[test]
+fn shared_memory_mapped_twice_stays_one_object() {
+    let mut s = Sandbox::new("snapshm");
+    fs::copy(
+        program("sharedmap", true),
+        s.bundle.join("rootfs/bin/sharedmap"),
+    )
+    .unwrap();
+    s.set_args(&["/bin/sharedmap"]);
+    let id = s.id.clone();
+    let out1 = s.dir.path().join("out1");
+    assert!(sprout_to(&s, &["run", "-d", "--bundle", s.bundle_str(), &id], &out1).success());
+    assert!(
+        wait_until(Duration::from_secs(10), || lines(&out1)
+            .iter()
+            .any(|l| l == "sharedmap ready")),
+        "{:?}",
+        lines(&out1)
+    );
+    let img = s.dir.path().join("image");
+    s.ok(&["checkpoint", "--image-path", img.to_str().unwrap(), &id]);
+    s.ok(&["delete", "--force", &id]);
+    // Two objects (the memfd, the shared anonymous region), each mapped by
+    // two VMAs.
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&fs::read(img.join("manifest.json")).unwrap()).unwrap();
+    let body = &manifest["body"];
+    assert_eq!(
+        body["shared_memory"].as_array().unwrap().len(),
+        2,
+        "{}",
+        body["shared_memory"]
+    );
+    for object in 0..2 {
+        let users = body["vmas"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|v| v["backing"]["kind"] == "shared_memory" && v["backing"]["object"] == object)
+            .count();
+        assert_eq!(users, 2, "object {object}: {}", body["vmas"]);
+    }
+
+    let rid = unique_id("snapshm-r");
+    let out2 = s.dir.path().join("out2");
+    assert!(
+        sprout_to(
+            &s,
+            &[
+                "restore",
+                "--image-path",
+                img.to_str().unwrap(),
+                "--bundle",
+                s.bundle_str(),
+                "-d",
+                &rid
+            ],
+            &out2
+        )
+        .success(),
+        "{}",
+        stderr_of(&out2)
+    );
+    s.ok(&["kill", &rid, "USR1"]);
+    assert!(wait_until(Duration::from_secs(10), || !lines(&out2).is_empty()));
+    assert_eq!(lines(&out2), ["sharedmap ok"]);
+    assert!(wait_until(Duration::from_secs(5), || s.status(&rid) == "stopped"));
+    s.ok(&["delete", &rid]);
+    s.assert_clean(&rid);
+}
+
+#[test]
+fn checkpoint_refuses_system_v_shared_memory_naming_it() {
+    let mut s = Sandbox::new("snapsysv");
+    fs::copy(
+        program("sysvshm", true),
+        s.bundle.join("rootfs/bin/sysvshm"),
+    )
+    .unwrap();
+    s.set_args(&["/bin/sysvshm"]);
+    let id = s.id.clone();
+    let out = s.dir.path().join("out");
+    assert!(sprout_to(&s, &["run", "-d", "--bundle", s.bundle_str(), &id], &out).success());
+    assert!(
+        wait_until(Duration::from_secs(10), || lines(&out)
+            .iter()
+            .any(|l| l == "sysvshm ready")),
+        "{:?} {}",
+        lines(&out),
+        stderr_of(&out)
+    );
+    let img = s.dir.path().join("image");
+    let err = s.fails(&["checkpoint", "--image-path", img.to_str().unwrap(), &id]);
+    assert!(
+        err.contains("System V shared memory") && err.contains("key 0x00005eed"),
+        "{err}"
+    );
+    assert!(err.contains("the mapping at 0x"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(!img.exists() || fs::read_dir(&img).unwrap().next().is_none());
+    assert_eq!(s.status(&id), "running");
     s.ok(&["delete", "--force", &id]);
     s.assert_clean(&id);
 }

@@ -68,12 +68,8 @@ pub enum Error {
     LinkMissing { op: String, name: String },
     #[error("{op}: {source}")]
     Sys { op: String, source: io::Error },
-    #[error("running nft in the hub: {0}")]
-    NftSpawn(io::Error),
-    #[error("nft in the hub failed ({status}): {stderr}")]
-    NftFailed { status: String, stderr: String },
-    #[error("nft printed unexpected JSON: {0}")]
-    NftOutput(serde_json::Error),
+    #[error("nftables in the hub: {op}: {source}")]
+    Nftables { op: String, source: io::Error },
     #[error("CNI config {path}: {reason}")]
     CniConfig { path: PathBuf, reason: String },
     #[error("CNI plugin {plugin} ({command}): {message}")]

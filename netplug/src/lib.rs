@@ -168,6 +168,18 @@ pub struct Netplug {
     /// Taken before the state `flock`, so tasks of one process queue
     /// here instead of blocking a runtime thread on each other's flock.
     local: tokio::sync::Mutex<()>,
+    /// Taken before the builds `flock`, in the same mode (shared by
+    /// builders, exclusive for gc and VPC deletion), for the same reason.
+    local_builds: tokio::sync::RwLock<()>,
+}
+
+/// Held while a namespace is built: builders share it (a take that
+/// makes one on the spot never waits for the refill task's builds, nor
+/// for a slow CNI plugin), gc and VPC deletion hold it alone (so every
+/// building record they see was left by a builder that died or gave up).
+struct BuildGuard<G> {
+    _local: G,
+    _file: state::FileLock,
 }
 
 fn validate_name(name: &str) -> Result<()> {
@@ -212,6 +224,7 @@ impl Netplug {
             deltas: Mutex::new(HashMap::new()),
             wake: tokio::sync::Notify::new(),
             local: tokio::sync::Mutex::new(()),
+            local_builds: tokio::sync::RwLock::new(()),
         }))
     }
 
@@ -227,6 +240,26 @@ impl Netplug {
         let g = self.local.lock().await;
         let f = state::FileLock::acquire(&self.layout.lock())?;
         Ok((g, f))
+    }
+
+    async fn builds_shared(&self) -> Result<BuildGuard<tokio::sync::RwLockReadGuard<'_, ()>>> {
+        let g = self.local_builds.read().await;
+        let f = state::FileLock::acquire_shared(&self.layout.builds_lock())?;
+        Ok(BuildGuard {
+            _local: g,
+            _file: f,
+        })
+    }
+
+    /// Waits for every build in progress (of any process) to end and
+    /// keeps new ones from starting. Taken before [`lock`](Self::lock).
+    async fn builds_exclusive(&self) -> Result<BuildGuard<tokio::sync::RwLockWriteGuard<'_, ()>>> {
+        let g = self.local_builds.write().await;
+        let f = state::FileLock::acquire(&self.layout.builds_lock())?;
+        Ok(BuildGuard {
+            _local: g,
+            _file: f,
+        })
     }
 
     fn count(&self, vpc: &str, f: impl FnOnce(&mut Counters)) {
@@ -470,9 +503,10 @@ impl Netplug {
     /// leased to owners that are gone), addresses, bridge, rules, stats;
     /// the hub too with the last VPC. Refused while a live sandbox holds
     /// one of its namespaces, unless `force` (such a sandbox keeps its
-    /// namespace, unplugged).
+    /// namespace, unplugged). Waits for builds in progress to end.
     pub async fn delete_vpc(&self, name: &str, force: bool) -> Result<()> {
         let vpc = self.vpc(name)?;
+        let _b = self.builds_exclusive().await?;
         let _l = self.lock().await?;
         let mut live = Vec::new();
         let mut dead = Vec::new();
@@ -553,10 +587,15 @@ impl Netplug {
     }
 
     /// Makes one namespace of `vpc` and records it as ready. Holds the
-    /// state lock while it works.
+    /// builds lock, shared, while it works: builds of every process run
+    /// side by side (the namespace, its address and records are its
+    /// own), and none waits for another.
     async fn build(&self, vpc: &Vpc) -> Result<(NsRecord, OwnedFd)> {
         let t0 = Instant::now();
-        let _l = self.lock().await?;
+        let _b = self.builds_shared().await?;
+        if !self.layout.vpc(&vpc.name).exists() {
+            return Err(Error::NoSuchVpc(vpc.name.clone()));
+        }
         let id = state::new_id();
         let cni = matches!(vpc.fill, FillMode::Cni { .. });
         state::mkdirs(&self.layout.building_dir())?;
@@ -890,6 +929,7 @@ impl Netplug {
     /// record accounts for removed. Run at the start of a pool holder and
     /// by `sprout netplug gc`.
     pub async fn gc(&self) -> Result<GcReport> {
+        let _b = self.builds_exclusive().await?;
         let _l = self.lock().await?;
         let mut report = GcReport::default();
         let vpcs: HashMap<String, Vpc> = self
@@ -920,12 +960,10 @@ impl Netplug {
         };
         let vpc_or = |name: &str| vpcs.get(name).cloned().unwrap_or_else(|| placeholder(name));
 
-        // Builders hold the lock while they build, so every building
-        // record seen here was left by a builder that died.
+        // Builders hold the builds lock (shared) while they build, so
+        // every building record seen here was left by a builder that died
+        // or was cancelled.
         for b in self.building_records()? {
-            if b.builder.is_alive() && b.builder != ProcRef::this_process() {
-                continue;
-            }
             self.destroy(&vpc_or(&b.vpc), hub.as_deref(), &b.id, None)
                 .await?;
             state::remove_file(&self.layout.building(&b.id))?;
@@ -975,6 +1013,12 @@ impl Netplug {
             if !vpcs.contains_key(&vpc_name) {
                 let _ = std::fs::remove_dir(self.layout.ready_dir(&vpc_name));
             }
+        }
+        // Records a writer died half-way through writing.
+        for p in state::remove_stale_temp_files(self.layout.dir(), &self.layout.ns_dir())? {
+            report
+                .orphans
+                .push(format!("temporary file {}", p.display()));
         }
         // Orphans. Ready is listed before leases: a take moves a record
         // from ready to leases (link, then unlink) while we look.
@@ -1065,37 +1109,66 @@ impl Netplug {
     }
 
     /// Makes namespaces until every pool is at its target size; returns
-    /// how many were made. What the refill task does each round.
+    /// how many were made. What the refill task does each round. The
+    /// VPCs fill side by side, so one whose builds are slow or failing
+    /// (a stuck CNI plugin) holds up no other; the first error is
+    /// returned once every VPC had its turn.
     pub async fn fill(&self) -> Result<usize> {
+        let vpcs = self.vpcs()?;
+        let results = futures::future::join_all(vpcs.iter().map(|v| self.fill_vpc(v))).await;
         let mut total = 0;
-        for vpc in self.vpcs()? {
-            let have = state::list(&self.layout.ready_dir(&vpc.name), ".json")?.len();
-            if have >= vpc.pool_size {
-                continue;
+        let mut first_err = None;
+        for (vpc, (made, err)) in vpcs.iter().zip(results) {
+            total += made;
+            if let Some(e) = err {
+                tracing::warn!(vpc = %vpc.name, "refill: {e}");
+                first_err.get_or_insert(e);
             }
-            let t0 = Instant::now();
-            let mut made = 0;
-            for _ in have..vpc.pool_size {
-                let (rec, fd) = self.build(&vpc).await?;
-                self.pools
-                    .lock()
-                    .expect("poisoned")
-                    .entry(vpc.name.clone())
-                    .or_default()
-                    .push_back(Ready { rec, fd });
-                made += 1;
-                tokio::task::yield_now().await;
+        }
+        self.flush_stats()?;
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(total),
+        }
+    }
+
+    /// Fills one VPC's pool: how many were made, and the error that
+    /// stopped it, if one did.
+    async fn fill_vpc(&self, vpc: &Vpc) -> (usize, Option<Error>) {
+        let have = match state::list(&self.layout.ready_dir(&vpc.name), ".json") {
+            Ok(r) => r.len(),
+            Err(e) => return (0, Some(e)),
+        };
+        let t0 = Instant::now();
+        let mut made = 0;
+        let mut err = None;
+        for _ in have..vpc.pool_size {
+            match self.build(vpc).await {
+                Ok((rec, fd)) => {
+                    self.pools
+                        .lock()
+                        .expect("poisoned")
+                        .entry(vpc.name.clone())
+                        .or_default()
+                        .push_back(Ready { rec, fd });
+                    made += 1;
+                }
+                Err(e) => {
+                    err = Some(e);
+                    break;
+                }
             }
+            tokio::task::yield_now().await;
+        }
+        if made > 0 {
             let us = t0.elapsed().as_micros() as u64;
             self.count(&vpc.name, |c| {
                 c.refilled += made as u64;
                 c.last_refill_us = us;
                 c.last_refill_at = state::now_unix();
             });
-            total += made;
         }
-        self.flush_stats()?;
-        Ok(total)
+        (made, err)
     }
 
     /// The refill loop: fills the pools, then waits for a take, a give
@@ -1252,11 +1325,16 @@ impl BlockingNetplug {
         self.np.layout()
     }
 
-    /// Holds the pools until `until` completes: reconciles, then refills
-    /// in the background.
-    pub fn serve<F: std::future::Future>(&self, until: F) -> Result<GcReport> {
+    /// Holds the pools until `until` completes: reconciles (handing the
+    /// report to `started`), then refills in the background.
+    pub fn serve<F: std::future::Future>(
+        &self,
+        started: impl FnOnce(&GcReport),
+        until: F,
+    ) -> Result<GcReport> {
         self.rt.block_on(async {
             let report = self.np.gc().await?;
+            started(&report);
             let task = self.np.spawn_refill();
             until.await;
             task.abort();
@@ -1267,7 +1345,7 @@ impl BlockingNetplug {
 
 impl BlockingNetplug {
     /// [`serve`](Self::serve) until SIGINT or SIGTERM.
-    pub fn serve_until_terminated(&self) -> Result<GcReport> {
+    pub fn serve_until_terminated(&self, started: impl FnOnce(&GcReport)) -> Result<GcReport> {
         use tokio::signal::unix::{SignalKind, signal};
         let (mut term, mut int) = self
             .rt
@@ -1278,7 +1356,7 @@ impl BlockingNetplug {
                 ))
             })
             .map_err(Error::sys("signal handlers"))?;
-        self.serve(async {
+        self.serve(started, async {
             tokio::select! {
                 _ = term.recv() => {}
                 _ = int.recv() => {}

@@ -3,7 +3,9 @@
 //! holder, `sproutd`):
 //!
 //! ```text
-//! lock                  flock: hub and VPC changes, builds, give-backs, gc
+//! lock                  flock: hub and VPC changes, give-backs, gc
+//! builds.lock           flock: shared by builders, exclusive for gc and
+//!                       VPC deletion
 //! stats.lock            flock: read-modify-write of stats/
 //! hub.json              hub settings (forwarding)
 //! ns/                   a bind mount of itself with shared propagation
@@ -66,6 +68,9 @@ impl Layout {
     }
     pub fn lock(&self) -> PathBuf {
         self.dir.join("lock")
+    }
+    pub fn builds_lock(&self) -> PathBuf {
+        self.dir.join("builds.lock")
     }
     pub fn stats_lock(&self) -> PathBuf {
         self.dir.join("stats.lock")
@@ -451,6 +456,47 @@ pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     })
 }
 
+/// The pid of the writer of a temporary file `write_json` names
+/// `.<name>.tmp-<pid>-<n>`.
+fn temp_file_writer(name: &str) -> Option<i32> {
+    let rest = name.strip_prefix('.')?;
+    let (_, tail) = rest.rsplit_once(".tmp-")?;
+    let (pid, n) = tail.split_once('-')?;
+    n.parse::<u64>().ok()?;
+    pid.parse().ok()
+}
+
+/// Removes the temporary files under `dir` (recursively, skipping `skip`)
+/// of writers that died before renaming them into place; returns them.
+pub fn remove_stale_temp_files(dir: &Path, skip: &Path) -> Result<Vec<PathBuf>> {
+    let mut removed = Vec::new();
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(removed),
+        Err(e) => return Err(Error::io(dir)(e)),
+    };
+    for e in entries {
+        let e = e.map_err(Error::io(dir))?;
+        let path = e.path();
+        if path == skip {
+            continue;
+        }
+        let ty = e.file_type().map_err(Error::io(&path))?;
+        if ty.is_dir() {
+            removed.extend(remove_stale_temp_files(&path, skip)?);
+            continue;
+        }
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(pid) = temp_file_writer(&name)
+            && proc_start(pid).is_none()
+        {
+            remove_file(&path)?;
+            removed.push(path);
+        }
+    }
+    Ok(removed)
+}
+
 /// Removes a file; a missing one is fine.
 pub fn remove_file(path: &Path) -> Result<()> {
     match fs::remove_file(path) {
@@ -514,12 +560,22 @@ pub fn set_owner(layout: &Layout, id: &str, owner: &Owner) -> Result<()> {
     write_json(&layout.owner(id), owner)
 }
 
-/// An exclusive `flock` on a file, released on drop.
+/// A `flock` on a file, released on drop.
 #[derive(Debug)]
 pub struct FileLock(#[allow(dead_code)] OwnedFd);
 
 impl FileLock {
+    /// An exclusive lock.
     pub fn acquire(path: &Path) -> Result<Self> {
+        Self::acquire_mode(path, libc::LOCK_EX)
+    }
+
+    /// A shared lock: held by many at once, never with an exclusive one.
+    pub fn acquire_shared(path: &Path) -> Result<Self> {
+        Self::acquire_mode(path, libc::LOCK_SH)
+    }
+
+    fn acquire_mode(path: &Path, mode: libc::c_int) -> Result<Self> {
         let f = fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -530,7 +586,7 @@ impl FileLock {
             .map_err(Error::io(path))?;
         loop {
             // SAFETY: flock on a valid fd we own.
-            if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } == 0 {
+            if unsafe { libc::flock(f.as_raw_fd(), mode) } == 0 {
                 break;
             }
             let e = io::Error::last_os_error();
@@ -645,6 +701,29 @@ mod tests {
         assert_eq!(id.len(), 10);
         assert!(hub_veth_name(&id).len() < 16);
         assert_ne!(new_id(), id);
+    }
+
+    #[test]
+    fn stale_temp_files_of_dead_writers_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = Layout::new(dir.path());
+        mkdirs(&l.ready_dir("a")).unwrap();
+        mkdirs(&l.ns_dir()).unwrap();
+        let dead = l.ready_dir("a").join(".abc.json.tmp-2147483646-3");
+        let live = l
+            .ready_dir("a")
+            .join(format!(".abd.json.tmp-{}-4", std::process::id()));
+        let in_ns = l.ns_dir().join(".x.json.tmp-2147483646-1");
+        for p in [&dead, &live, &in_ns] {
+            fs::write(p, "{}").unwrap();
+        }
+        write_json(&l.ready("a", "abe"), &rec("abe")).unwrap();
+        let removed = remove_stale_temp_files(l.dir(), &l.ns_dir()).unwrap();
+        assert_eq!(removed, vec![dead.clone()]);
+        assert!(!dead.exists() && live.exists() && in_ns.exists());
+        assert!(l.ready("a", "abe").exists());
+        assert_eq!(temp_file_writer(".abc.json.tmp-12-3"), Some(12));
+        assert_eq!(temp_file_writer("abc.json"), None);
     }
 
     #[test]

@@ -1,12 +1,22 @@
-//! sprout's memory images.
+//! sprout's own checkpoint/restore: memory images of initialized processes.
 //!
 //! A process is checkpointed after its initialization (a function's language
 //! runtime waiting for its first request) into an **image**, and restored from
-//! it into fresh sandboxes. This crate will hold the dump (ptrace, `/proc`,
-//! `process_vm_readv`), the restore (a ptrace-driven rebuild from an exec'd
-//! stub) and templates with fork; today it holds the part both sides share:
-//! the on-disk image format in [`image`], with its writer, its reader, its
-//! validation and an offline [`image::verify`].
+//! it into fresh sandboxes, any number of times, concurrently. The crate holds:
+//! - [`dump`]: the checkpoint of a running container's process (freeze, seize
+//!   and interrupt every thread, read memory with `process_vm_readv` and
+//!   state from `/proc` and injected syscalls), with the readers of `/proc`
+//!   in [`proc`] and of file descriptors in [`fds`];
+//! - [`image`]: the on-disk format, with its writer, its reader, its
+//!   validation and an offline [`image::verify`];
+//! - [`restore`]: the rebuild of an image inside a sandbox the `runtime`
+//!   crate prepares, driven from outside by ptrace from an exec'd static
+//!   stub; the sandbox (user, capabilities, seccomp, rlimits) comes from the
+//!   bundle, the process (memory, threads, fds, signal state) from the image;
+//! - [`template`]: an image restored once into a holder and forked
+//!   copy-on-write into new sandboxes;
+//! - [`ptrace`]: the tracer thread, register and xstate access and the batch
+//!   gadget that runs injected syscalls, shared by all of the above.
 //!
 //! An image is untrusted input: operators copy images between nodes and
 //! containerd imports them. Everything in [`image`] treats it so: sizes and

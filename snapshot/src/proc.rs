@@ -160,14 +160,34 @@ pub fn status(pid: i32) -> Result<Status, ProcError> {
     parse_status(&read(pid, "status")?).map_err(|r| parse_err(pid, "status", r))
 }
 
-/// smaps `VmFlags` of each VMA, keyed by its start address.
-pub fn parse_smaps_vmflags(text: &str) -> HashMap<u64, Vec<String>> {
-    let mut out = HashMap::new();
+/// What smaps says about one VMA beyond maps.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SmapsVma {
+    /// `VmFlags:`, two-letter names.
+    pub vmflags: Vec<String>,
+    /// `ProtectionKey:` (present only on CPUs with PKU; 0 otherwise).
+    pub protection_key: u32,
+}
+
+/// smaps `VmFlags` and protection key of each VMA, keyed by its start
+/// address.
+pub fn parse_smaps(text: &str) -> HashMap<u64, SmapsVma> {
+    let mut out: HashMap<u64, SmapsVma> = HashMap::new();
     let mut current: Option<u64> = None;
     for line in text.lines() {
         if let Some(rest) = line.strip_prefix("VmFlags:") {
-            if let Some(start) = current.take() {
-                out.insert(start, rest.split_whitespace().map(str::to_string).collect());
+            if let Some(start) = current {
+                out.entry(start).or_default().vmflags =
+                    rest.split_whitespace().map(str::to_string).collect();
+            }
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("ProtectionKey:") {
+            if let Some(start) = current {
+                // An unparsable key is treated as non-zero: refused, not
+                // silently dropped.
+                out.entry(start).or_default().protection_key =
+                    rest.trim().parse().unwrap_or(u32::MAX);
             }
             continue;
         }
@@ -179,13 +199,16 @@ pub fn parse_smaps_vmflags(text: &str) -> HashMap<u64, Vec<String>> {
             && end.bytes().all(|b| b.is_ascii_hexdigit())
         {
             current = u64::from_str_radix(start, 16).ok();
+            if let Some(start) = current {
+                out.entry(start).or_default();
+            }
         }
     }
     out
 }
 
-pub fn smaps_vmflags(pid: i32) -> Result<HashMap<u64, Vec<String>>, ProcError> {
-    Ok(parse_smaps_vmflags(&read(pid, "smaps")?))
+pub fn smaps(pid: i32) -> Result<HashMap<u64, SmapsVma>, ProcError> {
+    Ok(parse_smaps(&read(pid, "smaps")?))
 }
 
 /// One pagemap entry (see Documentation/admin-guide/mm/pagemap.rst).
@@ -526,13 +549,16 @@ mod tests {
     }
 
     #[test]
-    fn vmflags_per_vma() {
-        let text = "55aa000-55ab000 r--p 00000000 fe:00 247282   /usr/bin/head\nSize: 4 kB\nVmFlags: rd mr mw me \n7ffd000-7ffe000 rw-p 00000000 00:00 0    [stack]\nVmFlags: rd wr mr mw me gd ac \n";
-        let m = parse_smaps_vmflags(text);
-        assert_eq!(m[&0x55aa000], vec!["rd", "mr", "mw", "me"]);
-        assert!(m[&0x7ffd000].contains(&"gd".to_string()));
-        let me = smaps_vmflags(std::process::id() as i32).unwrap();
+    fn vmflags_and_protection_keys_per_vma() {
+        let text = "55aa000-55ab000 r--p 00000000 fe:00 247282   /usr/bin/head\nSize: 4 kB\nProtectionKey:         0\nVmFlags: rd mr mw me \n7ffd000-7ffe000 rw-p 00000000 00:00 0    [stack]\nProtectionKey:         3\nVmFlags: rd wr mr mw me gd ac \n";
+        let m = parse_smaps(text);
+        assert_eq!(m[&0x55aa000].vmflags, vec!["rd", "mr", "mw", "me"]);
+        assert_eq!(m[&0x55aa000].protection_key, 0);
+        assert!(m[&0x7ffd000].vmflags.contains(&"gd".to_string()));
+        assert_eq!(m[&0x7ffd000].protection_key, 3);
+        let me = smaps(std::process::id() as i32).unwrap();
         assert!(!me.is_empty());
+        assert!(me.values().all(|v| !v.vmflags.is_empty()));
     }
 
     #[test]

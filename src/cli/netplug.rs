@@ -5,6 +5,7 @@
 //! Without a daemon: the CLI claims a ready namespace in the state
 //! directory itself.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -18,9 +19,14 @@ use sprout::netplug::{
     self, BlockingNetplug, GiveBackPolicy, LEASE_ANNOTATION, Options, Owner, VPC_ANNOTATION,
     VpcConfig, VpcPlumbing,
 };
+use sprout::runtime::spec::Bundle;
 use sprout::runtime::{Container, CreateOptions, Runtime};
 
 use super::GlobalOpts;
+
+/// The annotation recording a container's address in its VPC
+/// (`ADDR/PREFIX`).
+pub const ADDRESS_ANNOTATION: &str = "io.sprout.netplug.address";
 use super::lifecycle::Format;
 
 #[derive(Debug, Subcommand)]
@@ -85,8 +91,9 @@ pub enum NetplugCommand {
     Gc,
     /// Fill every pool to its target size now.
     Fill,
-    /// Hold the pools: reconcile, then keep them filled until SIGINT or
-    /// SIGTERM (what sproutd does once it exists).
+    /// Hold the pools: reconcile (printing what it did as `gc` does, then
+    /// "serving"), then keep them filled until SIGINT or SIGTERM (what
+    /// sproutd does for its own root).
     Serve,
     /// IPv4 forwarding in the hub (off by default).
     Forwarding {
@@ -229,29 +236,37 @@ pub fn netplug(g: &GlobalOpts, c: NetplugCommand) -> Result<u8> {
                 )?;
             }
         }
-        NetplugCommand::Gc => {
-            let r = np.gc()?;
-            for id in &r.reclaimed {
-                println!("reclaimed {id}");
-            }
-            for id in &r.destroyed {
-                println!("destroyed {id}");
-            }
-            for o in &r.orphans {
-                println!("removed {o}");
-            }
-        }
+        NetplugCommand::Gc => print_gc(&np.gc()?),
         NetplugCommand::Fill => {
             let n = np.fill()?;
             println!("made {n}");
         }
         NetplugCommand::Serve => {
-            let report = np.serve_until_terminated()?;
-            tracing::info!(?report, "netplug serve: stopped");
+            // What the start-up reconciliation did, then "serving": the
+            // pools are held from here on.
+            np.serve_until_terminated(|r| {
+                print_gc(r);
+                println!("serving");
+                let _ = std::io::stdout().flush();
+            })?;
         }
         NetplugCommand::Forwarding { state } => np.set_forwarding(state == "on")?,
     }
     Ok(0)
+}
+
+/// One line per thing reconciliation did (`netplug gc`, and `netplug
+/// serve` at start).
+fn print_gc(r: &netplug::GcReport) {
+    for id in &r.reclaimed {
+        println!("reclaimed {id}");
+    }
+    for id in &r.destroyed {
+        println!("destroyed {id}");
+    }
+    for o in &r.orphans {
+        println!("removed {o}");
+    }
 }
 
 /// Creates a container; with a VPC (`vpc`, else the config's
@@ -266,6 +281,25 @@ pub fn create_container(
     vpc: Option<&str>,
     opts: CreateOptions,
 ) -> Result<Container> {
+    with_vpc(g, id, bundle_dir, vpc, |bundle| {
+        Ok(rt.create_from_bundle(id, bundle, opts)?)
+    })
+}
+
+/// Loads the bundle at `bundle_dir` for container `id` and hands it to
+/// `create`. With a VPC (`vpc`, else the config's `io.sprout.vpc`
+/// annotation) it first takes a namespace of that VPC's pool, points the
+/// bundle's network namespace at it and records the lease in the
+/// annotations (so that [`delete_container`] gives it back); if `create`
+/// fails, the lease is given back at once. What `create`, `run` and
+/// `restore` share.
+pub fn with_vpc<T>(
+    g: &GlobalOpts,
+    id: &str,
+    bundle_dir: &Path,
+    vpc: Option<&str>,
+    create: impl FnOnce(Bundle) -> Result<T>,
+) -> Result<T> {
     let mut bundle = sprout::runtime::spec::load_bundle(bundle_dir)?;
     let mut annotations = bundle.spec.annotations().clone().unwrap_or_default();
     // Only sprout records leases.
@@ -275,7 +309,7 @@ pub fn create_container(
         .or_else(|| annotations.get(VPC_ANNOTATION).cloned());
     let Some(vpc) = vpc else {
         bundle.spec.set_annotations(Some(annotations));
-        return Ok(rt.create_from_bundle(id, bundle, opts)?);
+        return create(bundle);
     };
     let t0 = Instant::now();
     let np = open(g)?;
@@ -283,10 +317,30 @@ pub fn create_container(
         .take(&vpc, &Owner::container(id))
         .with_context(|| format!("network namespace from VPC {vpc}"))?;
     tracing::debug!(container = id, vpc = %vpc, ns = %lease.id, address = %lease.address, "netplug take {}µs", t0.elapsed().as_micros());
+    let joined = join_lease(&mut bundle, annotations, &vpc, &lease);
+    match joined.and_then(|()| create(bundle)) {
+        Ok(c) => Ok(c),
+        Err(e) => {
+            if let Err(e2) = np.give_back(&lease.id) {
+                tracing::warn!(container = id, "giving back {}: {e2}", lease.id);
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Points `bundle`'s network namespace at `lease`'s and records the lease
+/// in its annotations.
+fn join_lease(
+    bundle: &mut Bundle,
+    mut annotations: HashMap<String, String>,
+    vpc: &str,
+    lease: &netplug::Lease,
+) -> Result<()> {
     annotations.insert(LEASE_ANNOTATION.to_string(), lease.id.clone());
-    annotations.insert(VPC_ANNOTATION.to_string(), vpc.clone());
+    annotations.insert(VPC_ANNOTATION.to_string(), vpc.to_string());
     annotations.insert(
-        "io.sprout.netplug.address".into(),
+        ADDRESS_ANNOTATION.into(),
         format!("{}/{}", lease.address, lease.prefix),
     );
     bundle.spec.set_annotations(Some(annotations));
@@ -302,15 +356,7 @@ pub fn create_container(
     );
     linux.set_namespaces(Some(namespaces));
     bundle.spec.set_linux(Some(linux));
-    match rt.create_from_bundle(id, bundle, opts) {
-        Ok(c) => Ok(c),
-        Err(e) => {
-            if let Err(e2) = np.give_back(&lease.id) {
-                tracing::warn!(container = id, "giving back {}: {e2}", lease.id);
-            }
-            Err(e.into())
-        }
-    }
+    Ok(())
 }
 
 /// Deletes a container, then gives back the namespace it took (if any).

@@ -7,9 +7,9 @@ use clap::{Args, Subcommand};
 
 use sprout::snapshot::dump::{CheckpointOptions, checkpoint as dump};
 use sprout::snapshot::ptrace::Tracer;
-use sprout::snapshot::restore::{RestoreOptions, restore as load};
+use sprout::snapshot::restore::{RestoreOptions, restore_bundle};
 
-use super::{GlobalOpts, lifecycle, runtime, tty};
+use super::{GlobalOpts, lifecycle, netplug, runtime, tty};
 
 #[derive(Debug, Args)]
 pub struct CheckpointArgs {
@@ -73,6 +73,10 @@ pub struct RestoreArgs {
     /// Print the restore's stage timings on stderr.
     #[arg(long)]
     pub timings: bool,
+    /// Join a pre-plugged network namespace of this VPC (as the
+    /// io.sprout.vpc annotation does).
+    #[arg(long)]
+    pub vpc: Option<String>,
     /// Container id (need not be the dumped container's: an image is a template).
     pub id: String,
 }
@@ -148,7 +152,11 @@ pub fn restore(g: &GlobalOpts, a: RestoreArgs) -> Result<u8> {
         no_new_keyring: a.no_new_keyring,
         ..Default::default()
     };
-    let (container, report) = load(&rt, &tracer, &a.id, &a.bundle, &a.image_path, opts)?;
+    // With a VPC, the sandbox joins a pooled namespace; a restore that
+    // fails gives it back (the container is gone by then).
+    let (container, report) = netplug::with_vpc(g, &a.id, &a.bundle, a.vpc.as_deref(), |b| {
+        Ok(restore_bundle(&rt, &tracer, &a.id, b, &a.image_path, opts)?)
+    })?;
     if a.timings {
         let parts: Vec<String> = report
             .stages
@@ -171,7 +179,7 @@ pub fn restore(g: &GlobalOpts, a: RestoreArgs) -> Result<u8> {
     let _forwarder = lifecycle::signals_forwarder(container.pid());
     let code = container.wait()?.unwrap_or(0);
     drop(relay);
-    rt.container(&a.id)?.delete(true)?;
+    netplug::delete_container(g, rt.container(&a.id)?, true)?;
     Ok(code.clamp(0, 255) as u8)
 }
 

@@ -7,13 +7,23 @@
 //! Never stored: file pages never written (they come from the file at
 //! restore), `MAP_DROPPABLE`/`MADV_WIPEONFORK` memory (recreated zeroed,
 //! pitfalls §0.5), the vDSO family (moved from the restoring kernel's).
+//! Shared memory (memfd, shmem, `MAP_SHARED|MAP_ANONYMOUS`) is stored per
+//! object, not per VMA: every VMA that maps one object names the same
+//! record, so the restore maps one memfd at all of them (pitfalls §10.4).
+//!
+//! Refused, naming the mapping: hugetlb, shadow stacks, device memory,
+//! System V shared memory (its segment belongs to the IPC namespace, which
+//! a restore does not bring along) and memory tagged with a protection key
+//! (pitfalls §10.8).
 
 use std::collections::HashMap;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
 
 use crate::image::{
     Backing, FileRecord, ImageWriter, PageRun, PageSpan, Prot, SharedObject, VmFlag, Vma,
 };
-use crate::proc::{self, Pagemap};
+use crate::proc::{self, Pagemap, SmapsVma};
 use crate::ptrace::procfs::{MapEntry, MapKind};
 use crate::ptrace::{self, Tid};
 
@@ -49,9 +59,25 @@ impl Files {
     }
 }
 
-fn vm_flags(names: &[String], m: &MapEntry) -> Result<Vec<VmFlag>, DumpError> {
+/// The VmFlags the restorer replays, after refusing what it cannot
+/// rebuild: a protection key, hugetlb, a shadow stack, device memory.
+fn vma_attributes(smaps: Option<&SmapsVma>, m: &MapEntry) -> Result<Vec<VmFlag>, DumpError> {
+    let Some(smaps) = smaps else {
+        return Ok(Vec::new());
+    };
+    if smaps.protection_key != 0 {
+        // Restoring it needs the same keys from pkey_alloc, pkey_mprotect
+        // and PKRU; not supported (CRIU refuses too).
+        return Err(unsupported(
+            m,
+            &format!(
+                "tagged with memory protection key {} (pkey_mprotect)",
+                smaps.protection_key
+            ),
+        ));
+    }
     let mut out = Vec::new();
-    for n in names {
+    for n in &smaps.vmflags {
         let f = match n.as_str() {
             "gd" => VmFlag::GrowsDown,
             "lo" => VmFlag::Locked,
@@ -84,14 +110,126 @@ fn unsupported(m: &MapEntry, what: &str) -> DumpError {
     ))
 }
 
-fn shared_object(shared: &mut Vec<SharedObject>, m: &MapEntry, name: &str) -> Backing {
-    let object = shared.len() as u32;
-    shared.push(SharedObject {
-        size: m.end - m.start,
-        name: name.to_string(),
-        pages: Vec::new(),
-    });
-    Backing::SharedMemory { object, offset: 0 }
+/// The `shmget` key of a System V shared memory attachment: the kernel
+/// names the segment's file `/SYSV%08x` on its internal shm mount.
+fn sysv_key(path: &str) -> Option<&str> {
+    let key = path.strip_prefix("/SYSV")?;
+    (key.len() == 8 && key.bytes().all(|b| b.is_ascii_hexdigit())).then_some(key)
+}
+
+/// Shared-memory objects by identity (device and inode of their shmem
+/// file): two VMAs of one memfd or of one `MAP_SHARED|MAP_ANONYMOUS` region
+/// (a ring buffer mapped twice, an `mremap` with old size 0) are one
+/// object, restored as one memfd mapped at both.
+#[derive(Default)]
+pub(super) struct SharedObjects {
+    /// The image's records.
+    pub records: Vec<SharedObject>,
+    index: HashMap<(u32, u32, u64), u32>,
+    /// Each object, opened through /proc/PID/map_files, for its contents.
+    files: Vec<std::fs::File>,
+}
+
+impl SharedObjects {
+    /// The backing of `m`, a VMA of shared memory; the object is recorded
+    /// the first time one of its VMAs is seen.
+    fn backing(&mut self, pid: Tid, m: &MapEntry, name: &str) -> Result<Backing, DumpError> {
+        let end = m.offset + (m.end - m.start);
+        let key = (m.dev_major, m.dev_minor, m.inode);
+        if let Some(&object) = self.index.get(&key) {
+            let o = &mut self.records[object as usize];
+            o.size = o.size.max(end);
+            return Ok(Backing::SharedMemory {
+                object,
+                offset: m.offset,
+            });
+        }
+        let link = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
+        let file = std::fs::File::open(&link).map_err(|source| DumpError::Syscall {
+            what: "opening shared memory through /proc/PID/map_files",
+            source,
+        })?;
+        let size = file
+            .metadata()
+            .map_err(|source| DumpError::Syscall {
+                what: "fstat of a shared memory object",
+                source,
+            })?
+            .len()
+            .next_multiple_of(PAGE)
+            .max(end);
+        let object = self.records.len() as u32;
+        self.records.push(SharedObject {
+            size,
+            name: name.to_string(),
+            pages: Vec::new(),
+        });
+        self.files.push(file);
+        self.index.insert(key, object);
+        Ok(Backing::SharedMemory {
+            object,
+            offset: m.offset,
+        })
+    }
+
+    /// Stores every object's data: the page ranges its file holds data in
+    /// (`SEEK_DATA`/`SEEK_HOLE`, swapped pages included), whether this
+    /// process has them mapped right now or not, once however many VMAs
+    /// map them.
+    fn store(&mut self, writer: &mut ImageWriter) -> Result<(), DumpError> {
+        for (o, file) in self.records.iter_mut().zip(&self.files) {
+            let mut stored = Vec::new();
+            for (start, end) in data_ranges(file, o.size)? {
+                let r = writer
+                    .append_pages(end - start, |off, dst| file.read_exact_at(dst, start + off))?;
+                stored.push(PageRun {
+                    page: start / PAGE,
+                    count: (end - start) / PAGE,
+                    offset: r.offset,
+                });
+            }
+            o.pages = stored;
+        }
+        Ok(())
+    }
+}
+
+/// The page-aligned `[start, end)` ranges of `file` below `size` that hold
+/// data, merged where they touch.
+fn data_ranges(file: &std::fs::File, size: u64) -> Result<Vec<(u64, u64)>, DumpError> {
+    let seek = |pos: u64, whence: i32| -> Result<Option<u64>, DumpError> {
+        // SAFETY: lseek on an fd we own; it only moves our own offset.
+        let r = unsafe { libc::lseek(file.as_raw_fd(), pos as i64, whence) };
+        if r >= 0 {
+            return Ok(Some(r as u64));
+        }
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::ENXIO) {
+            return Ok(None); // nothing at or after pos
+        }
+        Err(DumpError::Syscall {
+            what: "finding the data of a shared memory object (SEEK_DATA)",
+            source: e,
+        })
+    };
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    let mut pos = 0;
+    while pos < size {
+        let Some(data) = seek(pos, libc::SEEK_DATA)? else {
+            break;
+        };
+        let hole = seek(data, libc::SEEK_HOLE)?.unwrap_or(size);
+        let (start, end) = (data / PAGE * PAGE, hole.next_multiple_of(PAGE).min(size));
+        if start >= end {
+            break;
+        }
+        match out.last_mut() {
+            Some(last) if last.1 >= start => last.1 = last.1.max(end),
+            _ => out.push((start, end)),
+        }
+        pos = end;
+    }
+    Ok(out)
 }
 
 /// Consecutive page indices as (first, count) runs.
@@ -130,15 +268,16 @@ fn store(
     Ok(out)
 }
 
-/// Dumps every VMA of `pid` (all threads stopped) into `writer`.
+/// Dumps every VMA of `pid` (all threads stopped) into `writer`, and the
+/// contents of the shared-memory objects they map into `shared`.
 pub(super) fn dump_memory(
     writer: &mut ImageWriter,
     pid: Tid,
     maps: &[MapEntry],
     files: &mut Files,
-    shared: &mut Vec<SharedObject>,
+    shared: &mut SharedObjects,
 ) -> Result<Vec<Vma>, DumpError> {
-    let vmflags = proc::smaps_vmflags(pid)?;
+    let smaps = proc::smaps(pid)?;
     let pagemap = Pagemap::open(pid)?;
     let mut vmas = Vec::with_capacity(maps.len());
     for m in maps {
@@ -156,10 +295,7 @@ pub(super) fn dump_memory(
         let flags = if kernel_owned {
             Vec::new()
         } else {
-            vm_flags(
-                vmflags.get(&m.start).map(Vec::as_slice).unwrap_or_default(),
-                m,
-            )?
+            vma_attributes(smaps.get(&m.start), m)?
         };
         let backing = match &m.kind {
             MapKind::Vsyscall => continue,
@@ -171,10 +307,19 @@ pub(super) fn dump_memory(
             MapKind::File { path, deleted } => {
                 let path = path.to_string_lossy().into_owned();
                 if *deleted {
+                    if let Some(key) = sysv_key(&path).filter(|_| m.shared) {
+                        return Err(unsupported(
+                            m,
+                            &format!(
+                                "System V shared memory (shmget key 0x{key}, shmid {})",
+                                m.inode
+                            ),
+                        ));
+                    }
                     if m.shared {
-                        // memfd, shared /dev/zero, SysV shm: MAP_SHARED
-                        // memory, kept as one shared object.
-                        shared_object(shared, m, &path)
+                        // memfd, shared /dev/zero: MAP_SHARED memory whose
+                        // only handle is the mapping, kept as an object.
+                        shared.backing(pid, m, &path)?
                     } else {
                         return Err(unsupported(m, &format!("a deleted file ({path})")));
                     }
@@ -185,21 +330,22 @@ pub(super) fn dump_memory(
                     }
                 }
             }
-            MapKind::AnonNamed { shmem: true, name } => shared_object(shared, m, name),
+            MapKind::AnonNamed { shmem: true, name } => shared.backing(pid, m, name)?,
             MapKind::Anon | MapKind::AnonNamed { .. } | MapKind::Special(_) => {
                 if m.shared {
-                    shared_object(shared, m, "/dev/zero (deleted)")
+                    shared.backing(pid, m, "/dev/zero (deleted)")?
                 } else {
                     Backing::Anonymous
                 }
             }
         };
         let vdso_family = matches!(backing, Backing::Vdso | Backing::Vvar | Backing::VvarVclock);
+        // Shared memory is stored per object (below); a shared file mapping
+        // keeps its data in the file.
         let store_pages = !vdso_family
+            && !m.shared
             && !flags.contains(&VmFlag::Droppable)
-            && !flags.contains(&VmFlag::WipeOnFork)
-            // A shared file mapping keeps its data in the file.
-            && (!m.shared || matches!(backing, Backing::SharedMemory { .. }));
+            && !flags.contains(&VmFlag::WipeOnFork);
         let entries = if vdso_family {
             Vec::new()
         } else {
@@ -230,12 +376,7 @@ pub(super) fn dump_memory(
                 }
             });
             let page_runs = runs(wanted.map(|(i, _)| i as u64));
-            let stored = store(writer, pid, m.start, &page_runs)?;
-            if let Backing::SharedMemory { object, .. } = backing {
-                shared[object as usize].pages = stored;
-            } else {
-                pages = stored;
-            }
+            pages = store(writer, pid, m.start, &page_runs)?;
         }
         vmas.push(Vma {
             start: m.start,
@@ -248,17 +389,92 @@ pub(super) fn dump_memory(
             guard_pages,
         });
     }
+    shared.store(writer)?;
     Ok(vmas)
 }
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    fn map(line: &str) -> MapEntry {
+        crate::ptrace::procfs::parse_maps(line.as_bytes())
+            .unwrap()
+            .remove(0)
+    }
+
     #[test]
     fn runs_of_pages() {
         assert_eq!(
-            super::runs([0, 1, 2, 5, 6, 9].into_iter()),
+            runs([0, 1, 2, 5, 6, 9].into_iter()),
             vec![(0, 3), (5, 2), (9, 1)]
         );
-        assert!(super::runs(std::iter::empty()).is_empty());
+        assert!(runs(std::iter::empty()).is_empty());
+    }
+
+    #[test]
+    fn a_protection_key_is_refused_naming_the_mapping() {
+        let m = map("7f0000000000-7f0000004000 rw-p 00000000 00:00 0\n");
+        let tagged = SmapsVma {
+            vmflags: vec!["rd".into(), "wr".into()],
+            protection_key: 2,
+        };
+        let err = vma_attributes(Some(&tagged), &m).unwrap_err().to_string();
+        assert!(err.contains("0x7f0000000000-0x7f0000004000"), "{err}");
+        assert!(err.contains("protection key 2"), "{err}");
+        let plain = SmapsVma {
+            vmflags: vec![
+                "rd".into(),
+                "wr".into(),
+                "wf".into(),
+                "gd".into(),
+                "wf".into(),
+            ],
+            protection_key: 0,
+        };
+        assert_eq!(
+            vma_attributes(Some(&plain), &m).unwrap(),
+            vec![VmFlag::GrowsDown, VmFlag::WipeOnFork]
+        );
+        let huge = SmapsVma {
+            vmflags: vec!["ht".into()],
+            protection_key: 0,
+        };
+        assert!(
+            vma_attributes(Some(&huge), &m)
+                .unwrap_err()
+                .to_string()
+                .contains("hugetlb")
+        );
+    }
+
+    #[test]
+    fn system_v_segments_are_recognized_by_name() {
+        assert_eq!(sysv_key("/SYSV0000abcd"), Some("0000abcd"));
+        assert_eq!(sysv_key("/SYSV00000000"), Some("00000000"));
+        assert_eq!(sysv_key("/memfd:SYSV00000000"), None);
+        assert_eq!(sysv_key("/SYSV123"), None);
+        assert_eq!(sysv_key("/SYSVzzzzzzzz"), None);
+    }
+
+    #[test]
+    fn data_ranges_skip_holes() {
+        // SAFETY: memfd_create with a static name; the fd is owned below.
+        let fd = unsafe { libc::memfd_create(c"ranges".as_ptr(), libc::MFD_CLOEXEC) };
+        assert!(fd >= 0);
+        // SAFETY: a fresh fd owned by nothing else.
+        let file = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        file.set_len(16 * PAGE).unwrap();
+        file.write_all_at(&[1; 10], 2 * PAGE + 5).unwrap();
+        file.write_all_at(&[2; 4096 * 2], 3 * PAGE).unwrap();
+        file.write_all_at(&[3], 9 * PAGE).unwrap();
+        assert_eq!(
+            data_ranges(&file, 16 * PAGE).unwrap(),
+            vec![(2 * PAGE, 5 * PAGE), (9 * PAGE, 10 * PAGE)]
+        );
+        assert_eq!(
+            data_ranges(&file, 4 * PAGE).unwrap(),
+            vec![(2 * PAGE, 4 * PAGE)]
+        );
     }
 }

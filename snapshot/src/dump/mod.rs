@@ -326,7 +326,7 @@ fn dump_stopped(
     // process's own.
     let maps = ptrace::procfs::read_maps(pid)?;
     let mut files = memory::Files::default();
-    let mut shared = Vec::new();
+    let mut shared = memory::SharedObjects::default();
     let vmas = memory::dump_memory(&mut writer, pid, &maps, &mut files, &mut shared)?;
     stages.mark("memory");
 
@@ -382,7 +382,7 @@ fn dump_stopped(
         threads,
         vmas,
         files: files.records,
-        shared_memory: shared,
+        shared_memory: shared.records,
         fds,
         pages: PagesIndex::default(),
     };

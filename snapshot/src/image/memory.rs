@@ -289,9 +289,11 @@ pub struct FileRecord {
 }
 
 /// A shared-memory object (`MAP_SHARED|MAP_ANONYMOUS`, shmem, memfd)
-/// mapped by one or more VMAs (pitfalls §10.4). A restorer maps one memfd at
-/// every VMA that names it; templates refuse images that have any (fork
-/// would share it between instances).
+/// mapped by one or more VMAs (pitfalls §10.4), identified at dump by the
+/// device and inode of its shmem file. A restorer maps one memfd at every
+/// VMA that names it, so writes through one show through the others;
+/// templates refuse images that have any (fork would share it between
+/// instances). System V segments are refused at dump.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SharedObject {
@@ -299,6 +301,7 @@ pub struct SharedObject {
     pub size: u64,
     /// memfd name or `/dev/zero`, informational.
     pub name: String,
-    /// Its pages stored in `pages.img`, counted from the object's start.
+    /// Its pages stored in `pages.img`, counted from the object's start:
+    /// every page that held data, whichever VMAs mapped it (or none).
     pub pages: Vec<PageRun>,
 }

@@ -249,7 +249,11 @@ pub fn parse_maps(text: &[u8]) -> std::result::Result<Vec<MapEntry>, String> {
             .ok_or_else(|| format!("line {lineno}: bad inode"))?;
         let kind = if name.is_empty() {
             MapKind::Anon
-        } else if name[0] == b'[' && name.ends_with(b"]") && inode == 0 {
+        } else if name[0] == b'['
+            && name.ends_with(b"]")
+            // Named shared anonymous memory keeps its shmem inode number.
+            && (inode == 0 || name.starts_with(b"[anon_shmem:"))
+        {
             let inner = String::from_utf8_lossy(&name[1..name.len() - 1]).into_owned();
             match inner.as_str() {
                 "heap" => MapKind::Heap,
@@ -319,9 +323,18 @@ mod tests {
 7ffd00104000-7ffd00106000 r--p 00000000 00:00 0                          [vvar_vclock]
 7ffd00106000-7ffd00108000 r-xp 00000000 00:00 0                          [vdso]
 ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsyscall]
+7ffd00200000-7ffd00202000 rw-s 00000000 00:01 4711                       [anon_shmem:ring]
 ";
         let m = parse_maps(text).unwrap();
-        assert_eq!(m.len(), 11);
+        assert_eq!(m.len(), 12);
+        assert_eq!(
+            m[11].kind,
+            MapKind::AnonNamed {
+                name: "ring".into(),
+                shmem: true
+            }
+        );
+        assert_eq!(m[11].inode, 4711);
         assert_eq!(
             m[0].kind,
             MapKind::File {

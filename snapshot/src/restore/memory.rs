@@ -11,7 +11,9 @@
 //!    guard pages, closing the temporary fds.
 //!
 //! Page data is read from `pages.img` a chunk at a time, each chunk checked
-//! against its hash, and written into the process with `process_vm_writev`.
+//! against its hash, and written into the process with `process_vm_writev`
+//! (shared-memory objects through their memfd: all of an object, however
+//! many of its VMAs map which part of it).
 
 use std::os::unix::fs::FileExt;
 
@@ -131,23 +133,16 @@ pub(super) fn cstring(s: &str) -> Vec<u8> {
     v
 }
 
-/// Whether page data will be written into the VMA (it is mapped writable
-/// until then).
-fn has_pages(v: &Vma, image: &Image) -> bool {
-    if !v.pages.is_empty() {
-        return true;
-    }
-    if let Backing::SharedMemory { object, .. } = v.backing {
-        return !image.manifest().shared_memory[object as usize]
-            .pages
-            .is_empty();
-    }
-    false
+/// Whether page data will be written into the VMA through its addresses
+/// (it is mapped writable until then). Shared-memory objects are filled
+/// through their memfd instead.
+fn has_pages(v: &Vma) -> bool {
+    !v.pages.is_empty()
 }
 
-fn initial_prot(v: &Vma, image: &Image) -> u64 {
+fn initial_prot(v: &Vma) -> u64 {
     let mut p = v.prot.bits();
-    if has_pages(v, image) {
+    if has_pages(v) {
         p |= libc::PROT_READ | libc::PROT_WRITE;
     }
     p as u64
@@ -190,7 +185,7 @@ pub(super) fn rebuild_layout(
             continue;
         }
         let len = v.end - v.start;
-        let prot = initial_prot(v, image);
+        let prot = initial_prot(v);
         let mut extra = 0u64;
         if v.has(VmFlag::GrowsDown) {
             extra |= libc::MAP_GROWSDOWN as u64;
@@ -336,35 +331,60 @@ fn vdso_moves(
     Ok(out)
 }
 
-/// Copies every stored page into the process, chunk by chunk, each chunk
-/// verified against its hash first. Returns the bytes copied.
-pub(super) fn fill(pid: Tid, image: &Image) -> Result<u64, RestoreError> {
-    let m = image.manifest();
-    // (pages-file offset, target address, length), in file order.
-    let mut runs: Vec<(u64, u64, u64)> = Vec::new();
-    for v in &m.vmas {
-        for r in &v.pages {
-            runs.push((r.offset, r.addr(v.start), r.len()));
-        }
-        if let Backing::SharedMemory { object, offset } = v.backing {
-            // The object's pages, through the first VMA that maps it.
-            let first = m
-                .vmas
-                .iter()
-                .find(
-                    |w| matches!(w.backing, Backing::SharedMemory { object: o, .. } if o == object),
-                )
-                .map(|w| w.start);
-            if first == Some(v.start) {
-                for r in &m.shared_memory[object as usize].pages {
-                    let obj_off = r.page * PAGE;
-                    if obj_off >= offset && obj_off + r.len() <= offset + (v.end - v.start) {
-                        runs.push((r.offset, v.start + obj_off - offset, r.len()));
-                    }
-                }
-            }
+/// Where a run of stored pages goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Dest {
+    /// An address of the process (`process_vm_writev`).
+    Memory(u64),
+    /// Shared-memory object `.0` at byte `.1`, through its memfd: all of
+    /// the object, mapped once, twice or (that part) not at all.
+    Object(usize, u64),
+}
+
+impl Dest {
+    fn advance(self, n: u64) -> Dest {
+        match self {
+            Dest::Memory(a) => Dest::Memory(a + n),
+            Dest::Object(o, off) => Dest::Object(o, off + n),
         }
     }
+}
+
+/// The memfds of the shared-memory objects, opened from here through
+/// /proc/PID/fd.
+fn object_files(opened: &Opened, pid: Tid) -> Result<Vec<std::fs::File>, RestoreError> {
+    opened
+        .shared
+        .iter()
+        .map(|&fd| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(format!("/proc/{pid}/fd/{fd}"))
+                .map_err(|source| RestoreError::Io {
+                    what: "opening a restored shared memory object",
+                    source,
+                })
+        })
+        .collect()
+}
+
+/// Copies every stored page into the process, chunk by chunk, each chunk
+/// verified against its hash first. Returns the bytes copied.
+pub(super) fn fill(pid: Tid, image: &Image, opened: &Opened) -> Result<u64, RestoreError> {
+    let m = image.manifest();
+    // (pages-file offset, destination, length), in file order.
+    let mut runs: Vec<(u64, Dest, u64)> = Vec::new();
+    for v in &m.vmas {
+        for r in &v.pages {
+            runs.push((r.offset, Dest::Memory(r.addr(v.start)), r.len()));
+        }
+    }
+    for (i, o) in m.shared_memory.iter().enumerate() {
+        for r in &o.pages {
+            runs.push((r.offset, Dest::Object(i, r.page * PAGE), r.len()));
+        }
+    }
+    let objects = object_files(opened, pid)?;
     runs.sort_unstable();
     let chunk = m.pages.chunk_size;
     let file = image.pages_file();
@@ -384,7 +404,7 @@ pub(super) fn fill(pid: Tid, image: &Image) -> Result<u64, RestoreError> {
         pending.clear();
         Ok(())
     };
-    for (mut off, mut addr, mut len) in runs {
+    for (mut off, mut dest, mut len) in runs {
         while len > 0 {
             let in_window =
                 buf_start != u64::MAX && off >= buf_start && off < buf_start + buf.len() as u64;
@@ -422,12 +442,24 @@ pub(super) fn fill(pid: Tid, image: &Image) -> Result<u64, RestoreError> {
             }
             let bo = (off - buf_start) as usize;
             let n = len.min(buf.len() as u64 - bo as u64);
-            pending.push((addr, bo, n as usize));
-            if pending.len() >= mem::IOV_MAX {
-                flush(&mut pending, &buf)?;
+            match dest {
+                Dest::Memory(addr) => {
+                    pending.push((addr, bo, n as usize));
+                    if pending.len() >= mem::IOV_MAX {
+                        flush(&mut pending, &buf)?;
+                    }
+                }
+                Dest::Object(o, at) => {
+                    objects[o]
+                        .write_all_at(&buf[bo..bo + n as usize], at)
+                        .map_err(|source| RestoreError::Io {
+                            what: "filling a restored shared memory object",
+                            source,
+                        })?;
+                }
             }
             off += n;
-            addr += n;
+            dest = dest.advance(n);
             len -= n;
             copied += n;
         }
@@ -460,7 +492,7 @@ pub(super) fn finish_entries(image: &Image, opened: &Opened) -> Vec<Entry> {
             continue;
         }
         let len = v.end - v.start;
-        if initial_prot(v, image) != v.prot.bits() as u64 {
+        if initial_prot(v) != v.prot.bits() as u64 {
             entries.push(Entry::new(
                 libc::SYS_mprotect,
                 [v.start, len, v.prot.bits() as u64, 0, 0, 0],

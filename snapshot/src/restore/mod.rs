@@ -32,6 +32,7 @@ use std::time::Duration;
 
 use oci_spec::runtime::Process;
 use sprout_runtime::seccomp::SeccompProgram;
+use sprout_runtime::spec::Bundle;
 use sprout_runtime::timing::Stages;
 use sprout_runtime::{Container, CreateOptions, Runtime, Takeover};
 
@@ -145,37 +146,65 @@ pub fn restore(
     image_dir: &Path,
     opts: RestoreOptions,
 ) -> Result<(Container, RestoreReport), RestoreError> {
+    let bundle = sprout_runtime::spec::load_bundle(bundle).map_err(sprout_runtime::Error::from)?;
+    restore_bundle(rt, tracer, id, bundle, image_dir, opts)
+}
+
+/// [`restore`] into a bundle the caller loaded with
+/// [`sprout_runtime::spec::load_bundle`] and adjusted (netplug points
+/// its network namespace at a pooled one).
+pub fn restore_bundle(
+    rt: &Runtime,
+    tracer: &Tracer,
+    id: &str,
+    bundle: Bundle,
+    image_dir: &Path,
+    opts: RestoreOptions,
+) -> Result<(Container, RestoreReport), RestoreError> {
+    let stack_hard = bundle
+        .spec
+        .process()
+        .as_ref()
+        .and_then(|p| p.rlimits().as_ref())
+        .and_then(|rl| {
+            rl.iter()
+                .find(|r| r.typ() == oci_spec::runtime::PosixRlimitType::RlimitStack)
+        })
+        .map(|r| r.hard());
+    restore_with(tracer, image_dir, opts, stack_hard, |o| {
+        rt.create_from_bundle(id, bundle, o)
+    })
+}
+
+fn restore_with(
+    tracer: &Tracer,
+    image_dir: &Path,
+    opts: RestoreOptions,
+    bundle_stack_hard: Option<u64>,
+    create: impl FnOnce(CreateOptions) -> Result<Container, sprout_runtime::Error>,
+) -> Result<(Container, RestoreReport), RestoreError> {
     let mut stages = Stages::new();
     let image = Image::open(image_dir)?;
     image.check_host(host()?)?;
     stages.mark("open image");
     let m = image.manifest();
-    let rlimit_stack = m
-        .process
-        .rlimits
-        .iter()
-        .find(|r| r.resource == RlimitResource::Stack)
-        .map(|r| (r.soft, r.hard));
-    let mut container = rt.create(
-        id,
-        bundle,
-        CreateOptions {
-            console_socket: opts.console_socket,
-            pid_file: opts.pid_file,
-            no_new_keyring: opts.no_new_keyring,
-            stdio: opts.stdio,
-            takeover: Some(Takeover {
-                exe: stub::memfd().map_err(|source| RestoreError::Io {
-                    what: "creating the restore stub",
-                    source,
-                })?,
-                rlimit_stack,
-                inherit: Vec::new(),
-                holder: false,
-            }),
-            ..Default::default()
-        },
-    )?;
+    let rlimit_stack = exec_stack_limit(m, bundle_stack_hard);
+    let mut container = create(CreateOptions {
+        console_socket: opts.console_socket,
+        pid_file: opts.pid_file,
+        no_new_keyring: opts.no_new_keyring,
+        stdio: opts.stdio,
+        takeover: Some(Takeover {
+            exe: stub::memfd().map_err(|source| RestoreError::Io {
+                what: "creating the restore stub",
+                source,
+            })?,
+            rlimit_stack,
+            inherit: Vec::new(),
+            holder: false,
+        }),
+        ..Default::default()
+    })?;
     stages.mark("prepare sandbox");
     let result = restore_into(tracer, &mut container, image, &mut stages);
     match result {
@@ -194,6 +223,34 @@ pub fn restore(
             Err(e)
         }
     }
+}
+
+/// RLIMIT_STACK for the stub's exec. The image's soft limit places the
+/// new mm's `mmap_base` (pitfalls §10.6), but the sandbox's init has
+/// already applied the bundle's limits (or kept sprout's) and, without
+/// CAP_SYS_RESOURCE, cannot raise the hard limit again: keep that hard
+/// limit, and the image's soft limit below it. The bundle's own values are
+/// set once the process is rebuilt ([`release`]).
+pub(crate) fn exec_stack_limit(m: &ManifestBody, bundle_hard: Option<u64>) -> Option<(u64, u64)> {
+    let (soft, hard) = m
+        .process
+        .rlimits
+        .iter()
+        .find(|r| r.resource == RlimitResource::Stack)
+        .map(|r| (r.soft, r.hard))?;
+    let sandbox_hard = bundle_hard.unwrap_or_else(|| {
+        let mut own = libc::rlimit64 {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: prlimit64 reading our own limit into a valid struct.
+        if unsafe { libc::prlimit64(0, libc::RLIMIT_STACK, std::ptr::null(), &mut own) } == 0 {
+            own.rlim_max
+        } else {
+            hard
+        }
+    });
+    Some((soft.min(sandbox_hard), sandbox_hard))
 }
 
 fn restore_into(
@@ -467,7 +524,7 @@ pub(crate) fn rebuild_memory(
     let opened = memory::open_files(ctx, pid, &mut gadget, image)?;
     memory::rebuild_layout(ctx, pid, &mut gadget, image, &opened, &stub_maps)?;
     stages.mark("map memory");
-    let bytes = memory::fill(pid, image)?;
+    let bytes = memory::fill(pid, image, &opened)?;
     stages.mark("fill memory");
     let mut e = memory::finish_entries(image, &opened);
     e.extend(process_entries(&mut gadget, m, opened.exe)?);
@@ -504,6 +561,22 @@ pub(crate) fn release(
     run_checked(ctx, gadget, pid, &e, "restoring timers and pending signals")?;
     stages.mark("timers and signals");
 
+    // While the process still has our ids: once it has the sandbox's, a
+    // prlimit from here needs CAP_SYS_RESOURCE.
+    if let Some((soft, hard)) = rules.stack_limit {
+        let lim = libc::rlimit64 {
+            rlim_cur: soft,
+            rlim_max: hard,
+        };
+        // SAFETY: prlimit64 setting another process's limit from a valid
+        // struct.
+        if unsafe { libc::prlimit64(pid, libc::RLIMIT_STACK, &lim, std::ptr::null_mut()) } < 0 {
+            return Err(RestoreError::Io {
+                what: "setting the bundle's RLIMIT_STACK",
+                source: std::io::Error::last_os_error(),
+            });
+        }
+    }
     for &h in &host_tids {
         let e = creds::entries(gadget, rules.process)?;
         run_checked(ctx, gadget, h, &e, "applying the sandbox's credentials")?;
@@ -522,20 +595,6 @@ pub(crate) fn release(
     stages.mark("credentials");
     let g = std::mem::replace(gadget, gadget.for_child(pid));
     g.remove(ctx, pid)?;
-    if let Some((soft, hard)) = rules.stack_limit {
-        let lim = libc::rlimit64 {
-            rlim_cur: soft,
-            rlim_max: hard,
-        };
-        // SAFETY: prlimit64 setting another process's limit from a valid
-        // struct.
-        if unsafe { libc::prlimit64(pid, libc::RLIMIT_STACK, &lim, std::ptr::null_mut()) } < 0 {
-            return Err(RestoreError::Io {
-                what: "setting the bundle's RLIMIT_STACK",
-                source: std::io::Error::last_os_error(),
-            });
-        }
-    }
     for (t, &h) in m.threads.iter().zip(&host_tids) {
         threads::install_final_state(ctx, h, t)?;
     }
