@@ -454,6 +454,14 @@ fn a_process_with_shared_memory_cannot_be_a_template() {
 fn an_instance_is_a_container_like_any_other() {
     let mut s = python_sandbox("tplctr");
     let (img, warm) = python_template_image(&mut s);
+    // The image was taken with an 8 MiB stack limit; the bundle the
+    // template loads into allows less, and sprout cannot raise a hard limit
+    // (no CAP_SYS_RESOURCE): the holder and the instances get the bundle's.
+    s.config()["process"]["rlimits"] = serde_json::json!([
+        {"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024},
+        {"type": "RLIMIT_STACK", "hard": 6291456, "soft": 4194304}
+    ]);
+    s.write_config();
     let rt = runtime(&s);
     let tracer = Tracer::spawn("test-tracer").unwrap();
     let holder = format!("{}-holder", s.id);
@@ -477,6 +485,14 @@ fn an_instance_is_a_container_like_any_other() {
         "echo $$; cat /proc/1/cmdline | tr '\\0' ' '",
     ]);
     assert!(ps.contains("python3 /app/function.py"), "{ps}");
+    let limits = s.ok(&["exec", &id, "cat", "/proc/1/limits"]);
+    assert!(
+        limits
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>()
+                == ["Max", "stack", "size", "4194304", "6291456", "bytes"]),
+        "{limits}"
+    );
     s.ok(&["pause", &id]);
     assert_eq!(s.status(&id), "paused");
     s.ok(&["resume", &id]);

@@ -38,7 +38,7 @@ use sprout_runtime::spec::{Bundle, load_bundle};
 use sprout_runtime::timing::Stages;
 use sprout_runtime::{Adoption, Container, CreateOptions, Runtime, Takeover};
 
-use crate::image::{Backing, Image, RlimitResource};
+use crate::image::{Backing, Image};
 use crate::ptrace::{Entry, Gadget, Options, Stop, Tid, TraceCtx, Tracer};
 use crate::restore::{self, RestoreError, SandboxRules};
 
@@ -331,13 +331,10 @@ impl Template {
             what: "control socketpair",
             source,
         })?;
-        let rlimit_stack = image
-            .manifest()
-            .process
-            .rlimits
-            .iter()
-            .find(|r| r.resource == RlimitResource::Stack)
-            .map(|r| (r.soft, r.hard));
+        // The holder gets the bundle's limits first; the stub's stack limit
+        // must fit under its hard limit (no CAP_SYS_RESOURCE to raise it).
+        let rlimit_stack =
+            restore::exec_stack_limit(image.manifest(), restore::bundle_stack_hard(&bundle));
         let holder = rt.create_from_bundle(
             holder_id,
             holder_bundle,

@@ -161,16 +161,7 @@ pub fn restore_bundle(
     image_dir: &Path,
     opts: RestoreOptions,
 ) -> Result<(Container, RestoreReport), RestoreError> {
-    let stack_hard = bundle
-        .spec
-        .process()
-        .as_ref()
-        .and_then(|p| p.rlimits().as_ref())
-        .and_then(|rl| {
-            rl.iter()
-                .find(|r| r.typ() == oci_spec::runtime::PosixRlimitType::RlimitStack)
-        })
-        .map(|r| r.hard());
+    let stack_hard = bundle_stack_hard(&bundle);
     restore_with(tracer, image_dir, opts, stack_hard, |o| {
         rt.create_from_bundle(id, bundle, o)
     })
@@ -223,6 +214,20 @@ fn restore_with(
             Err(e)
         }
     }
+}
+
+/// The hard RLIMIT_STACK the bundle gives its process, if it sets one.
+pub(crate) fn bundle_stack_hard(bundle: &Bundle) -> Option<u64> {
+    bundle
+        .spec
+        .process()
+        .as_ref()
+        .and_then(|p| p.rlimits().as_ref())
+        .and_then(|rl| {
+            rl.iter()
+                .find(|r| r.typ() == oci_spec::runtime::PosixRlimitType::RlimitStack)
+        })
+        .map(|r| r.hard())
 }
 
 /// RLIMIT_STACK for the stub's exec. The image's soft limit places the
