@@ -1048,6 +1048,33 @@ fn real_engine_forks_python_instances_that_survive_a_sproutd_crash() {
         .unwrap()
         .template
         .expect("loaded on demand");
+    // A fork into a bundle whose rootfs holds another python3.11 (one byte
+    // more) is a clear 400 naming the file, and leaves nothing.
+    let other = s.dir.path().join("other-bundle");
+    fs::create_dir_all(&other).unwrap();
+    let changed = s.dir.path().join("python3.11");
+    let mut bytes = fs::read("/usr/bin/python3.11").unwrap();
+    bytes.push(0);
+    fs::write(&changed, bytes).unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_slice(&fs::read(s.bundle.join("config.json")).unwrap()).unwrap();
+    cfg["root"]["path"] = s.bundle.join("rootfs").to_str().unwrap().into();
+    cfg["mounts"].as_array_mut().unwrap().push(serde_json::json!(
+        {"destination": "/usr/bin/python3.11", "type": "bind", "source": changed, "options": ["bind", "ro"]}
+    ));
+    fs::write(other.join("config.json"), serde_json::to_vec(&cfg).unwrap()).unwrap();
+    let (status, msg) = api_status(c.fork(
+        "py",
+        &ForkBody {
+            id: "pbad".into(),
+            bundle: Some(other),
+            ..Default::default()
+        },
+    ));
+    assert_eq!(status, 400, "{msg}");
+    assert!(msg.contains("python3.11"), "{msg}");
+    assert_eq!(api_status(c.instance("pbad")).0, 404);
+    assert!(cgroup_leftovers("pbad").is_empty());
     for (i, &pid) in pids.iter().enumerate() {
         let r = json_body(&http_get_in_netns(pid, 8080, &format!("/{i}")).unwrap());
         assert_eq!(r["digest"], warm["digest"]);
