@@ -509,3 +509,103 @@ fn an_instance_is_a_container_like_any_other() {
         cgroup_leftovers(&s.id)
     );
 }
+
+#[test]
+fn a_bundle_naming_a_network_namespace_puts_instances_there() {
+    use std::os::unix::fs::MetadataExt;
+    let mut s = python_sandbox("tplnet");
+    let (img, warm) = python_template_image(&mut s);
+    let rt = runtime(&s);
+    let tracer = Tracer::spawn("test-tracer").unwrap();
+    let holder = format!("{}-holder", s.id);
+    let (template, _) = Template::load(&rt, &tracer, "fn", &holder, &img, &s.bundle, None).unwrap();
+    let netns = NamedNetns::add(&s.id);
+    let ns_path = format!("/var/run/netns/{}", netns.0);
+    let bundle_with = |dir: &str, path: &str| {
+        let b = s.dir.path().join(dir);
+        fs::create_dir_all(&b).unwrap();
+        let mut cfg: serde_json::Value =
+            serde_json::from_slice(&fs::read(s.bundle.join("config.json")).unwrap()).unwrap();
+        cfg["root"]["path"] = s.bundle.join("rootfs").to_str().unwrap().into();
+        let ns = cfg["linux"]["namespaces"].as_array_mut().unwrap();
+        ns.retain(|n| n["type"] != "network");
+        ns.push(serde_json::json!({"type": "network", "path": path}));
+        fs::write(b.join("config.json"), serde_json::to_vec(&cfg).unwrap()).unwrap();
+        b
+    };
+    let id = format!("{}-i", s.id);
+    let c = template
+        .fork(
+            &rt,
+            &id,
+            ForkSpec {
+                bundle: Some(bundle_with("joined", &ns_path)),
+                ..Default::default()
+            },
+        )
+        .unwrap()
+        .container;
+    let inode = |p: &str| fs::metadata(p).unwrap().ino();
+    assert_eq!(
+        inode(&format!("/proc/{}/ns/net", pid_of(&c))),
+        inode(&ns_path)
+    );
+    let r = json_body(&http_get_in_netns(pid_of(&c), 8080, "/joined").unwrap());
+    assert_eq!(r["digest"], warm["digest"]);
+    c.delete(true).unwrap();
+    s.assert_clean(&id);
+
+    // A path that is not there: a clear error naming it, nothing left.
+    let bad = format!("{}-bad", s.id);
+    let err = template
+        .fork(
+            &rt,
+            &bad,
+            ForkSpec {
+                bundle: Some(bundle_with("missing", "/var/run/netns/sprout-no-such-ns")),
+                ..Default::default()
+            },
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("sprout-no-such-ns"), "{err}");
+    s.assert_clean(&bad);
+    unload(&rt, &s, template);
+    drop(netns);
+    assert!(
+        cgroup_leftovers(&s.id).is_empty(),
+        "{:?}",
+        cgroup_leftovers(&s.id)
+    );
+}
+
+/// A named network namespace (`ip netns`) with `lo` up, deleted on drop
+/// (also when the test fails).
+struct NamedNetns(String);
+
+impl NamedNetns {
+    fn add(name: &str) -> Self {
+        let ip = |args: &[&str]| {
+            assert!(
+                std::process::Command::new("ip")
+                    .args(args)
+                    .status()
+                    .unwrap()
+                    .success(),
+                "ip {args:?}"
+            )
+        };
+        ip(&["netns", "add", name]);
+        let ns = NamedNetns(name.to_string());
+        ip(&["-n", name, "link", "set", "lo", "up"]);
+        ns
+    }
+}
+
+impl Drop for NamedNetns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.0])
+            .status();
+    }
+}

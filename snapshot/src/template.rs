@@ -121,7 +121,8 @@ pub struct ForkSpec {
     /// stdin, stdout, stderr; `None` is /dev/null.
     pub stdio: [Option<OwnedFd>; 3],
     /// The network namespace to join (e.g. from netplug's pool); `None`
-    /// makes a fresh one with `lo` up.
+    /// joins the one the bundle names by `path`, else makes a fresh one
+    /// with `lo` up.
     pub netns: Option<OwnedFd>,
     /// Sent to the instance once it runs, so a function can re-seed what
     /// it cached at init (PRNG seeds, ids): every instance starts from the
@@ -223,6 +224,17 @@ fn has_new(bundle: &Bundle, t: LinuxNamespaceType) -> bool {
         .unwrap_or_default()
         .iter()
         .any(|n| n.typ() == t && n.path().is_none())
+}
+
+/// The path of the namespace of type `t` the bundle joins, if it names one.
+fn joined_path(bundle: &Bundle, t: LinuxNamespaceType) -> Option<PathBuf> {
+    bundle
+        .spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .and_then(|ns| ns.iter().find(|n| n.typ() == t))
+        .and_then(|n| n.path().clone())
 }
 
 fn set_cgroups_path(bundle: &mut Bundle, path: &Path) {
@@ -484,9 +496,19 @@ impl Template {
     ) -> Result<(Tid, OwnedFd), TemplateError> {
         let bundle = adoption.bundle();
         let cgroup = adoption.cgroup();
-        let netns = match spec.netns {
-            Some(n) => n,
-            None => fresh_netns().map_err(|source| TemplateError::Io {
+        // The fd handed over (a pooled namespace), else the one the bundle
+        // names by path (as runc would join it), else a fresh one.
+        let netns = match (spec.netns, joined_path(bundle, LinuxNamespaceType::Network)) {
+            (Some(n), _) => n,
+            (None, Some(path)) => {
+                std::fs::File::open(&path)
+                    .map(OwnedFd::from)
+                    .map_err(|source| TemplateError::Bundle {
+                        bundle: bundle.dir.clone(),
+                        reason: format!("network namespace {}: {source}", path.display()),
+                    })?
+            }
+            (None, None) => fresh_netns().map_err(|source| TemplateError::Io {
                 what: "making a network namespace",
                 source,
             })?,
