@@ -1,20 +1,27 @@
 #!/usr/bin/env bash
 # sprout's main job, end to end on this machine: build; start a busybox
 # container with sprout and with runc; then a small Python HTTP function
-# (tests/programs/function.py): cold start with runc vs restore of its
-# initialized image with sprout, each timed to its first HTTP answer.
+# (tests/programs/function.py): cold start with runc, restore of its
+# initialized image with sprout, and an instance forked by sproutd from a
+# template of that image, each timed to its first HTTP answer.
 # Needs root, busybox-static, python3, iproute2 and (to compare) runc.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 runs=${RUNS:-20}
 echo "building (release)..." >&2
-cargo build --release --quiet --bin sprout --bin sprout-init
+cargo build --release --quiet -p sprout -p sprout-shim --bins
 sprout=$PWD/target/release/sprout
+sproutd=$PWD/target/release/sproutd
 
 work=$(mktemp -d /tmp/sprout-demo.XXXXXX)
 netns=sprout-demo-$$
+sproutd_pid=
 cleanup() {
+    if [ -n "$sproutd_pid" ]; then
+        kill "$sproutd_pid" 2>/dev/null || true
+        wait "$sproutd_pid" 2>/dev/null || true
+    fi
     for id in demo fn fn-img; do
         "$sprout" --root "$work/sprout-state" delete --force $id >/dev/null 2>&1 || true
         command -v runc >/dev/null && runc --root "$work/runc-state" delete --force $id >/dev/null 2>&1 || true
@@ -89,8 +96,14 @@ c["linux"]["namespaces"].append({"type": "network", "path": sys.argv[3]})
 json.dump(c, open(sys.argv[2], "w"), indent=2)
 PY
 
+# sproutd holds the templates; instances of this bundle join the same
+# network namespace (the bundle names it by path).
+"$sproutd" --root "$work/sproutd" --socket "$work/sproutd.sock" --side-socket "$work/side.sock" \
+    2>"$work/sproutd.log" &
+sproutd_pid=$!
+
 python3 - "$sprout" "$work" "$fb" "/var/run/netns/$netns" "${RUNS_FN:-10}" <<'PY'
-import ctypes, os, socket, statistics, subprocess, sys, time
+import ctypes, http.client, json, os, socket, statistics, subprocess, sys, time
 sprout, work, bundle, ns, runs = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
 libc = ctypes.CDLL(None, use_errno=True)
 fd = os.open(ns, os.O_RDONLY)
@@ -112,6 +125,24 @@ def answer():
         except OSError:
             time.sleep(0.0002)
     sys.exit("no answer within 30 s")
+
+class UnixHTTP(http.client.HTTPConnection):
+    def __init__(self, path):
+        super().__init__("sproutd")
+        self.path = path
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.connect(self.path)
+
+def api(method, path, body=None):
+    c = UnixHTTP(work + "/sproutd.sock")
+    c.request(method, path, json.dumps(body) if body is not None else None, {"Content-Type": "application/json"})
+    r = c.getresponse()
+    data = r.read()
+    c.close()
+    if r.status >= 300:
+        sys.exit("sproutd %s %s: %d %s" % (method, path, r.status, data.decode()))
+    return json.loads(data) if data else None
 
 def run(cmd):
     subprocess.run(cmd, check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -137,9 +168,31 @@ if subprocess.run(["sh", "-c", "command -v runc"], stdout=subprocess.DEVNULL).re
     res["runc run (cold start)"] = [timed(["runc", *rroot, "run", "-d", "--bundle", bundle, "fn"], ["runc", *rroot, "delete", "--force", "fn"]) for _ in range(runs)]
 res["sprout run (cold start)"] = [timed([sprout, *sroot, "run", "-d", "--bundle", bundle, "fn"], [sprout, *sroot, "delete", "--force", "fn"]) for _ in range(runs)]
 res["sprout restore"] = [timed([sprout, *sroot, "restore", "-d", "--image-path", image, "--bundle", bundle, "fn"], [sprout, *sroot, "delete", "--force", "fn"]) for _ in range(runs)]
+deadline = time.monotonic() + 10
+while not os.path.exists(work + "/sproutd.sock"):
+    if time.monotonic() > deadline:
+        sys.exit("sproutd did not start: see " + work + "/sproutd.log")
+    time.sleep(0.01)
+api("POST", "/functions", {"name": "fn", "image": image, "bundle": bundle})
+t = time.perf_counter()
+api("POST", "/functions/fn/template")
+load_ms = (time.perf_counter() - t) * 1000
+forks = []
+for i in range(runs):
+    t = time.perf_counter()
+    api("POST", "/functions/fn/instances", {"id": "fork%d" % i})
+    body = answer()
+    forks.append(((time.perf_counter() - t) * 1000, body))
+    api("DELETE", "/instances/fork%d?force=true" % i)
+res["sprout fork (sproutd)"] = forks
+api("DELETE", "/functions/fn")
 for name, r in res.items():
     print("   %-26s %8.1f ms" % (name, statistics.median(x[0] for x in r)))
 if "runc run (cold start)" in res:
-    print("   sprout restore / runc run = %.3f" % (statistics.median(x[0] for x in res["sprout restore"]) / statistics.median(x[0] for x in res["runc run (cold start)"])))
+    runc = statistics.median(x[0] for x in res["runc run (cold start)"])
+    for name in ("sprout restore", "sprout fork (sproutd)"):
+        print("   %s / runc run = %.3f" % (name, statistics.median(x[0] for x in res[name]) / runc))
+print("   (the template was loaded once, in %.1f ms, before the forks)" % load_ms)
 print("   a restored instance answers:", res["sprout restore"][-1][1])
+print("   a forked instance answers:  ", res["sprout fork (sproutd)"][-1][1])
 PY

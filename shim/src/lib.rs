@@ -2,12 +2,14 @@
 //! functions, their templates (through an [`engine::Engine`]), the
 //! instances forked from them, and a stream of instance events, served as
 //! HTTP/JSON on a unix socket plus a side channel that passes fds
-//! (`API.md` documents both). The containerd shim will live here too.
+//! (`API.md` documents both). [`containerd`] is the containerd shim v2
+//! (`containerd-shim-sprout-v2`).
 //!
 //! The daemon's logic is [`daemon::Daemon`]; [`server`] puts it on its
 //! sockets; [`client`] is a blocking client for the CLI and tests.
 
 pub mod client;
+pub mod containerd;
 pub mod daemon;
 pub mod engine;
 pub mod error;

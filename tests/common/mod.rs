@@ -11,6 +11,9 @@ use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+/// A private containerd for the containerd tests.
+pub mod containerd;
+
 pub fn sprout_bin() -> &'static str {
     env!("CARGO_BIN_EXE_sprout")
 }

@@ -525,8 +525,11 @@ fn create(ch: &mut InitChannel, cfg: &InitConfig) -> StepResult<Infallible> {
 /// Blocks until `start` writes to the exec fifo, then runs the
 /// startContainer hooks and execs the container's process.
 fn wait_and_exec(cfg: &InitConfig, fifo: RawFd, next: Next) -> InitFailure {
+    // Never closed here: `start` takes the fifo's close as "done" and then
+    // looks for the error file, so on failure the fd must stay open until
+    // `report_start_error` has written it (the exit closes it).
     // SAFETY: the parent passed the fifo, opened read-write, at this number.
-    let mut fifo = unsafe { std::fs::File::from_raw_fd(fifo) };
+    let mut fifo = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(fifo) });
     let mut byte = [0u8; 1];
     loop {
         match fifo.read(&mut byte) {
