@@ -1,0 +1,308 @@
+//! The published behaviour of the hybrid histogram policy, driven by a fake
+//! clock: pre-warm at 0.9 × the 5th-percentile idle time, keep alive to
+//! 1.1 × the 99th, the standard keep-alive while the histogram is not
+//! representative, the time-series tier when most idle times are out of
+//! range; and the baselines (fixed keep-alive, no pool) and concurrency.
+
+use std::time::Duration;
+
+use sprout_pool::{
+    Clock, FakeClock, HybridConfig, Plan, Policy, PolicyConfig, PoolError, Strategy, Tier,
+    Timestamp, Windows,
+};
+
+const SEC: Duration = Duration::from_secs(1);
+const MIN: Duration = Duration::from_secs(60);
+const HOUR: Duration = Duration::from_secs(3600);
+const RUN: Duration = Duration::from_millis(300);
+
+fn hybrid() -> Policy<&'static str> {
+    Policy::new(PolicyConfig::hybrid()).unwrap()
+}
+
+/// One request: arrives now, runs for `RUN`.
+fn invoke(p: &mut Policy<&'static str>, clock: &FakeClock, f: &'static str) {
+    p.on_arrival(&f, clock.now()).unwrap();
+    clock.advance(RUN);
+    p.on_finish(&f, clock.now(), RUN).unwrap();
+}
+
+/// Invokes once, then once after each idle time in `idles`.
+fn feed(p: &mut Policy<&'static str>, clock: &FakeClock, f: &'static str, idles: &[Duration]) {
+    invoke(p, clock, f);
+    for idle in idles {
+        clock.advance(*idle);
+        invoke(p, clock, f);
+    }
+}
+
+fn repeat(n: usize, d: Duration) -> Vec<Duration> {
+    vec![d; n]
+}
+
+fn close(a: Duration, b: Duration) -> bool {
+    a.abs_diff(b) <= Duration::from_millis(1)
+}
+
+fn plan_at(p: &Policy<&'static str>, f: &'static str, at: Timestamp) -> Plan {
+    p.plan(&f, at).unwrap()
+}
+
+#[test]
+fn histogram_pre_warms_at_0_9_head_and_keeps_alive_to_1_1_tail() {
+    let clock = FakeClock::new();
+    let mut p = hybrid();
+    p.register("f", 1).unwrap();
+    // 100 idle times: 5 in minute 10, 89 in minute 30, 5 in minute 45, 1 in minute 61.
+    // 5th percentile: minute 10 (head 10 min, rounded down); 99th: minute 45
+    // (tail 46 min, rounded up).
+    let mut idles = repeat(5, 10 * MIN + 30 * SEC);
+    idles.extend(repeat(89, 30 * MIN + 12 * SEC));
+    idles.extend(repeat(5, 45 * MIN + 30 * SEC));
+    idles.push(61 * MIN + 50 * SEC);
+    // Shuffle-free order is fine: the histogram has no memory of order.
+    feed(&mut p, &clock, "f", &idles);
+
+    let w = p.windows(&"f").unwrap();
+    assert_eq!(w.tier, Tier::Histogram);
+    assert!(close(w.pre_warm, (10 * MIN).mul_f64(0.9)), "{w:?}");
+    assert!(close(w.keep_alive_until, (46 * MIN).mul_f64(1.1)), "{w:?}");
+
+    // Idle from now: unloaded at once, one instance at +9 min, none after +50.6 min.
+    let idle_start = clock.now();
+    let first = plan_at(&p, "f", idle_start);
+    assert_eq!((first.target, first.tier), (0, Tier::Histogram));
+    assert!(first.pre_warm);
+    let load_at = first.review_at.expect("a pre-warm is scheduled");
+    assert!(close(load_at - idle_start, 9 * MIN));
+
+    clock.set(load_at);
+    let warm = plan_at(&p, "f", clock.now());
+    assert_eq!(warm.target, 1);
+    let unload_at = warm.review_at.expect("an unload is scheduled");
+    assert!(close(unload_at - idle_start, 50 * MIN + 36 * SEC));
+    clock.advance(20 * MIN);
+    assert_eq!(plan_at(&p, "f", clock.now()).target, 1);
+
+    clock.set(unload_at);
+    let gone = plan_at(&p, "f", clock.now());
+    assert_eq!((gone.target, gone.review_at), (0, None));
+
+    // The request that ends the idle period is counted and served.
+    p.on_arrival(&"f", clock.now()).unwrap();
+    assert_eq!(plan_at(&p, "f", clock.now()).target, 1);
+}
+
+#[test]
+fn frequent_calls_round_the_head_to_zero_and_never_unload() {
+    let clock = FakeClock::new();
+    let mut p = hybrid();
+    p.register("f", 1).unwrap();
+    let mut idles = repeat(50, 20 * SEC);
+    idles.extend(repeat(50, 3 * MIN + 5 * SEC));
+    feed(&mut p, &clock, "f", &idles);
+    let w = p.windows(&"f").unwrap();
+    assert_eq!(w.tier, Tier::Histogram);
+    assert_eq!(w.pre_warm, Duration::ZERO);
+    assert!(close(w.keep_alive_until, (4 * MIN).mul_f64(1.1)));
+    let now = clock.now();
+    let plan = plan_at(&p, "f", now);
+    assert_eq!(plan.target, 1);
+    assert!(close(plan.review_at.unwrap() - now, (4 * MIN).mul_f64(1.1)));
+}
+
+#[test]
+fn spread_out_histogram_falls_back_to_the_standard_keep_alive() {
+    let clock = FakeClock::new();
+    let mut p = hybrid();
+    p.register("f", 1).unwrap();
+    // A new function keeps its first instance for the whole range.
+    invoke(&mut p, &clock, "f");
+    let first = p.windows(&"f").unwrap();
+    assert_eq!(
+        first,
+        Windows {
+            tier: Tier::Standard,
+            pre_warm: Duration::ZERO,
+            keep_alive_until: 4 * HOUR
+        }
+    );
+    let plan = plan_at(&p, "f", clock.now());
+    assert_eq!(plan.target, 1);
+    assert_eq!(plan.review_at, Some(clock.now() + 4 * HOUR));
+
+    // Idle times in 100 different minutes: bin-count CV = sqrt(240/100 - 1) ≈ 1.18 < 2.
+    let idles: Vec<Duration> = (0..100u32).map(|i| MIN * (i * 2) + 30 * SEC).collect();
+    for idle in &idles {
+        clock.advance(*idle);
+        invoke(&mut p, &clock, "f");
+    }
+    let w = p.windows(&"f").unwrap();
+    assert_eq!(w.tier, Tier::Standard);
+    assert_eq!((w.pre_warm, w.keep_alive_until), (Duration::ZERO, 4 * HOUR));
+    let idle_start = clock.now();
+    assert_eq!(plan_at(&p, "f", idle_start).target, 1);
+    assert_eq!(plan_at(&p, "f", idle_start + (4 * HOUR - SEC)).target, 1);
+    assert_eq!(plan_at(&p, "f", idle_start + 4 * HOUR).target, 0);
+}
+
+#[test]
+fn the_histogram_waits_for_min_samples() {
+    let clock = FakeClock::new();
+    let config = HybridConfig {
+        min_samples: 10,
+        ..HybridConfig::default()
+    };
+    let mut p = Policy::new(PolicyConfig {
+        strategy: Strategy::Hybrid(config),
+        ..PolicyConfig::hybrid()
+    })
+    .unwrap();
+    p.register("f", 1).unwrap();
+    feed(&mut p, &clock, "f", &repeat(9, 20 * MIN));
+    assert_eq!(p.windows(&"f").unwrap().tier, Tier::Standard);
+    clock.advance(20 * MIN);
+    invoke(&mut p, &clock, "f");
+    let w = p.windows(&"f").unwrap();
+    assert_eq!(w.tier, Tier::Histogram);
+    assert!(close(w.pre_warm, 18 * MIN));
+    assert!(close(w.keep_alive_until, (21 * MIN).mul_f64(1.1)));
+}
+
+#[test]
+fn mostly_out_of_range_idle_times_switch_to_the_time_series() {
+    let clock = FakeClock::new();
+    let mut p = hybrid();
+    p.register("daily", 1).unwrap();
+    // A daily timer: every idle time is 24 h (beyond the 4 h range).
+    feed(&mut p, &clock, "daily", &repeat(6, 24 * HOUR - RUN));
+    let w = p.windows(&"daily").unwrap();
+    assert_eq!(w.tier, Tier::TimeSeries);
+    let predicted = 24 * HOUR - RUN;
+    assert!(w.pre_warm.abs_diff(predicted.mul_f64(0.85)) < SEC, "{w:?}");
+    assert!(
+        w.keep_alive_until.abs_diff(predicted.mul_f64(1.15)) < SEC,
+        "{w:?}"
+    );
+    let idle_start = clock.now();
+    let plan = plan_at(&p, "daily", idle_start);
+    assert_eq!(plan.target, 0);
+    let load_at = plan.review_at.unwrap();
+    assert!((load_at - idle_start).abs_diff(predicted.mul_f64(0.85)) < SEC);
+    assert_eq!(plan_at(&p, "daily", load_at).target, 1);
+
+    // 6 of 10 out of range (share 0.6 ≥ 0.5): time series; 4 of 10: not.
+    let mut mostly_out = hybrid();
+    mostly_out.register("f", 1).unwrap();
+    let mut idles = repeat(4, 30 * MIN);
+    idles.extend(repeat(6, 6 * HOUR));
+    feed(&mut mostly_out, &clock, "f", &idles);
+    assert_eq!(mostly_out.windows(&"f").unwrap().tier, Tier::TimeSeries);
+
+    let mut mostly_in = hybrid();
+    mostly_in.register("f", 1).unwrap();
+    let mut idles = repeat(4, 6 * HOUR);
+    idles.extend(repeat(6, 30 * MIN));
+    feed(&mut mostly_in, &clock, "f", &idles);
+    assert_eq!(mostly_in.windows(&"f").unwrap().tier, Tier::Histogram);
+}
+
+#[test]
+fn fixed_keep_alive_and_no_pool_baselines() {
+    let clock = FakeClock::new();
+    let mut fixed = Policy::new(PolicyConfig::fixed(10 * MIN)).unwrap();
+    let mut none = Policy::new(PolicyConfig::no_pool()).unwrap();
+    for p in [&mut fixed, &mut none] {
+        p.register("f", 1).unwrap();
+        assert_eq!(p.plan(&"f", clock.now()).unwrap().target, 0);
+    }
+    // Two overlapping requests need two instances.
+    let t0 = clock.now();
+    for p in [&mut fixed, &mut none] {
+        p.on_arrival(&"f", t0).unwrap();
+        p.on_arrival(&"f", t0).unwrap();
+        assert_eq!(p.plan(&"f", t0).unwrap().target, 2);
+    }
+    let t1 = clock.advance(SEC);
+    for p in [&mut fixed, &mut none] {
+        p.on_finish(&"f", t1, SEC).unwrap();
+        p.on_finish(&"f", t1, SEC).unwrap();
+    }
+    let plan = fixed.plan(&"f", t1).unwrap();
+    assert_eq!(plan.target, 2);
+    assert!(!plan.pre_warm);
+    assert_eq!(plan.review_at, Some(t1 + 10 * MIN));
+    assert_eq!(fixed.plan(&"f", t1 + (10 * MIN - SEC)).unwrap().target, 2);
+    assert_eq!(fixed.plan(&"f", t1 + 10 * MIN).unwrap().target, 0);
+    assert_eq!(fixed.windows(&"f").unwrap().keep_alive_until, 10 * MIN);
+    let plan = none.plan(&"f", t1).unwrap();
+    assert_eq!(
+        (plan.target, plan.tier, plan.review_at),
+        (0, Tier::NoPool, None)
+    );
+}
+
+#[test]
+fn concurrency_decides_one_to_many() {
+    let clock = FakeClock::new();
+    let mut p = hybrid();
+    p.register("f", 4).unwrap();
+    // 10 requests/s, each 2 s: ~20 in flight; 20 / (4 × 0.7) → 8 instances.
+    let mut in_flight = std::collections::VecDeque::new();
+    for _ in 0..3000 {
+        let now = clock.advance(Duration::from_millis(100));
+        while in_flight.front().is_some_and(|end| *end <= now) {
+            in_flight.pop_front();
+            p.on_finish(&"f", now, 2 * SEC).unwrap();
+        }
+        p.on_arrival(&"f", now).unwrap();
+        in_flight.push_back(now + 2 * SEC);
+    }
+    assert_eq!(p.in_flight(&"f").unwrap(), 20);
+    let busy = plan_at(&p, "f", clock.now());
+    assert_eq!(busy.target, 8);
+    // Traffic stops: once idle, the extra instances go as the rate decays.
+    let mut now = clock.now();
+    while let Some(end) = in_flight.pop_front() {
+        now = end;
+        p.on_finish(&"f", now, 2 * SEC).unwrap();
+    }
+    let idle = plan_at(&p, "f", now);
+    assert!(idle.target >= 1 && idle.target <= 8);
+    let later = plan_at(&p, "f", now + 10 * MIN);
+    assert_eq!(later.target, 1);
+}
+
+#[test]
+fn misuse_is_a_clear_error() {
+    let clock = FakeClock::new();
+    let mut p = hybrid();
+    assert_eq!(p.register("f", 0), Err(PoolError::ZeroSlots("f".into())));
+    p.register("f", 1).unwrap();
+    assert_eq!(
+        p.register("f", 1),
+        Err(PoolError::FunctionExists("f".into()))
+    );
+    assert_eq!(
+        p.on_arrival(&"g", clock.now()),
+        Err(PoolError::UnknownFunction("g".into()))
+    );
+    assert_eq!(
+        p.on_finish(&"f", clock.now(), SEC),
+        Err(PoolError::NothingInFlight("f".into()))
+    );
+    assert!(p.plan(&"g", clock.now()).is_err());
+    p.remove(&"f").unwrap();
+    assert_eq!(p.remove(&"f"), Err(PoolError::UnknownFunction("f".into())));
+
+    let bad = HybridConfig {
+        range: 30 * SEC,
+        ..HybridConfig::default()
+    };
+    let err = Policy::<&str>::new(PolicyConfig {
+        strategy: Strategy::Hybrid(bad),
+        ..PolicyConfig::hybrid()
+    })
+    .unwrap_err();
+    assert!(err.to_string().contains("range"), "{err}");
+}
