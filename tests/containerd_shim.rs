@@ -12,10 +12,8 @@
 mod common;
 
 use std::fs;
-use std::io::Read;
-use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -80,20 +78,6 @@ fn run_detached(c: &Containerd, opts: &[&str], cgroup: &str, id: &str, cmd: &[&s
     c.wait_status(id, "RUNNING");
 }
 
-fn exec_args(c: &Containerd, opts: &[&str], id: &str, exec_id: &str, cmd: &[&str]) -> Vec<String> {
-    let mut a: Vec<String> = vec!["task".into(), "exec".into()];
-    a.extend(opts.iter().map(|s| s.to_string()));
-    a.extend([
-        "--fifo-dir".into(),
-        c.fifo_dir.display().to_string(),
-        "--exec-id".into(),
-        exec_id.into(),
-        id.into(),
-    ]);
-    a.extend(cmd.iter().map(|s| s.to_string()));
-    a
-}
-
 /// The sprout shims of this containerd.
 fn sprout_shims(c: &Containerd) -> Vec<i32> {
     pids_of("containerd-shim-sprout-v2", &c.sock.to_string_lossy())
@@ -107,15 +91,8 @@ fn runtime_state(c: &Containerd) -> PathBuf {
 /// Nothing of these containers is left: containerd's records, the
 /// shim's runtime state, rootfs mounts, cgroups, processes, shims.
 fn assert_clean(c: &Containerd, cgroups: &[&str]) {
-    assert_eq!(c.ok(&["container", "ls", "-q"]).trim(), "");
-    assert!(
-        wait_until(STATE_TIMEOUT, || sprout_shims(c).is_empty()),
-        "shims left behind: {:?}",
-        sprout_shims(c)
-    );
-    let left: Vec<_> = fs::read_dir(runtime_state(c))
-        .map(|d| d.flatten().map(|e| e.file_name()).collect())
-        .unwrap_or_default();
+    c.assert_no_containers(sprout_shims);
+    let left = dir_entries(&runtime_state(c));
     assert!(left.is_empty(), "runtime state left behind: {left:?}");
     let tmp = c.dir.path().to_string_lossy().into_owned();
     let mounts: Vec<PathBuf> = sprout::runtime::mountinfo::read_self()
@@ -126,13 +103,7 @@ fn assert_clean(c: &Containerd, cgroups: &[&str]) {
         .collect();
     assert!(mounts.is_empty(), "mounts left behind: {mounts:?}");
     for cg in cgroups {
-        assert!(
-            wait_until(STATE_TIMEOUT, || processes_in_cgroup_named(cg).is_empty()),
-            "processes left behind: {:?}",
-            processes_in_cgroup_named(cg)
-        );
-        let dirs = cgroup_leftovers(cg);
-        assert!(dirs.is_empty(), "cgroups left behind: {dirs:?}");
+        assert_cgroup_clean(cg);
     }
 }
 
@@ -140,16 +111,8 @@ fn assert_clean(c: &Containerd, cgroups: &[&str]) {
 fn run_passes_output_stdin_exit_codes_and_errors() {
     let c = containerd();
     let (id, cg) = c.names("rm");
-    let out = c.ctr(&run_args(
-        &c,
-        &["--rm"],
-        &cg,
-        &id,
-        &["/bin/sh", "-c", "echo hi; echo oops >&2; exit 3"],
-    ));
-    assert_eq!(out.code(), Some(3), "stderr: {}", out.stderr);
-    assert_eq!(out.stdout, "hi\n");
-    assert!(out.stderr.contains("oops"), "{}", out.stderr);
+    let out = c.ctr(&run_args(&c, &["--rm"], &cg, &id, &OUTPUT_CMD));
+    assert_output_run(&out);
 
     // stdin through containerd's fifo and the shim's pipe, to EOF.
     let (id2, cg2) = c.names("stdin");
@@ -212,49 +175,17 @@ fn detached_task_exec_ps_pause_resume_metrics_kill_delete() {
         rootfs.display()
     );
 
-    // exec: output and exit code come back.
-    let out = c.ctr(&exec_args(
-        &c,
-        &[],
-        &id,
-        "e1",
-        &["/bin/sh", "-c", "echo from-exec; echo exec-err >&2; exit 5"],
-    ));
-    assert_eq!(out.code(), Some(5), "stderr: {}", out.stderr);
-    assert_eq!(out.stdout, "from-exec\n");
-    assert!(out.stderr.contains("exec-err"), "{}", out.stderr);
-
-    // A detached exec shows up in ps with its exec id, and can be killed.
-    c.ok(&exec_args(&c, &["-d"], &id, "e2", &["/bin/sleep", "1000"]));
-    let mut e2 = None;
-    assert!(
-        wait_until(STATE_TIMEOUT, || {
-            e2 = c
-                .ps(&id)
-                .into_iter()
-                .find(|(_, e)| e.as_deref() == Some("e2"));
-            e2.is_some()
-        }),
-        "{:?}",
-        c.ps(&id)
-    );
-    let e2 = e2.unwrap().0;
-    assert!(c.ps(&id).iter().any(|(p, e)| *p == pid && e.is_none()));
-    c.ok(&["task", "kill", "-s", "KILL", "--exec-id", "e2", &id]);
-    assert!(wait_until(STATE_TIMEOUT, || !c
-        .ps(&id)
-        .iter()
-        .any(|(p, _)| *p == e2)));
+    // exec: output and exit code come back; a detached exec shows up in
+    // ps with its exec id, and can be killed.
+    c.assert_execs_work(&id, pid);
 
     // A failing exec is explained.
-    let out = c.ctr(&exec_args(&c, &[], &id, "e3", &["/nonexistent"]));
+    let out = c.ctr(&c.exec_args(&[], &id, "e3", &["/nonexistent"]));
     assert!(!out.success());
     assert!(out.stderr.contains("/nonexistent"), "{}", out.stderr);
 
-    c.ok(&["task", "pause", &id]);
-    c.wait_status(&id, "PAUSED");
-    c.ok(&["task", "resume", &id]);
-    c.wait_status(&id, "RUNNING");
+    c.pause(&id);
+    c.resume(&id);
 
     // Metrics in containerd's cgroup v1 format (ctr decodes and prints them).
     let metrics = c.ok(&["task", "metrics", &id]);
@@ -262,19 +193,7 @@ fn detached_task_exec_ps_pause_resume_metrics_kill_delete() {
     assert!(metrics.contains("memory.usage_in_bytes"), "{metrics}");
 
     // SIGTERM (the default) reaches the init's trap: exit status 7.
-    c.ok(&["task", "kill", &id]);
-    c.wait_status(&id, "STOPPED");
-    let out = c.ctr(&["task", "kill", "-s", "KILL", &id]);
-    assert!(
-        !out.success() && out.stderr.contains("not found"),
-        "{}",
-        out.stderr
-    );
-    c.ok(&["task", "kill", "-a", "-s", "KILL", &id]);
-    let out = c.ctr(&["task", "delete", &id]);
-    assert!(out.success(), "{}", out.stderr);
-    assert!(out.stderr.contains("exit code 7"), "{}", out.stderr);
-    c.ok(&["container", "delete", &id]);
+    c.terminate_and_delete(&id, 7);
     assert_clean(&c, &[&cg]);
 }
 
@@ -289,22 +208,14 @@ fn kill_all_and_killing_paused_tasks() {
         &id,
         &["/bin/sh", "-c", "sleep 1000 & sleep 1000 & wait"],
     );
-    assert!(
-        wait_until(STATE_TIMEOUT, || c.ps(&id).len() == 3),
-        "{:?}",
-        c.ps(&id)
-    );
-    c.ok(&["task", "kill", "-a", "-s", "KILL", &id]);
-    c.wait_status(&id, "STOPPED");
-    c.ok(&["task", "delete", &id]);
-    c.ok(&["container", "delete", &id]);
+    c.wait_process_count(&id, 3);
+    c.kill_until_stopped(&["-a", "-s", "KILL"], &id);
+    c.remove(&id);
 
     let (id2, cg2) = c.names("killpaused");
     run_detached(&c, &[], &cg2, &id2, &["/bin/sleep", "1000"]);
-    c.ok(&["task", "pause", &id2]);
-    c.wait_status(&id2, "PAUSED");
-    c.ok(&["task", "kill", "-s", "KILL", &id2]);
-    c.wait_status(&id2, "STOPPED");
+    c.pause(&id2);
+    c.kill_until_stopped(&["-s", "KILL"], &id2);
     // A signal death is reported as 128 + the signal.
     let out = c.ctr(&["task", "delete", &id2]);
     assert!(out.success(), "{}", out.stderr);
@@ -314,89 +225,24 @@ fn kill_all_and_killing_paused_tasks() {
     // A forced delete of a paused task.
     let (id3, cg3) = c.names("forcepaused");
     run_detached(&c, &[], &cg3, &id3, &["/bin/sleep", "1000"]);
-    c.ok(&["task", "pause", &id3]);
-    c.wait_status(&id3, "PAUSED");
+    c.pause(&id3);
     c.ok(&["task", "delete", "-f", &id3]);
     c.ok(&["container", "delete", &id3]);
     assert_clean(&c, &[&cg, &cg2, &cg3]);
-}
-
-/// Runs ctr on a fresh pty (ctr -t insists on a terminal) of 30x100;
-/// returns its status and everything it wrote.
-fn ctr_on_pty(c: &Containerd, args: &[String]) -> (Option<ExitStatus>, String) {
-    let ws = nix::pty::Winsize {
-        ws_row: 30,
-        ws_col: 100,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    let pty = nix::pty::openpty(&ws, None).unwrap();
-    let mut child = {
-        let slave: OwnedFd = pty.slave;
-        let mut cmd = c.ctr_cmd();
-        cmd.args(args)
-            .stdin(Stdio::from(slave.try_clone().unwrap()))
-            .stdout(Stdio::from(slave.try_clone().unwrap()))
-            .stderr(Stdio::from(slave));
-        cmd.spawn().unwrap()
-    };
-    let mut master = fs::File::from(pty.master);
-    let reader = std::thread::spawn(move || {
-        let mut all = Vec::new();
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = master.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            all.extend_from_slice(&buf[..n]);
-        }
-        String::from_utf8_lossy(&all).into_owned()
-    });
-    let status = wait_child(&mut child, CTR_TIMEOUT);
-    (status, reader.join().unwrap())
 }
 
 #[test]
 fn terminals_for_run_and_exec() {
     let c = containerd();
     let (id, cg) = c.names("tty");
-    let args = run_args(
-        &c,
-        &["--rm", "-t"],
-        &cg,
-        &id,
-        // ctr sets the size by a ResizePty after the start: wait for it.
-        &[
-            "/bin/sh",
-            "-c",
-            "tty; i=0; until stty size 2>/dev/null | grep -q '^[1-9]' || [ $i -ge 300 ]; \
-             do sleep 0.1; i=$((i+1)); done; stty size; exit 6",
-        ],
-    );
-    let (status, out) = ctr_on_pty(&c, &args);
-    assert_eq!(status.and_then(|s| s.code()), Some(6), "{out}");
-    assert!(out.contains("/dev/pts/"), "{out}");
-    assert!(out.contains("30 100"), "{out}");
+    let args = run_args(&c, &["--rm", "-t"], &cg, &id, &TTY_SIZE_CMD);
+    assert_tty_run(&c, &args);
 
     let (id2, cg2) = c.names("ttyexec");
     run_detached(&c, &[], &cg2, &id2, &["/bin/sleep", "1000"]);
-    let args = exec_args(
-        &c,
-        &["-t"],
-        &id2,
-        "t1",
-        &["/bin/sh", "-c", "sleep 0.2; tty; echo tty-exec; exit 9"],
-    );
-    let (status, out) = ctr_on_pty(&c, &args);
-    assert_eq!(status.and_then(|s| s.code()), Some(9), "{out}");
-    assert!(
-        out.contains("/dev/pts/") && out.contains("tty-exec"),
-        "{out}"
-    );
-    c.ok(&["task", "kill", "-s", "KILL", &id2]);
-    c.wait_status(&id2, "STOPPED");
-    c.ok(&["task", "delete", &id2]);
-    c.ok(&["container", "delete", &id2]);
+    assert_tty_exec(&c, &id2);
+    c.kill_until_stopped(&["-s", "KILL"], &id2);
+    c.remove(&id2);
     assert_clean(&c, &[&cg, &cg2]);
 }
 
@@ -433,12 +279,10 @@ fn containers_of_a_group_share_one_shim() {
 
     // Deleting one task (and containerd's `delete` action after it) leaves
     // the other running in the same shim.
-    c.ok(&["task", "kill", "-s", "KILL", &a]);
-    c.wait_status(&a, "STOPPED");
-    c.ok(&["task", "delete", &a]);
-    c.ok(&["container", "delete", &a]);
+    c.kill_until_stopped(&["-s", "KILL"], &a);
+    c.remove(&a);
     assert!(sprout_shims(&c).contains(&shims[0]));
-    let out = c.ctr(&exec_args(&c, &[], &b, "x", &["/bin/echo", "still-here"]));
+    let out = c.ctr(&c.exec_args(&[], &b, "x", &["/bin/echo", "still-here"]));
     assert_eq!(out.stdout, "still-here\n", "{}", out.stderr);
     for id in [&b, &solo] {
         c.ok(&["task", "kill", "-s", "KILL", id]);
@@ -485,12 +329,10 @@ fn tasks_survive_a_containerd_restart() {
     c.wait_status(&id, "RUNNING");
     assert_eq!(c.task(&id).unwrap().0, pid);
     assert_eq!(sprout_shims(&c), shims);
-    let out = c.ctr(&exec_args(&c, &[], &id, "x", &["/bin/echo", "reconnected"]));
+    let out = c.ctr(&c.exec_args(&[], &id, "x", &["/bin/echo", "reconnected"]));
     assert_eq!(out.stdout, "reconnected\n", "{}", out.stderr);
-    c.ok(&["task", "kill", "-s", "KILL", &id]);
-    c.wait_status(&id, "STOPPED");
-    c.ok(&["task", "delete", &id]);
-    c.ok(&["container", "delete", &id]);
+    c.kill_until_stopped(&["-s", "KILL"], &id);
+    c.remove(&id);
     assert_clean(&c, &[&cg]);
 }
 
@@ -561,10 +403,8 @@ fn checkpoint_a_running_task_and_restore_it_under_a_new_name() {
     let at_checkpoint = count_of(&lines(&log)[before - 1]);
     // The restored container gets the original's spec, cgroup included:
     // the original goes first.
-    c.ok(&["task", "kill", "-s", "KILL", &id]);
-    c.wait_status(&id, "STOPPED");
-    c.ok(&["task", "delete", &id]);
-    c.ok(&["container", "delete", &id]);
+    c.kill_until_stopped(&["-s", "KILL"], &id);
+    c.remove(&id);
 
     // The restore: a new container from the image, its task created from
     // the checkpoint containerd unpacks.
@@ -590,10 +430,8 @@ fn checkpoint_a_running_task_and_restore_it_under_a_new_name() {
         first > 1 && first <= at_checkpoint + 1,
         "restored counter starts at {first}; checkpointed at or before {at_checkpoint}"
     );
-    c.ok(&["task", "kill", "-s", "KILL", &id2]);
-    c.wait_status(&id2, "STOPPED");
-    c.ok(&["task", "delete", &id2]);
-    c.ok(&["container", "delete", &id2]);
+    c.kill_until_stopped(&["-s", "KILL"], &id2);
+    c.remove(&id2);
     assert_clean(&c, &[&cg]);
 }
 
@@ -646,16 +484,12 @@ fn task_events_reach_containerd_in_order_oom_included() {
     let events = watch_events(&c);
     let (id, cg) = c.names("ev");
     run_detached(&c, &[], &cg, &id, &["/bin/sleep", "1000"]);
-    let out = c.ctr(&exec_args(&c, &[], &id, "e1", &["/bin/true"]));
+    let out = c.ctr(&c.exec_args(&[], &id, "e1", &["/bin/true"]));
     assert_eq!(out.code(), Some(0), "{}", out.stderr);
-    c.ok(&["task", "pause", &id]);
-    c.wait_status(&id, "PAUSED");
-    c.ok(&["task", "resume", &id]);
-    c.wait_status(&id, "RUNNING");
-    c.ok(&["task", "kill", "-s", "KILL", &id]);
-    c.wait_status(&id, "STOPPED");
-    c.ok(&["task", "delete", &id]);
-    c.ok(&["container", "delete", &id]);
+    c.pause(&id);
+    c.resume(&id);
+    c.kill_until_stopped(&["-s", "KILL"], &id);
+    c.remove(&id);
     let want = [
         "/tasks/create",
         "/tasks/start",
@@ -844,21 +678,12 @@ fn a_function_annotation_starts_a_fork_of_the_template_through_sproutd() {
     assert_eq!(r["digest"], warm["digest"]);
     assert_eq!(r["requests"], 2, "the warm-up request plus this one");
     // exec, pause and resume work on it as on any task.
-    let out = c.ctr(&exec_args(
-        &c,
-        &[],
-        &id,
-        "x",
-        &["/bin/cat", "/app/function.py"],
-    ));
+    let out = c.ctr(&c.exec_args(&[], &id, "x", &["/bin/cat", "/app/function.py"]));
     assert_eq!(out.code(), Some(0), "{}", out.stderr);
     assert!(out.stdout.contains("asyncio"), "{}", out.stdout);
-    c.ok(&["task", "pause", &id]);
-    c.wait_status(&id, "PAUSED");
-    c.ok(&["task", "resume", &id]);
-    c.wait_status(&id, "RUNNING");
-    c.ok(&["task", "kill", "-s", "KILL", &id]);
-    c.wait_status(&id, "STOPPED");
+    c.pause(&id);
+    c.resume(&id);
+    c.kill_until_stopped(&["-s", "KILL"], &id);
     let out = c.ctr(&["task", "delete", &id]);
     assert!(out.stderr.contains("exit code 137"), "{}", out.stderr);
     c.ok(&["container", "delete", &id]);

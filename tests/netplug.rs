@@ -18,40 +18,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::*;
-use sprout::netplug::{
-    self, BlockingNetplug, Error as NpError, Options, Owner, ProcRef, VpcConfig, VpcPlumbing,
-};
-
-fn open(root: &Path) -> BlockingNetplug {
-    BlockingNetplug::open(Options::new(root)).unwrap()
-}
-
-fn native(name: &str, subnet: &str, pool: usize) -> VpcConfig {
-    VpcConfig {
-        name: name.into(),
-        plumbing: VpcPlumbing::Native {
-            subnet: subnet.parse().unwrap(),
-            gateway: None,
-        },
-        mtu: 1500,
-        pool_size: pool,
-        give_back: Default::default(),
-    }
-}
-
-/// Deletes every VPC of a state root when dropped (a failed test too),
-/// after reconciling away leases of owners that are gone.
-struct VpcGuard(PathBuf);
-
-impl Drop for VpcGuard {
-    fn drop(&mut self) {
-        let np = open(&self.0);
-        let _ = np.gc();
-        for v in np.vpcs().unwrap_or_default() {
-            let _ = np.delete_vpc(&v.name, true);
-        }
-    }
-}
+use sprout::netplug::{self, BlockingNetplug, Error as NpError, Options, Owner, ProcRef};
 
 /// A child process stopped by pid when dropped.
 struct Reaped(Child);
@@ -136,20 +103,6 @@ fn drops(st: &serde_json::Value, vpc: &str, hook: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// Names of the links in the namespace at `path`.
-fn links_in(path: &Path) -> Vec<String> {
-    let out = Command::new("nsenter")
-        .arg(format!("--net={}", path.display()))
-        .args(["ip", "-o", "link", "show"])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.split(": ").nth(1))
-        .map(|n| n.split('@').next().unwrap().to_string())
-        .collect()
-}
-
 /// Nothing of netplug's left for state root `root`: no mounts (hub,
 /// namespaces, the shared ns directory), no namespace files, and never a
 /// link of ours in the host namespace. Polls: the kernel lets go of a
@@ -157,12 +110,7 @@ fn links_in(path: &Path) -> Vec<String> {
 fn assert_no_netplug_leftovers(root: &Path) {
     let r = root.to_str().unwrap().to_string();
     let ok = wait_until(Duration::from_secs(10), || {
-        let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
-        !mounts.contains(&r)
-            && fs::read_dir(root.join(".netplug/ns"))
-                .map(|d| d.count())
-                .unwrap_or(0)
-                == 0
+        netplug_namespaces_gone(root)
             && state_files(root, "ready").is_empty()
             && state_files(root, "leases").is_empty()
             && state_files(root, "building").is_empty()
@@ -178,11 +126,7 @@ fn assert_no_netplug_leftovers(root: &Path) {
             .collect::<Vec<_>>(),
         walk(&root.join(".netplug"))
     );
-    let host = links_in(Path::new("/proc/self/ns/net"));
-    assert!(
-        !host.iter().any(|l| l.starts_with("np")),
-        "netplug made links in the host namespace: {host:?}"
-    );
+    assert_no_netplug_links_on_host();
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {
@@ -209,24 +153,8 @@ fn state_files(root: &Path, sub: &str) -> Vec<PathBuf> {
 fn containers_in_a_vpc_talk_and_vpcs_are_isolated() {
     let mut s = Sandbox::new("np-iso");
     let _vpcs = VpcGuard(s.root.clone());
-    s.ok(&[
-        "vpc",
-        "create",
-        "a",
-        "--subnet",
-        "198.18.20.0/24",
-        "--pool",
-        "2",
-    ]);
-    s.ok(&[
-        "vpc",
-        "create",
-        "b",
-        "--subnet",
-        "198.18.21.0/24",
-        "--pool",
-        "2",
-    ]);
+    create_native_vpc(&s, "a", "198.18.20.0/24", 2, &[]);
+    create_native_vpc(&s, "b", "198.18.21.0/24", 2, &[]);
     // Isolation must not rely on forwarding being off.
     s.ok(&["netplug", "forwarding", "on"]);
     assert_eq!(s.ok(&["netplug", "fill"]).trim(), "made 4");
@@ -372,14 +300,19 @@ fn fifty_concurrent_takes_get_unique_addresses() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().to_path_buf();
     let _vpcs = VpcGuard(root.clone());
-    let np = open(&root);
-    np.create_vpc(native("c", "198.18.22.0/24", 10)).unwrap();
+    let np = open_netplug(&root);
+    np.create_vpc(native_vpc("c", "198.18.22.0/24", 10))
+        .unwrap();
     assert_eq!(np.fill().unwrap(), 10);
     let leases: Vec<netplug::Lease> = std::thread::scope(|s| {
         let hs: Vec<_> = (0..50)
             .map(|_| {
                 let root = &root;
-                s.spawn(move || open(root).take("c", &Owner::this_process()).unwrap())
+                s.spawn(move || {
+                    open_netplug(root)
+                        .take("c", &Owner::this_process())
+                        .unwrap()
+                })
             })
             .collect();
         hs.into_iter().map(|h| h.join().unwrap()).collect()
@@ -412,9 +345,10 @@ fn fifty_concurrent_takes_get_unique_addresses() {
 fn exhausted_subnet_is_a_clear_error_and_leaves_nothing() {
     let mut s = Sandbox::new("np-full");
     let _vpcs = VpcGuard(s.root.clone());
-    let np = open(&s.root);
+    let np = open_netplug(&s.root);
     // /29: 6 hosts, one of them the gateway.
-    np.create_vpc(native("tiny", "198.18.23.0/29", 0)).unwrap();
+    np.create_vpc(native_vpc("tiny", "198.18.23.0/29", 0))
+        .unwrap();
     let leases: Vec<_> = (0..5)
         .map(|_| np.take("tiny", &Owner::this_process()).unwrap())
         .collect();
@@ -662,16 +596,8 @@ fn reconciliation_after_the_pool_holder_is_killed() {
     let s = Sandbox::new("np-crash");
     let _vpcs = VpcGuard(s.root.clone());
     let target = 150;
-    s.ok(&[
-        "vpc",
-        "create",
-        "k",
-        "--subnet",
-        "198.18.25.0/24",
-        "--pool",
-        &target.to_string(),
-    ]);
-    let np = open(&s.root);
+    create_native_vpc(&s, "k", "198.18.25.0/24", target, &[]);
+    let np = open_netplug(&s.root);
     let ready = || state_files(&s.root, "ready").len();
 
     // 1. The holder is killed half-way through a build, after a lease's
@@ -726,6 +652,70 @@ fn reconciliation_after_the_pool_holder_is_killed() {
     assert_no_netplug_leftovers(&s.root);
 }
 
+/// `restore --image-path <img> --bundle <the sandbox's> -d <extra...> <rid>`.
+fn restore_argv<'a>(s: &'a Sandbox, img: &'a str, extra: &[&'a str], rid: &'a str) -> Vec<&'a str> {
+    let mut a = vec![
+        "restore",
+        "--image-path",
+        img,
+        "--bundle",
+        s.bundle_str(),
+        "-d",
+    ];
+    a.extend_from_slice(extra);
+    a.push(rid);
+    a
+}
+
+/// `sprout vpc create <vpc> --subnet <subnet> --pool <pool> <extra...>`.
+fn create_native_vpc(s: &Sandbox, vpc: &str, subnet: &str, pool: usize, extra: &[&str]) {
+    let pool = pool.to_string();
+    let mut args = vec!["vpc", "create", vpc, "--subnet", subnet, "--pool", &pool];
+    args.extend_from_slice(extra);
+    s.ok(&args);
+}
+
+/// A CNI network `name` (one bridge plugin on `bridge`, host-local
+/// addresses from `subnet`, a default route if `default_route`) in the
+/// sandbox's `net.conflist`.
+fn bridge_conflist(
+    s: &Sandbox,
+    name: &str,
+    bridge: &str,
+    subnet: &str,
+    default_route: bool,
+) -> PathBuf {
+    let mut ipam = serde_json::json!({"type": "host-local", "ranges": [[{"subnet": subnet}]]});
+    if default_route {
+        ipam["routes"] = serde_json::json!([{"dst": "0.0.0.0/0"}]);
+    }
+    let conflist = s.dir.path().join("net.conflist");
+    fs::write(
+        &conflist,
+        serde_json::json!({
+            "cniVersion": "1.0.0",
+            "name": name,
+            "plugins": [{"type": "bridge", "bridge": bridge, "isGateway": true, "ipam": ipam}]
+        })
+        .to_string(),
+    )
+    .unwrap();
+    conflist
+}
+
+/// `sprout vpc create <vpc> --cni <conflist> --pool <pool>`.
+fn create_cni_vpc(s: &Sandbox, vpc: &str, conflist: &Path, pool: usize) {
+    s.ok(&[
+        "vpc",
+        "create",
+        vpc,
+        "--cni",
+        conflist.to_str().unwrap(),
+        "--pool",
+        &pool.to_string(),
+    ]);
+}
+
 #[test]
 fn cni_fill_mode_produces_working_namespaces() {
     let s = Sandbox::new("np-cni");
@@ -734,34 +724,13 @@ fn cni_fill_mode_produces_working_namespaces() {
         Path::new("/usr/lib/cni/bridge").exists() && Path::new("/usr/lib/cni/host-local").exists(),
         "install containernetworking-plugins"
     );
-    let conflist = s.dir.path().join("net.conflist");
-    fs::write(
-        &conflist,
-        serde_json::json!({
-            "cniVersion": "1.0.0",
-            "name": "sprout-test-cni",
-            "plugins": [{
-                "type": "bridge", "bridge": "npcni0", "isGateway": true,
-                "ipam": {"type": "host-local", "ranges": [[{"subnet": "198.18.26.0/24"}]]}
-            }]
-        })
-        .to_string(),
-    )
-    .unwrap();
-    s.ok(&[
-        "vpc",
-        "create",
-        "cn",
-        "--cni",
-        conflist.to_str().unwrap(),
-        "--pool",
-        "2",
-    ]);
+    let conflist = bridge_conflist(&s, "sprout-test-cni", "npcni0", "198.18.26.0/24", false);
+    create_cni_vpc(&s, "cn", &conflist, 2);
     // netplug's own ranges never overlap the CNI network's.
     let err = s.fails(&["vpc", "create", "nat", "--subnet", "198.18.26.128/25"]);
     assert!(err.contains("overlaps"), "{err}");
     assert_eq!(s.ok(&["netplug", "fill"]).trim(), "made 2");
-    let np = open(&s.root);
+    let np = open_netplug(&s.root);
     let subnet: netplug::Subnet = "198.18.26.0/24".parse().unwrap();
     let a = np.take("cn", &Owner::this_process()).unwrap();
     let b = np.take("cn", &Owner::this_process()).unwrap();
@@ -826,9 +795,10 @@ fn deleting_a_vpc_removes_everything_it_made() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().to_path_buf();
     let _vpcs = VpcGuard(root.clone());
-    let np = open(&root);
-    np.create_vpc(native("d", "198.18.27.0/24", 3)).unwrap();
-    np.create_vpc(native("d2", "198.18.28.0/24", 1)).unwrap();
+    let np = open_netplug(&root);
+    np.create_vpc(native_vpc("d", "198.18.27.0/24", 3)).unwrap();
+    np.create_vpc(native_vpc("d2", "198.18.28.0/24", 1))
+        .unwrap();
     np.fill().unwrap();
     let l = np.take("d", &Owner::this_process()).unwrap();
     // Refused while a live owner holds a namespace of it.
@@ -904,38 +874,20 @@ fn address_of(s: &Sandbox, id: &str) -> Ipv4Addr {
 fn a_restored_function_joins_a_vpc_and_gives_its_namespace_back() {
     let mut s = python_sandbox("np-restore");
     let _vpcs = VpcGuard(s.root.clone());
-    s.ok(&[
-        "vpc",
-        "create",
-        "fn",
-        "--subnet",
-        "198.18.29.0/24",
-        "--pool",
-        "2",
-    ]);
+    create_native_vpc(&s, "fn", "198.18.29.0/24", 2, &[]);
     assert_eq!(s.ok(&["netplug", "fill"]).trim(), "made 2");
     // Checkpointed from a container in a namespace of its own.
     let (img, warm) = python_image(&s);
     let img = img.to_str().unwrap().to_string();
     let subnet: netplug::Subnet = "198.18.29.0/24".parse().unwrap();
-    let np = open(&s.root);
+    let np = open_netplug(&s.root);
     // Another namespace of the VPC, to call the function from.
     let client = np.take("fn", &Owner::this_process()).unwrap();
     let leased = |s: &Sandbox| pool(&status(s), "fn")["leased"].as_u64().unwrap();
 
     // --vpc on the command line.
     let r1 = format!("{}-r1", s.id);
-    s.ok(&[
-        "restore",
-        "--image-path",
-        &img,
-        "--bundle",
-        s.bundle_str(),
-        "-d",
-        "--vpc",
-        "fn",
-        &r1,
-    ]);
+    s.ok(&restore_argv(&s, &img, &["--vpc", "fn"], &r1));
     let a1 = address_of(&s, &r1);
     assert!(subnet.is_host(a1) && a1 != client.address, "{a1}");
     let got = json_body(&http_get_from(&client.fd, a1, 8080, "/r1").unwrap());
@@ -949,15 +901,7 @@ fn a_restored_function_joins_a_vpc_and_gives_its_namespace_back() {
     s.config()["annotations"] = serde_json::json!({ "io.sprout.vpc": "fn" });
     s.write_config();
     let r2 = format!("{}-r2", s.id);
-    s.ok(&[
-        "restore",
-        "--image-path",
-        &img,
-        "--bundle",
-        s.bundle_str(),
-        "-d",
-        &r2,
-    ]);
+    s.ok(&restore_argv(&s, &img, &[], &r2));
     let a2 = address_of(&s, &r2);
     assert!(subnet.is_host(a2) && a2 != client.address, "{a2}");
     let got = json_body(&http_get_from(&client.fd, a2, 8080, "/r2").unwrap());
@@ -972,32 +916,14 @@ fn a_restored_function_joins_a_vpc_and_gives_its_namespace_back() {
         .unwrap();
     let r3 = format!("{}-r3", s.id);
     let missing = s.dir.path().join("no-such-image");
-    let err = s.fails(&[
-        "restore",
-        "--image-path",
-        missing.to_str().unwrap(),
-        "--bundle",
-        s.bundle_str(),
-        "-d",
-        &r3,
-    ]);
+    let err = s.fails(&restore_argv(&s, missing.to_str().unwrap(), &[], &r3));
     assert!(err.contains("no-such-image"), "{err}");
     let st = status(&s);
     let p = pool(&st, "fn");
     assert_eq!(p["counters"]["takes"].as_u64(), Some(takes + 1), "{st}");
     assert_eq!(p["leased"], 1, "{st}");
     assert!(!s.root.join(&r3).exists());
-    let err = s.fails(&[
-        "restore",
-        "--image-path",
-        &img,
-        "--bundle",
-        s.bundle_str(),
-        "-d",
-        "--vpc",
-        "nope",
-        &r3,
-    ]);
+    let err = s.fails(&restore_argv(&s, &img, &["--vpc", "nope"], &r3));
     assert!(err.contains("no VPC named nope"), "{err}");
 
     let id = client.id.clone();
@@ -1051,21 +977,11 @@ fn the_mtu_reaches_the_bridge_and_every_namespace_and_survives_a_scrub() {
     ]);
     assert!(err.contains("invalid MTU 100"), "{err}");
     assert!(!s.root.join(".netplug/ns/hub").exists());
-    s.ok(&[
-        "vpc",
-        "create",
-        "m",
-        "--subnet",
-        "198.18.33.0/24",
-        "--mtu",
-        "1400",
-        "--pool",
-        "1",
-    ]);
+    create_native_vpc(&s, "m", "198.18.33.0/24", 1, &["--mtu", "1400"]);
     assert_eq!(s.ok(&["netplug", "fill"]).trim(), "made 1");
     let hub = s.root.join(".netplug/ns/hub");
     assert_eq!(mtu_in(&hub, "npbr0"), 1400);
-    let np = open(&s.root);
+    let np = open_netplug(&s.root);
     let l = np.take("m", &Owner::this_process()).unwrap();
     assert_eq!(l.mtu, 1400);
     assert_eq!(mtu_in(&l.path, "eth0"), 1400);
@@ -1096,16 +1012,7 @@ fn destroy_on_give_back_removes_the_namespace() {
     let mut s = Sandbox::new("np-destroy");
     let _vpcs = VpcGuard(s.root.clone());
     // The VPC's own policy, through the CLI.
-    s.ok(&[
-        "vpc",
-        "create",
-        "dz",
-        "--subnet",
-        "198.18.34.0/24",
-        "--pool",
-        "1",
-        "--destroy-on-give-back",
-    ]);
+    create_native_vpc(&s, "dz", "198.18.34.0/24", 1, &["--destroy-on-give-back"]);
     assert_eq!(s.ok(&["netplug", "fill"]).trim(), "made 1");
     s.config()["linux"]["cgroupsPath"] = serde_json::json!(format!("{}-1", s.cgroup));
     s.set_args(&["sleep", "60"]);
@@ -1145,7 +1052,7 @@ fn destroy_on_give_back_removes_the_namespace() {
     assert_gone(&s.root, &lid);
     assert_eq!(np.status().unwrap().pools[1].ready, 0);
     // The same VPC with the default policy reuses.
-    let np = open(&s.root);
+    let np = open_netplug(&s.root);
     let l = np.take("dr", &Owner::this_process()).unwrap();
     let lid = l.id.clone();
     drop(l);
@@ -1210,44 +1117,17 @@ fn connects(from: &OwnedFd, addr: Ipv4Addr, port: u16) -> bool {
 fn a_cni_vpc_and_a_native_vpc_are_isolated_and_listed() {
     let s = Sandbox::new("np-mixed");
     let _vpcs = VpcGuard(s.root.clone());
-    let conflist = s.dir.path().join("net.conflist");
-    fs::write(
-        &conflist,
-        serde_json::json!({
-            "cniVersion": "1.0.0",
-            "name": "sprout-test-mixed",
-            "plugins": [{
-                "type": "bridge", "bridge": "npcni1", "isGateway": true,
-                // A default route, as real networks have: the isolation
-                // must come from the rules, not from a missing route.
-                "ipam": {"type": "host-local", "ranges": [[{"subnet": "198.18.30.0/24"}]],
-                         "routes": [{"dst": "0.0.0.0/0"}]}
-            }]
-        })
-        .to_string(),
-    )
-    .unwrap();
-    s.ok(&[
-        "vpc",
-        "create",
-        "ci",
-        "--cni",
-        conflist.to_str().unwrap(),
-        "--pool",
-        "1",
-    ]);
-    s.ok(&[
-        "vpc",
-        "create",
+    // A default route, as real networks have: the isolation
+    // must come from the rules, not from a missing route.
+    let conflist = bridge_conflist(&s, "sprout-test-mixed", "npcni1", "198.18.30.0/24", true);
+    create_cni_vpc(&s, "ci", &conflist, 1);
+    create_native_vpc(
+        &s,
         "na",
-        "--subnet",
         "198.18.31.0/24",
-        "--mtu",
-        "1450",
-        "--pool",
-        "1",
-        "--destroy-on-give-back",
-    ]);
+        1,
+        &["--mtu", "1450", "--destroy-on-give-back"],
+    );
     // `vpc list`: a row per VPC, in both formats.
     let table = s.ok(&["vpc", "list"]);
     let rows: Vec<Vec<&str>> = table
@@ -1289,7 +1169,7 @@ fn a_cni_vpc_and_a_native_vpc_are_isolated_and_listed() {
 
     s.ok(&["netplug", "forwarding", "on"]);
     assert_eq!(s.ok(&["netplug", "fill"]).trim(), "made 2");
-    let np = open(&s.root);
+    let np = open_netplug(&s.root);
     let c = np.take("ci", &Owner::this_process()).unwrap();
     let n = np.take("na", &Owner::this_process()).unwrap();
     let before = np.status().unwrap().drops;
@@ -1393,29 +1273,8 @@ fn a_take_never_waits_for_the_refill() {
     let _vpcs = VpcGuard(s.root.clone());
     let d = s.dir.path();
     let cni = gated_cni_dir(d);
-    let conflist = d.join("net.conflist");
-    fs::write(
-        &conflist,
-        serde_json::json!({
-            "cniVersion": "1.0.0",
-            "name": "sprout-test-slow",
-            "plugins": [{
-                "type": "bridge", "bridge": "npcni2", "isGateway": true,
-                "ipam": {"type": "host-local", "ranges": [[{"subnet": "198.18.32.0/24"}]]}
-            }]
-        })
-        .to_string(),
-    )
-    .unwrap();
-    s.ok(&[
-        "vpc",
-        "create",
-        "sl",
-        "--cni",
-        conflist.to_str().unwrap(),
-        "--pool",
-        "1",
-    ]);
+    let conflist = bridge_conflist(&s, "sprout-test-slow", "npcni2", "198.18.32.0/24", false);
+    create_cni_vpc(&s, "sl", &conflist, 1);
     // The holder's first build hangs in the plugin.
     fs::write(d.join("gate"), "").unwrap();
     let holder = Reaped(

@@ -12,29 +12,101 @@ mod common;
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
 use std::time::Duration;
 
 use common::*;
 
-#[test]
-fn static_counter_continues_after_restore() {
-    let mut s = Sandbox::new("snapctr");
+/// A sandbox whose process is the static test program `prog` (in /bin),
+/// given `args`.
+fn program_sandbox(name: &str, prog: &str, args: &[&str]) -> Sandbox {
+    let mut s = Sandbox::new(name);
+    add_program(&s, prog, true);
+    let bin = format!("/bin/{prog}");
+    let argv: Vec<&str> = std::iter::once(bin.as_str())
+        .chain(args.iter().copied())
+        .collect();
+    s.set_args(&argv);
+    s
+}
+
+/// Copies the test program `prog` into the sandbox's /bin.
+fn add_program(s: &Sandbox, prog: &str, static_link: bool) {
     fs::copy(
-        program("counter", true),
-        s.bundle.join("rootfs/bin/counter"),
+        program(prog, static_link),
+        s.bundle.join("rootfs/bin").join(prog),
     )
     .unwrap();
-    s.set_args(&["/bin/counter", "20"]);
+}
+
+/// `run -d` of the sandbox's container, its output appended to
+/// `<dir>/<out_name>`; returns the id and that file.
+fn run_detached(s: &Sandbox, out_name: &str) -> (String, PathBuf) {
     let id = s.id.clone();
-    let out1 = s.dir.path().join("out1");
+    let out = s.dir.path().join(out_name);
     assert!(
-        sprout_to(&s, &["run", "-d", "--bundle", s.bundle_str(), &id], &out1).success(),
+        sprout_to(s, &["run", "-d", "--bundle", s.bundle_str(), &id], &out).success(),
         "{}",
-        stderr_of(&out1)
+        stderr_of(&out)
     );
-    assert!(wait_until(Duration::from_secs(10), || lines(&out1).len() >= 5));
+    (id, out)
+}
+
+/// Waits (up to 10 s) until `out` has the line `line`.
+fn has_line(out: &Path, line: &str) -> bool {
+    wait_until(Duration::from_secs(10), || {
+        lines(out).iter().any(|l| l == line)
+    })
+}
+
+/// Checkpoints `id` to `<dir>/image`, which (the default) kills it.
+fn checkpoint(s: &Sandbox, id: &str) -> PathBuf {
     let img = s.dir.path().join("image");
-    s.ok(&["checkpoint", "--image-path", img.to_str().unwrap(), &id]);
+    s.ok(&["checkpoint", "--image-path", img.to_str().unwrap(), id]);
+    img
+}
+
+/// A checkpoint of `id` that must fail: it writes no image and leaves the
+/// container running. Returns the error.
+fn refused_checkpoint(s: &Sandbox, id: &str) -> String {
+    let img = s.dir.path().join("image");
+    let err = s.fails(&["checkpoint", "--image-path", img.to_str().unwrap(), id]);
+    assert!(
+        !img.exists() || fs::read_dir(&img).unwrap().next().is_none(),
+        "{err}"
+    );
+    assert_eq!(
+        s.status(id),
+        "running",
+        "a refused checkpoint must leave the container running"
+    );
+    err
+}
+
+/// `restore -d` of `img` as `rid` in the sandbox's bundle, its output
+/// appended to `out`.
+fn restore_detached(s: &Sandbox, img: &Path, rid: &str, out: &Path) -> ExitStatus {
+    sprout_to(
+        s,
+        &[
+            "restore",
+            "--image-path",
+            img.to_str().unwrap(),
+            "--bundle",
+            s.bundle_str(),
+            "-d",
+            rid,
+        ],
+        out,
+    )
+}
+
+#[test]
+fn static_counter_continues_after_restore() {
+    let s = program_sandbox("snapctr", "counter", &["20"]);
+    let (id, out1) = run_detached(&s, "out1");
+    assert!(wait_until(Duration::from_secs(10), || lines(&out1).len() >= 5));
+    let img = checkpoint(&s, &id);
     // The default kills the dumped process.
     assert!(wait_until(Duration::from_secs(5), || s.status(&id) == "stopped"));
     let before = count_of(lines(&out1).last().unwrap());
@@ -44,21 +116,7 @@ fn static_counter_continues_after_restore() {
     assert!(!report.is_empty());
 
     let id2 = unique_id("snapctr-r");
-    let out2 = s.dir.path().join("out2");
-    let st = sprout_to(
-        &s,
-        &[
-            "restore",
-            "--image-path",
-            img.to_str().unwrap(),
-            "--bundle",
-            s.bundle_str(),
-            "-d",
-            &id2,
-        ],
-        &out2,
-    );
-    assert!(st.success(), "restore failed: {}", stderr_of(&out2));
+    let out2 = restored(&s, &img, &id2, "out2");
     assert!(
         wait_until(Duration::from_secs(10), || lines(&out2).len() >= 3),
         "no output after restore: {}",
@@ -82,16 +140,8 @@ fn static_counter_continues_after_restore() {
 
 #[test]
 fn leave_running_keeps_the_process_going() {
-    let mut s = Sandbox::new("snapleave");
-    fs::copy(
-        program("counter", true),
-        s.bundle.join("rootfs/bin/counter"),
-    )
-    .unwrap();
-    s.set_args(&["/bin/counter", "10"]);
-    let id = s.id.clone();
-    let out = s.dir.path().join("out");
-    assert!(sprout_to(&s, &["run", "-d", "--bundle", s.bundle_str(), &id], &out).success());
+    let s = program_sandbox("snapleave", "counter", &["10"]);
+    let (id, out) = run_detached(&s, "out");
     assert!(wait_until(Duration::from_secs(10), || lines(&out).len() >= 3));
     let img = s.dir.path().join("image");
     s.ok(&[
@@ -123,39 +173,14 @@ fn leave_running_keeps_the_process_going() {
 fn threaded_dynamic_program_resumes_all_threads() {
     let mut s = Sandbox::new("snapthr");
     with_usr(&mut s);
-    fs::copy(
-        program("threads", false),
-        s.bundle.join("rootfs/bin/threads"),
-    )
-    .unwrap();
+    add_program(&s, "threads", false);
     s.set_args(&["/bin/threads"]);
-    let id = s.id.clone();
-    let out1 = s.dir.path().join("out1");
-    assert!(
-        sprout_to(&s, &["run", "-d", "--bundle", s.bundle_str(), &id], &out1).success(),
-        "{}",
-        stderr_of(&out1)
-    );
+    let (id, out1) = run_detached(&s, "out1");
     assert!(wait_until(Duration::from_secs(10), || lines(&out1).len() >= 3));
-    let img = s.dir.path().join("image");
-    s.ok(&["checkpoint", "--image-path", img.to_str().unwrap(), &id]);
+    let img = checkpoint(&s, &id);
     s.ok(&["delete", "--force", &id]);
     let id2 = unique_id("snapthr-r");
-    let out2 = s.dir.path().join("out2");
-    let st = sprout_to(
-        &s,
-        &[
-            "restore",
-            "--image-path",
-            img.to_str().unwrap(),
-            "--bundle",
-            s.bundle_str(),
-            "-d",
-            &id2,
-        ],
-        &out2,
-    );
-    assert!(st.success(), "restore failed: {}", stderr_of(&out2));
+    let out2 = restored(&s, &img, &id2, "out2");
     assert!(
         wait_until(Duration::from_secs(10), || lines(&out2).len() >= 3),
         "no progress: {}",
@@ -185,35 +210,15 @@ fn threaded_dynamic_program_resumes_all_threads() {
 
 #[test]
 fn anonymous_memory_semantics_survive_restore() {
-    let mut s = Sandbox::new("snapmem");
-    fs::copy(program("memsem", true), s.bundle.join("rootfs/bin/memsem")).unwrap();
-    s.set_args(&["/bin/memsem"]);
-    let id = s.id.clone();
-    let out1 = s.dir.path().join("out1");
-    assert!(sprout_to(&s, &["run", "-d", "--bundle", s.bundle_str(), &id], &out1).success());
-    assert!(wait_until(Duration::from_secs(10), || lines(&out1)
-        .iter()
-        .any(|l| l == "memsem ready")));
-    let img = s.dir.path().join("image");
-    s.ok(&["checkpoint", "--image-path", img.to_str().unwrap(), &id]);
+    let s = program_sandbox("snapmem", "memsem", &[]);
+    let (id, out1) = run_detached(&s, "out1");
+    assert!(has_line(&out1, "memsem ready"));
+    let img = checkpoint(&s, &id);
     s.ok(&["delete", "--force", &id]);
     let id2 = unique_id("snapmem-r");
     let out2 = s.dir.path().join("out2");
     assert!(
-        sprout_to(
-            &s,
-            &[
-                "restore",
-                "--image-path",
-                img.to_str().unwrap(),
-                "--bundle",
-                s.bundle_str(),
-                "-d",
-                &id2
-            ],
-            &out2
-        )
-        .success(),
+        restore_detached(&s, &img, &id2, &out2).success(),
         "{}",
         stderr_of(&out2)
     );
@@ -229,26 +234,8 @@ fn anonymous_memory_semantics_survive_restore() {
 fn python_function_restores_many_times_with_diverging_state() {
     let mut s = python_sandbox("snappy");
     let id = s.id.clone();
-    let out = s.dir.path().join("out");
-    assert!(
-        sprout_to(&s, &["run", "-d", "--bundle", s.bundle_str(), &id], &out).success(),
-        "{}",
-        stderr_of(&out)
-    );
-    assert!(
-        wait_until(Duration::from_secs(30), || lines(&out)
-            .iter()
-            .any(|l| l == "ready")),
-        "{}",
-        stderr_of(&out)
-    );
-    let pid = s.state(&id)["pid"].as_i64().unwrap() as i32;
-    lo_up(pid);
-    let first = json_body(&http_get_in_netns(pid, 8080, "/warm").unwrap());
+    let (img, first) = python_image(&s);
     assert_eq!(first["requests"], 1);
-    let img = s.dir.path().join("image");
-    s.ok(&["checkpoint", "--image-path", img.to_str().unwrap(), &id]);
-    s.ok(&["delete", "--force", &id]);
 
     // 20 restores of the one image at once, each in its own sandbox: no
     // cgroupsPath, so each gets its own cgroup (named after its id).
@@ -264,19 +251,7 @@ fn python_function_restores_many_times_with_diverging_state() {
             let img = &img;
             scope.spawn(move || {
                 let out = s.dir.path().join(format!("out-{rid}"));
-                let st = sprout_to(
-                    s,
-                    &[
-                        "restore",
-                        "--image-path",
-                        img.to_str().unwrap(),
-                        "--bundle",
-                        s.bundle_str(),
-                        "-d",
-                        rid,
-                    ],
-                    &out,
-                );
+                let st = restore_detached(s, img, rid, &out);
                 assert!(st.success(), "restore {rid}: {}", stderr_of(&out));
             });
         }
@@ -310,16 +285,8 @@ fn python_function_restores_many_times_with_diverging_state() {
 
 #[test]
 fn bad_images_are_refused_and_leave_nothing() {
-    let mut s = Sandbox::new("snapbad");
-    fs::copy(
-        program("counter", true),
-        s.bundle.join("rootfs/bin/counter"),
-    )
-    .unwrap();
-    s.set_args(&["/bin/counter", "50"]);
-    let id = s.id.clone();
-    let out = s.dir.path().join("out");
-    assert!(sprout_to(&s, &["run", "-d", "--bundle", s.bundle_str(), &id], &out).success());
+    let s = program_sandbox("snapbad", "counter", &["50"]);
+    let (id, out) = run_detached(&s, "out");
     assert!(wait_until(Duration::from_secs(10), || !lines(&out).is_empty()));
     let good = s.dir.path().join("good");
     s.ok(&["checkpoint", "--image-path", good.to_str().unwrap(), &id]);
@@ -430,22 +397,13 @@ open(p, "w").write(doc)
 
 #[test]
 fn checkpoint_refuses_an_unsupported_fd_naming_it() {
-    let mut s = Sandbox::new("snapinotify");
-    fs::copy(
-        program("inotify", true),
-        s.bundle.join("rootfs/bin/inotify"),
-    )
-    .unwrap();
-    s.set_args(&["/bin/inotify"]);
+    let s = program_sandbox("snapinotify", "inotify", &[]);
     let id = s.id.clone();
     s.ok(&["run", "-d", "--bundle", s.bundle_str(), &id]);
     std::thread::sleep(Duration::from_millis(300));
-    let img = s.dir.path().join("image");
-    let err = s.fails(&["checkpoint", "--image-path", img.to_str().unwrap(), &id]);
+    let err = refused_checkpoint(&s, &id);
     assert!(err.contains("inotify") && err.contains("fd "), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(!img.exists() || fs::read_dir(&img).unwrap().next().is_none());
-    assert_eq!(s.status(&id), "running");
     s.ok(&["delete", "--force", &id]);
     s.assert_clean(&id);
 }
@@ -463,17 +421,19 @@ fn checkpoint_refuses_what_it_cannot_restore() {
             .len()
             == 2
     }));
-    let img = s.dir.path().join("image");
-    let err = s.fails(&["checkpoint", "--image-path", img.to_str().unwrap(), &id]);
+    let err = refused_checkpoint(&s, &id);
     assert!(err.contains("child processes"), "{err}");
-    assert!(!img.exists() || fs::read_dir(&img).unwrap().next().is_none());
-    assert_eq!(
-        s.status(&id),
-        "running",
-        "a refused checkpoint must leave the container running"
-    );
     s.ok(&["delete", "--force", &id]);
     s.assert_clean(&id);
+}
+
+/// `restore -d` of `img` as `rid`, which must succeed, its output
+/// appended to `<dir>/<out_name>`; returns that file.
+fn restored(s: &Sandbox, img: &Path, rid: &str, out_name: &str) -> PathBuf {
+    let out = s.dir.path().join(out_name);
+    let st = restore_detached(s, img, rid, &out);
+    assert!(st.success(), "restore failed: {}", stderr_of(&out));
+    out
 }
 
 // ---- the sandbox side of a restore, the CLI's restore paths, process and
@@ -516,11 +476,7 @@ fn tasks(pid: i32) -> Vec<i32> {
 /// a marker the image keeps.
 fn probe_sandbox(name: &str) -> Sandbox {
     let mut s = Sandbox::new(name);
-    fs::copy(
-        program("stateprobe", true),
-        s.bundle.join("rootfs/bin/stateprobe"),
-    )
-    .unwrap();
+    add_program(&s, "stateprobe", true);
     s.config()["process"]["env"]
         .as_array_mut()
         .unwrap()
@@ -529,21 +485,26 @@ fn probe_sandbox(name: &str) -> Sandbox {
     s
 }
 
+/// Lets the restored probe `rid` finish (SIGUSR1) and waits until it
+/// stopped; returns its output.
+fn finish_probe(s: &Sandbox, rid: &str, out: &Path) -> Vec<String> {
+    s.ok(&["kill", rid, "USR1"]);
+    assert!(
+        wait_until(Duration::from_secs(10), || s.status(rid) == "stopped"),
+        "{:?} {}",
+        lines(out),
+        stderr_of(out)
+    );
+    lines(out)
+}
+
 /// Runs the probe, waits until its second thread sits in accept(), and
 /// checkpoints it to `<dir>/image` (the container is deleted). Returns the
 /// image and the probe's output before the dump.
 fn probe_image(s: &Sandbox) -> (PathBuf, Vec<String>) {
-    let id = s.id.clone();
-    let out = s.dir.path().join("out-probe");
+    let (id, out) = run_detached(s, "out-probe");
     assert!(
-        sprout_to(s, &["run", "-d", "--bundle", s.bundle_str(), &id], &out).success(),
-        "{}",
-        stderr_of(&out)
-    );
-    assert!(
-        wait_until(Duration::from_secs(10), || lines(&out)
-            .iter()
-            .any(|l| l == "ready")),
+        has_line(&out, "ready"),
         "{:?} {}",
         lines(&out),
         stderr_of(&out)
@@ -557,8 +518,7 @@ fn probe_image(s: &Sandbox) -> (PathBuf, Vec<String>) {
         })),
         "the probe's second thread never blocked in accept"
     );
-    let img = s.dir.path().join("image");
-    s.ok(&["checkpoint", "--image-path", img.to_str().unwrap(), &id]);
+    let img = checkpoint(s, &id);
     s.ok(&["delete", "--force", &id]);
     s.assert_clean(&id);
     (img, lines(&out))
@@ -597,21 +557,7 @@ fn restore_applies_the_bundles_sandbox_not_the_images() {
     s.write_config();
 
     let rid = unique_id("snapsbx-r");
-    let out = s.dir.path().join("out-r");
-    let st = sprout_to(
-        &s,
-        &[
-            "restore",
-            "--image-path",
-            img.to_str().unwrap(),
-            "--bundle",
-            s.bundle_str(),
-            "-d",
-            &rid,
-        ],
-        &out,
-    );
-    assert!(st.success(), "restore failed: {}", stderr_of(&out));
+    let out = restored(&s, &img, &rid, "out-r");
     let pid = s.state(&rid)["pid"].as_i64().unwrap() as i32;
     let threads = tasks(pid);
     assert_eq!(threads.len(), 2, "{threads:?}");
@@ -661,14 +607,7 @@ fn restore_applies_the_bundles_sandbox_not_the_images() {
 
     // The filter is the bundle's and holds on both threads (TSYNC); the
     // process runs on under it.
-    s.ok(&["kill", &rid, "USR1"]);
-    assert!(
-        wait_until(Duration::from_secs(10), || s.status(&rid) == "stopped"),
-        "{:?} {}",
-        lines(&out),
-        stderr_of(&out)
-    );
-    let after = lines(&out);
+    let after = finish_probe(&s, &rid, &out);
     assert_eq!(fields(&after, "after")["prio_errno"], "13", "{after:?}");
     assert_eq!(fields(&after, "after")["pid"], "1", "{after:?}");
     let thread = fields(&after, "after-thread");
@@ -683,29 +622,8 @@ fn process_and_thread_state_survive_restore() {
     let s = probe_sandbox("snapstate");
     let (img, before) = probe_image(&s);
     let rid = unique_id("snapstate-r");
-    let out = s.dir.path().join("out-r");
-    let st = sprout_to(
-        &s,
-        &[
-            "restore",
-            "--image-path",
-            img.to_str().unwrap(),
-            "--bundle",
-            s.bundle_str(),
-            "-d",
-            &rid,
-        ],
-        &out,
-    );
-    assert!(st.success(), "restore failed: {}", stderr_of(&out));
-    s.ok(&["kill", &rid, "USR1"]);
-    assert!(
-        wait_until(Duration::from_secs(10), || s.status(&rid) == "stopped"),
-        "{:?} {}",
-        lines(&out),
-        stderr_of(&out)
-    );
-    let after = lines(&out);
+    let out = restored(&s, &img, &rid, "out-r");
+    let after = finish_probe(&s, &rid, &out);
     let b = fields(&before, "before");
     let a = fields(&after, "after");
     for k in [
@@ -842,45 +760,12 @@ fn foreground_restore_waits_passes_the_exit_code_and_deletes() {
     assert!(line.contains("(total "), "{line:?}");
 }
 
-/// Accepts one connection on `listener` and returns the fd it carries.
-fn recv_fd(listener: &std::os::unix::net::UnixListener) -> std::os::fd::OwnedFd {
-    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
-    use std::os::fd::{AsRawFd, FromRawFd, RawFd};
-    let (stream, _) = listener.accept().unwrap();
-    let mut buf = [0u8; 256];
-    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
-    let mut cmsg = nix::cmsg_space!([RawFd; 1]);
-    let msg = recvmsg::<()>(
-        stream.as_raw_fd(),
-        &mut iov,
-        Some(&mut cmsg),
-        MsgFlags::MSG_CMSG_CLOEXEC,
-    )
-    .unwrap();
-    for c in msg.cmsgs().unwrap() {
-        if let ControlMessageOwned::ScmRights(fds) = c {
-            // SAFETY: the kernel installed this fd for us.
-            return unsafe { std::os::fd::OwnedFd::from_raw_fd(fds[0]) };
-        }
-    }
-    panic!("no fd received");
-}
-
 #[test]
 fn restore_with_a_console_socket_puts_the_process_on_the_terminal() {
-    let mut s = Sandbox::new("snaptty");
-    fs::copy(
-        program("counter", true),
-        s.bundle.join("rootfs/bin/counter"),
-    )
-    .unwrap();
-    s.set_args(&["/bin/counter", "20"]);
-    let id = s.id.clone();
-    let out1 = s.dir.path().join("out1");
-    assert!(sprout_to(&s, &["run", "-d", "--bundle", s.bundle_str(), &id], &out1).success());
+    let mut s = program_sandbox("snaptty", "counter", &["20"]);
+    let (id, out1) = run_detached(&s, "out1");
     assert!(wait_until(Duration::from_secs(10), || lines(&out1).len() >= 3));
-    let img = s.dir.path().join("image");
-    s.ok(&["checkpoint", "--image-path", img.to_str().unwrap(), &id]);
+    let img = checkpoint(&s, &id);
     let before = count_of(lines(&out1).last().unwrap());
     s.ok(&["delete", "--force", &id]);
 
@@ -947,25 +832,10 @@ fn restore_with_a_console_socket_puts_the_process_on_the_terminal() {
 
 #[test]
 fn shared_memory_mapped_twice_stays_one_object() {
-    let mut s = Sandbox::new("snapshm");
-    fs::copy(
-        program("sharedmap", true),
-        s.bundle.join("rootfs/bin/sharedmap"),
-    )
-    .unwrap();
-    s.set_args(&["/bin/sharedmap"]);
-    let id = s.id.clone();
-    let out1 = s.dir.path().join("out1");
-    assert!(sprout_to(&s, &["run", "-d", "--bundle", s.bundle_str(), &id], &out1).success());
-    assert!(
-        wait_until(Duration::from_secs(10), || lines(&out1)
-            .iter()
-            .any(|l| l == "sharedmap ready")),
-        "{:?}",
-        lines(&out1)
-    );
-    let img = s.dir.path().join("image");
-    s.ok(&["checkpoint", "--image-path", img.to_str().unwrap(), &id]);
+    let s = program_sandbox("snapshm", "sharedmap", &[]);
+    let (id, out1) = run_detached(&s, "out1");
+    assert!(has_line(&out1, "sharedmap ready"), "{:?}", lines(&out1));
+    let img = checkpoint(&s, &id);
     s.ok(&["delete", "--force", &id]);
     // Two objects (the memfd, the shared anonymous region), each mapped by
     // two VMAs.
@@ -991,20 +861,7 @@ fn shared_memory_mapped_twice_stays_one_object() {
     let rid = unique_id("snapshm-r");
     let out2 = s.dir.path().join("out2");
     assert!(
-        sprout_to(
-            &s,
-            &[
-                "restore",
-                "--image-path",
-                img.to_str().unwrap(),
-                "--bundle",
-                s.bundle_str(),
-                "-d",
-                &rid
-            ],
-            &out2
-        )
-        .success(),
+        restore_detached(&s, &img, &rid, &out2).success(),
         "{}",
         stderr_of(&out2)
     );
@@ -1018,34 +875,21 @@ fn shared_memory_mapped_twice_stays_one_object() {
 
 #[test]
 fn checkpoint_refuses_system_v_shared_memory_naming_it() {
-    let mut s = Sandbox::new("snapsysv");
-    fs::copy(
-        program("sysvshm", true),
-        s.bundle.join("rootfs/bin/sysvshm"),
-    )
-    .unwrap();
-    s.set_args(&["/bin/sysvshm"]);
-    let id = s.id.clone();
-    let out = s.dir.path().join("out");
-    assert!(sprout_to(&s, &["run", "-d", "--bundle", s.bundle_str(), &id], &out).success());
+    let s = program_sandbox("snapsysv", "sysvshm", &[]);
+    let (id, out) = run_detached(&s, "out");
     assert!(
-        wait_until(Duration::from_secs(10), || lines(&out)
-            .iter()
-            .any(|l| l == "sysvshm ready")),
+        has_line(&out, "sysvshm ready"),
         "{:?} {}",
         lines(&out),
         stderr_of(&out)
     );
-    let img = s.dir.path().join("image");
-    let err = s.fails(&["checkpoint", "--image-path", img.to_str().unwrap(), &id]);
+    let err = refused_checkpoint(&s, &id);
     assert!(
         err.contains("System V shared memory") && err.contains("key 0x00005eed"),
         "{err}"
     );
     assert!(err.contains("the mapping at 0x"), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(!img.exists() || fs::read_dir(&img).unwrap().next().is_none());
-    assert_eq!(s.status(&id), "running");
     s.ok(&["delete", "--force", &id]);
     s.assert_clean(&id);
 }

@@ -23,9 +23,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use common::*;
-use sprout::netplug::{
-    self, BlockingNetplug, Options as NetplugOptions, Owner, ProcRef, VpcConfig, VpcPlumbing,
-};
+use sprout::netplug::{self, BlockingNetplug, Owner, ProcRef};
 use sprout::shim::client::{Client, ClientError, side_fork};
 use sprout::shim::events::{Event, EventKind};
 use sprout::shim::proto::{
@@ -234,6 +232,14 @@ fn function(name: &str, s: &Sandbox) -> FunctionSpec {
         after_fork_signal: None,
         resources: None,
         concurrency: 1,
+    }
+}
+
+/// A fork request for instance `id`, everything else defaulted.
+fn fork_body(id: &str) -> ForkBody {
+    ForkBody {
+        id: id.into(),
+        ..Default::default()
     }
 }
 
@@ -565,21 +571,8 @@ fn bad_requests_get_clear_errors() {
     assert_eq!(r.header("allow"), Some("GET, POST"));
 
     // Duplicate and busy instances.
-    c.fork(
-        "f",
-        &ForkBody {
-            id: "x".into(),
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    let (st, m) = api_status(c.fork(
-        "f",
-        &ForkBody {
-            id: "x".into(),
-            ..Default::default()
-        },
-    ));
+    c.fork("f", &fork_body("x")).unwrap();
+    let (st, m) = api_status(c.fork("f", &fork_body("x")));
     assert_eq!(st, 409);
     assert!(m.contains("already exists"), "{m}");
     let (st, m) = api_status(c.delete("x", false));
@@ -757,15 +750,7 @@ fn restarted_sproutd_adopts_its_instances() {
     c.add_function(&function("f", &s)).unwrap();
     let mut pids = Vec::new();
     for id in ["a", "b"] {
-        let f = c
-            .fork(
-                "f",
-                &ForkBody {
-                    id: id.into(),
-                    ..Default::default()
-                },
-            )
-            .unwrap();
+        let f = c.fork("f", &fork_body(id)).unwrap();
         pids.push(f.pid);
     }
     let old = d.pid();
@@ -974,16 +959,7 @@ fn concurrent_forks_and_deletes() {
     std::thread::scope(|t| {
         for id in &ids {
             let c = c.clone();
-            t.spawn(move || {
-                c.fork(
-                    "f",
-                    &ForkBody {
-                        id: id.clone(),
-                        ..Default::default()
-                    },
-                )
-                .unwrap()
-            });
+            t.spawn(move || c.fork("f", &fork_body(id)).unwrap());
         }
     });
     let list = c.instances().unwrap();
@@ -1002,6 +978,16 @@ fn concurrent_forks_and_deletes() {
     });
     assert!(c.instances().unwrap().is_empty());
     assert_clean(&s, &d);
+}
+
+/// Holders go once nothing runs below them.
+fn assert_holders_gone(d: &Sproutd) {
+    assert!(
+        wait_until(TIMEOUT, || holders_left(d).is_empty()),
+        "holders left: {:?}\n{}",
+        holders_left(d),
+        d.log_text()
+    );
 }
 
 /// Holders (the sandboxes templates live in) left in the engine's runtime.
@@ -1050,19 +1036,7 @@ fn real_engine_forks_python_instances_that_survive_a_sproutd_crash() {
         .expect("loaded on demand");
     // A fork into a bundle whose rootfs holds another python3.11 (one byte
     // more) is a clear 400 naming the file, and leaves nothing.
-    let other = s.dir.path().join("other-bundle");
-    fs::create_dir_all(&other).unwrap();
-    let changed = s.dir.path().join("python3.11");
-    let mut bytes = fs::read("/usr/bin/python3.11").unwrap();
-    bytes.push(0);
-    fs::write(&changed, bytes).unwrap();
-    let mut cfg: serde_json::Value =
-        serde_json::from_slice(&fs::read(s.bundle.join("config.json")).unwrap()).unwrap();
-    cfg["root"]["path"] = s.bundle.join("rootfs").to_str().unwrap().into();
-    cfg["mounts"].as_array_mut().unwrap().push(serde_json::json!(
-        {"destination": "/usr/bin/python3.11", "type": "bind", "source": changed, "options": ["bind", "ro"]}
-    ));
-    fs::write(other.join("config.json"), serde_json::to_vec(&cfg).unwrap()).unwrap();
+    let other = bundle_with_other_python(&s, "other-bundle");
     let (status, msg) = api_status(c.fork(
         "py",
         &ForkBody {
@@ -1097,13 +1071,7 @@ fn real_engine_forks_python_instances_that_survive_a_sproutd_crash() {
     }
     // A new template is loaded for the next fork.
     let again = c
-        .fork(
-            "py",
-            &ForkBody {
-                id: "p3".into(),
-                ..Default::default()
-            },
-        )
+        .fork("py", &fork_body("p3"))
         .unwrap_or_else(|e| panic!("fork after restart: {e}\n{}", d.log_text()));
     let r = json_body(&http_get_in_netns(again.pid, 8080, "/new").unwrap());
     assert_eq!(
@@ -1117,13 +1085,7 @@ fn real_engine_forks_python_instances_that_survive_a_sproutd_crash() {
         ev.expect(EventKind::Deleted, id);
     }
     c.remove_function("py").unwrap();
-    // Holders go once nothing runs below them.
-    assert!(
-        wait_until(TIMEOUT, || holders_left(&d).is_empty()),
-        "holders left: {:?}\n{}",
-        holders_left(&d),
-        d.log_text()
-    );
+    assert_holders_gone(&d);
     assert_clean(&s, &d);
 }
 
@@ -1132,62 +1094,6 @@ fn real_engine_forks_python_instances_that_survive_a_sproutd_crash() {
 /// netplug of a sproutd's runtime root, where its VPCs live.
 fn netplug_root(d: &Sproutd) -> PathBuf {
     d.root.join("runtime")
-}
-
-fn open_netplug(root: &Path) -> BlockingNetplug {
-    BlockingNetplug::open(NetplugOptions::new(root)).unwrap()
-}
-
-fn vpc_config(name: &str, subnet: &str, pool: usize) -> VpcConfig {
-    VpcConfig {
-        name: name.into(),
-        plumbing: VpcPlumbing::Native {
-            subnet: subnet.parse().unwrap(),
-            gateway: None,
-        },
-        mtu: 1500,
-        pool_size: pool,
-        give_back: Default::default(),
-    }
-}
-
-/// Deletes every VPC of a netplug root when dropped (a failed test too),
-/// after reclaiming leases of owners that are gone. Declared before the
-/// `Sproutd`, so it runs after sproutd is killed and its instances are
-/// deleted.
-struct VpcGuard(PathBuf);
-
-impl Drop for VpcGuard {
-    fn drop(&mut self) {
-        let np = open_netplug(&self.0);
-        let _ = np.gc();
-        for v in np.vpcs().unwrap_or_default() {
-            let _ = np.delete_vpc(&v.name, true);
-        }
-    }
-}
-
-/// One HTTP GET to `addr:port` from a thread inside the network namespace
-/// bind-mounted at `ns` (the hub of a VPC: traffic stays in namespaces
-/// the test made).
-fn http_get_via(ns: &Path, addr: Ipv4Addr, port: u16, path: &str) -> std::io::Result<String> {
-    let ns = fs::File::open(ns)?;
-    let path = path.to_string();
-    std::thread::spawn(move || -> std::io::Result<String> {
-        // SAFETY: setns on this thread only (network namespaces are per
-        // thread); the thread exits afterwards.
-        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let mut c = std::net::TcpStream::connect_timeout(&(addr, port).into(), TIMEOUT)?;
-        c.set_read_timeout(Some(TIMEOUT))?;
-        write!(c, "GET {path} HTTP/1.1\r\nHost: fn\r\n\r\n")?;
-        let mut resp = String::new();
-        c.read_to_string(&mut resp)?;
-        Ok(resp)
-    })
-    .join()
-    .unwrap()
 }
 
 /// The network namespace inode of a process.
@@ -1213,27 +1119,9 @@ fn in_subnet(a: Ipv4Addr, prefix: [u8; 3]) -> bool {
 /// of a deleted namespace's veths asynchronously.
 fn assert_no_netplug_leftovers(root: &Path) {
     let r = root.to_str().unwrap().to_string();
-    let ok = wait_until(TIMEOUT, || {
-        let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
-        !mounts.contains(&r)
-            && fs::read_dir(root.join(".netplug/ns"))
-                .map(|d| d.count())
-                .unwrap_or(0)
-                == 0
-    });
+    let ok = wait_until(TIMEOUT, || netplug_namespaces_gone(root));
     assert!(ok, "netplug namespaces or mounts left under {r}");
-    let host = Command::new("ip")
-        .args(["-o", "link", "show"])
-        .output()
-        .unwrap();
-    let host = String::from_utf8_lossy(&host.stdout);
-    assert!(
-        !host
-            .lines()
-            .filter_map(|l| l.split(": ").nth(1))
-            .any(|n| n.starts_with("np")),
-        "netplug links in the host namespace: {host}"
-    );
+    assert_no_netplug_links_on_host();
 }
 
 #[test]
@@ -1245,9 +1133,9 @@ fn real_engine_instances_join_their_vpc_and_keep_their_leases_across_a_crash() {
     let root = s.dir.path().join("sproutd/runtime");
     let _vpcs = VpcGuard(root.clone());
     let np = open_netplug(&root);
-    np.create_vpc(vpc_config("blue", "198.18.40.0/24", 2))
+    np.create_vpc(native_vpc("blue", "198.18.40.0/24", 2))
         .unwrap();
-    np.create_vpc(vpc_config("green", "198.18.41.0/24", 0))
+    np.create_vpc(native_vpc("green", "198.18.41.0/24", 0))
         .unwrap();
     let hub = root.join(".netplug/ns/hub");
     let mut d = Sproutd::start_real(&s);
@@ -1270,13 +1158,7 @@ fn real_engine_instances_join_their_vpc_and_keep_their_leases_across_a_crash() {
     let mut lease_of = HashMap::new();
     for id in ["v0", "v1"] {
         let forked = c
-            .fork(
-                "py",
-                &ForkBody {
-                    id: id.into(),
-                    ..Default::default()
-                },
-            )
+            .fork("py", &fork_body(id))
             .unwrap_or_else(|e| panic!("fork {id}: {e}\n{}", d.log_text()));
         assert_eq!(forked.vpc.as_deref(), Some("blue"));
         let addr = forked.address.expect("an address in the VPC");
@@ -1301,7 +1183,7 @@ fn real_engine_instances_join_their_vpc_and_keep_their_leases_across_a_crash() {
     assert_ne!(addrs[0], addrs[1]);
     // Each answers on its address in the VPC, from the VPC's hub.
     for (i, &addr) in addrs.iter().enumerate() {
-        let r = json_body(&http_get_via(&hub, addr, 8080, &format!("/{i}")).unwrap());
+        let r = json_body(&http_get_via(&hub, addr, 8080, &format!("/{i}"), TIMEOUT).unwrap());
         assert_eq!(r["digest"], warm["digest"]);
         assert_eq!(r["requests"], 2, "{r}");
         assert_eq!(r["path"], format!("/{i}"));
@@ -1342,7 +1224,7 @@ fn real_engine_instances_join_their_vpc_and_keep_their_leases_across_a_crash() {
         assert_eq!((v.vpc.as_deref(), v.address), (Some("blue"), Some(*addr)));
         assert_eq!(v.lease.as_ref(), Some(&lease_of[id]));
         assert_eq!(held[&lease_of[id]].0.as_deref(), Some(*id));
-        let r = json_body(&http_get_via(&hub, *addr, 8080, "/again").unwrap());
+        let r = json_body(&http_get_via(&hub, *addr, 8080, "/again", TIMEOUT).unwrap());
         assert_eq!(r["requests"], 3, "{r}");
     }
 
@@ -1361,7 +1243,7 @@ fn real_engine_instances_join_their_vpc_and_keep_their_leases_across_a_crash() {
     assert_eq!(g.vpc.as_deref(), Some("green"));
     let g_addr = g.address.unwrap();
     assert!(in_subnet(g_addr, [198, 18, 41]), "{g_addr}");
-    let r = json_body(&http_get_via(&hub, g_addr, 8080, "/green").unwrap());
+    let r = json_body(&http_get_via(&hub, g_addr, 8080, "/green", TIMEOUT).unwrap());
     assert_eq!(r["requests"], 2, "{r}");
     let out = run_to_files(
         Command::new(sprout_bin())
@@ -1419,12 +1301,7 @@ fn real_engine_instances_join_their_vpc_and_keep_their_leases_across_a_crash() {
     );
 
     c.remove_function("py").unwrap();
-    assert!(
-        wait_until(TIMEOUT, || holders_left(&d).is_empty()),
-        "holders left: {:?}\n{}",
-        holders_left(&d),
-        d.log_text()
-    );
+    assert_holders_gone(&d);
     // sproutd holds namespaces of the pools open; stop it before the VPCs
     // go, then nothing of them may be left.
     d.kill9();
@@ -1454,15 +1331,9 @@ fn real_engine_after_fork_signal_lets_instances_reseed() {
     );
 
     let fork = |function: &str, id: &str| {
-        c.fork(
-            function,
-            &ForkBody {
-                id: id.into(),
-                ..Default::default()
-            },
-        )
-        .unwrap_or_else(|e| panic!("fork {id}: {e}\n{}", d.log_text()))
-        .pid
+        c.fork(function, &fork_body(id))
+            .unwrap_or_else(|e| panic!("fork {id}: {e}\n{}", d.log_text()))
+            .pid
     };
     // Without the hook, fork copies the template's PRNG: every instance
     // draws the same first number.
@@ -1502,12 +1373,7 @@ fn real_engine_after_fork_signal_lets_instances_reseed() {
     }
     c.remove_function("plain").unwrap();
     c.remove_function("seeded").unwrap();
-    assert!(
-        wait_until(TIMEOUT, || holders_left(&d).is_empty()),
-        "holders left: {:?}\n{}",
-        holders_left(&d),
-        d.log_text()
-    );
+    assert_holders_gone(&d);
     assert_clean(&s, &d);
 }
 
@@ -1518,7 +1384,7 @@ fn unknown_vpcs_and_bad_signals_are_clear_errors_that_leave_nothing() {
     let root = s.dir.path().join("sproutd/runtime");
     let _vpcs = VpcGuard(root.clone());
     let np = open_netplug(&root);
-    np.create_vpc(vpc_config("red", "198.18.42.0/24", 1))
+    np.create_vpc(native_vpc("red", "198.18.42.0/24", 1))
         .unwrap();
     assert_eq!(np.fill().unwrap(), 1);
     let mut d = Sproutd::start(&s);
@@ -1581,14 +1447,17 @@ fn unknown_vpcs_and_bad_signals_are_clear_errors_that_leave_nothing() {
     // netns fd at once.
     f.after_fork_signal = None;
     c.add_function(&f).unwrap();
-    let (st, m) = api_status(c.fork(
-        "f",
-        &ForkBody {
-            id: "x".into(),
-            vpc: Some("nope".into()),
-            ..Default::default()
-        },
-    ));
+    let fork_x_in = |vpc: &str| {
+        api_status(c.fork(
+            "f",
+            &ForkBody {
+                id: "x".into(),
+                vpc: Some(vpc.into()),
+                ..Default::default()
+            },
+        ))
+    };
+    let (st, m) = fork_x_in("nope");
     assert_eq!(st, 400, "{m}");
     assert!(m.contains("no VPC named nope"), "{m}");
     let out = cli(&["run", "--function", "f", "--vpc", "nope", "-d", "x"]);
@@ -1614,14 +1483,7 @@ fn unknown_vpcs_and_bad_signals_are_clear_errors_that_leave_nothing() {
     // A fork that fails after its namespace was taken gives it back
     // unused (the test engine cannot join one).
     let ready_before = np.status().unwrap().pools[0].ready;
-    let (st, m) = api_status(c.fork(
-        "f",
-        &ForkBody {
-            id: "x".into(),
-            vpc: Some("red".into()),
-            ..Default::default()
-        },
-    ));
+    let (st, m) = fork_x_in("red");
     assert_eq!(st, 501, "{m}");
     assert!(leases(&np).is_empty(), "{:?}", leases(&np));
     assert!(np.status().unwrap().pools[0].ready >= ready_before);

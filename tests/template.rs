@@ -143,19 +143,7 @@ fn instances_outlive_their_template_and_bad_forks_are_refused() {
 
     // A bundle whose rootfs holds another python3.11 (one byte more):
     // refused by content, naming the file, leaving nothing behind.
-    let other = s.dir.path().join("other");
-    fs::create_dir_all(&other).unwrap();
-    let changed = s.dir.path().join("python3.11");
-    let mut bytes = fs::read("/usr/bin/python3.11").unwrap();
-    bytes.push(0);
-    fs::write(&changed, bytes).unwrap();
-    let mut cfg: serde_json::Value =
-        serde_json::from_slice(&fs::read(s.bundle.join("config.json")).unwrap()).unwrap();
-    cfg["root"]["path"] = s.bundle.join("rootfs").to_str().unwrap().into();
-    cfg["mounts"].as_array_mut().unwrap().push(serde_json::json!(
-        {"destination": "/usr/bin/python3.11", "type": "bind", "source": changed, "options": ["bind", "ro"]}
-    ));
-    fs::write(other.join("config.json"), serde_json::to_vec(&cfg).unwrap()).unwrap();
+    let other = bundle_with_other_python(&s, "other");
     let bad_id = format!("{}-bad", s.id);
     let err = template
         .fork(

@@ -3,7 +3,10 @@
 //! locally (an OCI layout tarball, no registry), and a cleanup that stops
 //! the daemon by pid and removes whatever a failed test left.
 
+use std::ffi::OsString;
 use std::fs;
+use std::io::Read;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Mutex;
@@ -134,6 +137,9 @@ pub struct Containerd {
     cgroups: Mutex<Vec<String>>,
     /// Extra cleanup for a failed test, run before the daemon stops.
     on_drop: Mutex<Vec<Box<dyn FnOnce() + Send>>>,
+    /// Extra cleanup for a failed test, run once containers are removed
+    /// and before the daemon stops.
+    after_containers: Mutex<Vec<Box<dyn FnOnce() + Send>>>,
     /// Extra environment of the daemon.
     env: Vec<(String, PathBuf)>,
 }
@@ -193,6 +199,7 @@ disabled_plugins = [
             fifo_dir: d.join("fifo"),
             cgroups: Mutex::new(Vec::new()),
             on_drop: Mutex::new(Vec::new()),
+            after_containers: Mutex::new(Vec::new()),
             env: env
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_path_buf()))
@@ -277,6 +284,12 @@ disabled_plugins = [
         self.on_drop.lock().unwrap().push(Box::new(f));
     }
 
+    /// Runs `f` when the test ends, after the best-effort removal of the
+    /// containers left and before the daemon stops.
+    pub fn on_drop_after_containers(&self, f: impl FnOnce() + Send + 'static) {
+        self.after_containers.lock().unwrap().push(Box::new(f));
+    }
+
     pub fn ctr_cmd(&self) -> Command {
         let mut c = Command::new("/usr/bin/ctr");
         c.arg("--address").arg(&self.sock);
@@ -351,6 +364,21 @@ disabled_plugins = [
         self.ok(&["images", "import", tar.to_str().unwrap()]);
     }
 
+    /// `ctr task exec [opts] --fifo-dir <ours> --exec-id <exec_id> <id> <cmd...>`.
+    pub fn exec_args(&self, opts: &[&str], id: &str, exec_id: &str, cmd: &[&str]) -> Vec<String> {
+        let mut a: Vec<String> = vec!["task".into(), "exec".into()];
+        a.extend(opts.iter().map(|s| s.to_string()));
+        a.extend([
+            "--fifo-dir".into(),
+            self.fifo_dir.display().to_string(),
+            "--exec-id".into(),
+            exec_id.into(),
+            id.into(),
+        ]);
+        a.extend(cmd.iter().map(|s| s.to_string()));
+        a
+    }
+
     /// (pid, status) of a task per `ctr task ls`.
     pub fn task(&self, id: &str) -> Option<(i32, String)> {
         let out = self.ok(&["task", "ls"]);
@@ -368,6 +396,116 @@ disabled_plugins = [
             "task {id} never became {status}: {:?}",
             self.task(id)
         );
+    }
+
+    /// `ctr task pause`, waiting until the task is paused.
+    pub fn pause(&self, id: &str) {
+        self.ok(&["task", "pause", id]);
+        self.wait_status(id, "PAUSED");
+    }
+
+    /// `ctr task resume`, waiting until the task runs.
+    pub fn resume(&self, id: &str) {
+        self.ok(&["task", "resume", id]);
+        self.wait_status(id, "RUNNING");
+    }
+
+    /// `ctr task kill [opts] <id>`, waiting until the task stopped.
+    pub fn kill_until_stopped(&self, opts: &[&str], id: &str) {
+        let mut args = vec!["task", "kill"];
+        args.extend_from_slice(opts);
+        args.push(id);
+        self.ok(&args);
+        self.wait_status(id, "STOPPED");
+    }
+
+    /// `ctr task delete` and `ctr container delete`, which must succeed.
+    pub fn remove(&self, id: &str) {
+        self.ok(&["task", "delete", id]);
+        self.ok(&["container", "delete", id]);
+    }
+
+    /// Waits until `ctr task ps` lists `n` processes of task `id`.
+    pub fn wait_process_count(&self, id: &str, n: usize) {
+        assert!(
+            wait_until(STATE_TIMEOUT, || self.ps(id).len() == n),
+            "{:?}",
+            self.ps(id)
+        );
+    }
+
+    /// The pid of exec `exec_id` of task `id`, once `ctr task ps` shows it.
+    pub fn exec_pid(&self, id: &str, exec_id: &str) -> i32 {
+        let mut found = None;
+        assert!(
+            wait_until(STATE_TIMEOUT, || {
+                found = self
+                    .ps(id)
+                    .into_iter()
+                    .find(|(_, e)| e.as_deref() == Some(exec_id));
+                found.is_some()
+            }),
+            "{:?}",
+            self.ps(id)
+        );
+        found.unwrap().0
+    }
+
+    /// Kills exec `exec_id` (pid `pid`) of task `id` and waits until `ctr
+    /// task ps` no longer shows it.
+    pub fn kill_exec(&self, id: &str, exec_id: &str, pid: i32) {
+        self.ok(&["task", "kill", "-s", "KILL", "--exec-id", exec_id, id]);
+        assert!(wait_until(STATE_TIMEOUT, || !self
+            .ps(id)
+            .iter()
+            .any(|(p, _)| *p == pid)));
+    }
+
+    /// Execs in running task `id`, whose init is `init_pid`: output and
+    /// exit code come back; a detached exec shows up in `ctr task ps` with
+    /// its exec id, beside the init, and can be killed.
+    pub fn assert_execs_work(&self, id: &str, init_pid: i32) {
+        let out = self.ctr(&self.exec_args(
+            &[],
+            id,
+            "e1",
+            &["/bin/sh", "-c", "echo from-exec; echo exec-err >&2; exit 5"],
+        ));
+        assert_eq!(out.code(), Some(5), "stderr: {}", out.stderr);
+        assert_eq!(out.stdout, "from-exec\n");
+        assert!(out.stderr.contains("exec-err"), "{}", out.stderr);
+
+        self.ok(&self.exec_args(&["-d"], id, "e2", &["/bin/sleep", "1000"]));
+        let e2 = self.exec_pid(id, "e2");
+        assert!(
+            self.ps(id)
+                .iter()
+                .any(|(p, e)| *p == init_pid && e.is_none())
+        );
+        self.kill_exec(id, "e2", e2);
+    }
+
+    /// Stops task `id` by SIGTERM (the default signal) and deletes it,
+    /// checking on the way that a signal to the stopped init is "not
+    /// found" (as with runc) while `--all` is fine, and that the delete
+    /// reports exit code `code`.
+    pub fn terminate_and_delete(&self, id: &str, code: i32) {
+        self.kill_until_stopped(&[], id);
+        let out = self.ctr(&["task", "kill", "-s", "KILL", id]);
+        assert!(
+            !out.success() && out.stderr.contains("not found"),
+            "{}",
+            out.stderr
+        );
+        self.ok(&["task", "kill", "-a", "-s", "KILL", id]);
+        let out = self.ctr(&["task", "delete", id]);
+        assert!(out.success(), "{}", out.stderr);
+        assert!(
+            out.stderr.contains(&format!("exit code {code}")),
+            "{}",
+            out.stderr
+        );
+        self.ok(&["container", "delete", id]);
     }
 
     /// Pids per `ctr task ps`, with the exec id for exec'd processes.
@@ -398,6 +536,17 @@ disabled_plugins = [
         let mut pids = pids_of("containerd-shim-runc-v2", &sock);
         pids.extend(pids_of("containerd-shim-sprout-v2", &sock));
         pids
+    }
+
+    /// No container records are left, and the shims `shims` lists go
+    /// away.
+    pub fn assert_no_containers(&self, shims: impl Fn(&Self) -> Vec<i32>) {
+        assert_eq!(self.ok(&["container", "ls", "-q"]).trim(), "");
+        assert!(
+            wait_until(STATE_TIMEOUT, || shims(self).is_empty()),
+            "shims left behind: {:?}",
+            shims(self)
+        );
     }
 
     /// Stops the daemon (by pid), SIGKILL if it does not stop.
@@ -438,6 +587,9 @@ impl Drop for Containerd {
             let _ = self.ctr_raw(&["task", "kill", "-a", "-s", "KILL", id], quick);
             let _ = self.ctr_raw(&["task", "delete", "-f", id], quick);
             let _ = self.ctr_raw(&["container", "delete", id], quick);
+        }
+        for f in self.after_containers.lock().unwrap().drain(..) {
+            f();
         }
         // Shim sockets live in the host-wide /run/containerd/s; the
         // bundles name them.
@@ -492,6 +644,110 @@ impl Drop for Containerd {
             }
         }
     }
+}
+
+/// Nothing runs in cgroup `name` (given time to go) and nothing of it
+/// is left.
+pub fn assert_cgroup_clean(name: &str) {
+    assert!(
+        wait_until(STATE_TIMEOUT, || processes_in_cgroup_named(name).is_empty()),
+        "processes left behind: {:?}",
+        processes_in_cgroup_named(name)
+    );
+    let dirs = cgroup_leftovers(name);
+    assert!(dirs.is_empty(), "cgroups left behind: {dirs:?}");
+}
+
+/// The names in `dir`; none if it does not exist.
+pub fn dir_entries(dir: &Path) -> Vec<OsString> {
+    fs::read_dir(dir)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default()
+}
+
+/// Runs ctr on a fresh pty (ctr -t insists on a terminal) of 30x100;
+/// returns its status and everything it wrote.
+pub fn ctr_on_pty(c: &Containerd, args: &[String]) -> (Option<ExitStatus>, String) {
+    let ws = nix::pty::Winsize {
+        ws_row: 30,
+        ws_col: 100,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    let pty = nix::pty::openpty(&ws, None).unwrap();
+    let mut child = {
+        let slave: OwnedFd = pty.slave;
+        let mut cmd = c.ctr_cmd();
+        cmd.args(args)
+            .stdin(Stdio::from(slave.try_clone().unwrap()))
+            .stdout(Stdio::from(slave.try_clone().unwrap()))
+            .stderr(Stdio::from(slave));
+        cmd.spawn().unwrap()
+        // `cmd` and with it our copies of the slave are dropped here, so
+        // the master reads EIO once ctr is gone.
+    };
+    let mut master = fs::File::from(pty.master);
+    let reader = std::thread::spawn(move || {
+        let mut all = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = master.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            all.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&all).into_owned()
+    });
+    let status = wait_child(&mut child, CTR_TIMEOUT);
+    (status, reader.join().unwrap())
+}
+
+/// A task's command for [`assert_output_run`]: writes to stdout and
+/// stderr, exits 3.
+pub const OUTPUT_CMD: [&str; 3] = ["/bin/sh", "-c", "echo hi; echo oops >&2; exit 3"];
+
+/// A foreground `ctr run` of [`OUTPUT_CMD`]: its stdout, stderr and exit
+/// code came back.
+pub fn assert_output_run(out: &CtrOutput) {
+    assert_eq!(out.code(), Some(3), "stderr: {}", out.stderr);
+    assert_eq!(out.stdout, "hi\n");
+    assert!(out.stderr.contains("oops"), "{}", out.stderr);
+}
+
+/// A task's command for [`assert_tty_run`]: prints its terminal, waits
+/// until ctr has set the size (by a resize after the start), prints it,
+/// exits 6.
+pub const TTY_SIZE_CMD: [&str; 3] = [
+    "/bin/sh",
+    "-c",
+    "tty; i=0; until stty size 2>/dev/null | grep -q '^[1-9]' || [ $i -ge 300 ]; \
+     do sleep 0.1; i=$((i+1)); done; stty size; exit 6",
+];
+
+/// `ctr run -t ...` (`args`, running [`TTY_SIZE_CMD`]) on a 30x100 pty:
+/// the task ran on a pty of that size and its exit code came back.
+pub fn assert_tty_run(c: &Containerd, args: &[String]) {
+    let (status, out) = ctr_on_pty(c, args);
+    assert_eq!(status.and_then(|s| s.code()), Some(6), "{out}");
+    assert!(out.contains("/dev/pts/"), "{out}");
+    assert!(out.contains("30 100"), "{out}");
+}
+
+/// `ctr task exec -t` in running task `id`, on a pty: the exec ran on a
+/// pty, its output and exit code came back.
+pub fn assert_tty_exec(c: &Containerd, id: &str) {
+    let args = c.exec_args(
+        &["-t"],
+        id,
+        "t1",
+        &["/bin/sh", "-c", "sleep 0.2; tty; echo tty-exec; exit 9"],
+    );
+    let (status, out) = ctr_on_pty(c, &args);
+    assert_eq!(status.and_then(|s| s.code()), Some(9), "{out}");
+    assert!(
+        out.contains("/dev/pts/") && out.contains("tty-exec"),
+        "{out}"
+    );
 }
 
 fn sha256_of(path: &Path) -> String {

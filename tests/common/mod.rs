@@ -4,6 +4,7 @@
 
 use std::fs;
 use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -425,10 +426,60 @@ pub fn count_of(line: &str) -> u64 {
     line.strip_prefix("count ").unwrap().parse().unwrap()
 }
 
+/// Accepts one connection on `listener` and returns the fd it carries
+/// (SCM_RIGHTS: a console socket's pty master).
+pub fn recv_fd(listener: &std::os::unix::net::UnixListener) -> std::os::fd::OwnedFd {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+    use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+    let (stream, _) = listener.accept().unwrap();
+    let mut buf = [0u8; 256];
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let mut cmsg = nix::cmsg_space!([RawFd; 1]);
+    let msg = recvmsg::<()>(
+        stream.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .unwrap();
+    for c in msg.cmsgs().unwrap() {
+        if let ControlMessageOwned::ScmRights(fds) = c {
+            // SAFETY: the kernel installed this fd for us.
+            return unsafe { OwnedFd::from_raw_fd(fds[0]) };
+        }
+    }
+    panic!("no fd received");
+}
+
 /// Sends one HTTP request to 127.0.0.1:port inside the network namespace of
 /// `pid`, from a thread that joins it (traffic stays on that loopback).
 pub fn http_get_in_netns(pid: i32, port: u16, path: &str) -> std::io::Result<String> {
     let ns = fs::File::open(format!("/proc/{pid}/ns/net"))?;
+    http_get_from(ns, (Ipv4Addr::LOCALHOST, port).into(), path, None)
+}
+
+/// One HTTP GET to `addr:port` from a thread inside the network namespace
+/// bind-mounted at `ns` (traffic stays in namespaces the test made),
+/// connecting and reading with `timeout`.
+pub fn http_get_via(
+    ns: &Path,
+    addr: Ipv4Addr,
+    port: u16,
+    path: &str,
+    timeout: Duration,
+) -> std::io::Result<String> {
+    let ns = fs::File::open(ns)?;
+    http_get_from(ns, (addr, port).into(), path, Some(timeout))
+}
+
+/// One HTTP GET from a thread that joins the network namespace `ns`;
+/// without a `timeout`, a plain connect and a 10 s read timeout.
+fn http_get_from(
+    ns: fs::File,
+    to: SocketAddr,
+    path: &str,
+    timeout: Option<Duration>,
+) -> std::io::Result<String> {
     let path = path.to_string();
     std::thread::spawn(move || -> std::io::Result<String> {
         // SAFETY: setns on this thread only (network namespaces are per
@@ -436,8 +487,11 @@ pub fn http_get_in_netns(pid: i32, port: u16, path: &str) -> std::io::Result<Str
         if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
             return Err(std::io::Error::last_os_error());
         }
-        let mut c = std::net::TcpStream::connect(("127.0.0.1", port))?;
-        c.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let mut c = match timeout {
+            Some(t) => std::net::TcpStream::connect_timeout(&to, t)?,
+            None => std::net::TcpStream::connect(to)?,
+        };
+        c.set_read_timeout(Some(timeout.unwrap_or(Duration::from_secs(10))))?;
         write!(c, "GET {path} HTTP/1.1\r\nHost: fn\r\n\r\n")?;
         let mut resp = String::new();
         c.read_to_string(&mut resp)?;
@@ -445,6 +499,76 @@ pub fn http_get_in_netns(pid: i32, port: u16, path: &str) -> std::io::Result<Str
     })
     .join()
     .unwrap()
+}
+
+/// netplug on state root `root`.
+pub fn open_netplug(root: &Path) -> sprout::netplug::BlockingNetplug {
+    sprout::netplug::BlockingNetplug::open(sprout::netplug::Options::new(root)).unwrap()
+}
+
+/// A VPC `name` of native plumbing on `subnet` (no gateway, MTU 1500)
+/// with `pool` pooled namespaces.
+pub fn native_vpc(name: &str, subnet: &str, pool: usize) -> sprout::netplug::VpcConfig {
+    sprout::netplug::VpcConfig {
+        name: name.into(),
+        plumbing: sprout::netplug::VpcPlumbing::Native {
+            subnet: subnet.parse().unwrap(),
+            gateway: None,
+        },
+        mtu: 1500,
+        pool_size: pool,
+        give_back: Default::default(),
+    }
+}
+
+/// Deletes every VPC of a netplug state root when dropped (a failed test
+/// too), after reclaiming leases of owners that are gone. Declare it
+/// before what uses the VPCs, so it drops after them.
+pub struct VpcGuard(pub PathBuf);
+
+impl Drop for VpcGuard {
+    fn drop(&mut self) {
+        let np = open_netplug(&self.0);
+        let _ = np.gc();
+        for v in np.vpcs().unwrap_or_default() {
+            let _ = np.delete_vpc(&v.name, true);
+        }
+    }
+}
+
+/// Names of the links in the network namespace at `path`.
+pub fn links_in(path: &Path) -> Vec<String> {
+    let out = Command::new("nsenter")
+        .arg(format!("--net={}", path.display()))
+        .args(["ip", "-o", "link", "show"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap().to_string())
+        .collect()
+}
+
+/// No mount under netplug state root `root` (hub, namespaces, the shared
+/// ns directory) and no namespace file in it.
+pub fn netplug_namespaces_gone(root: &Path) -> bool {
+    let r = root.to_str().unwrap();
+    let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    !mounts.contains(r)
+        && fs::read_dir(root.join(".netplug/ns"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+            == 0
+}
+
+/// Netplug never makes a link (`np...`) in the host namespace.
+pub fn assert_no_netplug_links_on_host() {
+    let host = links_in(Path::new("/proc/self/ns/net"));
+    assert!(
+        !host.iter().any(|l| l.starts_with("np")),
+        "netplug made links in the host namespace: {host:?}"
+    );
 }
 
 pub fn lo_up(pid: i32) {
@@ -481,6 +605,26 @@ pub fn python_sandbox(name: &str) -> Sandbox {
     .unwrap();
     s.set_args(&["/usr/bin/python3", "/app/function.py", "8080"]);
     s
+}
+
+/// A bundle `<dir>/<name>` like `s`'s (same rootfs, by absolute path)
+/// whose /usr/bin/python3.11 is another file: the host's with one byte
+/// more, bound over it.
+pub fn bundle_with_other_python(s: &Sandbox, name: &str) -> PathBuf {
+    let other = s.dir.path().join(name);
+    fs::create_dir_all(&other).unwrap();
+    let changed = s.dir.path().join("python3.11");
+    let mut bytes = fs::read("/usr/bin/python3.11").unwrap();
+    bytes.push(0);
+    fs::write(&changed, bytes).unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_slice(&fs::read(s.bundle.join("config.json")).unwrap()).unwrap();
+    cfg["root"]["path"] = s.bundle.join("rootfs").to_str().unwrap().into();
+    cfg["mounts"].as_array_mut().unwrap().push(serde_json::json!(
+        {"destination": "/usr/bin/python3.11", "type": "bind", "source": changed, "options": ["bind", "ro"]}
+    ));
+    fs::write(other.join("config.json"), serde_json::to_vec(&cfg).unwrap()).unwrap();
+    other
 }
 
 /// Runs the Python function in `s`, warms it with one request and

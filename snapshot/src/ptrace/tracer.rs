@@ -419,27 +419,62 @@ impl TraceCtx {
             .filter(|(t, tr)| **t == tid || **t == tgid || tr.tgid == Some(tgid))
             .map(|(t, _)| *t)
             .collect();
-        // The leader reports its exit only after every other thread of the
-        // group has been reaped: wait for it last.
-        threads.sort_unstable_by_key(|&t| (t == tgid, t));
+        // Reap whichever thread is done, in any order. Waiting for one
+        // thread at a time deadlocks: the last thread of a pid namespace's
+        // init to exit waits in zap_pid_ns_processes until every other
+        // thread is reaped, and traced threads are reaped only by us.
         let timeout = self.stop_timeout.unwrap_or(Duration::from_secs(30));
-        for t in threads {
-            let deadline = Instant::now() + timeout;
-            loop {
-                let left = deadline.saturating_duration_since(Instant::now());
-                match self.wait_timeout(t, left) {
-                    Ok(s) if !s.is_stopped() => break,
-                    // A stop on the way out (e.g. PTRACE_EVENT_EXIT).
-                    Ok(_) => {
-                        let _ = self.cont(t, 0);
+        let deadline = Instant::now() + timeout;
+        let mut pause = Duration::from_micros(20);
+        while !threads.is_empty() {
+            let mut progress = false;
+            let mut i = 0;
+            while i < threads.len() {
+                let t = threads[i];
+                match sys::waitpid(t, libc::WNOHANG) {
+                    Ok(None) => i += 1,
+                    Ok(Some(status)) => {
+                        progress = true;
+                        match self.decode(t, status) {
+                            Ok(s) if !s.is_stopped() => {
+                                threads.swap_remove(i);
+                            }
+                            // A stop on the way out (e.g. PTRACE_EVENT_EXIT).
+                            Ok(_) => {
+                                let _ = self.cont(t, 0);
+                                i += 1;
+                            }
+                            Err(e) if e.is_gone() => {
+                                self.forget(t);
+                                threads.swap_remove(i);
+                            }
+                            Err(e) => return Err(e),
+                        }
                     }
                     Err(e) if e.is_gone() => {
                         self.forget(t);
-                        break;
+                        threads.swap_remove(i);
+                        progress = true;
                     }
                     Err(e) => return Err(e),
                 }
             }
+            if threads.is_empty() || progress {
+                pause = Duration::from_micros(20);
+                continue;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                let t = threads[0];
+                return Err(PtraceError::Timeout {
+                    tid: t,
+                    after: timeout,
+                    state: procfs::thread_state(t).unwrap_or_else(|| "?".into()),
+                    wchan: procfs::wchan(t).unwrap_or_else(|| "?".into()),
+                });
+            }
+            std::thread::sleep(pause.min(deadline - now));
+            pause = (pause * 2).min(Duration::from_millis(10));
         }
         Ok(())
     }
