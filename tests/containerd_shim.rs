@@ -602,19 +602,9 @@ impl Drop for Sproutd {
             kill_pid(c.id() as i32);
             let _ = c.wait();
         }
-        let runtime = self.root.join("runtime");
-        for e in fs::read_dir(&runtime).into_iter().flatten().flatten() {
-            let id = e.file_name().to_string_lossy().into_owned();
-            if !id.starts_with('.') {
-                let _ = Command::new(sprout_bin())
-                    .arg("--root")
-                    .arg(&runtime)
-                    .args(["delete", "--force", &id])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status();
-            }
-        }
+        // Instances first: deleting a holder kills what runs below it.
+        delete_all_in(&self.root.join("runtime"));
+        delete_all_in(&self.root.join("engine/holders"));
         if std::thread::panicking() {
             eprintln!(
                 "--- sproutd log ---\n{}",

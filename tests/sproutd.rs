@@ -175,6 +175,8 @@ impl Drop for Sproutd {
                 .stderr(Stdio::null())
                 .status();
         }
+        // The template holders outlive sproutd by design.
+        delete_all_in(&self.root.join("engine/holders"));
     }
 }
 

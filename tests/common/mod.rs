@@ -660,3 +660,22 @@ pub fn counters(line: &str) -> Vec<u64> {
         .filter_map(|kv| kv.split_once('=').map(|(_, v)| v.parse().unwrap()))
         .collect()
 }
+
+/// Force-deletes every container the state root `root` still knows: the
+/// teardown of a daemon a test started (sproutd's instances, then its
+/// template holders, which outlive it by design).
+pub fn delete_all_in(root: &Path) {
+    for e in fs::read_dir(root).into_iter().flatten().flatten() {
+        let id = e.file_name().to_string_lossy().into_owned();
+        if id.starts_with('.') || !e.path().is_dir() {
+            continue;
+        }
+        let _ = Command::new(sprout_bin())
+            .arg("--root")
+            .arg(root)
+            .args(["delete", "--force", &id])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
