@@ -300,10 +300,19 @@ fn a_killed_shim_is_cleaned_up_by_containerd() {
     run_detached(&c, &[], &cg, &id, &["/bin/sh", "-c", "sleep 1000 & wait"]);
     let shims = sprout_shims(&c);
     assert_eq!(shims.len(), 1, "{shims:?}");
+    let address = fs::read_to_string(
+        c.state
+            .join("io.containerd.runtime.v2.task/default")
+            .join(&id)
+            .join("address"),
+    )
+    .unwrap();
+    let socket = PathBuf::from(address.trim().trim_start_matches("unix://"));
+    assert!(socket.exists(), "{}", socket.display());
     kill_pid(shims[0]);
     // containerd sees the connection drop, runs the shim's `delete`
-    // action (which kills and removes the container and its mounts) and
-    // reports the task stopped.
+    // action (which kills and removes the container and its mounts, and
+    // the dead server's socket) and reports the task stopped.
     assert!(
         wait_until(STATE_TIMEOUT, || c
             .task(&id)
@@ -313,6 +322,11 @@ fn a_killed_shim_is_cleaned_up_by_containerd() {
     );
     let _ = c.ctr(&["task", "delete", &id]);
     c.ok(&["container", "delete", &id]);
+    assert!(
+        wait_until(STATE_TIMEOUT, || !socket.exists()),
+        "{} left behind",
+        socket.display()
+    );
     assert_clean(&c, &[&cg]);
 }
 

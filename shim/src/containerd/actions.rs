@@ -125,6 +125,19 @@ pub fn start(flags: &Flags) -> Result<String, ActionError> {
     Ok(address)
 }
 
+/// The socket of a server that died (killed, crashed) stays behind in
+/// containerd's socket directory; the task's `delete` removes it unless a
+/// server of the group still answers there.
+fn remove_dead_socket(bundle: &Path) {
+    let Ok(address) = fs::read_to_string(bundle.join("address")) else {
+        return;
+    };
+    let path = Path::new(address.trim().trim_start_matches("unix://"));
+    if path.exists() && UnixStream::connect(path).is_err() {
+        let _ = fs::remove_file(path);
+    }
+}
+
 /// Starts the server: this binary again, in its own process group, with
 /// the listening socket, no stdio, in the state directory.
 fn spawn_server(
@@ -191,6 +204,7 @@ pub fn delete(flags: &Flags) -> Result<DeleteResponse, ActionError> {
         return Err(ActionError::Sproutd(e));
     }
     mounts::unmount_rootfs(&bundle.join("rootfs"));
+    remove_dead_socket(&bundle);
     Ok(DeleteResponse {
         pid: pid.max(0) as u32,
         exit_status: 128 + libc::SIGKILL as u32,
