@@ -33,7 +33,6 @@ use nix::mount::MsFlags;
 use oci_spec::runtime::{LinuxNamespaceType, LinuxResources};
 use sprout_runtime::rootfs::RootfsConfig;
 use sprout_runtime::rootfs::detached::{self, DeferredMount};
-use sprout_runtime::seccomp::SeccompProgram;
 use sprout_runtime::spec::{Bundle, load_bundle};
 use sprout_runtime::timing::Stages;
 use sprout_runtime::{Adoption, Container, CreateOptions, Runtime, Takeover};
@@ -549,23 +548,14 @@ impl Template {
                 bundle: bundle.dir.clone(),
                 reason: "no process section".into(),
             })?;
-        let seccomp = match bundle
-            .spec
-            .linux()
-            .as_ref()
-            .and_then(|l| l.seccomp().clone())
-        {
-            Some(s) => Some(
-                SeccompProgram::compile(&s).map_err(|e| RestoreError::Sandbox(e.to_string()))?,
-            ),
-            None => None,
-        };
-        let stack_limit = process
-            .rlimits()
-            .iter()
-            .flatten()
-            .find(|r| r.typ() == oci_spec::runtime::PosixRlimitType::RlimitStack)
-            .map(|r| (r.soft(), r.hard()));
+        let seccomp = restore::compile_seccomp(
+            bundle
+                .spec
+                .linux()
+                .as_ref()
+                .and_then(|l| l.seccomp().as_ref()),
+        )?;
+        let stack_limit = restore::stack_rlimit(&process);
 
         let passed = Passed {
             has_unified: unified.is_some(),

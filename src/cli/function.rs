@@ -268,30 +268,15 @@ fn wait_through_api(client: &Client, id: &str) -> Result<ExitView> {
 /// Forwards the usual terminal and job-control signals to the instance
 /// through sproutd while `run` waits, as `sprout run` does for its own.
 fn forward_signals(client: Client, id: String) -> Option<std::thread::JoinHandle<()>> {
-    use nix::sys::signal::{SigSet, Signal};
-    let mut set = SigSet::empty();
-    for s in [
-        Signal::SIGINT,
-        Signal::SIGTERM,
-        Signal::SIGHUP,
-        Signal::SIGQUIT,
-        Signal::SIGUSR1,
-        Signal::SIGUSR2,
-        Signal::SIGWINCH,
-    ] {
-        set.add(s);
-    }
-    set.thread_block().ok()?;
-    Some(std::thread::spawn(move || {
-        while let Ok(sig) = set.wait() {
-            let body = KillBody {
-                signal: SignalArg::Number(sig as i32),
-                all: false,
-            };
-            // sproutd may be restarting: the signal is lost, not the run.
-            if let Err(e) = client.kill(&id, &body) {
-                tracing::warn!(container = %id, "forwarding signal {sig}: {e}");
-            }
+    super::lifecycle::forward_signals_with(move |sig| {
+        let body = KillBody {
+            signal: SignalArg::Number(sig as i32),
+            all: false,
+        };
+        // sproutd may be restarting: the signal is lost, not the run.
+        if let Err(e) = client.kill(&id, &body) {
+            tracing::warn!(container = %id, "forwarding signal {sig}: {e}");
         }
-    }))
+        true
+    })
 }

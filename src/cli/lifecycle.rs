@@ -175,8 +175,17 @@ pub fn run(g: &GlobalOpts, a: RunArgs) -> Result<u8> {
 /// Forwards the usual terminal and job-control signals to the container's
 /// init while `run` waits for it, as runc does.
 pub fn signals_forwarder(pid: Option<i32>) -> Option<std::thread::JoinHandle<()>> {
+    let pid = nix::unistd::Pid::from_raw(pid?);
+    forward_signals_with(move |sig| nix::sys::signal::kill(pid, sig).is_ok())
+}
+
+/// Blocks the usual terminal and job-control signals in this thread (and
+/// the threads it starts later) and hands each to `deliver` on a thread of
+/// its own, until `deliver` returns false.
+pub fn forward_signals_with(
+    mut deliver: impl FnMut(nix::sys::signal::Signal) -> bool + Send + 'static,
+) -> Option<std::thread::JoinHandle<()>> {
     use nix::sys::signal::{SigSet, Signal};
-    let pid = pid?;
     let mut set = SigSet::empty();
     for s in [
         Signal::SIGINT,
@@ -192,7 +201,7 @@ pub fn signals_forwarder(pid: Option<i32>) -> Option<std::thread::JoinHandle<()>
     set.thread_block().ok()?;
     Some(std::thread::spawn(move || {
         while let Ok(sig) = set.wait() {
-            if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).is_err() {
+            if !deliver(sig) {
                 break;
             }
         }

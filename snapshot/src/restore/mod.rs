@@ -216,18 +216,34 @@ fn restore_with(
     }
 }
 
+/// The (soft, hard) RLIMIT_STACK the spec gives its process, if it sets one.
+pub(crate) fn stack_rlimit(process: &Process) -> Option<(u64, u64)> {
+    process
+        .rlimits()
+        .iter()
+        .flatten()
+        .find(|r| r.typ() == oci_spec::runtime::PosixRlimitType::RlimitStack)
+        .map(|r| (r.soft(), r.hard()))
+}
+
 /// The hard RLIMIT_STACK the bundle gives its process, if it sets one.
 pub(crate) fn bundle_stack_hard(bundle: &Bundle) -> Option<u64> {
     bundle
         .spec
         .process()
         .as_ref()
-        .and_then(|p| p.rlimits().as_ref())
-        .and_then(|rl| {
-            rl.iter()
-                .find(|r| r.typ() == oci_spec::runtime::PosixRlimitType::RlimitStack)
-        })
-        .map(|r| r.hard())
+        .and_then(stack_rlimit)
+        .map(|(_, hard)| hard)
+}
+
+/// The bundle's seccomp profile as BPF, applied last to a restored or
+/// forked process.
+pub(crate) fn compile_seccomp(
+    profile: Option<&oci_spec::runtime::LinuxSeccomp>,
+) -> Result<Option<SeccompProgram>, RestoreError> {
+    profile
+        .map(|s| SeccompProgram::compile(s).map_err(|e| RestoreError::Sandbox(e.to_string())))
+        .transpose()
 }
 
 /// RLIMIT_STACK for the stub's exec. The image's soft limit places the
@@ -285,18 +301,8 @@ fn restore_into(
             m.process.pid
         )));
     }
-    let seccomp = match linux.seccomp() {
-        Some(s) => {
-            Some(SeccompProgram::compile(s).map_err(|e| RestoreError::Sandbox(e.to_string()))?)
-        }
-        None => None,
-    };
-    let stack_limit = process
-        .rlimits()
-        .iter()
-        .flatten()
-        .find(|r| r.typ() == oci_spec::runtime::PosixRlimitType::RlimitStack)
-        .map(|r| (r.soft(), r.hard()));
+    let seccomp = compile_seccomp(linux.seccomp().as_ref())?;
+    let stack_limit = stack_rlimit(&process);
 
     tracer.run(move |ctx| {
         ctx.seize(
