@@ -18,167 +18,18 @@ use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use common::sproutd::*;
 use common::*;
 use sprout::netplug::{self, BlockingNetplug, Owner, ProcRef};
-use sprout::shim::client::{Client, ClientError, side_fork};
+use sprout::shim::client::{Client, side_fork};
 use sprout::shim::events::{Event, EventKind};
 use sprout::shim::proto::{
     ExecBody, FdRole, ForkBody, KillBody, SideMessage, SideRequest, SignalArg,
 };
-use sprout::shim::registry::FunctionSpec;
-
-/// Generous: a shared, noisy 2-core machine. Never a performance claim.
-const TIMEOUT: Duration = Duration::from_secs(60);
-
-fn sproutd_bin() -> PathBuf {
-    let p = Path::new(sprout_bin()).with_file_name("sproutd");
-    assert!(
-        p.exists(),
-        "{} is missing: build the workspace's binaries (cargo test --workspace does)",
-        p.display()
-    );
-    p
-}
-
-/// A sproutd process on a state directory under the sandbox.
-struct Sproutd {
-    fake: bool,
-    child: Option<Child>,
-    root: PathBuf,
-    socket: PathBuf,
-    side: PathBuf,
-    log: PathBuf,
-}
-
-impl Sproutd {
-    /// With the test-only fake engine.
-    fn start(s: &Sandbox) -> Self {
-        Self::start_with(s, true)
-    }
-
-    /// With the real template engine.
-    fn start_real(s: &Sandbox) -> Self {
-        Self::start_with(s, false)
-    }
-
-    fn start_with(s: &Sandbox, fake: bool) -> Self {
-        let dir = s.dir.path();
-        let mut d = Sproutd {
-            fake,
-            child: None,
-            root: dir.join("sproutd"),
-            socket: dir.join("api.sock"),
-            side: dir.join("side.sock"),
-            log: dir.join("sproutd.log"),
-        };
-        d.spawn();
-        d
-    }
-
-    fn command(&self) -> Command {
-        let mut c = Command::new(sproutd_bin());
-        c.arg("--root")
-            .arg(&self.root)
-            .arg("--socket")
-            .arg(&self.socket)
-            .arg("--side-socket")
-            .arg(&self.side)
-            .arg("--init-binary")
-            .arg(init_bin())
-            .arg("--debug");
-        if self.fake {
-            c.arg("--fake-engine");
-        }
-        c
-    }
-
-    fn spawn(&mut self) {
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        let child = self
-            .command()
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-        let c = self.client();
-        let up = wait_until(TIMEOUT, || {
-            c.info().is_ok() || self.child.as_mut().unwrap().try_wait().unwrap().is_some()
-        });
-        assert!(
-            up && c.info().is_ok(),
-            "sproutd did not come up: {}",
-            self.log_text()
-        );
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.as_ref().unwrap().id() as i32
-    }
-
-    fn client(&self) -> Client {
-        Client::new(&self.socket)
-    }
-
-    fn log_text(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// SIGKILL by pid, as a crash.
-    fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            // SAFETY: kill with plain integers: our own child.
-            unsafe { libc::kill(c.id() as i32, libc::SIGKILL) };
-            let _ = c.wait();
-        }
-    }
-
-    /// `sprout --root <runtime root>`, to inspect and clean up the
-    /// instances behind sproutd's back.
-    fn runtime_cli(&self) -> Command {
-        let mut c = Command::new(sprout_bin());
-        c.arg("--root").arg(self.root.join("runtime"));
-        c
-    }
-
-    /// Instance state directories left in the runtime root (not
-    /// netplug's `.netplug`).
-    fn runtime_ids(&self) -> Vec<String> {
-        fs::read_dir(self.root.join("runtime"))
-            .map(|r| {
-                r.flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .filter(|n| !n.starts_with('.'))
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-}
-
-impl Drop for Sproutd {
-    fn drop(&mut self) {
-        self.kill9();
-        for id in self.runtime_ids() {
-            let _ = self
-                .runtime_cli()
-                .args(["delete", "--force", &id])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-        }
-        // The template holders outlive sproutd by design.
-        delete_all_in(&self.root.join("engine/holders"));
-    }
-}
 
 /// Events of a `GET /events` stream, read on a thread.
 struct Events {
@@ -223,33 +74,11 @@ impl Events {
     }
 }
 
-fn function(name: &str, s: &Sandbox) -> FunctionSpec {
-    let image = s.dir.path().join("image");
-    fs::create_dir_all(&image).unwrap();
-    FunctionSpec {
-        name: name.into(),
-        image,
-        bundle: s.bundle.clone(),
-        vpc: None,
-        after_fork_signal: None,
-        resources: None,
-        concurrency: 1,
-    }
-}
-
 /// A fork request for instance `id`, everything else defaulted.
 fn fork_body(id: &str) -> ForkBody {
     ForkBody {
         id: id.into(),
         ..Default::default()
-    }
-}
-
-fn api_status(r: Result<impl Sized, ClientError>) -> (u16, String) {
-    match r {
-        Err(ClientError::Api { status, message }) => (status, message),
-        Err(e) => panic!("expected an API error, got {e}"),
-        Ok(_) => panic!("expected an API error, got success"),
     }
 }
 
@@ -259,28 +88,6 @@ fn pipe() -> (fs::File, OwnedFd) {
     assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
     // SAFETY: fresh fds owned here.
     unsafe { (fs::File::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
-}
-
-/// Nothing of the instances is left: state, cgroups, processes.
-fn assert_clean(s: &Sandbox, d: &Sproutd) {
-    assert!(
-        d.runtime_ids().is_empty(),
-        "instances left in the runtime root: {:?}",
-        d.runtime_ids()
-    );
-    let records: Vec<_> = fs::read_dir(d.root.join("instances"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name())
-        .collect();
-    assert!(records.is_empty(), "instance records left: {records:?}");
-    let cg = cgroup_leftovers(&s.cgroup);
-    assert!(cg.is_empty(), "cgroups left behind: {cg:?}");
-    let procs = processes_in_cgroup_named(&s.cgroup);
-    assert!(procs.is_empty(), "processes left behind: {procs:?}");
-    let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let tmp = s.dir.path().to_str().unwrap();
-    assert!(!mounts.contains(tmp), "mounts under {tmp} left behind");
 }
 
 #[test]
@@ -983,27 +790,6 @@ fn concurrent_forks_and_deletes() {
 }
 
 /// Holders go once nothing runs below them.
-fn assert_holders_gone(d: &Sproutd) {
-    assert!(
-        wait_until(TIMEOUT, || holders_left(d).is_empty()),
-        "holders left: {:?}\n{}",
-        holders_left(d),
-        d.log_text()
-    );
-}
-
-/// Holders (the sandboxes templates live in) left in the engine's runtime.
-fn holders_left(d: &Sproutd) -> Vec<String> {
-    fs::read_dir(d.root.join("engine/holders"))
-        .map(|r| {
-            r.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n != "file-hashes")
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 #[test]
 fn real_engine_forks_python_instances_that_survive_a_sproutd_crash() {
     let s = python_sandbox("sd-real");

@@ -152,6 +152,36 @@ impl<F: Key, I: Key> MemoryBudget<F, I> {
         Ok(())
     }
 
+    /// Changes the limit. Nothing is evicted here: call
+    /// [`MemoryBudget::shrink_to_fit`] when it fell below what is used.
+    pub fn set_limit(&mut self, limit_bytes: u64) {
+        self.limit = limit_bytes;
+    }
+
+    /// Evicts idle instances (`evictable`), lowest priority first, until
+    /// the books fit the limit or nothing evictable is left; returns them
+    /// (already off the books) for the caller to unload.
+    pub fn shrink_to_fit(&mut self, evictable: impl Fn(&I) -> bool) -> Vec<I> {
+        let mut candidates: Vec<(I, f64)> = self
+            .held
+            .iter()
+            .filter(|(id, _)| evictable(id))
+            .map(|(id, h)| (id.clone(), h.priority))
+            .collect();
+        candidates.sort_by(|a, b| a.1.total_cmp(&b.1));
+        let mut evicted = Vec::new();
+        for (id, _) in candidates {
+            if self.used <= self.limit {
+                break;
+            }
+            if let Some(h) = self.forget(&id) {
+                self.clock = self.clock.max(h.priority);
+                evicted.push(id);
+            }
+        }
+        evicted
+    }
+
     /// `instance` was unloaded (by the policy, a crash or a drain).
     pub fn remove(&mut self, instance: &I) -> Result<(), PoolError> {
         self.forget(instance)
@@ -190,6 +220,26 @@ mod tests {
             Admission::Admitted { evicted } => evicted,
             Admission::NotWorthIt => panic!("refused"),
         }
+    }
+
+    #[test]
+    fn a_lowered_limit_evicts_idle_instances_by_priority() {
+        let mut b: MemoryBudget<&str, &str> = MemoryBudget::new(300 * MB);
+        for id in ["hot", "cold", "busy"] {
+            b.admit(id, id, 100 * MB, COST, Purpose::Demand, |_| true)
+                .unwrap();
+        }
+        for _ in 0..5 {
+            b.touch(&"hot").unwrap();
+        }
+        b.set_limit(150 * MB);
+        let evicted = b.shrink_to_fit(|id| *id != "busy");
+        assert_eq!(evicted, ["cold", "hot"], "lowest priority first, busy kept");
+        assert_eq!(b.used(), 100 * MB, "only the busy instance is left");
+        assert!(b.used() <= b.limit());
+        b.set_limit(50 * MB);
+        assert!(b.shrink_to_fit(|id| *id != "busy").is_empty());
+        assert_eq!(b.used(), 100 * MB, "a busy instance is never evicted");
     }
 
     #[test]

@@ -227,6 +227,19 @@ impl<F: Key> Policy<F> {
     }
 
     /// The windows the function's current (or next) idle period follows.
+    /// Seeds the idle-time history with an idle time seen before (an
+    /// orchestrator restarting with the history it persisted), as if a
+    /// request had arrived after it. No effect on strategies without one.
+    pub fn record_idle(&mut self, function: &F, idle: Duration) -> Result<(), PoolError> {
+        let strategy = self.config.strategy;
+        let state = self.state_mut(function)?;
+        if let (Strategy::Hybrid(h), Some(model)) = (&strategy, state.idle.as_mut()) {
+            model.record(idle);
+            state.windows = model.windows(h);
+        }
+        Ok(())
+    }
+
     pub fn windows(&self, function: &F) -> Result<Windows, PoolError> {
         Ok(self.state(function)?.windows)
     }

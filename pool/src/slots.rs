@@ -134,6 +134,36 @@ impl<F: Key, I: Key> SlotTable<F, I> {
         Ok(slots)
     }
 
+    /// Drops an instance that is gone (it crashed, or was destroyed while
+    /// serving), with its leases; returns them, which are void now.
+    pub fn remove_gone(&mut self, instance: &I) -> Result<Vec<LeaseId>, PoolError> {
+        let slots = self
+            .instances
+            .remove(instance)
+            .ok_or_else(|| PoolError::UnknownInstance(name(instance)))?;
+        if let Some(set) = self.by_function.get_mut(&slots.function) {
+            set.remove(instance);
+            if set.is_empty() {
+                self.by_function.remove(&slots.function);
+            }
+        }
+        let void: Vec<LeaseId> = self
+            .leases
+            .iter()
+            .filter(|(_, i)| *i == instance)
+            .map(|(l, _)| *l)
+            .collect();
+        for l in &void {
+            self.leases.remove(l);
+        }
+        Ok(void)
+    }
+
+    /// The instance a lease is on.
+    pub fn lease_instance(&self, lease: LeaseId) -> Option<&I> {
+        self.leases.get(&lease)
+    }
+
     pub fn acquire(&mut self, function: &F) -> Acquire<I> {
         let Some(ids) = self.by_function.get(function) else {
             return Acquire::NoFreeSlot;
@@ -232,6 +262,23 @@ mod tests {
             Acquire::Leased(l) => l,
             Acquire::NoFreeSlot => panic!("expected a lease"),
         }
+    }
+
+    #[test]
+    fn a_gone_instance_takes_its_leases_with_it() {
+        let mut t: SlotTable<&str, &str> = SlotTable::new();
+        t.add_instance("fn", "a", 2, false).unwrap();
+        t.add_instance("fn", "b", 2, false).unwrap();
+        let l1 = leased(t.acquire(&"fn"));
+        let l2 = leased(t.acquire(&"fn"));
+        assert_eq!(l1.instance, l2.instance, "fills one instance first");
+        assert_eq!(t.lease_instance(l1.id), Some(&l1.instance));
+        let void = t.remove_gone(&l1.instance).unwrap();
+        assert_eq!(void.len(), 2);
+        assert_eq!(t.leases_held(), 0);
+        assert!(t.release(l1.id).is_err(), "a void lease cannot be released");
+        assert_eq!(t.instance_count(&"fn"), 1);
+        assert!(t.remove_gone(&l1.instance).is_err());
     }
 
     #[test]

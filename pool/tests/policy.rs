@@ -306,3 +306,32 @@ fn misuse_is_a_clear_error() {
     .unwrap_err();
     assert!(err.to_string().contains("range"), "{err}");
 }
+
+#[test]
+fn seeded_idle_times_give_the_same_windows_as_lived_ones() {
+    // sproutd persists the idle times it saw and seeds a new policy with
+    // them after a restart: the windows must match the original's.
+    let clock = FakeClock::new();
+    let mut lived = hybrid();
+    lived.register("f", 1).unwrap();
+    let mut idles = repeat(40, 10 * MIN + 30 * SEC);
+    idles.extend(repeat(10, 20 * MIN + 30 * SEC));
+    feed(&mut lived, &clock, "f", &idles);
+
+    let mut seeded = hybrid();
+    seeded.register("f", 1).unwrap();
+    for idle in &idles {
+        seeded.record_idle(&"f", *idle).unwrap();
+    }
+    assert_eq!(seeded.windows(&"f").unwrap(), lived.windows(&"f").unwrap());
+    assert_eq!(seeded.windows(&"f").unwrap().tier, Tier::Histogram);
+    assert!(matches!(
+        seeded.record_idle(&"nope", MIN),
+        Err(PoolError::UnknownFunction(_))
+    ));
+    // Strategies without a history ignore seeds.
+    let mut fixed = Policy::new(PolicyConfig::fixed(10 * MIN)).unwrap();
+    fixed.register("f", 1).unwrap();
+    fixed.record_idle(&"f", MIN).unwrap();
+    assert_eq!(fixed.windows(&"f").unwrap().tier, Tier::Fixed);
+}

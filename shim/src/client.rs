@@ -13,8 +13,10 @@ use serde::de::DeserializeOwned;
 
 use crate::events::Event;
 use crate::proto::{
-    ErrorBody, ExecBody, ExecResult, FdRole, ForkBody, Forked, FunctionView, Info, InstanceView,
-    KillBody, SideMessage, SideRequest,
+    BudgetBody, ClaimBody, Claimed, DrainBody, DrainResult, ErrorBody, ExecBody, ExecResult,
+    FdRole, ForkBody, Forked, FunctionPoolView, FunctionView, Info, InstanceView, KillBody,
+    LeaseView, PolicyBody, PoolView, PrewarmBody, PrewarmResult, Released, SideMessage,
+    SideRequest,
 };
 use crate::registry::FunctionSpec;
 
@@ -155,15 +157,7 @@ impl Client {
             None => Vec::new(),
         };
         let r = self.raw(method, path, &bytes)?;
-        if !(200..300).contains(&r.status) {
-            let message = serde_json::from_slice::<ErrorBody>(&r.body)
-                .map(|e| e.error)
-                .unwrap_or_else(|_| String::from_utf8_lossy(&r.body).trim().to_string());
-            return Err(ClientError::Api {
-                status: r.status,
-                message,
-            });
-        }
+        check_status(&r)?;
         let body = if r.body.is_empty() {
             b"null".as_slice()
         } else {
@@ -225,6 +219,80 @@ impl Client {
         )
     }
 
+    /// `GET /pool`: the memory budget and every function's pool.
+    pub fn pool(&self) -> Result<PoolView> {
+        self.call("GET", "/pool", None::<&()>)
+    }
+
+    /// `PUT /pool/budget`.
+    pub fn set_budget(&self, body: &BudgetBody) -> Result<PoolView> {
+        self.call("PUT", "/pool/budget", Some(body))
+    }
+
+    /// `GET /functions/{name}/pool`.
+    pub fn function_pool(&self, function: &str) -> Result<FunctionPoolView> {
+        self.call("GET", &format!("/functions/{function}/pool"), None::<&()>)
+    }
+
+    /// `PUT /functions/{name}/pool/policy`: the fields given change.
+    pub fn set_policy(&self, function: &str, body: &PolicyBody) -> Result<FunctionPoolView> {
+        self.call(
+            "PUT",
+            &format!("/functions/{function}/pool/policy"),
+            Some(body),
+        )
+    }
+
+    /// `POST /functions/{name}/pool/prewarm`.
+    pub fn prewarm(&self, function: &str, body: &PrewarmBody) -> Result<PrewarmResult> {
+        self.call(
+            "POST",
+            &format!("/functions/{function}/pool/prewarm"),
+            Some(body),
+        )
+    }
+
+    /// `POST /functions/{name}/pool/drain`.
+    pub fn drain(&self, function: &str, body: &DrainBody) -> Result<DrainResult> {
+        self.call(
+            "POST",
+            &format!("/functions/{function}/pool/drain"),
+            Some(body),
+        )
+    }
+
+    /// `POST /functions/{name}/claim`: an instance, warm when one is.
+    pub fn claim(&self, function: &str, body: &ClaimBody) -> Result<Claimed> {
+        self.call("POST", &format!("/functions/{function}/claim"), Some(body))
+    }
+
+    /// `POST /instances/{id}/release`: a claimed instance given back.
+    pub fn release(&self, id: &str) -> Result<Released> {
+        self.call("POST", &format!("/instances/{id}/release"), None::<&()>)
+    }
+
+    /// `POST /functions/{name}/leases`: a request slot on an instance.
+    pub fn acquire_lease(&self, function: &str) -> Result<LeaseView> {
+        self.call(
+            "POST",
+            &format!("/functions/{function}/leases"),
+            None::<&()>,
+        )
+    }
+
+    /// `DELETE /leases/{lease}`.
+    pub fn release_lease(&self, lease: &str) -> Result<()> {
+        self.call("DELETE", &format!("/leases/{lease}"), None::<&()>)
+    }
+
+    /// `GET /metrics`: the Prometheus text exposition.
+    pub fn metrics(&self) -> Result<String> {
+        let r = self.raw("GET", "/metrics", b"")?;
+        check_status(&r)?;
+        String::from_utf8(r.body)
+            .map_err(|e| ClientError::Protocol(format!("GET /metrics: not UTF-8: {e}")))
+    }
+
     /// `GET /events` (with an optional query such as `id=x`): an iterator
     /// of events that blocks for the next one. The subscription is live
     /// when this returns.
@@ -250,6 +318,26 @@ impl Client {
             pending: Vec::new(),
         })
     }
+}
+
+/// A non-2xx answer as [`ClientError::Api`], with the message of its
+/// `{"error": ...}` body (or the body itself when it is not one).
+fn check_status(r: &Response) -> Result<()> {
+    if (200..300).contains(&r.status) {
+        return Ok(());
+    }
+    let message = serde_json::from_slice::<ErrorBody>(&r.body)
+        .map(|e| e.error)
+        .unwrap_or_else(|_| String::from_utf8_lossy(&r.body).trim().to_string());
+    let message = if message.is_empty() {
+        format!("sproutd answered {} without a reason", r.status)
+    } else {
+        message
+    };
+    Err(ClientError::Api {
+        status: r.status,
+        message,
+    })
 }
 
 fn read_head(r: &mut impl BufRead) -> Result<(u16, Vec<(String, String)>)> {

@@ -52,6 +52,12 @@ use crate::proto::{
 };
 use crate::registry::{FunctionSpec, Registry, RegistryError};
 
+mod relay;
+mod warm;
+
+use relay::Relay;
+use warm::WarmPool;
+
 /// How sproutd is started.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -63,6 +69,18 @@ pub struct Config {
     pub side_socket: Option<PathBuf>,
     /// `sprout-init`; default `$SPROUT_INIT`, else next to the executable.
     pub init_binary: Option<PathBuf>,
+    /// The warm pool's node memory budget in bytes; default a quarter of
+    /// the machine's memory.
+    pub memory_budget: Option<u64>,
+    /// The cgroup under which pool instances are forked, one cgroup each
+    /// (`<it>/<function>/<id>`); relative paths are under sproutd's own
+    /// cgroup, as a relative `cgroupsPath` is.
+    pub pool_cgroup: PathBuf,
+}
+
+impl Config {
+    /// The default cgroup parent of pool instances.
+    pub const DEFAULT_POOL_CGROUP: &str = "sproutd-pool";
 }
 
 /// Where things live under the state directory.
@@ -74,6 +92,10 @@ pub struct Paths {
     pub instances: PathBuf,
     pub runtime: PathBuf,
     pub engine: PathBuf,
+    /// The warm pool's settings per function.
+    pub pool: PathBuf,
+    /// Output of pool instances not claimed with stdio of their own.
+    pub logs: PathBuf,
 }
 
 impl Paths {
@@ -85,6 +107,8 @@ impl Paths {
             instances: root.join("instances"),
             runtime: root.join("runtime"),
             engine: root.join("engine"),
+            pool: root.join("pool"),
+            logs: root.join("logs"),
         }
     }
 }
@@ -127,6 +151,9 @@ struct InstanceRecord {
     /// The pooled network namespace it holds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     network: Option<Attachment>,
+    /// A warm-pool instance not (yet) claimed: deleted by the next sproutd.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pool: bool,
 }
 
 /// An instance sproutd manages.
@@ -141,6 +168,8 @@ pub struct Instance {
     pub adopted: bool,
     /// The VPC namespace it holds, given back when it is deleted.
     pub network: Option<Attachment>,
+    /// The output relay of a pool instance.
+    relay: Mutex<Option<Relay>>,
     /// `Some` once it exited.
     exit: watch::Sender<Option<ExitStatus>>,
 }
@@ -188,6 +217,8 @@ pub struct Daemon {
     network: Network,
     /// netplug's refill task, from [`Daemon::start`] to shutdown.
     refill: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    warm: WarmPool,
+    metrics: crate::metrics::Metrics,
     ops: Ops,
     /// Held for its flock.
     _lock: fs::File,
@@ -295,7 +326,13 @@ impl Daemon {
         let paths = Paths::new(&cfg.root);
         mkdir(&paths.root)?;
         let lock_file = take_lock(&paths)?;
-        for d in [&paths.instances, &paths.runtime, &paths.engine] {
+        for d in [
+            &paths.instances,
+            &paths.runtime,
+            &paths.engine,
+            &paths.pool,
+            &paths.logs,
+        ] {
             mkdir(d)?;
         }
         let registry = Registry::open(&paths.functions)?;
@@ -308,6 +345,14 @@ impl Daemon {
         let engine = make_engine(&ctx)?;
         let (tx, rx) = mpsc::unbounded_channel();
         engine.set_exit_sink(tx);
+        let warm = WarmPool::new(
+            paths.pool.clone(),
+            cfg.pool_cgroup.clone(),
+            cfg.memory_budget,
+        );
+        for f in registry.list() {
+            warm.register(f);
+        }
         Ok(Arc::new(Daemon {
             cfg,
             paths,
@@ -321,6 +366,8 @@ impl Daemon {
             events: EventBus::default(),
             network,
             refill: Mutex::new(None),
+            warm,
+            metrics: crate::metrics::Metrics::new(),
             ops: Ops::default(),
             _lock: lock_file,
         }))
@@ -373,6 +420,7 @@ impl Daemon {
             });
         }
         self.adopt()?;
+        self.start_reconciler();
         let refill = self.network.start().await;
         if let Some(old) = lock(&self.refill).replace(refill) {
             old.abort();
@@ -446,6 +494,7 @@ impl Daemon {
             )));
         }
         reg.insert(f.clone())?;
+        self.warm.register(&f);
         tracing::info!(function = %f.name, image = %f.image.display(), bundle = %f.bundle.display(), "function added");
         Ok(f)
     }
@@ -482,10 +531,12 @@ impl Daemon {
         ids
     }
 
-    /// Removes a function that has no instances, dropping its template.
-    pub async fn remove_function(&self, name: &str) -> Result<(), ApiError> {
+    /// Removes a function that has no instances but its idle pool ones
+    /// (those are destroyed), dropping its template.
+    pub async fn remove_function(self: &Arc<Self>, name: &str) -> Result<(), ApiError> {
         let _op = self.op()?;
         self.function(name)?;
+        self.drain_pool(name, false).await?;
         let slot = self.template_slot(name);
         let mut tmpl = slot.write().await;
         let ids = self.instances_of(name);
@@ -504,6 +555,8 @@ impl Daemon {
         }
         lock(&self.registry).remove(name)?;
         lock(&self.templates).remove(name);
+        self.warm.unregister(name);
+        self.metrics.forget(name);
         tracing::info!(function = %name, "function removed");
         Ok(())
     }
@@ -652,6 +705,7 @@ impl Daemon {
             bundle: req.bundle.clone().unwrap_or_else(|| f.bundle.clone()),
             created: sprout_runtime::state::rfc3339(SystemTime::now()),
             network,
+            pool: self.warm.is_pool_member(&id),
         };
         self.write_record(&record)
             .map_err(|e| ApiError::internal(format!("instance record of {id:?}: {e}")))?;
@@ -674,6 +728,7 @@ impl Daemon {
             stages: info.stages,
             adopted: false,
             network: record.network,
+            relay: Mutex::new(None),
             exit: watch::Sender::new(None),
         });
         lock(&self.instances).insert(id.clone(), Slot::Live(inst.clone()));
@@ -753,6 +808,24 @@ impl Daemon {
         crate::registry::write_atomic(&self.record_path(&r.id), &data)
     }
 
+    /// Marks an instance's record as a pool instance or not (claimed).
+    fn set_record_pool(&self, id: &str, pool: bool) {
+        let path = self.record_path(id);
+        let r = fs::read(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|d| serde_json::from_slice::<InstanceRecord>(&d).map_err(|e| e.to_string()));
+        match r {
+            Ok(mut r) if r.pool != pool => {
+                r.pool = pool;
+                if let Err(e) = self.write_record(&r) {
+                    tracing::warn!(container = %id, "updating the instance record: {e}");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(container = %id, "reading the instance record: {e}"),
+        }
+    }
+
     fn remove_record(&self, id: &str) {
         if let Err(e) = fs::remove_file(self.record_path(id))
             && e.kind() != io::ErrorKind::NotFound
@@ -802,9 +875,10 @@ impl Daemon {
         }
     }
 
-    fn finish(&self, inst: &Instance, status: ExitStatus) {
+    fn finish(self: &Arc<Self>, inst: &Instance, status: ExitStatus) {
         lock(&self.reported).remove(&inst.id);
         inst.exit.send_replace(Some(status));
+        self.pool_instance_exited(&inst.id);
         self.events.publish(
             EventKind::Exited,
             &inst.id,
@@ -973,6 +1047,8 @@ impl Daemon {
             self.network.give_back(a, id).await;
         }
         self.remove_record(id);
+        self.forget_pool_instance(id);
+        let _ = fs::remove_file(self.log_path(id));
         lock(&self.instances).remove(id);
         lock(&self.reported).remove(id);
         self.events
@@ -1025,10 +1101,16 @@ impl Daemon {
             }
         }
         let mut adopted = 0;
+        let mut stale_pool = Vec::new();
         for c in self.runtime.list()? {
             let id = c.id().to_string();
             let (function, bundle, network) = match records.remove(&id) {
-                Some(r) => (r.function, r.bundle, r.network),
+                Some(r) => {
+                    if r.pool {
+                        stale_pool.push(id.clone());
+                    }
+                    (r.function, r.bundle, r.network)
+                }
                 None => {
                     tracing::warn!(container = %id, "adopting a container sproutd has no record of");
                     let network = c
@@ -1051,6 +1133,7 @@ impl Daemon {
         if adopted > 0 {
             tracing::info!(count = adopted, "adopted instances from the state root");
         }
+        self.destroy_stale_pool_instances(stale_pool);
         Ok(())
     }
 
@@ -1073,6 +1156,7 @@ impl Daemon {
             stages: Vec::new(),
             adopted: true,
             network,
+            relay: Mutex::new(None),
             exit: watch::Sender::new(if pidfd.is_some() {
                 None
             } else {

@@ -138,6 +138,9 @@ pub struct ForkRequest {
     pub annotations: HashMap<String, String>,
     /// Limits for the instance's cgroup, replacing the function's.
     pub resources: Option<LinuxResources>,
+    /// The instance's cgroup, replacing the one derived from the bundle
+    /// (pool instances get one under the pool's parent).
+    pub cgroups_path: Option<PathBuf>,
 }
 
 /// A forked instance.

@@ -22,7 +22,10 @@ use crate::daemon::{Daemon, forked, open_stdio};
 use crate::engine::ForkRequest;
 use crate::error::ApiError;
 use crate::events::Filter;
-use crate::proto::{ErrorBody, ExecBody, ForkBody, FunctionView, KillBody, TemplateView};
+use crate::proto::{
+    BudgetBody, ClaimBody, DrainBody, ErrorBody, ExecBody, ForkBody, FunctionView, KillBody,
+    PolicyBody, PrewarmBody, TemplateView,
+};
 use crate::registry::FunctionSpec;
 
 pub type Body = UnsyncBoxBody<Bytes, Infallible>;
@@ -277,11 +280,85 @@ async fn route(d: &Arc<Daemon>, req: Request<Incoming>) -> Result<Response<Body>
                     ok(&d.exec(&id, body).await?)
                 }
                 ("stats", &Method::GET) => ok(&d.stats(&id).await?),
-                ("pause" | "resume" | "kill" | "exec", _) => Err(not_allowed(m, &path, "POST")),
+                ("release", &Method::POST) => ok(&d.release(&id).await?),
+                ("pause" | "resume" | "kill" | "exec" | "release", _) => {
+                    Err(not_allowed(m, &path, "POST"))
+                }
                 ("stats", _) => Err(not_allowed(m, &path, "GET")),
                 _ => Err(unknown_endpoint(m, &path)),
             }
         }
+        ["pool"] => match *m {
+            Method::GET => ok(&d.pool_overview()),
+            _ => Err(not_allowed(m, &path, "GET")),
+        },
+        ["pool", "budget"] => match *m {
+            Method::PUT | Method::POST => {
+                let body: BudgetBody = read_json_required(req).await?;
+                ok(&d.set_budget(body.limit_bytes).await?)
+            }
+            _ => Err(not_allowed(m, &path, "PUT")),
+        },
+        ["functions", name, "pool"] => match *m {
+            Method::GET => ok(&d.pool_view(name)?),
+            _ => Err(not_allowed(m, &path, "GET")),
+        },
+        ["functions", name, "pool", action] => {
+            let name = name.to_string();
+            match (*action, m) {
+                ("policy", &Method::PUT) | ("policy", &Method::POST) => {
+                    let body: PolicyBody = read_json_required(req).await?;
+                    ok(&d.set_policy(&name, body).await?)
+                }
+                ("prewarm", &Method::POST) => {
+                    let body: PrewarmBody = read_json_required(req).await?;
+                    ok(&d.prewarm(&name, body.count).await?)
+                }
+                ("drain", &Method::POST) => {
+                    let body: DrainBody = read_json_or_default(req).await?;
+                    ok(&d.drain_pool(&name, body.force).await?)
+                }
+                ("policy", _) => Err(not_allowed(m, &path, "PUT")),
+                ("prewarm" | "drain", _) => Err(not_allowed(m, &path, "POST")),
+                _ => Err(unknown_endpoint(m, &path)),
+            }
+        }
+        ["functions", name, "claim"] => match *m {
+            Method::POST => {
+                let name = name.to_string();
+                let body: ClaimBody = read_json_or_default(req).await?;
+                Ok(json(
+                    StatusCode::CREATED,
+                    &d.claim(&name, body, None).await?,
+                ))
+            }
+            _ => Err(not_allowed(m, &path, "POST")),
+        },
+        ["functions", name, "leases"] => match *m {
+            Method::POST => {
+                let name = name.to_string();
+                Ok(json(StatusCode::CREATED, &d.acquire_lease(&name).await?))
+            }
+            _ => Err(not_allowed(m, &path, "POST")),
+        },
+        ["leases", lease] => match *m {
+            Method::DELETE => {
+                d.release_lease(lease).await?;
+                no_content()
+            }
+            _ => Err(not_allowed(m, &path, "DELETE")),
+        },
+        ["metrics"] => match *m {
+            Method::GET => {
+                let text = d.metrics_text().await?;
+                Ok(Response::builder()
+                    .status(StatusCode::OK)
+                    .header(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")
+                    .body(Full::new(Bytes::from(text)).boxed_unsync())
+                    .expect("valid response"))
+            }
+            _ => Err(not_allowed(m, &path, "GET")),
+        },
         ["events"] => match *m {
             Method::GET => Ok(events(
                 d,
@@ -335,6 +412,7 @@ async fn fork(d: &Arc<Daemon>, function: &str, body: ForkBody) -> Result<Respons
         netns: None,
         annotations: body.annotations,
         resources: body.resources,
+        cgroups_path: None,
     };
     let inst = d.fork(function, req, body.vpc).await?;
     Ok(json(StatusCode::CREATED, &forked(&inst)))

@@ -16,6 +16,7 @@ pub mod error;
 pub mod events;
 pub mod fake;
 pub mod http;
+pub mod metrics;
 pub mod network;
 pub mod pidfd;
 pub mod proto;

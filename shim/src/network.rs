@@ -147,6 +147,11 @@ impl Network {
     }
 
     /// Checks that `vpc` exists (a function that names it is added).
+    /// netplug's pools and counters (for metrics).
+    pub fn status(&self) -> Result<sprout_netplug::Status, NetplugError> {
+        self.np.status()
+    }
+
     pub fn check_vpc(&self, vpc: &str) -> Result<(), ApiError> {
         self.np
             .vpc(vpc)

@@ -285,6 +285,324 @@ pub struct ErrorBody {
     pub error: String,
 }
 
+// ---- warm pool ---------------------------------------------------------
+
+/// How an instance was started: taken warm from the pool, forked from a
+/// loaded template, forked after restoring the template from its image
+/// first, or (outside sproutd) booted from nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StartPath {
+    PoolHit,
+    Fork,
+    Restore,
+    Cold,
+}
+
+impl StartPath {
+    pub const ALL: [StartPath; 4] = [
+        StartPath::PoolHit,
+        StartPath::Fork,
+        StartPath::Restore,
+        StartPath::Cold,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StartPath::PoolHit => "pool_hit",
+            StartPath::Fork => "fork",
+            StartPath::Restore => "restore",
+            StartPath::Cold => "cold",
+        }
+    }
+}
+
+/// The keep-warm strategy of a function's pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PolicyStrategy {
+    /// The hybrid histogram policy: pre-warm ahead of predicted arrivals,
+    /// keep instances while they are likely to be used.
+    #[default]
+    Hybrid,
+    /// Keep an instance `keep_alive_s` after its last request.
+    Fixed,
+    /// No pool: every start is a fork, every release a destroy.
+    None,
+}
+
+/// `PUT /functions/{name}/pool/policy`; every field is optional and
+/// leaves the current value when absent.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyBody {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<PolicyStrategy>,
+    /// The keep-alive of `fixed`, in seconds (default 600).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_alive_s: Option<u64>,
+    /// Warm instances kept whatever the policy says (what pre-warm sets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_warm: Option<u32>,
+    /// A released claimed instance goes back to the pool instead of being
+    /// destroyed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reuse: Option<bool>,
+}
+
+/// A function's pool settings as stored and shown.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PolicyView {
+    pub strategy: PolicyStrategy,
+    pub keep_alive_s: u64,
+    pub min_warm: u32,
+    pub reuse: bool,
+}
+
+impl Default for PolicyView {
+    fn default() -> Self {
+        Self {
+            strategy: PolicyStrategy::Hybrid,
+            keep_alive_s: 600,
+            min_warm: 0,
+            reuse: false,
+        }
+    }
+}
+
+/// `POST /functions/{name}/pool/prewarm`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrewarmBody {
+    /// Warm instances to hold from now on (the function's `min_warm`).
+    pub count: u32,
+}
+
+/// The answer to a pre-warm.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PrewarmResult {
+    /// Instances forked by this request.
+    pub forked: u32,
+    /// Warm (frozen, unleased) instances the function has now.
+    pub warm: u32,
+}
+
+/// `POST /functions/{name}/pool/drain`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrainBody {
+    /// Also destroy instances serving leases (their requests fail).
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// The answer to a drain.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DrainResult {
+    /// Pool instances destroyed.
+    pub destroyed: u32,
+    /// Pool instances left because they serve leases (without `force`);
+    /// each is destroyed when its last lease is released.
+    pub busy: u32,
+}
+
+/// `POST /functions/{name}/claim`: an instance of the function as a
+/// container of the caller's, warm from the pool when it can be. The
+/// answer names it: a pool instance keeps the id it was forked with (the
+/// id keys its state, cgroup, network lease and log), so callers with
+/// ids of their own (the containerd shim) map theirs to it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimBody {
+    /// A bundle of the caller's; one that names its own `cgroupsPath`
+    /// gets a fresh fork placed there instead of a pool instance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bundle: Option<PathBuf>,
+    /// Limits applied to the instance's cgroup before it is thawed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<LinuxResources>,
+    /// Files the instance's stdout and stderr are appended to from now on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdout: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stderr: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "HashMap::is_empty")]
+    pub annotations: HashMap<String, String>,
+}
+
+/// The answer to a claim.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Claimed {
+    pub id: String,
+    pub function: String,
+    pub pid: i32,
+    pub path: StartPath,
+    /// From the claim's arrival to the instance running, in µs.
+    pub claim_us: u64,
+    /// The fork's stages when it was not a pool hit; the claim's own steps
+    /// when it was.
+    pub stages: Vec<StageView>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vpc: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<Ipv4Addr>,
+}
+
+/// The answer to `POST /instances/{id}/release`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Released {
+    pub id: String,
+    /// Back in the pool (the function allows reuse) rather than destroyed.
+    pub reused: bool,
+}
+
+/// The answer to `POST /functions/{name}/leases`: a request slot on an
+/// instance of the function.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LeaseView {
+    /// `lease-N`; give it back with `DELETE /leases/{lease}`.
+    pub lease: String,
+    pub function: String,
+    pub instance: String,
+    pub pid: i32,
+    /// The instance's address in its VPC, where requests go.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<Ipv4Addr>,
+    pub path: StartPath,
+    /// From the request's arrival to the slot being usable, in µs.
+    pub us: u64,
+}
+
+/// One instance of a function's pool.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PoolInstanceView {
+    pub id: String,
+    pub pid: i32,
+    /// `frozen`, `idle` (thawed, no lease) or `busy`.
+    pub state: String,
+    pub leases: u32,
+    pub capacity: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<Ipv4Addr>,
+}
+
+/// What the policy wants for a function now.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PlanView {
+    /// Instances to hold loaded.
+    pub target: u32,
+    pub pre_warm: bool,
+    /// `standard`, `histogram`, `time_series`, `fixed`, `no_pool`.
+    pub tier: String,
+    /// When the policy looks again, in ms from now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub review_in_ms: Option<u64>,
+}
+
+/// Counts of starts by path.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StartCounts {
+    pub pool_hit: u64,
+    pub fork: u64,
+    pub restore: u64,
+    pub cold: u64,
+}
+
+impl StartCounts {
+    pub fn add(&mut self, path: StartPath) {
+        match path {
+            StartPath::PoolHit => self.pool_hit += 1,
+            StartPath::Fork => self.fork += 1,
+            StartPath::Restore => self.restore += 1,
+            StartPath::Cold => self.cold += 1,
+        }
+    }
+
+    pub fn get(&self, path: StartPath) -> u64 {
+        match path {
+            StartPath::PoolHit => self.pool_hit,
+            StartPath::Fork => self.fork,
+            StartPath::Restore => self.restore,
+            StartPath::Cold => self.cold,
+        }
+    }
+
+    /// Starts that were not pool hits, over all starts (0 with none).
+    pub fn cold_ratio(&self) -> f64 {
+        let all = self.pool_hit + self.fork + self.restore + self.cold;
+        if all == 0 {
+            0.0
+        } else {
+            (all - self.pool_hit) as f64 / all as f64
+        }
+    }
+}
+
+/// `GET /functions/{name}/pool`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FunctionPoolView {
+    pub function: String,
+    pub policy: PolicyView,
+    pub plan: PlanView,
+    pub instances: Vec<PoolInstanceView>,
+    /// Frozen instances without leases.
+    pub warm: u32,
+    /// Leases held on the function's instances.
+    pub leases: u32,
+    pub starts: StartCounts,
+    /// The memory the budget books per instance.
+    pub bytes_per_instance: u64,
+    /// Pages in the recorded write set of the first request (0: none yet).
+    pub write_set_pages: u64,
+}
+
+/// The node memory budget of the pool.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BudgetView {
+    pub limit_bytes: u64,
+    pub used_bytes: u64,
+}
+
+/// `GET /pool`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PoolView {
+    pub budget: BudgetView,
+    pub functions: Vec<FunctionPoolView>,
+}
+
+/// A byte size: `1048576`, `512K`, `512M`, `2G`, `1T` (powers of 1024; an
+/// optional `i`/`iB`/`B` suffix is accepted: `512MiB`).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let digits = t.bytes().take_while(u8::is_ascii_digit).count();
+    let (num, unit) = t.split_at(digits);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("size {s:?} must start with a number"))?;
+    let unit = unit.trim().to_ascii_uppercase();
+    let unit = unit
+        .strip_suffix("IB")
+        .or_else(|| unit.strip_suffix('B'))
+        .unwrap_or(&unit);
+    let shift = match unit {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        _ => return Err(format!("size {s:?}: unknown unit (use K, M, G or T)")),
+    };
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("size {s:?} is too large"))
+}
+
+/// `PUT /pool/budget`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetBody {
+    pub limit_bytes: u64,
+}
+
 // ---- side channel ----------------------------------------------------
 
 /// What an fd passed on the side channel is for, in the order the fds
@@ -306,9 +624,12 @@ pub enum FdRole {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SideRequest {
-    /// Only `"fork"` so far.
+    /// `"fork"` (a new instance `id`) or `"claim"` (an instance from the
+    /// pool, or a fork when none is warm; the answer names it, `id` is
+    /// not used).
     pub op: String,
     pub function: String,
+    #[serde(default)]
     pub id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bundle: Option<PathBuf>,
@@ -338,6 +659,8 @@ fn yes() -> bool {
 pub enum SideMessage {
     /// The fork worked (first line).
     Forked(Forked),
+    /// The claim worked (first line).
+    Claimed(Claimed),
     /// The request failed (first and last line); `status` is what the
     /// HTTP API would have answered.
     Error { status: u16, error: String },
@@ -374,6 +697,19 @@ mod tests {
         assert_eq!(k.signal.to_number(), Ok(2));
         assert!(k.all);
         assert_eq!(KillBody::default().signal.to_number(), Ok(libc::SIGTERM));
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("512K"), Ok(512 << 10));
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_size("2g"), Ok(2 << 30));
+        assert_eq!(parse_size("1T"), Ok(1 << 40));
+        assert!(parse_size("M").is_err());
+        assert!(parse_size("12X").is_err());
+        assert!(parse_size("99999999999T").is_err());
     }
 
     #[test]

@@ -228,10 +228,12 @@ impl Engine for SforkEngine {
             ));
         }
         // The function's bundle is shared by its instances: each gets a
-        // cgroup of its own. A bundle of the request's own is used as is.
-        let cgroups_path = match &req.bundle {
-            Some(_) => None,
-            None => derived_cgroups_path(&f.bundle, &req.id)?,
+        // cgroup of its own (the request's, for pool instances). A bundle
+        // of the request's own is used as is.
+        let cgroups_path = match (&req.cgroups_path, &req.bundle) {
+            (Some(p), _) => Some(p.clone()),
+            (None, Some(_)) => None,
+            (None, None) => derived_cgroups_path(&f.bundle, &req.id)?,
         };
         let after_fork_signal = f
             .after_fork_signal()

@@ -17,10 +17,10 @@ use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
 use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::{UnixListener, UnixStream};
 
-use crate::daemon::{Daemon, forked};
+use crate::daemon::{Daemon, Instance, forked, open_stdio};
 use crate::engine::{ExitStatus, ForkRequest};
 use crate::error::ApiError;
-use crate::proto::{FdRole, SIDE_MAX_FDS, SIDE_MAX_REQUEST, SideMessage, SideRequest};
+use crate::proto::{ClaimBody, FdRole, SIDE_MAX_FDS, SIDE_MAX_REQUEST, SideMessage, SideRequest};
 
 /// How long a client has to send its request after connecting.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -73,12 +73,17 @@ async fn serve_connection(d: Arc<Daemon>, mut stream: UnixStream) {
     };
     let wait = req.wait;
     let function = req.function.clone();
-    let inst = match fork_request(req, fds) {
-        Ok((fr, vpc)) => d.fork(&function, fr, vpc).await,
+    let claim = req.op == "claim";
+    let started = match fork_request(req, fds) {
+        Ok((fr, _)) if claim => claim_instance(&d, &function, fr).await,
+        Ok((fr, vpc)) => d
+            .fork(&function, fr, vpc)
+            .await
+            .map(|i| (SideMessage::Forked(forked(&i)), i)),
         Err(e) => Err(e),
     };
-    let inst = match inst {
-        Ok(i) => i,
+    let (answer, inst) = match started {
+        Ok(r) => r,
         Err(e) => {
             let _ = send(
                 &mut stream,
@@ -91,10 +96,7 @@ async fn serve_connection(d: Arc<Daemon>, mut stream: UnixStream) {
             return;
         }
     };
-    if send(&mut stream, &SideMessage::Forked(forked(&inst)))
-        .await
-        .is_err()
-    {
+    if send(&mut stream, &answer).await.is_err() {
         tracing::info!(container = %inst.id, "side-channel client left before the answer; the instance lives on");
         return;
     }
@@ -213,17 +215,58 @@ async fn read_request(stream: &UnixStream) -> Result<(SideRequest, Vec<OwnedFd>)
     Ok((req, fds))
 }
 
+/// A claim over the side channel: the fds are the claimant's stdio.
+async fn claim_instance(
+    d: &Arc<Daemon>,
+    function: &str,
+    fr: ForkRequest,
+) -> Result<(SideMessage, Arc<Instance>), ApiError> {
+    if fr.console_socket.is_some() || fr.netns.is_some() {
+        return Err(ApiError::bad_request(
+            "a claim takes stdin, stdout and stderr fds only (pool instances have their network already; forked instances get no terminal)",
+        ));
+    }
+    let [stdin, stdout, stderr] = fr.stdio;
+    let stdio = [
+        open_or_null(stdin, false)?,
+        open_or_null(stdout, true)?,
+        open_or_null(stderr, true)?,
+    ];
+    let body = ClaimBody {
+        bundle: fr.bundle,
+        resources: fr.resources,
+        annotations: fr.annotations,
+        ..Default::default()
+    };
+    let claimed = d.claim(function, body, Some(stdio)).await?;
+    let inst = d.instance(&claimed.id)?;
+    Ok((SideMessage::Claimed(claimed), inst))
+}
+
+fn open_or_null(fd: Option<OwnedFd>, write: bool) -> Result<OwnedFd, ApiError> {
+    match fd {
+        Some(fd) => Ok(fd),
+        None => open_stdio(None, write)
+            .map_err(|e| ApiError::internal(format!("opening /dev/null: {e}"))),
+    }
+}
+
 /// Pairs the request's roles with the fds that came with it; the VPC the
 /// request names, if any, comes back beside.
 fn fork_request(
     req: SideRequest,
     fds: Vec<OwnedFd>,
 ) -> Result<(ForkRequest, Option<String>), ApiError> {
-    if req.op != "fork" {
+    if req.op != "fork" && req.op != "claim" {
         return Err(ApiError::bad_request(format!(
-            "unknown op {:?} (expected \"fork\")",
+            "unknown op {:?} (expected \"fork\" or \"claim\")",
             req.op
         )));
+    }
+    if req.op == "claim" && req.vpc.is_some() {
+        return Err(ApiError::bad_request(
+            "a claim takes the function's VPC; \"vpc\" is for forks",
+        ));
     }
     if req.fds.len() != fds.len() {
         return Err(ApiError::bad_request(format!(

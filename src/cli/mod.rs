@@ -8,6 +8,7 @@ mod function;
 mod lifecycle;
 pub mod logging;
 mod netplug;
+mod pool;
 mod signals;
 mod snapshot;
 mod spec_cmd;
@@ -66,7 +67,7 @@ pub struct GlobalOpts {
     /// Print the version.
     #[arg(short = 'v', long = "version", global = false)]
     pub version: bool,
-    /// sproutd's API socket (for `function` and `run --function`).
+    /// sproutd's API socket (for `function`, `pool` and `run --function`).
     #[arg(
         long,
         global = true,
@@ -119,6 +120,10 @@ pub enum Command {
     /// Functions registered with sproutd: add, list, remove.
     #[command(subcommand)]
     Function(function::FunctionCommand),
+    /// sproutd's warm pools: status, prewarm, drain, policy, budget, claim,
+    /// release, acquire, return, metrics.
+    #[command(subcommand)]
+    Pool(pool::PoolCommand),
     /// VPCs for pre-plugged network namespaces: create, delete, list.
     #[command(subcommand)]
     Vpc(netplug::VpcCommand),
@@ -176,6 +181,7 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Spec(a) => spec_cmd::spec(a),
         Command::Features => spec_cmd::features(),
         Command::Function(c) => function::function(g, c),
+        Command::Pool(c) => pool::pool(g, c),
         Command::Vpc(c) => netplug::vpc(g, c),
         Command::Netplug(c) => netplug::netplug(g, c),
     }

@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 /// A private containerd for the containerd tests.
 pub mod containerd;
+/// A private sproutd for the sproutd and pool tests.
+pub mod sproutd;
 
 pub fn sprout_bin() -> &'static str {
     env!("CARGO_BIN_EXE_sprout")

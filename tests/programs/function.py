@@ -12,6 +12,8 @@ times SIGUSR2 re-seeded it ("reseeds"): instances forked from one
 template share the template's PRNG state until an after-fork signal
 makes each re-seed from the kernel.
 
+A request for /say/TEXT also prints TEXT on stdout.
+
 Usage: python3 function.py [PORT]   (prints "ready" once listening)
 """
 
@@ -74,6 +76,9 @@ async def handle(reader, writer):
             pass
         path = request_line.split()[1].decode() if request_line.count(b" ") >= 2 else "/"
         REQUESTS += 1
+        if path.startswith("/say/"):
+            # The instance's own output, for tests of where stdout goes.
+            print(urllib.parse.unquote(path[5:]), flush=True)
         body = json.dumps(
             {
                 "digest": STATE["digest"],

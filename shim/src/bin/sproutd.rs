@@ -40,6 +40,15 @@ struct Args {
     /// The sprout-init helper (default: $SPROUT_INIT, else next to sproutd).
     #[arg(long)]
     init_binary: Option<PathBuf>,
+    /// The warm pool's node memory budget (`512M`, `4G`; default a quarter
+    /// of the machine's memory).
+    #[arg(long, value_parser = sprout_shim::proto::parse_size)]
+    memory_budget: Option<u64>,
+    /// The cgroup pool instances are forked under, one each
+    /// (`<it>/<function>/<id>`); relative to sproutd's own cgroup unless
+    /// absolute.
+    #[arg(long, default_value = Config::DEFAULT_POOL_CGROUP)]
+    pool_cgroup: PathBuf,
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
     /// Debug logging (or set RUST_LOG).
@@ -85,6 +94,8 @@ async fn run(a: Args) -> Result<()> {
         socket: a.socket.clone(),
         side_socket: (!a.no_side_socket).then(|| a.side_socket.clone()),
         init_binary: a.init_binary.clone(),
+        memory_budget: a.memory_budget,
+        pool_cgroup: a.pool_cgroup.clone(),
     };
     let fake = a.fake_engine;
     let daemon = Daemon::open(cfg, |ctx| {

@@ -1,0 +1,163 @@
+//! The stdout and stderr of a pool instance. A warm instance is forked
+//! before anyone knows who will claim it, so its output goes into pipes
+//! that sproutd reads and copies to wherever its owner wants it now: the
+//! instance's log file while it sits in the pool or serves leases, the
+//! claimant's files or fds once claimed. Switching costs a lock, not a
+//! ptrace round trip into the instance.
+
+use std::fs;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use super::{lock, open_stdio};
+
+/// Where the output goes now; `None` drops it (the claimant went away).
+struct Sinks {
+    out: Option<fs::File>,
+    err: Option<fs::File>,
+}
+
+/// A running relay; dropping it does not stop the copy (the thread ends
+/// when the instance closes its end of both pipes, i.e. when it is gone).
+#[derive(Clone)]
+pub(crate) struct Relay {
+    sinks: Arc<Mutex<Sinks>>,
+}
+
+impl std::fmt::Debug for Relay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Relay")
+    }
+}
+
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two fds into the array.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: two fresh fds that nothing else owns.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+impl Relay {
+    /// Starts a relay writing to `log` (appended, created 0600) and
+    /// returns it with the instance's stdio: `/dev/null`, and the write
+    /// ends of the two pipes.
+    pub(crate) fn start(id: &str, log: &Path) -> io::Result<(Relay, [OwnedFd; 3])> {
+        let out_log = fs::File::from(open_stdio(Some(log), true)?);
+        let err_log = out_log.try_clone()?;
+        let (out_r, out_w) = pipe()?;
+        let (err_r, err_w) = pipe()?;
+        let stdin = open_stdio(None, false)?;
+        let sinks = Arc::new(Mutex::new(Sinks {
+            out: Some(out_log),
+            err: Some(err_log),
+        }));
+        let s = sinks.clone();
+        let name = format!("relay-{id}");
+        std::thread::Builder::new()
+            .name(name.chars().take(15).collect())
+            .stack_size(64 * 1024)
+            .spawn(move || copy_until_closed(out_r, err_r, &s))?;
+        Ok((Relay { sinks }, [stdin, out_w, err_w]))
+    }
+
+    /// Sends the output to `out` and `err` from now on.
+    pub(crate) fn redirect(&self, out: OwnedFd, err: OwnedFd) {
+        let mut s = lock(&self.sinks);
+        s.out = Some(fs::File::from(out));
+        s.err = Some(fs::File::from(err));
+    }
+}
+
+/// Copies both pipes to the current sinks until both are closed.
+fn copy_until_closed(out: OwnedFd, err: OwnedFd, sinks: &Mutex<Sinks>) {
+    let mut pipes = [Some(fs::File::from(out)), Some(fs::File::from(err))];
+    let mut buf = vec![0u8; 64 * 1024];
+    while pipes.iter().any(Option::is_some) {
+        let mut pfds: Vec<libc::pollfd> = pipes
+            .iter()
+            .map(|p| libc::pollfd {
+                fd: p.as_ref().map_or(-1, |f| f.as_fd().as_raw_fd()),
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        // SAFETY: pfds is a valid array of pollfd for its length; a
+        // negative fd is ignored by poll.
+        let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, -1) };
+        if n < 0 {
+            if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return;
+        }
+        for (i, p) in pfds.iter().enumerate() {
+            if p.revents == 0 {
+                continue;
+            }
+            let Some(pipe) = pipes[i].as_mut() else {
+                continue;
+            };
+            match pipe.read(&mut buf) {
+                Ok(0) => pipes[i] = None,
+                Ok(n) => {
+                    let mut s = lock(sinks);
+                    let sink = if i == 0 { &mut s.out } else { &mut s.err };
+                    // A sink that fails (a claimant's fifo nobody reads
+                    // any more) is dropped rather than retried forever.
+                    if let Some(f) = sink.as_mut()
+                        && f.write_all(&buf[..n]).is_err()
+                    {
+                        *sink = None;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => pipes[i] = None,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copies_to_the_log_then_to_the_new_sinks_until_closed() {
+        let dir = std::env::temp_dir().join(format!("sprout-relay-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("i.log");
+        let (relay, [_stdin, out_w, err_w]) = Relay::start("i", &log).unwrap();
+        let mut out_w = fs::File::from(out_w);
+        let mut err_w = fs::File::from(err_w);
+        out_w.write_all(b"to the log\n").unwrap();
+        err_w.write_all(b"err to the log\n").unwrap();
+        let wait_for = |p: &Path, want: &str| {
+            for _ in 0..500 {
+                if fs::read_to_string(p).unwrap_or_default().contains(want) {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            panic!("{} never held {want:?}", p.display());
+        };
+        wait_for(&log, "err to the log");
+        let claimed = dir.join("claimed.out");
+        let claimed_err = dir.join("claimed.err");
+        relay.redirect(
+            open_stdio(Some(&claimed), true).unwrap(),
+            open_stdio(Some(&claimed_err), true).unwrap(),
+        );
+        out_w.write_all(b"to the claimant\n").unwrap();
+        err_w.write_all(b"err to the claimant\n").unwrap();
+        wait_for(&claimed, "to the claimant");
+        wait_for(&claimed_err, "err to the claimant");
+        assert!(!fs::read_to_string(&log).unwrap().contains("claimant"));
+        drop((out_w, err_w));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

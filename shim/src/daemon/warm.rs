@@ -1,0 +1,1786 @@
+//! The warm pool: instances forked ahead of demand, frozen, and handed
+//! out on a claim (a whole instance as the caller's container) or by
+//! request slot (a lease on an instance that serves up to its function's
+//! concurrency at once).
+//!
+//! The decisions come from `sprout-pool` (no I/O there): per function a
+//! [`Policy`] that learns idle times and concurrency and says how many
+//! instances to hold, one [`SlotTable`] for the leases, one
+//! [`MemoryBudget`] for the node. This module carries them out: forks,
+//! freezes, thaws and deletes, on the request's task for a demand and on
+//! the reconciler task for everything speculative (pre-warm, unload,
+//! freezing idle instances).
+//!
+//! Pool instances are ordinary instances of the daemon (records, events,
+//! exit watchers) plus a membership here. Each is forked into its own
+//! cgroup under `<pool cgroup>/<function>/` from birth, with its output
+//! going through a [`Relay`] so a claim can redirect it without touching
+//! the process. A claim applies the caller's limits to that cgroup
+//! (memory charges do not follow a process that moves, so it stays),
+//! thaws it, redirects its output and hands it out.
+//!
+//! # Persistence
+//!
+//! `ROOT/pool/<function>.json` keeps a function's pool settings, the idle
+//! times the policy learned from (seeded back after a restart), and the
+//! measured fork cost and memory per instance. Pool instances themselves
+//! are not kept across a restart: their output relay died with the old
+//! sproutd, so the next one deletes them and the policy forks new ones.
+//! Claimed instances are adopted like any instance.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::fs;
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use sprout_pool::{
+    Acquire, Admission, Clock, LeaseId, MemoryBudget, MonotonicClock, Policy, PolicyConfig,
+    PoolError, Purpose, SlotTable, Tier, Timestamp,
+};
+use tokio::sync::mpsc;
+
+use sprout_runtime::cgroups::{Cgroup, CgroupsPath};
+
+use super::relay::Relay;
+use super::{Daemon, Instance, blocking, lock};
+use crate::engine::{ForkRequest, Stage};
+use crate::error::ApiError;
+use crate::proto::{
+    BudgetView, ClaimBody, Claimed, DrainResult, FunctionPoolView, LeaseView, PlanView, PolicyBody,
+    PolicyStrategy, PolicyView, PoolInstanceView, PoolView, PrewarmResult, Released, StageView,
+    StartCounts, StartPath,
+};
+use crate::registry::FunctionSpec;
+
+/// An idle, thawed pool instance is frozen after this long without a
+/// request (a busy function does not pay a freeze per request).
+const FREEZE_AFTER: Duration = Duration::from_millis(500);
+/// Memory booked per instance until one was measured.
+const DEFAULT_INSTANCE_BYTES: u64 = 16 << 20;
+/// Fork cost assumed until one was measured (Greedy-Dual's `cost`).
+const DEFAULT_FORK_COST: Duration = Duration::from_millis(10);
+/// Idle times kept per function (persisted, seeded into the policy).
+const IDLE_HISTORY: usize = 1024;
+/// Default node memory budget of the pool when none is configured: a
+/// quarter of the machine's memory.
+fn default_budget() -> u64 {
+    let total = fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .unwrap_or(4 << 20);
+    total * 1024 / 4
+}
+
+/// What sproutd holds of the pool. One lock: every critical section is
+/// bookkeeping, never a syscall on an instance.
+pub(crate) struct WarmPool {
+    state: Mutex<PoolState>,
+    clock: MonotonicClock,
+    wake: mpsc::UnboundedSender<String>,
+    wake_rx: Mutex<Option<mpsc::UnboundedReceiver<String>>>,
+    next_id: AtomicU64,
+    dir: PathBuf,
+    cgroup_parent: PathBuf,
+    parents: Mutex<CgroupParents>,
+    /// One save at a time: saves share a temporary file per function.
+    save_lock: Mutex<()>,
+}
+
+/// The cgroups pool instances are forked under, made by sproutd itself:
+/// an instance's cgroup then creates only its own directory, so deleting
+/// one never touches the parents its siblings live in.
+#[derive(Default)]
+struct CgroupParents {
+    top: Option<Cgroup>,
+    functions: HashMap<String, Cgroup>,
+}
+
+struct PoolState {
+    budget: MemoryBudget<String, String>,
+    slots: SlotTable<String, String>,
+    functions: HashMap<String, FunctionPool>,
+    members: HashMap<String, Member>,
+    leases: HashMap<LeaseId, LeaseRecord>,
+}
+
+struct FunctionPool {
+    settings: PolicyView,
+    policy: Policy<String>,
+    concurrency: u32,
+    starts: StartCounts,
+    bytes_per_instance: u64,
+    fork_cost: Duration,
+    /// No pre-warming until the next request or pre-warm (after a drain).
+    drained: bool,
+    /// End of the last request while none is in flight.
+    last_finish: Option<Timestamp>,
+    idle_history: VecDeque<f64>,
+    /// When the reconciler should look at this function again.
+    review_at: Option<Instant>,
+}
+
+#[derive(Clone, Debug)]
+struct Member {
+    function: String,
+    role: Role,
+}
+
+#[derive(Clone, Debug)]
+enum Role {
+    /// In the pool: frozen, idle or serving leases.
+    Pool { idle_since: Option<Instant> },
+    /// Handed out by a claim; `reusable` if it can go back to the pool.
+    Claimed { since: Instant, reusable: bool },
+}
+
+#[derive(Clone, Debug)]
+struct LeaseRecord {
+    function: String,
+    instance: String,
+    since: Instant,
+}
+
+/// `ROOT/pool/<function>.json`.
+#[derive(Debug, Serialize, Deserialize)]
+struct Persisted {
+    version: u32,
+    settings: PolicyView,
+    #[serde(default)]
+    idle_s: Vec<f64>,
+    #[serde(default)]
+    bytes_per_instance: u64,
+    #[serde(default)]
+    fork_cost_us: u64,
+}
+
+const PERSIST_VERSION: u32 = 1;
+
+fn policy_config(s: &PolicyView) -> PolicyConfig {
+    match s.strategy {
+        PolicyStrategy::Hybrid => PolicyConfig::hybrid(),
+        PolicyStrategy::Fixed => PolicyConfig::fixed(Duration::from_secs(s.keep_alive_s)),
+        PolicyStrategy::None => PolicyConfig::no_pool(),
+    }
+}
+
+fn pool_error(e: PoolError) -> ApiError {
+    match e {
+        PoolError::OverBudget { .. } => {
+            ApiError::conflict(format!("the pool's memory budget: {e}"))
+        }
+        PoolError::UnknownFunction(_)
+        | PoolError::UnknownInstance(_)
+        | PoolError::UnknownLease(_) => ApiError::not_found(e.to_string()),
+        e => ApiError::internal(format!("pool bookkeeping: {e}")),
+    }
+}
+
+fn tier_name(t: Tier) -> &'static str {
+    match t {
+        Tier::Standard => "standard",
+        Tier::Histogram => "histogram",
+        Tier::TimeSeries => "time_series",
+        Tier::Fixed => "fixed",
+        Tier::NoPool => "no_pool",
+    }
+}
+
+impl FunctionPool {
+    fn new(f: &FunctionSpec, saved: Option<Persisted>) -> Result<Self, PoolError> {
+        let settings = saved
+            .as_ref()
+            .map(|p| p.settings.clone())
+            .unwrap_or_default();
+        let mut policy = Policy::new(policy_config(&settings))?;
+        policy.register(f.name.clone(), f.concurrency)?;
+        let mut idle_history = VecDeque::new();
+        for s in saved.iter().flat_map(|p| &p.idle_s) {
+            if s.is_finite() && *s >= 0.0 {
+                policy.record_idle(&f.name, Duration::from_secs_f64(*s))?;
+                idle_history.push_back(*s);
+            }
+        }
+        while idle_history.len() > IDLE_HISTORY {
+            idle_history.pop_front();
+        }
+        Ok(FunctionPool {
+            settings,
+            policy,
+            concurrency: f.concurrency,
+            starts: StartCounts::default(),
+            bytes_per_instance: saved
+                .as_ref()
+                .map(|p| p.bytes_per_instance)
+                .filter(|b| *b > 0)
+                .unwrap_or(DEFAULT_INSTANCE_BYTES),
+            fork_cost: saved
+                .as_ref()
+                .map(|p| Duration::from_micros(p.fork_cost_us))
+                .filter(|d| !d.is_zero())
+                .unwrap_or(DEFAULT_FORK_COST),
+            drained: false,
+            last_finish: None,
+            idle_history,
+            review_at: None,
+        })
+    }
+
+    fn persisted(&self) -> Persisted {
+        Persisted {
+            version: PERSIST_VERSION,
+            settings: self.settings.clone(),
+            idle_s: self.idle_history.iter().copied().collect(),
+            bytes_per_instance: self.bytes_per_instance,
+            fork_cost_us: self.fork_cost.as_micros() as u64,
+        }
+    }
+
+    /// A request arrives: the policy learns the idle time that ended.
+    fn arrive(&mut self, name: &str, now: Timestamp) -> Result<(), PoolError> {
+        if self.policy.in_flight(&name.to_string())? == 0
+            && let Some(end) = self.last_finish.take()
+        {
+            self.idle_history.push_back((now - end).as_secs_f64());
+            if self.idle_history.len() > IDLE_HISTORY {
+                self.idle_history.pop_front();
+            }
+        }
+        self.drained = false;
+        self.policy.on_arrival(&name.to_string(), now)
+    }
+
+    fn finish(&mut self, name: &str, now: Timestamp, ran: Duration) -> Result<(), PoolError> {
+        self.policy.on_finish(&name.to_string(), now, ran)?;
+        if self.policy.in_flight(&name.to_string())? == 0 {
+            self.last_finish = Some(now);
+        }
+        Ok(())
+    }
+}
+
+/// How many instances a function should have loaded now.
+struct Sizing {
+    plan: sprout_pool::Plan,
+    /// The policy's target, at least the busy instances plus `min_warm`.
+    target: u32,
+    /// Pool instances plus claimed ones (busy, out of the slot table).
+    loaded: u32,
+    /// Fork up to the target now (else only unload above it).
+    pre_warm: bool,
+}
+
+impl PoolState {
+    fn sizing(&self, name: &str, now: Timestamp) -> Result<Sizing, ApiError> {
+        let key = name.to_string();
+        let fp = self
+            .functions
+            .get(name)
+            .ok_or_else(|| ApiError::unknown_function(name))?;
+        let claimed = self
+            .members
+            .values()
+            .filter(|m| m.function == key && matches!(m.role, Role::Claimed { .. }))
+            .count() as u32;
+        let busy = claimed + self.slots.busy_count(&key) as u32;
+        let loaded = self.slots.instance_count(&key) as u32 + claimed;
+        let plan = fp.policy.plan(&key, now).map_err(pool_error)?;
+        // `min_warm` idle instances on top of the busy ones; nothing new
+        // after a drain until the next request.
+        let floor = if fp.drained {
+            0
+        } else {
+            busy + fp.settings.min_warm
+        };
+        Ok(Sizing {
+            plan,
+            target: plan.target.max(floor),
+            loaded,
+            pre_warm: !fp.drained && (plan.pre_warm || floor > loaded),
+        })
+    }
+
+    fn function(&mut self, name: &str) -> Result<&mut FunctionPool, ApiError> {
+        self.functions
+            .get_mut(name)
+            .ok_or_else(|| ApiError::unknown_function(name))
+    }
+
+    fn warm_count(&self, function: &str) -> u32 {
+        self.slots
+            .instances_of(&function.to_string())
+            .filter(|(_, s)| s.frozen && s.leased == 0)
+            .count() as u32
+    }
+}
+
+impl WarmPool {
+    pub(crate) fn new(dir: PathBuf, cgroup_parent: PathBuf, budget: Option<u64>) -> Self {
+        let (wake, wake_rx) = mpsc::unbounded_channel();
+        let seed = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(0);
+        WarmPool {
+            state: Mutex::new(PoolState {
+                budget: MemoryBudget::new(budget.unwrap_or_else(default_budget)),
+                slots: SlotTable::new(),
+                functions: HashMap::new(),
+                members: HashMap::new(),
+                leases: HashMap::new(),
+            }),
+            clock: MonotonicClock::new(),
+            wake,
+            wake_rx: Mutex::new(Some(wake_rx)),
+            next_id: AtomicU64::new(seed),
+            dir,
+            cgroup_parent,
+            parents: Mutex::new(CgroupParents::default()),
+            save_lock: Mutex::new(()),
+        }
+    }
+
+    /// `<pool cgroup>/<function>`, made on first use.
+    fn ensure_parent(&self, function: &str) -> Result<PathBuf, ApiError> {
+        let path = self.cgroup_parent.join(function);
+        let mut p = lock(&self.parents);
+        if p.functions.contains_key(function) {
+            return Ok(path);
+        }
+        let make = |path: &std::path::Path| -> Result<Cgroup, ApiError> {
+            let cp = CgroupsPath::parse(path)
+                .map_err(|e| ApiError::internal(format!("pool cgroup {}: {e}", path.display())))?;
+            Cgroup::create(&cp)
+                .map_err(|e| ApiError::internal(format!("pool cgroup {}: {e}", path.display())))
+        };
+        if p.top.is_none() {
+            p.top = Some(make(&self.cgroup_parent)?);
+        }
+        let cg = make(&path)?;
+        p.functions.insert(function.to_string(), cg);
+        Ok(path)
+    }
+
+    /// Removes the function's parent cgroup (no instance of it is left
+    /// there), and the top one when no function has one any more.
+    fn remove_parent(&self, function: &str) {
+        let mut p = lock(&self.parents);
+        if let Some(cg) = p.functions.remove(function)
+            && let Err(e) = cg.destroy()
+        {
+            tracing::warn!(function = %function, "removing the pool cgroup: {e}");
+        }
+        if p.functions.is_empty()
+            && let Some(top) = p.top.take()
+            && let Err(e) = top.destroy()
+        {
+            tracing::warn!("removing the pool's cgroup: {e}");
+        }
+    }
+
+    fn file(&self, function: &str) -> PathBuf {
+        self.dir.join(format!("{function}.json"))
+    }
+
+    fn save(&self, function: &str, p: &Persisted) {
+        let _one = lock(&self.save_lock);
+        let data = serde_json::to_vec_pretty(p).expect("serializable");
+        if let Err(e) = crate::registry::write_atomic(&self.file(function), &data) {
+            tracing::warn!(function = %function, "saving the pool settings: {e}");
+        }
+    }
+
+    fn save_function(&self, function: &str) {
+        let p = lock(&self.state)
+            .functions
+            .get(function)
+            .map(FunctionPool::persisted);
+        if let Some(p) = p {
+            self.save(function, &p);
+        }
+    }
+
+    /// Adds a registered function (at startup or when it is added).
+    pub(crate) fn register(&self, f: &FunctionSpec) {
+        let saved = match fs::read(self.file(&f.name)) {
+            Ok(data) => match serde_json::from_slice::<Persisted>(&data) {
+                Ok(p) if p.version == PERSIST_VERSION => Some(p),
+                Ok(p) => {
+                    tracing::warn!(function = %f.name, version = p.version, "ignoring pool settings of another version");
+                    None
+                }
+                Err(e) => {
+                    tracing::warn!(function = %f.name, "ignoring unreadable pool settings: {e}");
+                    None
+                }
+            },
+            Err(_) => None,
+        };
+        match FunctionPool::new(f, saved) {
+            Ok(fp) => {
+                lock(&self.state).functions.insert(f.name.clone(), fp);
+            }
+            Err(e) => tracing::warn!(function = %f.name, "no pool for the function: {e}"),
+        }
+    }
+
+    /// Forgets a removed function (its instances are gone already).
+    pub(crate) fn unregister(&self, function: &str) {
+        lock(&self.state).functions.remove(function);
+        self.remove_parent(function);
+        let _ = fs::remove_file(self.file(function));
+    }
+
+    fn now(&self) -> Timestamp {
+        self.clock.now()
+    }
+
+    fn wake(&self, function: &str) {
+        let _ = self.wake.send(function.to_string());
+    }
+
+    fn new_id(&self, function: &str) -> String {
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+        format!("{function}-w{n:x}")
+    }
+
+    /// Is `id` a pool instance (not claimed)?
+    pub(crate) fn is_pool_member(&self, id: &str) -> bool {
+        matches!(
+            lock(&self.state).members.get(id),
+            Some(Member {
+                role: Role::Pool { .. },
+                ..
+            })
+        )
+    }
+}
+
+/// Steps of a pool hit, for the answer and the metrics.
+struct Steps {
+    at: Instant,
+    stages: Vec<Stage>,
+}
+
+impl Steps {
+    fn new() -> Self {
+        Steps {
+            at: Instant::now(),
+            stages: Vec::new(),
+        }
+    }
+
+    fn done(&mut self, name: &str) {
+        let now = Instant::now();
+        self.stages.push(Stage::new(name, now - self.at));
+        self.at = now;
+    }
+}
+
+impl Daemon {
+    // ---- views ----------------------------------------------------
+
+    fn function_pool_view(&self, st: &PoolState, name: &str) -> Option<FunctionPoolView> {
+        let fp = st.functions.get(name)?;
+        let now = self.warm.now();
+        let sizing = st.sizing(name, now).ok();
+        let plan = sizing.as_ref().map(|s| s.plan);
+        let instances: Vec<PoolInstanceView> = st
+            .slots
+            .instances_of(&name.to_string())
+            .map(|(id, s)| {
+                let inst = self.instance(id).ok();
+                PoolInstanceView {
+                    id: id.clone(),
+                    pid: inst.as_ref().map_or(0, |i| i.pid),
+                    state: if s.leased > 0 {
+                        "busy"
+                    } else if s.frozen {
+                        "frozen"
+                    } else {
+                        "idle"
+                    }
+                    .into(),
+                    leases: s.leased,
+                    capacity: s.capacity,
+                    address: inst.and_then(|i| i.network.as_ref().map(|a| a.address)),
+                }
+            })
+            .collect();
+        Some(FunctionPoolView {
+            function: name.to_string(),
+            policy: fp.settings.clone(),
+            plan: PlanView {
+                target: sizing.as_ref().map_or(0, |s| s.target),
+                pre_warm: sizing.as_ref().is_some_and(|s| s.pre_warm),
+                tier: plan.map_or("standard", |p| tier_name(p.tier)).into(),
+                review_in_ms: plan
+                    .and_then(|p| p.review_at)
+                    .map(|at| (at - now).as_millis() as u64),
+            },
+            warm: st.warm_count(name),
+            leases: instances.iter().map(|i| i.leases).sum(),
+            instances,
+            starts: fp.starts.clone(),
+            bytes_per_instance: fp.bytes_per_instance,
+            write_set_pages: 0,
+        })
+    }
+
+    pub fn pool_view(&self, name: &str) -> Result<FunctionPoolView, ApiError> {
+        self.function(name)?;
+        let st = lock(&self.warm.state);
+        self.function_pool_view(&st, name)
+            .ok_or_else(|| ApiError::unknown_function(name))
+    }
+
+    pub fn pool_overview(&self) -> PoolView {
+        let st = lock(&self.warm.state);
+        let mut names: Vec<&String> = st.functions.keys().collect();
+        names.sort();
+        PoolView {
+            budget: BudgetView {
+                limit_bytes: st.budget.limit(),
+                used_bytes: st.budget.used(),
+            },
+            functions: names
+                .into_iter()
+                .filter_map(|n| self.function_pool_view(&st, n))
+                .collect(),
+        }
+    }
+
+    /// Every pool member and its function, for metrics.
+    pub fn pool_members(&self) -> Vec<(String, String, bool)> {
+        lock(&self.warm.state)
+            .members
+            .iter()
+            .map(|(id, m)| {
+                (
+                    id.clone(),
+                    m.function.clone(),
+                    matches!(m.role, Role::Pool { .. }),
+                )
+            })
+            .collect()
+    }
+
+    /// `/metrics`: counters and histograms kept as things happen, gauges
+    /// read now (pool sizes, budget, netns pools, every instance's usage).
+    pub async fn metrics_text(self: &Arc<Self>) -> Result<String, ApiError> {
+        use crate::metrics::{
+            BudgetGauges, FunctionGauges, Gauges, InstanceGauges, NetnsPoolGauges, instance_usage,
+        };
+        let (functions, budget) = {
+            let st = lock(&self.warm.state);
+            let now = self.warm.now();
+            let mut names: Vec<&String> = st.functions.keys().collect();
+            names.sort();
+            let functions = names
+                .into_iter()
+                .map(|name| {
+                    let fp = &st.functions[name];
+                    let mut g = FunctionGauges {
+                        function: name.clone(),
+                        bytes_per_instance: fp.bytes_per_instance,
+                        target: st.sizing(name, now).map_or(0, |s| s.target) as u64,
+                        ..Default::default()
+                    };
+                    for (_, s) in st.slots.instances_of(name) {
+                        g.leases += s.leased as u64;
+                        match (s.leased > 0, s.frozen) {
+                            (true, _) => g.busy += 1,
+                            (false, true) => g.frozen += 1,
+                            (false, false) => g.idle += 1,
+                        }
+                    }
+                    g.busy += st
+                        .members
+                        .values()
+                        .filter(|m| &m.function == name && matches!(m.role, Role::Claimed { .. }))
+                        .count() as u64;
+                    g
+                })
+                .collect();
+            let budget = BudgetGauges {
+                limit_bytes: st.budget.limit(),
+                used_bytes: st.budget.used(),
+            };
+            (functions, budget)
+        };
+        let netns_pools = match self.network.status() {
+            Ok(s) => s
+                .pools
+                .into_iter()
+                .map(|p| NetnsPoolGauges {
+                    vpc: p.vpc,
+                    ready: p.ready as u64,
+                    leased: p.leased as u64,
+                    target: p.target as u64,
+                    takes: p.counters.takes,
+                    misses: p.counters.misses,
+                })
+                .collect(),
+            Err(e) => {
+                tracing::debug!("netplug status for metrics: {e}");
+                Vec::new()
+            }
+        };
+        let insts: Vec<(String, String)> = lock(&self.instances)
+            .values()
+            .filter_map(|s| match s {
+                super::Slot::Live(i) if i.exit_status().is_none() => {
+                    Some((i.id.clone(), i.function.clone()))
+                }
+                _ => None,
+            })
+            .collect();
+        let rt = self.runtime.clone();
+        let instances = blocking(move || {
+            Ok(insts
+                .into_iter()
+                .filter_map(|(id, function)| {
+                    let c = rt.container(&id).ok()?;
+                    Some(InstanceGauges {
+                        usage: instance_usage(&c)?,
+                        id,
+                        function,
+                    })
+                })
+                .collect::<Vec<_>>())
+        })
+        .await?;
+        Ok(self.metrics.render(&Gauges {
+            functions,
+            budget,
+            netns_pools,
+            instances,
+        }))
+    }
+
+    // ---- settings -------------------------------------------------
+
+    pub async fn set_policy(
+        self: &Arc<Self>,
+        name: &str,
+        body: PolicyBody,
+    ) -> Result<FunctionPoolView, ApiError> {
+        let f = self.function(name)?;
+        if body.strategy == Some(PolicyStrategy::Fixed) || body.keep_alive_s.is_some() {
+            let k = body.keep_alive_s.unwrap_or(600);
+            if k == 0 || k > 7 * 24 * 3600 {
+                return Err(ApiError::bad_request(format!(
+                    "keep_alive_s {k} must be between 1 and 604800 (a week)"
+                )));
+            }
+        }
+        if let Some(n) = body.min_warm {
+            self.check_min_warm(n)?;
+        }
+        {
+            let mut st = lock(&self.warm.state);
+            let fp = st.function(name)?;
+            let mut s = fp.settings.clone();
+            if let Some(v) = body.strategy {
+                s.strategy = v;
+            }
+            if let Some(v) = body.keep_alive_s {
+                s.keep_alive_s = v;
+            }
+            if let Some(v) = body.min_warm {
+                s.min_warm = v;
+            }
+            if let Some(v) = body.reuse {
+                s.reuse = v;
+            }
+            if s.strategy != fp.settings.strategy || s.keep_alive_s != fp.settings.keep_alive_s {
+                // A new policy learns from the history the old one saw.
+                let mut policy = Policy::new(policy_config(&s)).map_err(pool_error)?;
+                policy
+                    .register(name.to_string(), f.concurrency)
+                    .map_err(pool_error)?;
+                for idle in &fp.idle_history {
+                    policy
+                        .record_idle(&name.to_string(), Duration::from_secs_f64(*idle))
+                        .map_err(pool_error)?;
+                }
+                fp.policy = policy;
+            }
+            fp.settings = s;
+            tracing::info!(function = %name, policy = ?fp.settings, "pool policy set");
+        }
+        self.warm.save_function(name);
+        self.warm.wake(name);
+        self.pool_view(name)
+    }
+
+    fn check_min_warm(&self, n: u32) -> Result<(), ApiError> {
+        const MAX_WARM: u32 = 10_000;
+        if n > MAX_WARM {
+            return Err(ApiError::bad_request(format!(
+                "{n} warm instances is more than the {MAX_WARM} a pool holds per function"
+            )));
+        }
+        Ok(())
+    }
+
+    pub async fn set_budget(self: &Arc<Self>, limit_bytes: u64) -> Result<PoolView, ApiError> {
+        if limit_bytes < 1 << 20 {
+            return Err(ApiError::bad_request(format!(
+                "a memory budget of {limit_bytes} bytes is below 1 MiB"
+            )));
+        }
+        let evicted = {
+            let mut st = lock(&self.warm.state);
+            st.budget.set_limit(limit_bytes);
+            let st = &mut *st;
+            let slots = &st.slots;
+            st.budget
+                .shrink_to_fit(|id| slots.get(id).is_some_and(|s| s.leased == 0))
+        };
+        tracing::info!(
+            limit_bytes,
+            evicted = evicted.len(),
+            "pool memory budget set"
+        );
+        for id in evicted {
+            self.destroy_pool_instance(&id, "evicted: the memory budget shrank")
+                .await;
+        }
+        Ok(self.pool_overview())
+    }
+
+    // ---- pre-warm and drain --------------------------------------
+
+    /// Holds at least `count` warm instances from now on, forking what is
+    /// missing now. Refused (409) when the budget cannot hold them; those
+    /// that fit stay.
+    pub async fn prewarm(
+        self: &Arc<Self>,
+        name: &str,
+        count: u32,
+    ) -> Result<PrewarmResult, ApiError> {
+        let _op = self.op()?;
+        self.function(name)?;
+        self.check_min_warm(count)?;
+        {
+            let mut st = lock(&self.warm.state);
+            let fp = st.function(name)?;
+            fp.settings.min_warm = count;
+            fp.drained = false;
+        }
+        self.warm.save_function(name);
+        let forked = self.reconcile(name).await?;
+        let warm = {
+            let st = lock(&self.warm.state);
+            st.slots
+                .instances_of(&name.to_string())
+                .filter(|(_, s)| s.leased == 0)
+                .count() as u32
+        };
+        if warm < count {
+            let st = lock(&self.warm.state);
+            return Err(ApiError::conflict(format!(
+                "pre-warm of {count} instance(s) of {name:?}: {warm} fit in the pool's memory budget (limit {} bytes, {} used, {} per instance)",
+                st.budget.limit(),
+                st.budget.used(),
+                st.functions.get(name).map_or(0, |f| f.bytes_per_instance)
+            )));
+        }
+        Ok(PrewarmResult { forked, warm })
+    }
+
+    /// Destroys the function's pool instances (with `force` also those
+    /// serving leases) and stops pre-warming it until the next request or
+    /// pre-warm.
+    pub async fn drain_pool(
+        self: &Arc<Self>,
+        name: &str,
+        force: bool,
+    ) -> Result<DrainResult, ApiError> {
+        let _op = self.op()?;
+        self.function(name)?;
+        let (idle, busy) = {
+            let mut st = lock(&self.warm.state);
+            let fp = st.function(name)?;
+            fp.settings.min_warm = 0;
+            fp.drained = true;
+            let mut idle = Vec::new();
+            let mut busy = Vec::new();
+            for (id, s) in st.slots.instances_of(&name.to_string()) {
+                if s.leased == 0 {
+                    idle.push(id.clone())
+                } else {
+                    busy.push(id.clone())
+                }
+            }
+            (idle, busy)
+        };
+        self.warm.save_function(name);
+        let mut destroyed = 0;
+        for id in idle.iter().chain(busy.iter().filter(|_| force)) {
+            self.destroy_pool_instance(id, "drained").await;
+            destroyed += 1;
+        }
+        tracing::info!(function = %name, destroyed, busy = busy.len(), force, "pool drained");
+        Ok(DrainResult {
+            destroyed,
+            busy: if force { 0 } else { busy.len() as u32 },
+        })
+    }
+
+    // ---- claims ---------------------------------------------------
+
+    /// Hands out an instance of `name` as the caller's: a warm one from
+    /// the pool (limits applied, thawed, output redirected), else a fresh
+    /// fork. A bundle that names its own `cgroupsPath` always gets a fresh
+    /// fork placed there. `stdio` (the side channel's fds) replaces
+    /// `body`'s stdout/stderr files.
+    pub async fn claim(
+        self: &Arc<Self>,
+        name: &str,
+        body: ClaimBody,
+        stdio: Option<[OwnedFd; 3]>,
+    ) -> Result<Claimed, ApiError> {
+        let _op = self.op()?;
+        let started = Instant::now();
+        let f = self.function(name)?;
+        let own_cgroup = match &body.bundle {
+            Some(b) => bundle_names_cgroup(b)?,
+            None => false,
+        };
+        {
+            let mut st = lock(&self.warm.state);
+            let now = self.warm.now();
+            st.function(name)?.arrive(name, now).map_err(pool_error)?;
+        }
+        if !own_cgroup && body.bundle.is_none() {
+            let mut dead = Vec::new();
+            let picked = self.pick_for_claim(name, &mut dead);
+            for id in dead {
+                self.destroy_pool_instance(&id, "killed while warm").await;
+            }
+            let mut next = picked;
+            while let Some((id, frozen)) = next.take() {
+                match self
+                    .hand_out(&id, frozen, &body, stdio_clone(&stdio)?)
+                    .await
+                {
+                    Ok(steps) => {
+                        let claimed = self.claimed(&id, StartPath::PoolHit, started, steps)?;
+                        self.warm.wake(name);
+                        return Ok(claimed);
+                    }
+                    Err(e) => {
+                        tracing::warn!(container = %id, "a warm instance could not be handed out, trying another: {}", e.message);
+                        self.destroy_pool_instance(&id, "failed to hand out").await;
+                        let mut dead = Vec::new();
+                        next = self.pick_for_claim(name, &mut dead);
+                        for id in dead {
+                            self.destroy_pool_instance(&id, "killed while warm").await;
+                        }
+                    }
+                }
+            }
+        }
+        // A miss: a fork of the caller's own, with its stdio directly.
+        let id = self.warm.new_id(name);
+        let [stdin, stdout, stderr] = match stdio {
+            Some(fds) => fds.map(Some),
+            None => [
+                None,
+                Some(open_output(body.stdout.as_ref())?),
+                Some(open_output(body.stderr.as_ref())?),
+            ],
+        };
+        let path = self.start_path(name);
+        let req = ForkRequest {
+            id: id.clone(),
+            bundle: body.bundle.clone(),
+            stdio: [stdin, stdout, stderr],
+            annotations: body.annotations.clone(),
+            resources: body.resources.clone(),
+            cgroups_path: if own_cgroup || body.bundle.is_some() {
+                None
+            } else {
+                Some(self.warm.ensure_parent(name)?.join(&id))
+            },
+            ..Default::default()
+        };
+        let inst = match self.fork(name, req, None).await {
+            Ok(i) => i,
+            Err(e) => {
+                // The arrival did not become a request.
+                self.finish_request(name, Duration::ZERO);
+                return Err(e);
+            }
+        };
+        lock(&self.warm.state).members.insert(
+            id.clone(),
+            Member {
+                function: f.name.clone(),
+                role: Role::Claimed {
+                    since: Instant::now(),
+                    reusable: false,
+                },
+            },
+        );
+        self.note_fork(name, path, &inst);
+        let stages = inst.stages.clone();
+        let claimed = self.claimed(
+            &id,
+            path,
+            started,
+            Steps {
+                at: started,
+                stages,
+            },
+        )?;
+        self.warm.wake(name);
+        Ok(claimed)
+    }
+
+    /// Takes an idle pool instance of `name` out of the pool for a claim:
+    /// an awake one first (no thaw), else a frozen one.
+    /// Instances found dead or doomed on the way go into `dead`.
+    fn pick_for_claim(&self, name: &str, dead: &mut Vec<String>) -> Option<(String, bool)> {
+        let mut st = lock(&self.warm.state);
+        let key = name.to_string();
+        let mut pick: Option<(String, bool)> = None;
+        for (id, s) in st.slots.instances_of(&key) {
+            if s.leased > 0 {
+                continue;
+            }
+            let alive = self
+                .instance(id)
+                .is_ok_and(|i| i.exit_status().is_none() && !doomed(i.pid));
+            if !alive {
+                dead.push(id.clone());
+                continue;
+            }
+            if pick.as_ref().is_none_or(|(_, frozen)| *frozen && !s.frozen) {
+                pick = Some((id.clone(), s.frozen));
+            }
+        }
+        let (id, frozen) = pick?;
+        st.slots.remove_instance(&id).ok()?;
+        let _ = st.budget.remove(&id);
+        st.members.insert(
+            id.clone(),
+            Member {
+                function: key,
+                role: Role::Claimed {
+                    since: Instant::now(),
+                    reusable: true,
+                },
+            },
+        );
+        drop(st);
+        self.set_record_pool(&id, false);
+        Some((id, frozen))
+    }
+
+    /// The claim's steps on a picked instance: limits, thaw, output.
+    async fn hand_out(
+        self: &Arc<Self>,
+        id: &str,
+        frozen: bool,
+        body: &ClaimBody,
+        stdio: Option<[OwnedFd; 3]>,
+    ) -> Result<Steps, ApiError> {
+        let mut steps = Steps::new();
+        let inst = self.instance(id)?;
+        let mut c = self.runtime.container(id)?;
+        if let Some(r) = &body.resources {
+            c.update(r)?;
+            steps.done("limits");
+        }
+        if frozen {
+            c.resume()?;
+            steps.done("thaw");
+        }
+        let relay = lock(&inst.relay).clone();
+        if let Some(relay) = relay {
+            match stdio {
+                Some([_stdin, out, err]) => relay.redirect(out, err),
+                None => {
+                    if body.stdout.is_some() || body.stderr.is_some() {
+                        relay.redirect(
+                            open_output(body.stdout.as_ref())?,
+                            open_output(body.stderr.as_ref())?,
+                        );
+                    }
+                }
+            }
+            steps.done("stdio");
+        }
+        Ok(steps)
+    }
+
+    fn claimed(
+        &self,
+        id: &str,
+        path: StartPath,
+        started: Instant,
+        steps: Steps,
+    ) -> Result<Claimed, ApiError> {
+        let inst = self.instance(id)?;
+        let elapsed = started.elapsed();
+        {
+            let mut st = lock(&self.warm.state);
+            if let Ok(fp) = st.function(&inst.function) {
+                fp.starts.add(path);
+            }
+        }
+        self.metrics.record_claim(&inst.function, elapsed);
+        self.metrics.record_start(
+            &inst.function,
+            path,
+            elapsed,
+            &steps
+                .stages
+                .iter()
+                .map(|s| (s.name.clone(), s.elapsed))
+                .collect::<Vec<_>>(),
+        );
+        tracing::info!(container = %id, function = %inst.function, path = path.as_str(), us = elapsed.as_micros() as u64, "instance claimed");
+        Ok(Claimed {
+            id: id.to_string(),
+            function: inst.function.clone(),
+            pid: inst.pid,
+            path,
+            claim_us: elapsed.as_micros() as u64,
+            stages: steps.stages.iter().map(StageView::from).collect(),
+            vpc: inst.network.as_ref().map(|a| a.vpc.clone()),
+            address: inst.network.as_ref().map(|a| a.address),
+        })
+    }
+
+    /// Gives back a claimed instance: to the pool if it came from there,
+    /// is alive and the function allows reuse; otherwise destroyed.
+    pub async fn release(self: &Arc<Self>, id: &str) -> Result<Released, ApiError> {
+        let _op = self.op()?;
+        let inst = self.instance(id)?;
+        let (function, since, reusable) = match lock(&self.warm.state).members.get(id) {
+            Some(Member {
+                function,
+                role: Role::Claimed { since, reusable },
+            }) => (function.clone(), *since, *reusable),
+            Some(_) => {
+                return Err(ApiError::conflict(format!(
+                    "instance {id:?} is in the pool, not claimed"
+                )));
+            }
+            None => {
+                return Err(ApiError::conflict(format!(
+                    "instance {id:?} was not claimed (fork it and delete it instead)"
+                )));
+            }
+        };
+        self.finish_request(&function, since.elapsed());
+        let reuse = reusable
+            && inst.exit_status().is_none()
+            && lock(&self.warm.state)
+                .functions
+                .get(&function)
+                .is_some_and(|f| f.settings.reuse);
+        if reuse && self.return_to_pool(&inst).await.is_ok() {
+            tracing::info!(container = %id, function = %function, "claimed instance back in the pool");
+            self.warm.wake(&function);
+            return Ok(Released {
+                id: id.to_string(),
+                reused: true,
+            });
+        }
+        lock(&self.warm.state).members.remove(id);
+        self.delete(id, true).await?;
+        self.warm.wake(&function);
+        Ok(Released {
+            id: id.to_string(),
+            reused: false,
+        })
+    }
+
+    /// A released instance goes back: output to its log, frozen, booked.
+    async fn return_to_pool(self: &Arc<Self>, inst: &Arc<Instance>) -> Result<(), ApiError> {
+        let id = inst.id.clone();
+        let relay = lock(&inst.relay).clone();
+        if let Some(r) = relay {
+            let log = self.log_path(&id);
+            r.redirect(open_output(Some(&log))?, open_output(Some(&log))?);
+        }
+        let c = self.runtime.container(&id)?;
+        blocking(move || Ok(c.pause()?)).await?;
+        let mut st = lock(&self.warm.state);
+        let st = &mut *st;
+        let fp = st.function(&inst.function)?;
+        let (bytes, cost, slots) = (fp.bytes_per_instance, fp.fork_cost, fp.concurrency);
+        // Only free room takes a returned instance back: it evicts nobody.
+        match st.budget.admit(
+            inst.function.clone(),
+            id.clone(),
+            bytes,
+            cost,
+            Purpose::PreWarm,
+            |_| false,
+        ) {
+            Ok(Admission::Admitted { .. }) => {}
+            Ok(Admission::NotWorthIt) | Err(_) => {
+                return Err(ApiError::conflict("no room in the pool's memory budget"));
+            }
+        }
+        st.slots
+            .add_instance(inst.function.clone(), id.clone(), slots, true)
+            .map_err(pool_error)?;
+        st.members.insert(
+            id.clone(),
+            Member {
+                function: inst.function.clone(),
+                role: Role::Pool {
+                    idle_since: Some(Instant::now()),
+                },
+            },
+        );
+        self.set_record_pool(&id, true);
+        Ok(())
+    }
+
+    // ---- leases ---------------------------------------------------
+
+    /// A request slot on an instance of `name`: on an awake instance with
+    /// room first, else a frozen one (thawed), else a new fork.
+    pub async fn acquire_lease(self: &Arc<Self>, name: &str) -> Result<LeaseView, ApiError> {
+        let _op = self.op()?;
+        let started = Instant::now();
+        self.function(name)?;
+        {
+            let mut st = lock(&self.warm.state);
+            let now = self.warm.now();
+            st.function(name)?.arrive(name, now).map_err(pool_error)?;
+        }
+        let mut path = StartPath::PoolHit;
+        let mut stages: Vec<Stage> = Vec::new();
+        for _ in 0..8 {
+            let acquired = {
+                let mut st = lock(&self.warm.state);
+                let a = st.slots.acquire(&name.to_string());
+                if let Acquire::Leased(l) = &a {
+                    st.leases.insert(
+                        l.id,
+                        LeaseRecord {
+                            function: name.to_string(),
+                            instance: l.instance.clone(),
+                            since: Instant::now(),
+                        },
+                    );
+                    if let Some(m) = st.members.get_mut(&l.instance) {
+                        m.role = Role::Pool { idle_since: None };
+                    }
+                    let _ = st.budget.touch(&l.instance);
+                }
+                a
+            };
+            match acquired {
+                Acquire::Leased(l) => {
+                    let usable = self
+                        .instance(&l.instance)
+                        .is_ok_and(|i| i.exit_status().is_none() && !doomed(i.pid));
+                    if !usable {
+                        self.void_lease(l.id);
+                        self.destroy_pool_instance(&l.instance, "killed while warm")
+                            .await;
+                        continue;
+                    }
+                    if l.woke {
+                        let t = Instant::now();
+                        let thawed = self
+                            .runtime
+                            .container(&l.instance)
+                            .map_err(ApiError::from)
+                            .and_then(|c| Ok(c.resume()?));
+                        if let Err(e) = thawed {
+                            tracing::warn!(container = %l.instance, "thawing for a lease failed: {}", e.message);
+                            self.void_lease(l.id);
+                            self.destroy_pool_instance(&l.instance, "failed to thaw")
+                                .await;
+                            continue;
+                        }
+                        stages.push(Stage::new("thaw", t.elapsed()));
+                    }
+                    let inst = self.instance(&l.instance)?;
+                    let elapsed = started.elapsed();
+                    {
+                        let mut st = lock(&self.warm.state);
+                        if let Ok(fp) = st.function(name) {
+                            fp.starts.add(path);
+                        }
+                    }
+                    self.metrics.record_lease_wait(name, elapsed);
+                    if path == StartPath::PoolHit {
+                        self.metrics.record_start(
+                            name,
+                            path,
+                            elapsed,
+                            &stages
+                                .iter()
+                                .map(|s| (s.name.clone(), s.elapsed))
+                                .collect::<Vec<_>>(),
+                        );
+                    }
+                    tracing::debug!(container = %l.instance, function = %name, lease = %l.id, path = path.as_str(), "lease acquired");
+                    return Ok(LeaseView {
+                        lease: l.id.to_string(),
+                        function: name.to_string(),
+                        instance: l.instance.clone(),
+                        pid: inst.pid,
+                        address: inst.network.as_ref().map(|a| a.address),
+                        path,
+                        us: elapsed.as_micros() as u64,
+                    });
+                }
+                Acquire::NoFreeSlot => {
+                    path = self.start_path(name);
+                    match self.fork_pool_instance(name, Purpose::Demand, false).await {
+                        Ok(Some(_)) => continue,
+                        Ok(None) => {
+                            self.finish_request(name, Duration::ZERO);
+                            return Err(ApiError::conflict(format!(
+                                "every instance of {name:?} is full and the pool's memory budget has no room for another"
+                            )));
+                        }
+                        Err(e) => {
+                            self.finish_request(name, Duration::ZERO);
+                            return Err(e);
+                        }
+                    }
+                }
+            }
+        }
+        self.finish_request(name, Duration::ZERO);
+        Err(ApiError::new(
+            503,
+            format!("no slot of {name:?} could be leased: instances kept failing"),
+        ))
+    }
+
+    /// Gives a request slot back.
+    pub async fn release_lease(self: &Arc<Self>, lease: &str) -> Result<(), ApiError> {
+        let id = lease
+            .strip_prefix("lease-")
+            .and_then(|n| n.parse::<u64>().ok())
+            .map(LeaseId)
+            .ok_or_else(|| ApiError::bad_request(format!("{lease:?} is not a lease (lease-N)")))?;
+        let (record, drained_busy) = {
+            let mut st = lock(&self.warm.state);
+            let record = st
+                .leases
+                .remove(&id)
+                .ok_or_else(|| ApiError::not_found(format!("unknown lease {lease:?}")))?;
+            let released = st.slots.release(id).map_err(pool_error)?;
+            let now = Instant::now();
+            let drained = st
+                .functions
+                .get(&record.function)
+                .is_some_and(|f| f.drained);
+            if released.idle
+                && let Some(m) = st.members.get_mut(&released.instance)
+            {
+                m.role = Role::Pool {
+                    idle_since: Some(now),
+                };
+            }
+            (record, released.idle && drained)
+        };
+        self.finish_request(&record.function, record.since.elapsed());
+        if drained_busy {
+            self.destroy_pool_instance(&record.instance, "drained")
+                .await;
+        }
+        self.warm.wake(&record.function);
+        Ok(())
+    }
+
+    fn void_lease(&self, lease: LeaseId) {
+        let mut st = lock(&self.warm.state);
+        st.leases.remove(&lease);
+        let _ = st.slots.release(lease);
+    }
+
+    fn finish_request(&self, function: &str, ran: Duration) {
+        let mut st = lock(&self.warm.state);
+        let now = self.warm.now();
+        if let Ok(fp) = st.function(function)
+            && let Err(e) = fp.finish(function, now, ran)
+        {
+            tracing::debug!(function = %function, "pool bookkeeping: {e}");
+        }
+    }
+
+    // ---- forks and destroys --------------------------------------
+
+    fn start_path(&self, name: &str) -> StartPath {
+        if self.template(name).is_some() {
+            StartPath::Fork
+        } else {
+            StartPath::Restore
+        }
+    }
+
+    fn note_fork(&self, name: &str, path: StartPath, inst: &Instance) {
+        let total: Duration = inst.stages.iter().map(|s| s.elapsed).sum();
+        self.metrics.record_start(
+            name,
+            path,
+            total,
+            &inst
+                .stages
+                .iter()
+                .map(|s| (s.name.clone(), s.elapsed))
+                .collect::<Vec<_>>(),
+        );
+        let mut st = lock(&self.warm.state);
+        if let Ok(fp) = st.function(name) {
+            // A moving average, so one slow fork does not skew eviction.
+            fp.fork_cost = (fp.fork_cost * 3 + total) / 4;
+        }
+    }
+
+    /// Forks one pool instance of `name` if the budget admits it (evicting
+    /// idle instances of others as it says); frozen for a pre-warm.
+    /// `Ok(None)`: the budget said no.
+    async fn fork_pool_instance(
+        self: &Arc<Self>,
+        name: &str,
+        purpose: Purpose,
+        frozen: bool,
+    ) -> Result<Option<String>, ApiError> {
+        let id = self.warm.new_id(name);
+        let parent = self.warm.ensure_parent(name)?;
+        // Made first: nothing to undo in the books if it fails (the
+        // relay thread ends when the pipes close).
+        let log = self.log_path(&id);
+        let (relay, stdio) = Relay::start(&id, &log)
+            .map_err(|e| ApiError::internal(format!("output relay of {id:?}: {e}")))?;
+        let admitted = {
+            let mut st = lock(&self.warm.state);
+            let st = &mut *st;
+            let fp = st.function(name)?;
+            let (bytes, cost, concurrency) = (fp.bytes_per_instance, fp.fork_cost, fp.concurrency);
+            let slots = &st.slots;
+            match st
+                .budget
+                .admit(name.to_string(), id.clone(), bytes, cost, purpose, |i| {
+                    slots.get(i).is_some_and(|s| s.leased == 0)
+                }) {
+                Ok(Admission::Admitted { evicted }) => Ok(Some((evicted, concurrency))),
+                Ok(Admission::NotWorthIt) | Err(PoolError::OverBudget { .. }) => Ok(None),
+                Err(e) => Err(pool_error(e)),
+            }
+        };
+        let (evicted, concurrency) = match admitted {
+            Ok(Some(a)) => a,
+            refused => {
+                // The relay's thread ends with the pipes dropped here.
+                drop((relay, stdio));
+                let _ = fs::remove_file(&log);
+                return refused.map(|_| None);
+            }
+        };
+        for v in evicted {
+            self.metrics.record_eviction(name);
+            self.destroy_pool_instance(&v, "evicted for another instance")
+                .await;
+        }
+        let path = self.start_path(name);
+        let req = ForkRequest {
+            id: id.clone(),
+            stdio: stdio.map(Some),
+            cgroups_path: Some(parent.join(&id)),
+            ..Default::default()
+        };
+        lock(&self.warm.state).members.insert(
+            id.clone(),
+            Member {
+                function: name.to_string(),
+                role: Role::Pool {
+                    idle_since: Some(Instant::now()),
+                },
+            },
+        );
+        let inst = match self.fork(name, req, None).await {
+            Ok(i) => i,
+            Err(e) => {
+                let mut st = lock(&self.warm.state);
+                st.members.remove(&id);
+                let _ = st.budget.remove(&id);
+                drop(st);
+                let _ = fs::remove_file(&log);
+                return Err(e);
+            }
+        };
+        *lock(&inst.relay) = Some(relay);
+        self.note_fork(name, path, &inst);
+        if frozen {
+            let c = self.runtime.container(&id)?;
+            if let Err(e) = blocking(move || Ok(c.pause()?)).await {
+                self.destroy_pool_instance(&id, "failed to freeze").await;
+                return Err(e);
+            }
+        }
+        let measured = self.instance_memory(&id);
+        let mut st = lock(&self.warm.state);
+        if inst.exit_status().is_some() {
+            // Died at once: the exit watcher found no membership to clean.
+            drop(st);
+            self.destroy_pool_instance(&id, "exited right after its fork")
+                .await;
+            return Err(ApiError::internal(format!(
+                "pool instance {id:?} of {name:?} exited right after its fork"
+            )));
+        }
+        st.slots
+            .add_instance(name.to_string(), id.clone(), concurrency, frozen)
+            .map_err(pool_error)?;
+        if let (Some(bytes), Ok(fp)) = (measured, st.function(name)) {
+            fp.bytes_per_instance = bytes.max(1 << 20);
+        }
+        tracing::info!(container = %id, function = %name, frozen, ?purpose, "pool instance ready");
+        Ok(Some(id))
+    }
+
+    /// What the instance's memory cgroup is charged now.
+    fn instance_memory(&self, id: &str) -> Option<u64> {
+        let c = self.runtime.container(id).ok()?;
+        crate::metrics::instance_usage(&c)
+            .map(|u| u.memory_bytes)
+            .filter(|b| *b > 0)
+    }
+
+    /// Deletes a pool instance and every trace of it in the pool.
+    async fn destroy_pool_instance(self: &Arc<Self>, id: &str, why: &str) {
+        self.forget_pool_instance(id);
+        tracing::info!(container = %id, why, "destroying pool instance");
+        if let Err(e) = self.delete(id, true).await
+            && e.status != 404
+        {
+            tracing::warn!(container = %id, "deleting pool instance: {}", e.message);
+        }
+    }
+
+    /// Drops `id` from the pool's books (it is gone or going). Its leases
+    /// are void.
+    pub(super) fn forget_pool_instance(&self, id: &str) -> Option<String> {
+        let mut st = lock(&self.warm.state);
+        let m = st.members.remove(id)?;
+        if let Ok(void) = st.slots.remove_gone(&id.to_string()) {
+            for l in void {
+                st.leases.remove(&l);
+            }
+        }
+        let _ = st.budget.remove(&id.to_string());
+        if let Role::Claimed { since, .. } = m.role {
+            // A claimed instance that exits or is deleted ends its request.
+            let now = self.warm.now();
+            if let Ok(fp) = st.function(&m.function) {
+                let _ = fp.finish(&m.function, now, since.elapsed());
+            }
+        }
+        Some(m.function)
+    }
+
+    /// An instance exited: a pool instance is dropped and replaced (the
+    /// reconciler forks again if the policy wants it).
+    pub(super) fn pool_instance_exited(self: &Arc<Self>, id: &str) {
+        if !self.warm.is_pool_member(id) {
+            return;
+        }
+        let Some(function) = self.forget_pool_instance(id) else {
+            return;
+        };
+        self.metrics.record_replaced_crash(&function);
+        tracing::warn!(container = %id, function = %function, "pool instance exited; replacing it");
+        let d = self.clone();
+        let id = id.to_string();
+        tokio::spawn(async move {
+            if let Err(e) = d.delete(&id, true).await
+                && e.status != 404
+            {
+                tracing::warn!(container = %id, "deleting exited pool instance: {}", e.message);
+            }
+            d.warm.wake(&function);
+        });
+    }
+
+    pub(super) fn log_path(&self, id: &str) -> PathBuf {
+        self.paths.logs.join(format!("{id}.log"))
+    }
+
+    // ---- the reconciler -------------------------------------------
+
+    /// Starts the task that carries out the policy's plans.
+    pub(super) fn start_reconciler(self: &Arc<Self>) {
+        let Some(mut rx) = lock(&self.warm.wake_rx).take() else {
+            return;
+        };
+        let d = Arc::downgrade(self);
+        let names: Vec<String> = lock(&self.warm.state).functions.keys().cloned().collect();
+        tokio::spawn(async move {
+            let mut timers: BinaryHeap<Reverse<(Instant, String)>> = BinaryHeap::new();
+            let mut pending: Vec<String> = names;
+            loop {
+                for name in pending.drain(..) {
+                    let Some(d) = d.upgrade() else { return };
+                    if d.ops.closed.load(Ordering::Acquire) {
+                        return;
+                    }
+                    if let Err(e) = d.reconcile(&name).await
+                        && e.status != 404
+                    {
+                        tracing::warn!(function = %name, "pool reconcile: {}", e.message);
+                    }
+                    if let Some(at) = lock(&d.warm.state)
+                        .functions
+                        .get(&name)
+                        .and_then(|f| f.review_at)
+                    {
+                        timers.push(Reverse((at, name.clone())));
+                    }
+                }
+                let next = timers.peek().map(|Reverse((at, _))| *at);
+                let sleep = async {
+                    match next {
+                        Some(at) => tokio::time::sleep_until(at.into()).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    msg = rx.recv() => match msg {
+                        Some(name) => {
+                            pending.push(name);
+                            while let Ok(n) = rx.try_recv() {
+                                if !pending.contains(&n) {
+                                    pending.push(n);
+                                }
+                            }
+                        }
+                        None => return,
+                    },
+                    _ = sleep => {
+                        let now = Instant::now();
+                        while let Some(Reverse((at, _))) = timers.peek() {
+                            if *at > now {
+                                break;
+                            }
+                            let Reverse((_, name)) = timers.pop().expect("peeked");
+                            if !pending.contains(&name) {
+                                pending.push(name);
+                            }
+                        }
+                    }
+                }
+            }
+        });
+    }
+
+    /// Brings one function's pool to its plan: forks up to the target
+    /// (or `min_warm`), unloads idle instances above it (longest idle
+    /// first), freezes instances idle for [`FREEZE_AFTER`]. Returns how
+    /// many it forked.
+    pub(super) async fn reconcile(self: &Arc<Self>, name: &str) -> Result<u32, ApiError> {
+        let (to_fork, victims, to_freeze) = {
+            let mut st = lock(&self.warm.state);
+            let now = self.warm.now();
+            let key = name.to_string();
+            let sizing = st.sizing(name, now)?;
+            let mut idle: Vec<(Instant, String, bool)> = st
+                .slots
+                .instances_of(&key)
+                .filter(|(_, s)| s.leased == 0)
+                .map(|(id, s)| {
+                    let since = match st.members.get(id) {
+                        Some(Member {
+                            role:
+                                Role::Pool {
+                                    idle_since: Some(t),
+                                },
+                            ..
+                        }) => *t,
+                        _ => Instant::now(),
+                    };
+                    (since, id.clone(), s.frozen)
+                })
+                .collect();
+            idle.sort();
+            let Sizing {
+                plan,
+                target,
+                loaded,
+                pre_warm,
+            } = sizing;
+            let fp = st.function(name)?;
+            let to_fork = if pre_warm && target > loaded {
+                target - loaded
+            } else {
+                0
+            };
+            let mut victims = Vec::new();
+            if target < loaded {
+                let excess = (loaded - target) as usize;
+                victims = idle
+                    .iter()
+                    .take(excess)
+                    .map(|(_, id, _)| id.clone())
+                    .collect();
+            }
+            let instant_now = Instant::now();
+            let mut to_freeze = Vec::new();
+            let mut next_freeze: Option<Instant> = None;
+            for (since, id, frozen) in &idle {
+                if *frozen || victims.contains(id) {
+                    continue;
+                }
+                let due = *since + FREEZE_AFTER;
+                if due <= instant_now {
+                    to_freeze.push(id.clone());
+                } else {
+                    next_freeze = Some(next_freeze.map_or(due, |n| n.min(due)));
+                }
+            }
+            let review = plan
+                .review_at
+                .filter(|at| *at > now)
+                .map(|at| instant_now + (at - now));
+            fp.review_at = match (review, next_freeze) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            (to_fork, victims, to_freeze)
+        };
+        for id in victims {
+            self.destroy_pool_instance(&id, "unloaded by the policy")
+                .await;
+        }
+        for id in to_freeze {
+            // Still idle? A lease may have come meanwhile.
+            let still_idle = lock(&self.warm.state)
+                .slots
+                .get(&id)
+                .is_some_and(|s| s.leased == 0 && !s.frozen);
+            if !still_idle {
+                continue;
+            }
+            let Ok(c) = self.runtime.container(&id) else {
+                continue;
+            };
+            if blocking(move || Ok(c.pause()?)).await.is_ok() {
+                let mut st = lock(&self.warm.state);
+                if st.slots.freeze(&id).is_err() {
+                    // A lease came while freezing: wake it again.
+                    drop(st);
+                    if let Ok(c) = self.runtime.container(&id) {
+                        let _ = c.resume();
+                    }
+                }
+            }
+        }
+        let mut forked = 0;
+        for _ in 0..to_fork {
+            match self.fork_pool_instance(name, Purpose::PreWarm, true).await {
+                Ok(Some(_)) => forked += 1,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(function = %name, "pre-warm fork failed: {}", e.message);
+                    break;
+                }
+            }
+        }
+        if forked > 0 {
+            self.warm.save_function(name);
+        }
+        Ok(forked)
+    }
+
+    /// Pool instances found at startup: their relay died with the old
+    /// sproutd, so they are deleted (the policy forks new ones).
+    pub(super) fn destroy_stale_pool_instances(self: &Arc<Self>, ids: Vec<String>) {
+        if ids.is_empty() {
+            return;
+        }
+        let d = self.clone();
+        tokio::spawn(async move {
+            for id in ids {
+                tracing::info!(container = %id, "deleting a pool instance of the previous sproutd");
+                if let Err(e) = d.delete(&id, true).await {
+                    tracing::warn!(container = %id, "deleting a stale pool instance: {}", e.message);
+                }
+            }
+        });
+    }
+}
+
+/// Is a SIGKILL pending for `pid`? A frozen task that was killed stays
+/// frozen (v1 freezer) and would die the moment a claim thaws it: such an
+/// instance is never handed out.
+fn doomed(pid: i32) -> bool {
+    let Ok(status) = fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return true;
+    };
+    let kill_bit = 1u64 << (libc::SIGKILL - 1);
+    status
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix("SigPnd:")
+                .or_else(|| l.strip_prefix("ShdPnd:"))
+        })
+        .filter_map(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .any(|mask| mask & kill_bit != 0)
+}
+
+/// Does the bundle at `dir` name a `cgroupsPath` of its own?
+fn bundle_names_cgroup(dir: &std::path::Path) -> Result<bool, ApiError> {
+    if !dir.is_absolute() {
+        return Err(ApiError::bad_request(format!(
+            "bundle {} must be an absolute path",
+            dir.display()
+        )));
+    }
+    let b = sprout_runtime::spec::load_bundle(dir)
+        .map_err(|e| ApiError::bad_request(format!("bundle {}: {e}", dir.display())))?;
+    Ok(b.spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.cgroups_path().as_ref())
+        .is_some_and(|p| !p.as_os_str().is_empty()))
+}
+
+fn open_output(path: Option<&PathBuf>) -> Result<OwnedFd, ApiError> {
+    if let Some(p) = path
+        && !p.is_absolute()
+    {
+        return Err(ApiError::bad_request(format!(
+            "{} must be an absolute path",
+            p.display()
+        )));
+    }
+    super::open_stdio(path.map(PathBuf::as_path), true)
+        .map_err(|e| ApiError::bad_request(format!("opening an output file: {e}")))
+}
+
+/// A copy of the claimant's fds for one hand-out attempt (a failed
+/// attempt drops its copy, the next gets another).
+fn stdio_clone(stdio: &Option<[OwnedFd; 3]>) -> Result<Option<[OwnedFd; 3]>, ApiError> {
+    let Some(fds) = stdio else { return Ok(None) };
+    let dup = |fd: &OwnedFd| {
+        fd.try_clone()
+            .map_err(|e| ApiError::internal(format!("duplicating a stdio fd: {e}")))
+    };
+    Ok(Some([dup(&fds[0])?, dup(&fds[1])?, dup(&fds[2])?]))
+}

@@ -1,0 +1,523 @@
+//! The warm pool through sproutd's API, with the real template engine and
+//! the Python function: pre-warm, claims (pool hits and forks), output
+//! redirection, release and reuse, request leases on instances that serve
+//! several requests at once, crashed warm instances replaced, the memory
+//! budget under a flood of pre-warms, drain, settings and history across a
+//! restart, metrics, and clear errors.
+
+mod common;
+
+use std::fs;
+use std::thread;
+
+use common::sproutd::*;
+use common::*;
+use serde_json::{Value, json};
+use sprout::shim::client::Client;
+
+/// One API call; the status and the JSON answer (`Null` for none).
+fn call(c: &Client, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    let bytes = body
+        .map(|b| serde_json::to_vec(&b).unwrap())
+        .unwrap_or_default();
+    let r = c
+        .raw(method, path, &bytes)
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+    (r.status, r.json())
+}
+
+/// A call that must succeed with `want`.
+fn ok(c: &Client, d: &Sproutd, method: &str, path: &str, body: Option<Value>, want: u16) -> Value {
+    let (status, v) = call(c, method, path, body);
+    assert_eq!(status, want, "{method} {path}: {v}\n{}", d.log_text());
+    v
+}
+
+fn pool_of(c: &Client, d: &Sproutd, f: &str) -> Value {
+    ok(c, d, "GET", &format!("/functions/{f}/pool"), None, 200)
+}
+
+/// Ids of the function's pool instances in `state` (frozen/idle/busy).
+fn pool_ids(c: &Client, d: &Sproutd, f: &str, state: &str) -> Vec<String> {
+    pool_of(c, d, f)["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["state"] == state)
+        .map(|i| i["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn py_function(s: &Sandbox, c: &Client, d: &Sproutd, concurrency: u32) -> Value {
+    let (image, warm) = python_image(s);
+    let mut f = function("py", s);
+    f.image = image;
+    f.concurrency = concurrency;
+    c.add_function(&f)
+        .unwrap_or_else(|e| panic!("add function: {e}\n{}", d.log_text()));
+    warm
+}
+
+/// The answer of the instance whose init is `pid`.
+fn ask(pid: i32, path: &str) -> Value {
+    json_body(&http_get_in_netns(pid, 8080, path).unwrap())
+}
+
+/// The freezer state of an instance, as the runtime sees it.
+fn runtime_status(d: &Sproutd, id: &str) -> String {
+    let out = d.runtime_cli().args(["state", id]).output().unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    v["status"].as_str().unwrap_or("gone").to_string()
+}
+
+fn teardown(s: &Sandbox, c: &Client, d: &Sproutd) {
+    ok(
+        c,
+        d,
+        "POST",
+        "/functions/py/pool/drain",
+        Some(json!({"force": true})),
+        200,
+    );
+    for v in c.instances().unwrap() {
+        c.delete(&v.id, true).unwrap();
+    }
+    c.remove_function("py").unwrap();
+    assert_holders_gone(d);
+    assert_clean(s, d);
+    let logs: Vec<_> = fs::read_dir(d.root.join("logs"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(logs.is_empty(), "instance logs left: {logs:?}");
+}
+
+#[test]
+fn prewarm_claim_release_reuse_and_crash_replacement() {
+    let s = python_sandbox("pool-claim");
+    let d = Sproutd::start_real(&s);
+    let c = d.client();
+    let warm = py_function(&s, &c, &d, 1);
+
+    let r = ok(
+        &c,
+        &d,
+        "POST",
+        "/functions/py/pool/prewarm",
+        Some(json!({"count": 3})),
+        200,
+    );
+    assert_eq!(
+        (r["forked"].clone(), r["warm"].clone()),
+        (json!(3), json!(3)),
+        "{r}"
+    );
+    let frozen = pool_ids(&c, &d, "py", "frozen");
+    assert_eq!(frozen.len(), 3);
+    for id in &frozen {
+        assert_eq!(
+            runtime_status(&d, id),
+            "paused",
+            "{id} is frozen by the freezer"
+        );
+        let cg = cgroup_leftovers(id);
+        assert!(
+            cg.iter()
+                .all(|p| p.to_string_lossy().contains(&d.pool_cgroup)),
+            "{id} lives under the pool's cgroup: {cg:?}"
+        );
+    }
+
+    // Three concurrent claims are three pool hits, each answering with the
+    // template's state and counting on its own.
+    let claims: Vec<Value> = thread::scope(|sc| {
+        let hs: Vec<_> = (0..3)
+            .map(|_| sc.spawn(|| ok(&c, &d, "POST", "/functions/py/claim", Some(json!({})), 201)))
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut claimed_ids: Vec<String> = claims
+        .iter()
+        .map(|v| v["id"].as_str().unwrap().to_string())
+        .collect();
+    claimed_ids.sort();
+    let mut expected = frozen.clone();
+    expected.sort();
+    assert_eq!(claimed_ids, expected, "the claims took the warm instances");
+    for v in &claims {
+        assert_eq!(v["path"], "pool_hit", "{v}");
+        assert!(
+            v["stages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|s| s["name"] == "thaw"),
+            "{v}"
+        );
+        let pid = v["pid"].as_i64().unwrap() as i32;
+        let id = v["id"].as_str().unwrap();
+        assert_eq!(runtime_status(&d, id), "running");
+        let a = ask(pid, "/first");
+        assert_eq!(
+            (a["digest"].clone(), a["requests"].clone()),
+            (warm["digest"].clone(), json!(2))
+        );
+        assert_eq!(ask(pid, "/second")["requests"], 3);
+    }
+
+    // The pool is refilled to its floor (3 warm beside the busy ones) in
+    // the background; a claim may name a file for the instance's output.
+    assert!(
+        wait_until(TIMEOUT, || pool_ids(&c, &d, "py", "frozen").len() == 3),
+        "the pool was not refilled: {}\n{}",
+        pool_of(&c, &d, "py"),
+        d.log_text()
+    );
+    let out = s.dir.path().join("claimed.out");
+    let fourth = ok(
+        &c,
+        &d,
+        "POST",
+        "/functions/py/claim",
+        Some(json!({"stdout": out})),
+        201,
+    );
+    let pid4 = fourth["pid"].as_i64().unwrap() as i32;
+    ask(pid4, "/say/hello-claimant");
+    assert!(
+        wait_until(TIMEOUT, || fs::read_to_string(&out)
+            .unwrap_or_default()
+            .contains("hello-claimant")),
+        "the claimant's stdout file got the instance's output"
+    );
+
+    // Drain the warm ones: the next claim is a fork, not a failure.
+    assert!(wait_until(TIMEOUT, || pool_ids(&c, &d, "py", "frozen")
+        .len()
+        == 3));
+    let drained = ok(&c, &d, "POST", "/functions/py/pool/drain", None, 200);
+    assert_eq!(drained["destroyed"], 3, "{drained}");
+    let fifth = ok(&c, &d, "POST", "/functions/py/claim", None, 201);
+    assert_eq!(fifth["path"], "fork", "{fifth}");
+    assert_eq!(
+        ask(fifth["pid"].as_i64().unwrap() as i32, "/x")["requests"],
+        2
+    );
+
+    // Release without reuse destroys; with reuse the instance goes back
+    // into the pool, frozen.
+    let id5 = fifth["id"].as_str().unwrap();
+    let r = ok(
+        &c,
+        &d,
+        "POST",
+        &format!("/instances/{id5}/release"),
+        None,
+        200,
+    );
+    assert_eq!(r["reused"], false);
+    assert_eq!(call(&c, "GET", &format!("/instances/{id5}"), None).0, 404);
+    ok(
+        &c,
+        &d,
+        "PUT",
+        "/functions/py/pool/policy",
+        Some(json!({"reuse": true, "min_warm": 1})),
+        200,
+    );
+    let id4 = fourth["id"].as_str().unwrap().to_string();
+    let r = ok(
+        &c,
+        &d,
+        "POST",
+        &format!("/instances/{id4}/release"),
+        None,
+        200,
+    );
+    assert_eq!(r["reused"], true, "{r}");
+    assert!(pool_ids(&c, &d, "py", "frozen").contains(&id4));
+    assert_eq!(runtime_status(&d, &id4), "paused");
+    // Releasing twice, or an instance that was never claimed, is a 409.
+    assert_eq!(
+        call(&c, "POST", &format!("/instances/{id4}/release"), None).0,
+        409
+    );
+
+    // A warm instance killed while frozen (it dies only once thawed) is
+    // never handed out: the claim skips and destroys it, and the pool
+    // replaces it.
+    let victim_pid = c.instance(&id4).unwrap().pid;
+    // SAFETY: kill with plain integers: an instance this test's sproutd forked.
+    unsafe { libc::kill(victim_pid, libc::SIGKILL) };
+    let next = ok(&c, &d, "POST", "/functions/py/claim", None, 201);
+    assert_ne!(next["id"].as_str().unwrap(), id4, "{next}");
+    assert_eq!(
+        ask(next["pid"].as_i64().unwrap() as i32, "/y")["digest"],
+        warm["digest"]
+    );
+    assert!(
+        wait_until(TIMEOUT, || {
+            let frozen = pool_ids(&c, &d, "py", "frozen");
+            !frozen.contains(&id4) && !frozen.is_empty()
+        }),
+        "the dead instance was not replaced: {}\n{}",
+        pool_of(&c, &d, "py"),
+        d.log_text()
+    );
+    assert!(wait_until(TIMEOUT, || !pid_alive(victim_pid)));
+    assert_eq!(call(&c, "GET", &format!("/instances/{id4}"), None).0, 404);
+    // One that dies while awake (a claimed one released back, thawed by a
+    // lease) is replaced as well.
+    let lease = ok(&c, &d, "POST", "/functions/py/leases", None, 201);
+    let awake = lease["instance"].as_str().unwrap().to_string();
+    // SAFETY: as above.
+    unsafe { libc::kill(lease["pid"].as_i64().unwrap() as i32, libc::SIGKILL) };
+    assert!(
+        wait_until(TIMEOUT, || !pool_ids(&c, &d, "py", "busy").contains(&awake)
+            && call(&c, "GET", &format!("/instances/{awake}"), None).0 == 404),
+        "{}",
+        pool_of(&c, &d, "py")
+    );
+    let lease_id = lease["lease"].as_str().unwrap();
+    assert_eq!(
+        call(&c, "DELETE", &format!("/leases/{lease_id}"), None).0,
+        404,
+        "its lease died with it"
+    );
+
+    // The policy's view and the counts.
+    let view = pool_of(&c, &d, "py");
+    assert!(view["starts"]["pool_hit"].as_u64().unwrap() >= 4, "{view}");
+    assert!(view["starts"]["fork"].as_u64().unwrap() >= 1, "{view}");
+    assert!(view["plan"]["tier"].is_string(), "{view}");
+    assert!(view["bytes_per_instance"].as_u64().unwrap() > 0);
+
+    let metrics = c.raw("GET", "/metrics", b"").unwrap();
+    assert_eq!(metrics.status, 200);
+    let text = String::from_utf8(metrics.body).unwrap();
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("sprout_starts_total{function=\"py\",path=\"pool_hit\"}")),
+        "{text}"
+    );
+    for l in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let value = l.rsplit(' ').next().unwrap();
+        assert!(
+            value.parse::<f64>().is_ok() || ["+Inf", "-Inf", "NaN"].contains(&value),
+            "not a sample line: {l}"
+        );
+    }
+
+    teardown(&s, &c, &d);
+}
+
+#[test]
+fn leases_fill_instances_before_forking_and_errors_are_clear() {
+    let s = python_sandbox("pool-lease");
+    let d = Sproutd::start_real(&s);
+    let c = d.client();
+    py_function(&s, &c, &d, 2);
+
+    // Three requests at once on instances that serve two each: two
+    // instances, the first one full.
+    let leases: Vec<Value> = (0..3)
+        .map(|_| ok(&c, &d, "POST", "/functions/py/leases", None, 201))
+        .collect();
+    let mut instances: Vec<&str> = leases
+        .iter()
+        .map(|l| l["instance"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        instances[0], instances[1],
+        "the first instance is filled first"
+    );
+    instances.dedup();
+    assert_eq!(instances.len(), 2, "{leases:?}");
+    for l in &leases {
+        let a = ask(l["pid"].as_i64().unwrap() as i32, "/leased");
+        assert!(a["requests"].as_u64().unwrap() >= 2);
+    }
+    let view = pool_of(&c, &d, "py");
+    assert_eq!(view["leases"], 3, "{view}");
+    for l in &leases {
+        let lease = l["lease"].as_str().unwrap();
+        assert_eq!(call(&c, "DELETE", &format!("/leases/{lease}"), None).0, 204);
+    }
+    assert_eq!(
+        call(
+            &c,
+            "DELETE",
+            &format!("/leases/{}", leases[0]["lease"].as_str().unwrap()),
+            None
+        )
+        .0,
+        404
+    );
+    // Idle instances are frozen after a moment (those the policy keeps),
+    // and the next lease thaws one.
+    assert!(
+        wait_until(TIMEOUT, || {
+            let v = pool_of(&c, &d, "py");
+            let all = v["instances"].as_array().unwrap();
+            !all.is_empty() && all.iter().all(|i| i["state"] == "frozen")
+        }),
+        "idle instances were not frozen: {}",
+        pool_of(&c, &d, "py")
+    );
+    let again = ok(&c, &d, "POST", "/functions/py/leases", None, 201);
+    assert_eq!(again["path"], "pool_hit");
+    let lease = again["lease"].as_str().unwrap().to_string();
+    assert!(ask(again["pid"].as_i64().unwrap() as i32, "/thawed")["digest"].is_string());
+    assert_eq!(call(&c, "DELETE", &format!("/leases/{lease}"), None).0, 204);
+
+    // Clear errors.
+    let (st, v) = call(&c, "POST", "/functions/nope/claim", None);
+    assert_eq!(st, 404, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("nope"), "{v}");
+    assert_eq!(
+        call(
+            &c,
+            "POST",
+            "/functions/nope/pool/prewarm",
+            Some(json!({"count": 1}))
+        )
+        .0,
+        404
+    );
+    let r = c
+        .raw("POST", "/functions/py/pool/prewarm", b"{not json")
+        .unwrap();
+    assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        call(
+            &c,
+            "POST",
+            "/functions/py/pool/prewarm",
+            Some(json!({"count": 1, "extra": 2}))
+        )
+        .0,
+        400
+    );
+    assert_eq!(call(&c, "DELETE", "/leases/bogus", None).0, 400);
+    assert_eq!(
+        call(
+            &c,
+            "PUT",
+            "/functions/py/pool/policy",
+            Some(json!({"keep_alive_s": 0}))
+        )
+        .0,
+        400
+    );
+    assert_eq!(
+        call(&c, "PUT", "/pool/budget", Some(json!({"limit_bytes": 10}))).0,
+        400
+    );
+    assert_eq!(call(&c, "GET", "/functions/py/pool/prewarm", None).0, 405);
+
+    // The memory budget holds under a flood of pre-warms: each is refused
+    // with a 409 naming the budget once full, and the books never exceed it.
+    let per = pool_of(&c, &d, "py")["bytes_per_instance"]
+        .as_u64()
+        .unwrap();
+    let limit = per * 4 + per / 2;
+    ok(
+        &c,
+        &d,
+        "PUT",
+        "/pool/budget",
+        Some(json!({"limit_bytes": limit})),
+        200,
+    );
+    let answers: Vec<(u16, Value)> = thread::scope(|sc| {
+        let hs: Vec<_> = (0..6)
+            .map(|_| {
+                sc.spawn(|| {
+                    call(
+                        &c,
+                        "POST",
+                        "/functions/py/pool/prewarm",
+                        Some(json!({"count": 20})),
+                    )
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (st, v) in &answers {
+        assert_eq!(*st, 409, "{v}");
+        assert!(v["error"].as_str().unwrap().contains("budget"), "{v}");
+    }
+    let overview = ok(&c, &d, "GET", "/pool", None, 200);
+    let used = overview["budget"]["used_bytes"].as_u64().unwrap();
+    assert!(used <= limit, "{overview}");
+    let held = pool_of(&c, &d, "py")["instances"].as_array().unwrap().len() as u64;
+    assert!(
+        held >= 1 && held * per <= limit,
+        "{held} instances of {per} bytes in {limit}"
+    );
+
+    teardown(&s, &c, &d);
+}
+
+#[test]
+fn settings_and_history_survive_a_restart_and_stale_pool_instances_are_replaced() {
+    let s = python_sandbox("pool-restart");
+    let mut d = Sproutd::start_real(&s);
+    let c = d.client();
+    py_function(&s, &c, &d, 1);
+    ok(
+        &c,
+        &d,
+        "PUT",
+        "/functions/py/pool/policy",
+        Some(json!({"strategy": "fixed", "keep_alive_s": 120, "reuse": true})),
+        200,
+    );
+    ok(
+        &c,
+        &d,
+        "POST",
+        "/functions/py/pool/prewarm",
+        Some(json!({"count": 2})),
+        200,
+    );
+    let claimed = ok(&c, &d, "POST", "/functions/py/claim", None, 201);
+    let claimed_id = claimed["id"].as_str().unwrap().to_string();
+    assert!(wait_until(TIMEOUT, || pool_ids(&c, &d, "py", "frozen")
+        .len()
+        == 2));
+    let old_warm = pool_ids(&c, &d, "py", "frozen");
+
+    d.kill9();
+    d.spawn();
+    let view = pool_of(&c, &d, "py");
+    assert_eq!(view["policy"]["strategy"], "fixed", "{view}");
+    assert_eq!(view["policy"]["keep_alive_s"], 120);
+    assert_eq!(view["policy"]["min_warm"], 2);
+    assert_eq!(view["policy"]["reuse"], true);
+    // The old warm instances are deleted and new ones forked.
+    assert!(
+        wait_until(TIMEOUT, || {
+            let now = pool_ids(&c, &d, "py", "frozen");
+            now.len() == 2 && now.iter().all(|id| !old_warm.contains(id))
+        }),
+        "{}\n{}",
+        pool_of(&c, &d, "py"),
+        d.log_text()
+    );
+    for id in &old_warm {
+        assert_eq!(call(&c, "GET", &format!("/instances/{id}"), None).0, 404);
+        assert!(cgroup_leftovers(id).is_empty(), "{id}'s cgroup is gone");
+    }
+    // The claimed instance was adopted and still serves.
+    let v = c.instance(&claimed_id).unwrap();
+    assert!(v.adopted);
+    assert_eq!(ask(v.pid, "/after")["requests"], 2);
+
+    teardown(&s, &c, &d);
+}
