@@ -6,6 +6,9 @@
 //!   beforehand (as netplug's pool hands one over), until the instance's
 //!   first HTTP answer;
 //! - `template/fork_fresh_netns`: the same, the fork making the namespace;
+//! - `template/fork_profiled`: `template/fork` with the function's write
+//!   set (recorded once, before the benches, from an instance that answered
+//!   one request) populated by the fork;
 //! - `template/restore_lib`: `snapshot::restore` of the image, in-process
 //!   like the fork, to the first answer;
 //! - `template/restore_cli`: `sprout restore -d`, to the first answer;
@@ -31,13 +34,14 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{Fixture, bin, first_response};
 use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
 use sprout::runtime::{Container, Runtime};
+use sprout::snapshot::profile::{Populated, WriteSet};
 use sprout::snapshot::ptrace::Tracer;
 use sprout::snapshot::restore::{RestoreOptions, restore};
 use sprout::snapshot::template::{ForkSpec, Template, Timings, fresh_netns};
@@ -163,6 +167,13 @@ struct Bench {
     samples: Mutex<BTreeMap<&'static str, Vec<Duration>>>,
     /// The stages of every `template/fork` fork.
     fork_stages: Mutex<Vec<Timings>>,
+    /// The function's write set, recorded once.
+    profile: Option<Arc<WriteSet>>,
+    /// The stages and populate counts of every `template/fork_profiled`
+    /// fork.
+    profiled_forks: Mutex<Vec<(Timings, Populated)>>,
+    /// Minor faults from fork's return to the first answer, by bench name.
+    faults: Mutex<BTreeMap<&'static str, Vec<u64>>>,
 }
 
 impl Bench {
@@ -190,7 +201,21 @@ impl Bench {
             counter: AtomicU32::new(0),
             samples: Mutex::default(),
             fork_stages: Mutex::default(),
+            profile: None,
+            profiled_forks: Mutex::default(),
+            faults: Mutex::default(),
         }
+    }
+
+    /// Records the function's write set from an instance that answered
+    /// its first request (as sproutd will after an instance's first lease).
+    fn record_profile(&mut self) {
+        let (inst, client, _, _) = self.fork(Some(fresh_netns().unwrap()), false);
+        first_response(&client);
+        let set = WriteSet::record(inst.pid(), self.template())
+            .unwrap_or_else(|e| panic!("recording the write set: {e}"));
+        drop(inst);
+        self.profile = Some(Arc::new(set));
     }
 
     fn template(&self) -> &Template {
@@ -213,9 +238,10 @@ impl Bench {
     }
 
     /// Forks an instance into `netns` (a fresh one made by the fork when
-    /// `None`); returns it, a handle on its network namespace and the
-    /// fork's stages. Not timed here.
-    fn fork(&self, netns: Option<OwnedFd>) -> (Owned, OwnedFd, Timings) {
+    /// `None`), with the recorded write set if `profiled`; returns it, a
+    /// handle on its network namespace, the fork's stages and what it
+    /// populated. Not timed here.
+    fn fork(&self, netns: Option<OwnedFd>, profiled: bool) -> (Owned, OwnedFd, Timings, Populated) {
         let client = netns.as_ref().map(|n| n.try_clone().unwrap());
         let id = self.next_id("f");
         let forked = self
@@ -225,6 +251,7 @@ impl Bench {
                 &id,
                 ForkSpec {
                     netns,
+                    populate: profiled.then(|| self.profile.clone().expect("recorded")),
                     ..Default::default()
                 },
             )
@@ -235,19 +262,21 @@ impl Bench {
                 .unwrap()
                 .into()
         });
-        (inst, client, forked.timings)
+        (inst, client, forked.timings, forked.populated)
     }
 
     /// From calling fork to the instance's first answer.
     fn fork_to_response(&self, pooled: bool) -> Duration {
         let netns = pooled.then(|| fresh_netns().unwrap());
         let t0 = Instant::now();
-        let (inst, client, timings) = self.fork(netns);
+        let (inst, client, timings, _) = self.fork(netns, false);
         let forked = Instant::now();
+        let faults = minflt(inst.pid());
         first_response(&client);
         let t = t0.elapsed();
         if pooled {
             self.record("first_request", forked.elapsed());
+            self.record_faults("fork", minflt(inst.pid()) - faults);
         }
         // The same request again, to an instance that answered once: what
         // of the first answer's time is the client and the function.
@@ -261,6 +290,30 @@ impl Bench {
         } else {
             self.record("fork_fresh_netns", t)
         }
+    }
+
+    /// From calling fork with the write set to the instance's first
+    /// answer (into a namespace made beforehand, as `fork`).
+    fn profiled_fork_to_response(&self) -> Duration {
+        let netns = Some(fresh_netns().unwrap());
+        let t0 = Instant::now();
+        let (inst, client, timings, populated) = self.fork(netns, true);
+        let forked = Instant::now();
+        let faults = minflt(inst.pid());
+        first_response(&client);
+        let t = t0.elapsed();
+        self.record("first_request_profiled", forked.elapsed());
+        self.record_faults("fork_profiled", minflt(inst.pid()) - faults);
+        drop(inst);
+        self.profiled_forks
+            .lock()
+            .unwrap()
+            .push((timings, populated));
+        self.record("fork_profiled", t)
+    }
+
+    fn record_faults(&self, name: &'static str, n: u64) {
+        self.faults.lock().unwrap().entry(name).or_default().push(n);
     }
 
     /// `snapshot::restore` of the image to the first answer.
@@ -338,7 +391,7 @@ impl Bench {
                     s.spawn(move || {
                         let mut live = Vec::with_capacity(pool.len());
                         for ns in pool {
-                            let (inst, client, _) = self.fork(Some(ns));
+                            let (inst, client, _, _) = self.fork(Some(ns), false);
                             first_response(&client);
                             live.push(inst);
                         }
@@ -361,7 +414,7 @@ impl Bench {
         let holder_before = memcg_usage(holder_pid);
         let mut live = Vec::with_capacity(n);
         for _ in 0..n {
-            let (inst, client, _) = self.fork(Some(fresh_netns().unwrap()));
+            let (inst, client, _, _) = self.fork(Some(fresh_netns().unwrap()), false);
             first_response(&client);
             live.push(inst);
         }
@@ -508,6 +561,13 @@ impl Drop for Bench {
     }
 }
 
+/// Minor page faults of process `pid` so far (/proc/PID/stat field 10).
+fn minflt(pid: i32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let (_, rest) = stat.rsplit_once(") ").unwrap();
+    rest.split_whitespace().nth(7).unwrap().parse().unwrap()
+}
+
 fn live_process(pid: &str) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
         let state = s.rsplit_once(") ").map_or("", |x| x.1);
@@ -542,6 +602,7 @@ struct IdleMemory {
 
 fn bench(c: &mut Criterion) {
     let mut b = Bench::new();
+    b.record_profile();
     let runc = common::runc();
 
     let mut g = c.benchmark_group("template");
@@ -551,6 +612,9 @@ fn bench(c: &mut Criterion) {
     g.measurement_time(Duration::from_secs(2));
     g.bench_function("fork", |x| {
         x.iter_custom(|n| (0..n).map(|_| b.fork_to_response(true)).sum())
+    });
+    g.bench_function("fork_profiled", |x| {
+        x.iter_custom(|n| (0..n).map(|_| b.profiled_fork_to_response()).sum())
     });
     g.bench_function("fork_fresh_netns", |x| {
         x.iter_custom(|n| (0..n).map(|_| b.fork_to_response(false)).sum())
@@ -627,6 +691,7 @@ fn report(b: &Bench, idle: &[IdleMemory], singles: &[(&'static str, Mem)]) {
     println!("|---|---|---|---|---|");
     for name in [
         "fork",
+        "fork_profiled",
         "fork_fresh_netns",
         "restore_lib",
         "restore_cli",
@@ -668,6 +733,8 @@ fn report(b: &Bench, idle: &[IdleMemory], singles: &[(&'static str, Mem)]) {
             rates.len()
         );
     }
+
+    profile_report(b, &samples);
 
     // The fork's stages, median by stage over the `fork` runs.
     let runs = b.fork_stages.lock().unwrap();
@@ -723,6 +790,74 @@ fn report(b: &Bench, idle: &[IdleMemory], singles: &[(&'static str, Mem)]) {
             mib(m.dirty),
             mib(m.pss),
             (1 << 20) as f64 / m.private as f64,
+        );
+    }
+}
+
+/// Fork to first answer with the write set against without, from the
+/// same run.
+fn profile_report(b: &Bench, samples: &BTreeMap<&'static str, Vec<Duration>>) {
+    let (Some(set), Some(plain), Some(profiled)) = (
+        b.profile.as_ref(),
+        samples.get("fork"),
+        samples.get("fork_profiled"),
+    ) else {
+        return;
+    };
+    let (plain, profiled) = (p50(plain), p50(profiled));
+    let faults = b.faults.lock().unwrap();
+    let faults_p50 = |name: &str| {
+        let mut v = faults.get(name).cloned().unwrap_or_default();
+        v.sort_unstable();
+        v.get(v.len() / 2).copied().unwrap_or_default()
+    };
+    let forks = b.profiled_forks.lock().unwrap();
+    let populate: Vec<Duration> = forks
+        .iter()
+        .filter_map(|(t, _)| {
+            t.stages
+                .iter()
+                .find(|(n, _)| *n == "populate")
+                .map(|(_, d)| *d)
+        })
+        .collect();
+    let pages: Vec<u64> = forks.iter().map(|(_, p)| p.pages).collect();
+    let failed: usize = forks.iter().map(|(_, p)| p.failed).sum();
+    let fork_returns: Vec<Duration> = forks.iter().map(|(t, _)| t.total()).collect();
+    println!(
+        "write set: {} pages ({}) in {} ranges; populated per fork: {} pages, {failed} ranges failed over {} forks",
+        set.pages(),
+        mib(set.pages() * 4),
+        set.ranges().len(),
+        pages.iter().min().copied().unwrap_or_default(),
+        forks.len()
+    );
+    println!(
+        "fork to first answer p50: without the profile {}, with {} (with / without = {:.2}); fork returns with the profile p50 {}, of it populate p50 {:.0}µs",
+        ms(plain),
+        ms(profiled),
+        profiled.as_secs_f64() / plain.as_secs_f64(),
+        if fork_returns.is_empty() {
+            "—".into()
+        } else {
+            ms(p50(&fork_returns))
+        },
+        if populate.is_empty() {
+            0.0
+        } else {
+            p50(&populate).as_secs_f64() * 1e6
+        },
+    );
+    if let (Some(a), Some(b2)) = (
+        samples.get("first_request").map(|v| p50(v)),
+        samples.get("first_request_profiled").map(|v| p50(v)),
+    ) {
+        println!(
+            "first request alone (fork's return to the answer) p50: without {}, with {}; its minor faults p50: without {}, with {}",
+            ms(a),
+            ms(b2),
+            faults_p50("fork"),
+            faults_p50("fork_profiled"),
         );
     }
 }

@@ -6,10 +6,12 @@ mod common;
 
 use std::fs;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
 use sprout::runtime::{Container, Runtime, Status};
+use sprout::snapshot::profile::{PageRange, Populated, WriteSet};
 use sprout::snapshot::ptrace::Tracer;
 use sprout::snapshot::template::{ForkSpec, Template, TemplateError};
 
@@ -596,4 +598,207 @@ impl Drop for NamedNetns {
             .args(["netns", "del", &self.0])
             .status();
     }
+}
+
+/// Minor page faults of process `pid` so far (/proc/PID/stat field 10).
+fn minflt(pid: i32) -> u64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let (_, rest) = stat.rsplit_once(") ").unwrap();
+    rest.split_whitespace().nth(7).unwrap().parse().unwrap()
+}
+
+/// Pages of `outer` not in `inner` (both write sets).
+fn pages_missing(outer: &WriteSet, inner: &WriteSet) -> u64 {
+    let pages = |w: &WriteSet| -> std::collections::BTreeSet<u64> {
+        w.ranges()
+            .iter()
+            .flat_map(|r| (r.start..r.end).step_by(4096))
+            .collect()
+    };
+    let have = pages(inner);
+    pages(outer).iter().filter(|p| !have.contains(p)).count() as u64
+}
+
+fn stage_names(f: &sprout::snapshot::template::Forked) -> Vec<&'static str> {
+    f.timings.stages.iter().map(|(n, _)| *n).collect()
+}
+
+#[test]
+fn a_recorded_write_set_makes_later_forks_fault_less_and_they_still_diverge() {
+    let mut s = python_sandbox("tplprof");
+    let (img, warm) = python_template_image(&mut s);
+    let rt = runtime(&s);
+    let tracer = Tracer::spawn("test-tracer").unwrap();
+    let holder = format!("{}-holder", s.id);
+    let (template, _) = Template::load(&rt, &tracer, "fn", &holder, &img, &s.bundle, None).unwrap();
+    let (_, f) = out_file(&s, "instances.log");
+
+    // Without a profile: the first request's faults, then its write set.
+    let plain = template
+        .fork(&rt, &format!("{}-plain", s.id), stdio_to(&f))
+        .unwrap();
+    assert_eq!(plain.populated, Populated::default());
+    assert!(!stage_names(&plain).contains(&"populate"));
+    let pid = pid_of(&plain.container);
+    let forked_only = WriteSet::record(pid, &template).unwrap();
+    let before = minflt(pid);
+    let r = json_body(&http_get_in_netns(pid, 8080, "/first").unwrap());
+    let plain_faults = minflt(pid) - before;
+    assert_eq!((&r["digest"], &r["requests"]), (&warm["digest"], &2.into()));
+    let recorded = WriteSet::record(pid, &template).unwrap();
+    eprintln!(
+        "write set: {} pages in {} ranges ({} written by the fork itself); first request without a profile: {plain_faults} minor faults",
+        recorded.pages(),
+        recorded.ranges().len(),
+        forked_only.pages()
+    );
+    assert!(!recorded.is_empty());
+    for r in recorded.ranges() {
+        assert!(
+            r.start < r.end && r.start % 4096 == 0 && r.end % 4096 == 0,
+            "{r:?}"
+        );
+    }
+    assert!(
+        recorded.pages() > forked_only.pages(),
+        "the request wrote more than the fork's own steps"
+    );
+    assert_eq!(pages_missing(&forked_only, &recorded), 0, "writes only add");
+
+    // Persisted and read back as sproutd will.
+    let path = s.dir.path().join("write-set.json");
+    fs::write(&path, serde_json::to_vec(&recorded).unwrap()).unwrap();
+    let profile: WriteSet = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+    assert_eq!(profile, recorded);
+    let profile = Arc::new(profile);
+
+    // Two forks with the profile: every page of it is theirs before they
+    // run (mapped exclusively, not shared with the template or each other).
+    let with_profile = |name: &str| {
+        let mut spec = stdio_to(&f);
+        spec.populate = Some(profile.clone());
+        let forked = template
+            .fork(&rt, &format!("{}-{name}", s.id), spec)
+            .unwrap();
+        assert!(stage_names(&forked).contains(&"populate"));
+        let p = forked.populated;
+        assert_eq!(
+            (p.pages, p.failed, p.skipped_pages),
+            (profile.pages(), 0, 0),
+            "{p:?}"
+        );
+        let own = WriteSet::record(pid_of(&forked.container), &template).unwrap();
+        assert_eq!(
+            pages_missing(&profile, &own),
+            0,
+            "{name} shares populated pages"
+        );
+        forked.container
+    };
+    let one = with_profile("one");
+    let two = with_profile("two");
+
+    // Its first request faults clearly less.
+    let pid = pid_of(&one);
+    let before = minflt(pid);
+    let r = json_body(&http_get_in_netns(pid, 8080, "/first").unwrap());
+    let profiled_faults = minflt(pid) - before;
+    eprintln!("first request with the profile: {profiled_faults} minor faults");
+    assert_eq!((&r["digest"], &r["requests"]), (&warm["digest"], &2.into()));
+    assert!(
+        profiled_faults * 2 < plain_faults,
+        "{profiled_faults} faults with the profile, {plain_faults} without"
+    );
+
+    // The two diverge on their own from the template's state.
+    for _ in 0..2 {
+        json_body(&http_get_in_netns(pid, 8080, "/one").unwrap());
+    }
+    let r1 = json_body(&http_get_in_netns(pid, 8080, "/one").unwrap());
+    let r2 = json_body(&http_get_in_netns(pid_of(&two), 8080, "/two").unwrap());
+    assert_eq!((&r1["requests"], &r2["requests"]), (&5.into(), &2.into()));
+    assert_eq!(r2["digest"], warm["digest"]);
+
+    for c in [plain.container, one, two] {
+        let id = c.id().to_string();
+        c.delete(true).unwrap();
+        s.assert_clean(&id);
+    }
+    unload(&rt, &s, template);
+    assert!(
+        cgroup_leftovers(&s.id).is_empty(),
+        "{:?}",
+        cgroup_leftovers(&s.id)
+    );
+}
+
+#[test]
+fn a_wrong_write_set_still_forks_a_working_instance() {
+    let mut s = python_sandbox("tplbogus");
+    let (img, warm) = python_template_image(&mut s);
+    let rt = runtime(&s);
+    let tracer = Tracer::spawn("test-tracer").unwrap();
+    let holder = format!("{}-holder", s.id);
+    let (template, _) = Template::load(&rt, &tracer, "fn", &holder, &img, &s.bundle, None).unwrap();
+    let (_, f) = out_file(&s, "instances.log");
+
+    // The template's maps: a read-only mapping, the heap, and a hole.
+    let maps = fs::read_to_string(format!("/proc/{}/maps", template.pid().unwrap())).unwrap();
+    let range = |l: &str| {
+        let (a, b) = l
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .split_once('-')
+            .unwrap();
+        (
+            u64::from_str_radix(a, 16).unwrap(),
+            u64::from_str_radix(b, 16).unwrap(),
+        )
+    };
+    let readonly = maps
+        .lines()
+        .find(|l| l.split_whitespace().nth(1) == Some("r--p"))
+        .map(range)
+        .unwrap();
+    let heap = maps
+        .lines()
+        .find(|l| l.ends_with("[heap]"))
+        .map(range)
+        .unwrap();
+    let lowest = maps.lines().map(range).map(|r| r.0).min().unwrap();
+    assert!(lowest >= 0x20_0000, "a hole below the first mapping");
+    let r = |start: u64, end: u64| PageRange { start, end };
+    let mut ranges = vec![
+        r(0x10_0000, 0x20_0000),                // nothing mapped
+        r(readonly.0, readonly.1),              // read-only
+        r(heap.0, heap.0 + 0x4000),             // 4 pages of the heap
+        r(heap.1 - 0x1000, heap.1 + 0x10_0000), // the heap's last page and beyond it
+    ];
+    ranges.sort_by_key(|r| r.start);
+    let bogus = WriteSet::from_ranges(ranges).unwrap();
+    let mut spec = stdio_to(&f);
+    spec.populate = Some(Arc::new(bogus.clone()));
+    let id = format!("{}-i", s.id);
+    let forked = template.fork(&rt, &id, spec).unwrap();
+    let p = forked.populated;
+    assert_eq!(p.failed, 0, "{p:?}");
+    assert_eq!(p.pages, 5, "the heap's pages only: {p:?}");
+    assert_eq!(p.pages + p.skipped_pages, bogus.pages(), "{p:?}");
+    let pid = pid_of(&forked.container);
+    for i in 0..3u64 {
+        let r = json_body(&http_get_in_netns(pid, 8080, "/bogus").unwrap());
+        assert_eq!(
+            (&r["digest"], &r["requests"]),
+            (&warm["digest"], &(2 + i).into())
+        );
+    }
+    forked.container.delete(true).unwrap();
+    s.assert_clean(&id);
+    unload(&rt, &s, template);
+    assert!(
+        cgroup_leftovers(&s.id).is_empty(),
+        "{:?}",
+        cgroup_leftovers(&s.id)
+    );
 }

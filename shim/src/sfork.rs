@@ -246,6 +246,7 @@ impl Engine for SforkEngine {
             cgroups_path,
             resources: req.resources.or_else(|| f.resources.clone()),
             annotations: req.annotations,
+            populate: None,
         };
         let forked = match template.fork(&self.inner.instances, &req.id, spec) {
             Ok(forked) => forked,

@@ -14,7 +14,8 @@
 //!   stub; the sandbox (user, capabilities, seccomp, rlimits) comes from the
 //!   bundle, the process (memory, threads, fds, signal state) from the image;
 //! - [`template`]: an image restored once into a holder and forked
-//!   copy-on-write into new sandboxes;
+//!   copy-on-write into new sandboxes, with [`profile`]: the pages a
+//!   function's first request writes, copied for later forks up front;
 //! - [`ptrace`]: the tracer thread, register and xstate access and the batch
 //!   gadget that runs injected syscalls, shared by all of the above.
 //!
@@ -32,6 +33,7 @@ pub mod dump;
 pub mod fds;
 pub mod image;
 pub mod proc;
+pub mod profile;
 pub mod ptrace;
 pub mod restore;
 pub mod template;

@@ -38,6 +38,7 @@ use sprout_runtime::timing::Stages;
 use sprout_runtime::{Adoption, Container, CreateOptions, Runtime, Takeover};
 
 use crate::image::{Backing, Image};
+use crate::profile::{Populated, WritableLayout, WriteSet};
 use crate::ptrace::{Entry, Gadget, Options, Stop, Tid, TraceCtx, Tracer};
 use crate::restore::{self, RestoreError, SandboxRules};
 
@@ -134,6 +135,16 @@ pub struct ForkSpec {
     pub resources: Option<LinuxResources>,
     /// Added to the bundle's annotations in the instance's state.
     pub annotations: HashMap<String, String>,
+    /// The function's recorded write set ([`WriteSet::record`]): its pages
+    /// are copied for the instance before it runs, in one batch, so its
+    /// first request does not fault on them one by one. This moves the
+    /// copy-on-write work into the fork rather than removing it (a page
+    /// costs the fork about what its fault would cost the request): worth
+    /// it where the fork is off the request's path, as for pre-warmed
+    /// instances. Pages outside the template's private writable memory are
+    /// skipped and a range the kernel refuses is left to fault as usual: a
+    /// wrong profile costs memory, never correctness.
+    pub populate: Option<Arc<WriteSet>>,
 }
 
 /// A forked instance.
@@ -147,12 +158,14 @@ pub struct Forked {
     pub pidfd: OwnedFd,
     /// How long each step took.
     pub timings: Timings,
+    /// What [`ForkSpec::populate`] did (all zero without a profile).
+    pub populated: Populated,
 }
 
 /// Stage timings of a load (open image, prepare holder, the restore's
 /// memory stages) or a fork (prepare: bundle, cgroup, netns; fds in,
-/// clone, sandbox, threads, fds, timers and signals, credentials, resume,
-/// record).
+/// clone, sandbox, populate (with a profile), threads, fds, timers and
+/// signals, credentials, resume, record).
 #[derive(Debug, Clone, Default)]
 pub struct Timings {
     /// (stage, time) in order.
@@ -178,6 +191,8 @@ pub struct Template {
     holder: Container,
     bundle: Bundle,
     image: Arc<Image>,
+    /// Where a write set may be populated (from the image).
+    writable: Arc<WritableLayout>,
     held: Arc<Mutex<Option<Held>>>,
     control: UnixStream,
     /// Held from passing an instance's fds to the template until the
@@ -418,6 +433,7 @@ impl Template {
                 tracer: tracer.clone(),
                 holder,
                 bundle,
+                writable: Arc::new(WritableLayout::from_vmas(&image.manifest().vmas)),
                 image,
                 held: Arc::new(Mutex::new(Some(held))),
                 control: ours,
@@ -467,7 +483,7 @@ impl Template {
             bundle.spec.set_annotations(Some(a));
         }
         let adoption = rt.adopt(id, bundle)?;
-        let (child, pidfd) = self.fork_into(&adoption, spec, &mut stages)?;
+        let (child, pidfd, populated) = self.fork_into(&adoption, spec, &mut stages)?;
         let container = match adoption.finish(child) {
             Ok(c) => c,
             Err(e) => {
@@ -482,17 +498,24 @@ impl Template {
             timings: Timings {
                 stages: stages.stages().to_vec(),
             },
+            populated,
         })
     }
 
-    /// Forks the instance into `adoption`'s cgroup; returns its host pid
-    /// and a pidfd of it.
+    /// The template's private writable memory, as every instance inherits
+    /// it.
+    pub(crate) fn writable_layout(&self) -> &WritableLayout {
+        &self.writable
+    }
+
+    /// Forks the instance into `adoption`'s cgroup; returns its host pid,
+    /// a pidfd of it and what populating its write set did.
     fn fork_into(
         &self,
         adoption: &Adoption,
         spec: ForkSpec,
         stages: &mut Stages,
-    ) -> Result<(Tid, OwnedFd), TemplateError> {
+    ) -> Result<(Tid, OwnedFd, Populated), TemplateError> {
         let bundle = adoption.bundle();
         let cgroup = adoption.cgroup();
         // The fd handed over (a pooled namespace), else the one the bundle
@@ -573,6 +596,8 @@ impl Template {
         let image = self.image.clone();
         let held = self.held.clone();
         let name = self.name.clone();
+        let writable = self.writable.clone();
+        let profile = spec.populate;
         let traced = self.tracer.run(move |ctx| -> Result<_, TemplateError> {
             let mut inner = Stages::new();
             let mut guard = held.lock().unwrap_or_else(|e| e.into_inner());
@@ -600,10 +625,17 @@ impl Template {
             };
             inner.mark("clone");
             let mut g = h.gadget.for_child(child);
-            let r = (|| -> Result<(), TemplateError> {
+            let r = (|| -> Result<Populated, TemplateError> {
                 enter_sandbox(ctx, child, &mut g, &plan, &received, &passed)?;
                 restore::check_files(child, image.manifest())?;
                 inner.mark("sandbox");
+                // In its memory cgroup by now (v1: moved in enter_sandbox),
+                // so the copies are the instance's charge.
+                let mut populated = Populated::default();
+                if let Some(set) = &profile {
+                    populated = crate::profile::populate(ctx, child, &mut g, set, &writable)?;
+                    inner.mark("populate");
+                }
                 let rules = SandboxRules {
                     process: &process,
                     seccomp: seccomp.as_ref(),
@@ -614,21 +646,24 @@ impl Template {
                     close_others: true,
                 };
                 restore::release(ctx, child, &mut g, &image, &rules, &opts, &mut inner)?;
-                Ok(())
+                Ok(populated)
             })();
-            if let Err(e) = r {
-                let _ = ctx.kill(child);
-                return Err(e);
-            }
-            Ok((child, pidfd, inner.stages().to_vec()))
+            let populated = match r {
+                Ok(p) => p,
+                Err(e) => {
+                    let _ = ctx.kill(child);
+                    return Err(e);
+                }
+            };
+            Ok((child, pidfd, populated, inner.stages().to_vec()))
         });
         drop(handover);
-        let (child, pidfd, inner) = traced?;
+        let (child, pidfd, populated, inner) = traced?;
         stages.append(&inner);
         if let Some(sig) = spec.after_fork_signal {
             let _ = sprout_runtime::container::pidfd_kill(&pidfd, sig);
         }
-        Ok((child, pidfd))
+        Ok((child, pidfd, populated))
     }
 
     /// Kills the template process. Its instances live on (their parent is
