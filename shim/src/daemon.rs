@@ -1040,7 +1040,15 @@ impl Daemon {
                     )));
                 }
             }
-            blocking(move || Ok(c.delete(true)?)).await?;
+            // A delete racing this one (the pool replacing a dead instance
+            // while a client deletes it) may have removed the state first.
+            blocking(move || match c.delete(true) {
+                Err(sprout_runtime::Error::State(sprout_runtime::state::StateError::NotFound(
+                    _,
+                ))) => Ok(()),
+                r => Ok(r?),
+            })
+            .await?;
         }
         // Nothing of the instance runs in its namespace any more.
         if let Some(a) = &inst.network {

@@ -64,10 +64,12 @@
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use oci_spec::runtime::LinuxResources;
 use serde::Serialize;
+use sprout_snapshot::profile::WriteSet;
 
 use crate::registry::FunctionSpec;
 
@@ -107,6 +109,16 @@ pub trait Engine: Send + Sync + 'static {
     /// `Err(EngineError::NoTemplate)` if the template is not loaded.
     fn fork(&self, f: &FunctionSpec, req: ForkRequest) -> Result<InstanceInfo, EngineError>;
 
+    /// The pages instance `pid` of `function` has written since its fork
+    /// (after its first request: that request's write set), for later
+    /// forks to copy up front ([`ForkRequest::populate`]). `Ok(None)`: the
+    /// engine does not record. Reads `/proc` only; the instance may be
+    /// frozen.
+    fn record_write_set(&self, function: &str, pid: i32) -> Result<Option<WriteSet>, EngineError> {
+        let _ = (function, pid);
+        Ok(None)
+    }
+
     /// sproutd is stopping (SIGTERM; not called on a crash): release the
     /// templates. Instances must live on; the next sproutd adopts them.
     /// Called once, after the calls in flight have returned (or a 60 s
@@ -141,6 +153,9 @@ pub struct ForkRequest {
     /// The instance's cgroup, replacing the one derived from the bundle
     /// (pool instances get one under the pool's parent).
     pub cgroups_path: Option<PathBuf>,
+    /// A recorded write set to copy before the instance runs (pre-warmed
+    /// instances: the copies cost the fork what they save the request).
+    pub populate: Option<Arc<WriteSet>>,
 }
 
 /// A forked instance.
@@ -267,6 +282,9 @@ pub enum EngineError {
     /// picks the status (a bad bundle or image is 400).
     #[error(transparent)]
     Template(#[from] sprout_snapshot::template::TemplateError),
+    /// Recording an instance's write set failed (500).
+    #[error("recording the write set: {0}")]
+    Profile(#[from] sprout_snapshot::profile::ProfileError),
     /// A system call of the engine failed (500).
     #[error("{what}: {source}")]
     Io {

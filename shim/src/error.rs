@@ -73,7 +73,7 @@ impl From<EngineError> for ApiError {
             EngineError::Unsupported(_) => 501,
             EngineError::Runtime(r) => runtime_status(r),
             EngineError::Template(t) => template_status(t),
-            EngineError::Io { .. } => 500,
+            EngineError::Io { .. } | EngineError::Profile(_) => 500,
         };
         ApiError::new(status, e.to_string())
     }

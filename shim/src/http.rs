@@ -413,6 +413,7 @@ async fn fork(d: &Arc<Daemon>, function: &str, body: ForkBody) -> Result<Respons
         annotations: body.annotations,
         resources: body.resources,
         cgroups_path: None,
+        populate: None,
     };
     let inst = d.fork(function, req, body.vpc).await?;
     Ok(json(StatusCode::CREATED, &forked(&inst)))

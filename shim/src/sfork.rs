@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sprout_runtime::{Container, Runtime};
+use sprout_snapshot::profile::WriteSet;
 use sprout_snapshot::ptrace::Tracer;
 use sprout_snapshot::template::{ForkSpec, Template, TemplateError};
 
@@ -246,7 +247,7 @@ impl Engine for SforkEngine {
             cgroups_path,
             resources: req.resources.or_else(|| f.resources.clone()),
             annotations: req.annotations,
-            populate: None,
+            populate: req.populate,
         };
         let forked = match template.fork(&self.inner.instances, &req.id, spec) {
             Ok(forked) => forked,
@@ -277,6 +278,13 @@ impl Engine for SforkEngine {
                 .map(|(name, d)| Stage::new(*name, *d))
                 .collect(),
         })
+    }
+
+    fn record_write_set(&self, function: &str, pid: i32) -> Result<Option<WriteSet>, EngineError> {
+        let template = self
+            .template(function)
+            .ok_or_else(|| EngineError::NoTemplate(function.into()))?;
+        Ok(Some(WriteSet::record(pid, &template)?))
     }
 
     fn shutdown(&self) {

@@ -56,6 +56,7 @@ use crate::proto::{
     StartCounts, StartPath,
 };
 use crate::registry::FunctionSpec;
+use sprout_snapshot::profile::WriteSet;
 
 /// An idle, thawed pool instance is frozen after this long without a
 /// request (a busy function does not pay a freeze per request).
@@ -126,12 +127,17 @@ struct FunctionPool {
     idle_history: VecDeque<f64>,
     /// When the reconciler should look at this function again.
     review_at: Option<Instant>,
+    /// The pages a first request writes, recorded from one instance.
+    write_set: Option<Arc<WriteSet>>,
 }
 
 #[derive(Clone, Debug)]
 struct Member {
     function: String,
     role: Role,
+    /// Record its write set after its first request: it was forked
+    /// without one and its function has none yet.
+    record: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -160,6 +166,9 @@ struct Persisted {
     bytes_per_instance: u64,
     #[serde(default)]
     fork_cost_us: u64,
+    /// Validated when read (an untrusted file like any other).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    write_set: Option<WriteSet>,
 }
 
 const PERSIST_VERSION: u32 = 1;
@@ -231,6 +240,7 @@ impl FunctionPool {
             last_finish: None,
             idle_history,
             review_at: None,
+            write_set: saved.and_then(|p| p.write_set).map(Arc::new),
         })
     }
 
@@ -241,6 +251,7 @@ impl FunctionPool {
             idle_s: self.idle_history.iter().copied().collect(),
             bytes_per_instance: self.bytes_per_instance,
             fork_cost_us: self.fork_cost.as_micros() as u64,
+            write_set: self.write_set.as_deref().cloned(),
         }
     }
 
@@ -531,7 +542,7 @@ impl Daemon {
             instances,
             starts: fp.starts.clone(),
             bytes_per_instance: fp.bytes_per_instance,
-            write_set_pages: 0,
+            write_set_pages: fp.write_set.as_ref().map_or(0, |w| w.pages()),
         })
     }
 
@@ -923,16 +934,24 @@ impl Daemon {
                 return Err(e);
             }
         };
-        lock(&self.warm.state).members.insert(
-            id.clone(),
-            Member {
-                function: f.name.clone(),
-                role: Role::Claimed {
-                    since: Instant::now(),
-                    reusable: false,
+        {
+            let mut st = lock(&self.warm.state);
+            let record = st
+                .functions
+                .get(name)
+                .is_some_and(|f| f.write_set.is_none());
+            st.members.insert(
+                id.clone(),
+                Member {
+                    function: f.name.clone(),
+                    role: Role::Claimed {
+                        since: Instant::now(),
+                        reusable: false,
+                    },
+                    record,
                 },
-            },
-        );
+            );
+        }
         self.note_fork(name, path, &inst);
         let stages = inst.stages.clone();
         let claimed = self.claimed(
@@ -973,16 +992,12 @@ impl Daemon {
         let (id, frozen) = pick?;
         st.slots.remove_instance(&id).ok()?;
         let _ = st.budget.remove(&id);
-        st.members.insert(
-            id.clone(),
-            Member {
-                function: key,
-                role: Role::Claimed {
-                    since: Instant::now(),
-                    reusable: true,
-                },
-            },
-        );
+        if let Some(m) = st.members.get_mut(&id) {
+            m.role = Role::Claimed {
+                since: Instant::now(),
+                reusable: true,
+            };
+        }
         drop(st);
         self.set_record_pool(&id, false);
         Some((id, frozen))
@@ -1073,6 +1088,7 @@ impl Daemon {
             Some(Member {
                 function,
                 role: Role::Claimed { since, reusable },
+                ..
             }) => (function.clone(), *since, *reusable),
             Some(_) => {
                 return Err(ApiError::conflict(format!(
@@ -1086,6 +1102,7 @@ impl Daemon {
             }
         };
         self.finish_request(&function, since.elapsed());
+        self.record_first_request(id).await;
         let reuse = reusable
             && inst.exit_status().is_none()
             && lock(&self.warm.state)
@@ -1140,15 +1157,11 @@ impl Daemon {
         st.slots
             .add_instance(inst.function.clone(), id.clone(), slots, true)
             .map_err(pool_error)?;
-        st.members.insert(
-            id.clone(),
-            Member {
-                function: inst.function.clone(),
-                role: Role::Pool {
-                    idle_since: Some(Instant::now()),
-                },
-            },
-        );
+        if let Some(m) = st.members.get_mut(&id) {
+            m.role = Role::Pool {
+                idle_since: Some(Instant::now()),
+            };
+        }
         self.set_record_pool(&id, true);
         Ok(())
     }
@@ -1278,7 +1291,7 @@ impl Daemon {
             .and_then(|n| n.parse::<u64>().ok())
             .map(LeaseId)
             .ok_or_else(|| ApiError::bad_request(format!("{lease:?} is not a lease (lease-N)")))?;
-        let (record, drained_busy) = {
+        let (record, drained_busy, released_idle) = {
             let mut st = lock(&self.warm.state);
             let record = st
                 .leases
@@ -1297,15 +1310,65 @@ impl Daemon {
                     idle_since: Some(now),
                 };
             }
-            (record, released.idle && drained)
+            (record, released.idle && drained, released.idle)
         };
         self.finish_request(&record.function, record.since.elapsed());
+        if released_idle {
+            self.record_first_request(&record.instance).await;
+        }
         if drained_busy {
             self.destroy_pool_instance(&record.instance, "drained")
                 .await;
         }
         self.warm.wake(&record.function);
         Ok(())
+    }
+
+    /// Records the write set of an instance that has served its first
+    /// request, if it is the one chosen to (forked without a profile while
+    /// its function has none): later pre-warmed forks copy those pages up
+    /// front.
+    async fn record_first_request(self: &Arc<Self>, id: &str) {
+        let function = {
+            let mut st = lock(&self.warm.state);
+            let Some(m) = st.members.get_mut(id) else {
+                return;
+            };
+            if !std::mem::take(&mut m.record) {
+                return;
+            }
+            let function = m.function.clone();
+            if st
+                .functions
+                .get(&function)
+                .is_none_or(|f| f.write_set.is_some())
+            {
+                return;
+            }
+            function
+        };
+        let Ok(inst) = self.instance(id) else { return };
+        let engine = self.engine.clone();
+        let (f, pid) = (function.clone(), inst.pid);
+        match blocking(move || Ok(engine.record_write_set(&f, pid)?)).await {
+            Ok(Some(ws)) if !ws.is_empty() => {
+                let pages = ws.pages();
+                {
+                    let mut st = lock(&self.warm.state);
+                    if let Some(fp) = st.functions.get_mut(&function)
+                        && fp.write_set.is_none()
+                    {
+                        fp.write_set = Some(Arc::new(ws));
+                    }
+                }
+                self.warm.save_function(&function);
+                tracing::info!(container = %id, function = %function, pages, "write set of the first request recorded");
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(container = %id, function = %function, "recording the write set: {}", e.message)
+            }
+        }
     }
 
     fn void_lease(&self, lease: LeaseId) {
@@ -1385,6 +1448,15 @@ impl Daemon {
                 Err(e) => Err(pool_error(e)),
             }
         };
+        // Only a pre-warm copies the write set: the copies cost the fork
+        // what they save the first request, so they pay only off the
+        // request's path.
+        let (populate, has_write_set) = {
+            let st = lock(&self.warm.state);
+            let ws = st.functions.get(name).and_then(|f| f.write_set.clone());
+            let has = ws.is_some();
+            (ws.filter(|_| purpose == Purpose::PreWarm), has)
+        };
         let (evicted, concurrency) = match admitted {
             Ok(Some(a)) => a,
             refused => {
@@ -1404,6 +1476,7 @@ impl Daemon {
             id: id.clone(),
             stdio: stdio.map(Some),
             cgroups_path: Some(parent.join(&id)),
+            populate: populate.clone(),
             ..Default::default()
         };
         lock(&self.warm.state).members.insert(
@@ -1413,6 +1486,7 @@ impl Daemon {
                 role: Role::Pool {
                     idle_since: Some(Instant::now()),
                 },
+                record: populate.is_none() && !has_write_set,
             },
         );
         let inst = match self.fork(name, req, None).await {
