@@ -15,10 +15,14 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
+use std::thread;
 use std::time::Duration;
 
 use common::containerd::*;
+use common::sproutd::{Sproutd, TIMEOUT};
 use common::*;
+use serde_json::{Value, json};
+use sprout::shim::proto::{DrainBody, PrewarmBody};
 
 const RUNTIME: &str = "io.containerd.sprout.v2";
 
@@ -547,146 +551,201 @@ fn task_events_reach_containerd_in_order_oom_included() {
     assert_clean(&c, &[&cg, &cg2]);
 }
 
-/// A real sproutd (the template engine) for template containers: its
-/// sockets are handed to containerd's environment, which its shims
-/// inherit. Stopped by pid at the end; instances it leaves are removed
-/// through the runtime.
-struct Sproutd {
-    child: Option<std::process::Child>,
-    root: PathBuf,
-    socket: PathBuf,
-    side: PathBuf,
-    log: PathBuf,
+// ---- template containers ----------------------------------------------
+
+/// The sockets of a test's sproutd (the real template engine), for
+/// containerd's environment: its shims inherit them.
+fn sproutd_env(d: &Sproutd) -> [(&'static str, &Path); 2] {
+    [
+        ("SPROUTD_SOCKET", d.socket.as_path()),
+        ("SPROUTD_SIDE_SOCKET", d.side.as_path()),
+    ]
 }
 
-impl Sproutd {
-    fn start(dir: &Path) -> Sproutd {
-        let bin = bin_dir().join("sproutd");
-        let (root, socket, side, log) = (
-            dir.join("sproutd"),
-            dir.join("api.sock"),
-            dir.join("side.sock"),
-            dir.join("sproutd.log"),
-        );
-        let logf = fs::File::create(&log).unwrap();
-        let child = Command::new(bin)
-            .arg("--root")
-            .arg(&root)
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--side-socket")
-            .arg(&side)
-            .arg("--init-binary")
-            .arg(init_bin())
-            .stdin(Stdio::null())
-            .stdout(logf.try_clone().unwrap())
-            .stderr(logf)
-            .spawn()
-            .unwrap();
-        let d = Sproutd {
-            child: Some(child),
-            root,
-            socket,
-            side,
-            log,
-        };
-        assert!(
-            wait_until(STATE_TIMEOUT, || d.client().info().is_ok()),
-            "sproutd did not come up: {}",
-            fs::read_to_string(&d.log).unwrap_or_default()
-        );
-        d
-    }
-
-    fn client(&self) -> sprout::shim::client::Client {
-        sprout::shim::client::Client::new(&self.socket)
-    }
-
-    fn env(&self) -> [(&'static str, &Path); 2] {
-        [
-            ("SPROUTD_SOCKET", self.socket.as_path()),
-            ("SPROUTD_SIDE_SOCKET", self.side.as_path()),
-        ]
-    }
+/// The image of template containers: it holds the function's files (a
+/// fork in containerd's bundle checks its rootfs by content); Python
+/// itself comes from the host's /usr, as in the function's own bundle.
+fn function_image() -> PathBuf {
+    static IMAGE: OnceLock<PathBuf> = OnceLock::new();
+    IMAGE
+        .get_or_init(|| {
+            busybox_image_tar(|rootfs| {
+                std::os::unix::fs::symlink("usr/lib", rootfs.join("lib")).unwrap();
+                std::os::unix::fs::symlink("usr/lib64", rootfs.join("lib64")).unwrap();
+                fs::create_dir_all(rootfs.join("usr")).unwrap();
+                fs::create_dir_all(rootfs.join("app")).unwrap();
+                fs::copy(
+                    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/programs/function.py"),
+                    rootfs.join("app/function.py"),
+                )
+                .unwrap();
+            })
+        })
+        .clone()
 }
 
-impl Drop for Sproutd {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            kill_pid(c.id() as i32);
-            let _ = c.wait();
-        }
-        // Instances first: deleting a holder kills what runs below it.
-        delete_all_in(&self.root.join("runtime"));
-        delete_all_in(&self.root.join("engine/holders"));
-        if std::thread::panicking() {
-            eprintln!(
-                "--- sproutd log ---\n{}",
-                fs::read_to_string(&self.log).unwrap_or_default()
-            );
-        }
-    }
+/// The asyncio Python server, checkpointed warm, registered in `d` under
+/// a unique name; the name and the template's answer to `/warm`.
+fn python_function(s: &Sandbox, d: &Sproutd) -> (String, Value) {
+    let (image, warm) = python_image(s);
+    let name = unique_id("py");
+    let mut f = common::sproutd::function(&name, s);
+    f.image = image;
+    d.client()
+        .add_function(&f)
+        .unwrap_or_else(|e| panic!("add function: {e}\n{}", d.log_text()));
+    (name, warm)
+}
+
+const USR_MOUNT: &str = "type=bind,src=/usr,dst=/usr,options=rbind:ro";
+const FUNCTION_CMD: [&str; 3] = ["/usr/bin/python3", "/app/function.py", "8080"];
+
+/// `ctr run -d` of a template container of `function` (`--cgroup ""`
+/// leaves the spec without a cgroupsPath).
+fn run_template(c: &Containerd, function: &str, opts: &[&str], cgroup: &str, id: &str) {
+    let annotation = format!("io.sprout.function={function}");
+    let mut o = vec!["--annotation", &annotation, "--mount", USR_MOUNT];
+    o.extend_from_slice(opts);
+    run_detached(c, &o, cgroup, id, &FUNCTION_CMD);
+}
+
+/// The shim's link of container `id` to its sproutd instance, from the
+/// bundle: `{"instance", "function", "path"}`.
+fn link_of(c: &Containerd, id: &str) -> Value {
+    let path = c.bundle(id).join("sprout-instance.json");
+    let text = fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_slice(&text).unwrap()
+}
+
+fn instance_of(c: &Containerd, id: &str) -> String {
+    link_of(c, id)["instance"].as_str().unwrap().to_string()
+}
+
+/// `linux.cgroupsPath` of the spec containerd wrote for task `id`.
+fn bundle_cgroups_path(c: &Containerd, id: &str) -> Value {
+    let spec: Value =
+        serde_json::from_slice(&fs::read(c.bundle(id).join("config.json")).unwrap()).unwrap();
+    spec["linux"]["cgroupsPath"].clone()
+}
+
+/// The answer of the instance whose init is `pid`.
+fn ask(pid: i32, path: &str) -> Value {
+    json_body(&http_get_in_netns(pid, 8080, path).unwrap())
+}
+
+/// `memory.limit_in_bytes` of the cgroup v1 memory controller's cgroup
+/// of process `pid`.
+fn memory_limit_of(pid: i32) -> String {
+    let cgroups = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let path = cgroups
+        .lines()
+        .find_map(|l| l.split_once(":memory:").map(|(_, p)| p.to_string()))
+        .unwrap_or_else(|| panic!("no memory cgroup: {cgroups}"));
+    let file = Path::new("/sys/fs/cgroup/memory")
+        .join(path.trim_start_matches('/'))
+        .join("memory.limit_in_bytes");
+    fs::read_to_string(&file)
+        .unwrap_or_else(|e| panic!("{}: {e}", file.display()))
+        .trim()
+        .to_string()
+}
+
+/// The function's pool instances in `state` (`frozen`, `idle`, `busy`).
+fn pool_ids(d: &Sproutd, function: &str, state: &str) -> Vec<String> {
+    let mut ids: Vec<String> = d
+        .client()
+        .function_pool(function)
+        .unwrap()
+        .instances
+        .into_iter()
+        .filter(|i| i.state == state)
+        .map(|i| i.id)
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// The shim binary's `delete` action run by hand, as containerd runs it
+/// after a task delete; it must succeed and answer a `DeleteResponse`.
+fn delete_action(c: &Containerd, d: &Sproutd, id: &str) {
+    let bundle = c.bundle(id);
+    let out = Command::new(shim_bin())
+        .args(["-namespace", "default", "-address"])
+        .arg(&c.sock)
+        .args(["-id", id, "-bundle"])
+        .arg(&bundle)
+        .arg("delete")
+        .envs(sproutd_env(d))
+        .current_dir(&bundle)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.stdout.windows(3).any(|w| w == [0x10, 0x89, 0x01]),
+        "{:?}",
+        out.stdout
+    );
+}
+
+/// The test's function goes: nothing but pool instances may be left in
+/// sproutd (the containers' instances went with them), and then nothing
+/// at all of the function, its template or its pool.
+fn remove_function(s: &Sandbox, d: &Sproutd, function: &str) {
+    let api = d.client();
+    api.drain(function, &DrainBody { force: true }).unwrap();
+    let left: Vec<String> = api.instances().unwrap().into_iter().map(|v| v.id).collect();
+    assert!(left.is_empty(), "instances left in sproutd: {left:?}");
+    api.remove_function(function).unwrap();
+    common::sproutd::assert_holders_gone(d);
+    common::sproutd::assert_clean(s, d);
 }
 
 #[test]
 fn a_function_annotation_starts_a_fork_of_the_template_through_sproutd() {
-    // The function: the asyncio Python server, checkpointed warm.
     let s = python_sandbox("ctr-fn");
-    let (fn_image, warm) = python_image(&s);
-    let d = Sproutd::start(s.dir.path());
-    let function = unique_id("py");
-    d.client()
-        .add_function(&sprout::shim::registry::FunctionSpec {
-            name: function.clone(),
-            image: fn_image,
-            bundle: s.bundle.clone(),
-            vpc: None,
-            after_fork_signal: None,
-            resources: None,
-            concurrency: 1,
-        })
-        .unwrap();
-    let c = Containerd::start_with_env(&d.env());
-    // containerd's image holds the function's files (the rootfs is checked
-    // by content); Python itself comes from the host's /usr, as in the
-    // function's own bundle.
-    c.import(&busybox_image_tar(|rootfs| {
-        std::os::unix::fs::symlink("usr/lib", rootfs.join("lib")).unwrap();
-        std::os::unix::fs::symlink("usr/lib64", rootfs.join("lib64")).unwrap();
-        fs::create_dir_all(rootfs.join("usr")).unwrap();
-        fs::create_dir_all(rootfs.join("app")).unwrap();
-        fs::copy(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/programs/function.py"),
-            rootfs.join("app/function.py"),
-        )
-        .unwrap();
-    }));
-    let annotation = format!("io.sprout.function={function}");
-    let usr = "type=bind,src=/usr,dst=/usr,options=rbind:ro";
-    let cmd = ["/usr/bin/python3", "/app/function.py", "8080"];
+    let d = Sproutd::start_real(&s);
+    let (function, warm) = python_function(&s, &d);
+    let c = Containerd::start_with_env(&sproutd_env(&d));
+    c.import(&function_image());
     let (id, cg) = c.names("fn");
-    run_detached(
-        &c,
-        &["--annotation", &annotation, "--mount", usr],
-        &cg,
-        &id,
-        &cmd,
-    );
+    run_template(&c, &function, &[], &cg, &id);
     let (pid, _) = c.task(&id).unwrap();
-    // The instance is sproutd's, forked from the warm template: it
-    // answers at once, with the template's state.
-    let instance = format!("default.{id}");
+    // ctr's spec names the container's cgroup, so the claim is a fresh
+    // fork placed there (restoring the template first: nothing loaded it
+    // yet), under an id sproutd chose and the shim mapped the container to.
+    assert_eq!(bundle_cgroups_path(&c, &id), cg.as_str());
+    let link = link_of(&c, &id);
+    assert_eq!(link["path"], "restore", "{link}");
+    assert_eq!(link["function"], function.as_str());
+    let instance = instance_of(&c, &id);
     let view = d.client().instance(&instance).unwrap();
     assert_eq!(view.pid, pid);
-    let r = json_body(&http_get_in_netns(pid, 8080, "/from-ctr").unwrap());
+    assert_eq!(
+        view.annotations.get("io.sprout.containerd.bundle"),
+        Some(&c.bundle(&id).display().to_string())
+    );
+    assert!(
+        processes_in_cgroup_named(&cg).contains(&pid),
+        "the instance runs in containerd's cgroup {cg}"
+    );
+    // The instance is sproutd's, forked from the warm template: it
+    // answers at once, with the template's state.
+    let r = ask(pid, "/from-ctr");
     assert_eq!(r["digest"], warm["digest"]);
     assert_eq!(r["requests"], 2, "the warm-up request plus this one");
-    // exec, pause and resume work on it as on any task.
+    // exec, pause and resume work on it as on any task, through the
+    // mapped id.
     let out = c.ctr(&c.exec_args(&[], &id, "x", &["/bin/cat", "/app/function.py"]));
     assert_eq!(out.code(), Some(0), "{}", out.stderr);
     assert!(out.stdout.contains("asyncio"), "{}", out.stdout);
     c.pause(&id);
+    assert_eq!(d.client().instance(&instance).unwrap().status, "paused");
     c.resume(&id);
+    assert_eq!(d.client().instance(&instance).unwrap().status, "running");
     c.kill_until_stopped(&["-s", "KILL"], &id);
     let out = c.ctr(&["task", "delete", &id]);
     assert!(out.stderr.contains("exit code 137"), "{}", out.stderr);
@@ -696,19 +755,17 @@ fn a_function_annotation_starts_a_fork_of_the_template_through_sproutd() {
         "instance left in sproutd"
     );
 
-    // A shim killed under a running template container: containerd's
-    // `delete` action has sproutd remove the instance.
+    // A shim killed under a running template container before it wrote
+    // the link (as if it died between sproutd's answer and the write):
+    // containerd's `delete` action finds the instance by the bundle
+    // annotation and has sproutd remove it.
     let (id2, cg2) = c.names("fn-crash");
-    run_detached(
-        &c,
-        &["--annotation", &annotation, "--mount", usr],
-        &cg2,
-        &id2,
-        &cmd,
-    );
-    let instance2 = format!("default.{id2}");
-    assert!(d.client().instance(&instance2).is_ok());
-    sprout_shims(&c).into_iter().for_each(kill_pid);
+    run_template(&c, &function, &[], &cg2, &id2);
+    let instance2 = instance_of(&c, &id2);
+    fs::remove_file(c.bundle(&id2).join("sprout-instance.json")).unwrap();
+    let shims = pids_of("containerd-shim-sprout-v2", &id2);
+    assert_eq!(shims.len(), 1, "{shims:?}");
+    kill_pid(shims[0]);
     assert!(
         wait_until(STATE_TIMEOUT, || d.client().instance(&instance2).is_err()),
         "sproutd still has {instance2}"
@@ -732,4 +789,241 @@ fn a_function_annotation_starts_a_fork_of_the_template_through_sproutd() {
     // The template lives on for the next fork.
     assert!(d.client().function(&function).unwrap().template.is_some());
     assert_clean(&c, &[&cg, &cg2, &cg3]);
+    remove_function(&s, &d, &function);
+}
+
+#[test]
+fn template_containers_take_warm_instances_only_when_their_spec_names_no_cgroup() {
+    let s = python_sandbox("ctr-pool");
+    let d = Sproutd::start_real(&s);
+    let (function, warm) = python_function(&s, &d);
+    let api = d.client();
+    let r = api.prewarm(&function, &PrewarmBody { count: 3 }).unwrap();
+    assert_eq!((r.forked, r.warm), (3, 3));
+    let prewarmed = pool_ids(&d, &function, "frozen");
+    assert_eq!(prewarmed.len(), 3);
+    let c = Containerd::start_with_env(&sproutd_env(&d));
+    c.import(&function_image());
+
+    // containerd's default spec names the cgroup `/<namespace>/<id>`
+    // (looked at without a task, which would make that cgroup at the
+    // root of the hierarchy); `--cgroup X` names X; `--cgroup ""` none.
+    let probe = unique_id("probe");
+    c.ok(&["container", "create", BUSYBOX_REF, &probe]);
+    let info: Value = serde_json::from_str(&c.ok(&["container", "info", &probe])).unwrap();
+    assert_eq!(
+        info["Spec"]["linux"]["cgroupsPath"],
+        format!("/default/{probe}").as_str(),
+        "{info}"
+    );
+    c.ok(&["container", "delete", &probe]);
+
+    // Four at once in cgroups of their own (what ctr and CRI always ask
+    // for): four fresh forks, each placed in its container's cgroup; the
+    // warm instances stay in the pool, frozen.
+    let forks: Vec<(String, String)> = (0..4).map(|i| c.names(&format!("fork{i}"))).collect();
+    thread::scope(|sc| {
+        for (id, cg) in &forks {
+            let (c, function) = (&c, &function);
+            sc.spawn(move || run_template(c, function, &[], cg, id));
+        }
+    });
+    for (id, cg) in &forks {
+        assert_eq!(bundle_cgroups_path(&c, id), cg.as_str());
+        let link = link_of(&c, id);
+        assert_eq!(link["path"], "fork", "{link}");
+        let instance = instance_of(&c, id);
+        assert!(!prewarmed.contains(&instance), "{instance}");
+        let (pid, _) = c.task(id).unwrap();
+        assert!(
+            processes_in_cgroup_named(cg).contains(&pid),
+            "{id} runs in its cgroup {cg}"
+        );
+        let a = ask(pid, "/fork");
+        assert_eq!(
+            (a["digest"].clone(), a["requests"].clone()),
+            (warm["digest"].clone(), json!(2))
+        );
+    }
+    let frozen = pool_ids(&d, &function, "frozen");
+    assert!(
+        prewarmed.iter().all(|id| frozen.contains(id)),
+        "the warm instances were touched: {prewarmed:?} vs {frozen:?}"
+    );
+
+    // Without a cgroupsPath, the claims take the warm instances: three at
+    // once are three pool hits, in the pool's cgroups, thawed, answering
+    // with the template's state, the limits of their spec applied.
+    let hits: Vec<(String, String)> = (0..3).map(|i| c.names(&format!("hit{i}"))).collect();
+    let limit = 256u64 << 20;
+    let limit_opt = limit.to_string();
+    thread::scope(|sc| {
+        for (id, _) in &hits {
+            let (c, function, limit_opt) = (&c, &function, &limit_opt);
+            sc.spawn(move || run_template(c, function, &["--memory-limit", limit_opt], "", id));
+        }
+    });
+    let mut taken = Vec::new();
+    for (id, _) in &hits {
+        let path = bundle_cgroups_path(&c, id);
+        assert!(path.is_null() || path == "", "{id}: {path}");
+        let link = link_of(&c, id);
+        assert_eq!(link["path"], "pool_hit", "{link}");
+        let instance = instance_of(&c, id);
+        let (pid, _) = c.task(id).unwrap();
+        let a = ask(pid, "/hit");
+        assert_eq!(
+            (a["digest"].clone(), a["requests"].clone()),
+            (warm["digest"].clone(), json!(2))
+        );
+        let cgroups = cgroup_leftovers(&instance);
+        assert!(
+            !cgroups.is_empty()
+                && cgroups
+                    .iter()
+                    .all(|p| p.to_string_lossy().contains(&d.pool_cgroup)),
+            "{instance} lives under the pool's cgroup: {cgroups:?}"
+        );
+        let memory = memory_limit_of(pid);
+        assert_eq!(memory, limit.to_string(), "{instance}'s memory limit");
+        taken.push(instance);
+    }
+    // Three instances of the pool (the pre-warmed ones, unless a refill
+    // came in between).
+    taken.sort();
+    taken.dedup();
+    assert_eq!(taken.len(), 3, "{taken:?}");
+    // The shim logs how each instance started.
+    let shim = pids_of("containerd-shim-sprout-v2", &hits[0].0);
+    assert_eq!(shim.len(), 1, "{shim:?}");
+    let log = fs::read_to_string(
+        c.state
+            .join("sprout-shim/default/logs")
+            .join(format!("shim-{}.log", shim[0])),
+    )
+    .unwrap();
+    assert!(
+        log.lines().any(|l| l.contains("instance started")
+            && l.contains(&format!("instance={}", instance_of(&c, &hits[0].0)))
+            && l.contains("path=pool_hit")),
+        "{log}"
+    );
+    // exec reaches a pool instance as any task.
+    let out = c.ctr(&c.exec_args(&[], &hits[0].0, "x", &["/bin/echo", "in-pool"]));
+    assert_eq!(out.stdout, "in-pool\n", "{}", out.stderr);
+
+    // With the pool empty (refilled in the background, then drained), the
+    // next one is a fork, not a failure.
+    assert!(
+        wait_until(TIMEOUT, || pool_ids(&d, &function, "frozen").len() >= 3),
+        "the pool was not refilled\n{}",
+        d.log_text()
+    );
+    let drained = api.drain(&function, &DrainBody::default()).unwrap();
+    assert!(drained.destroyed >= 3, "{drained:?}");
+    let (miss, _) = c.names("miss");
+    run_template(&c, &function, &[], "", &miss);
+    let link = link_of(&c, &miss);
+    assert_eq!(link["path"], "fork", "{link}");
+    let (pid, _) = c.task(&miss).unwrap();
+    assert_eq!(ask(pid, "/miss")["requests"], 2);
+    let starts = api.function_pool(&function).unwrap().starts;
+    assert_eq!((starts.pool_hit, starts.fork), (3, 5), "{starts:?}");
+
+    // The delete action after a stop removes the mapped instance, and
+    // again finds it gone; containerd's own delete then finds nothing.
+    let (first, _) = &hits[0];
+    let instance = instance_of(&c, first);
+    c.kill_until_stopped(&["-s", "KILL"], first);
+    delete_action(&c, &d, first);
+    assert!(api.instance(&instance).is_err(), "{instance} left");
+    delete_action(&c, &d, first);
+    c.remove(first);
+    let mut cgroups = Vec::new();
+    for (id, cg) in forks.iter().chain(&hits[1..]) {
+        let instance = instance_of(&c, id);
+        c.kill_until_stopped(&["-s", "KILL"], id);
+        c.remove(id);
+        assert!(api.instance(&instance).is_err(), "{instance} left");
+        cgroups.push(cg.as_str());
+    }
+    let instance = instance_of(&c, &miss);
+    c.kill_until_stopped(&["-s", "KILL"], &miss);
+    c.remove(&miss);
+    assert!(api.instance(&instance).is_err(), "{instance} left");
+    assert_clean(&c, &cgroups);
+    remove_function(&s, &d, &function);
+}
+
+/// A process of the test's own in a fresh network namespace with `lo` up
+/// (a stand-in for the pod namespace CNI makes); killed by pid when the
+/// test ends.
+fn netns_holder(c: &Containerd) -> i32 {
+    let child = Command::new("unshare")
+        .args(["--net", "--", "sleep", "1000"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    c.on_drop(move || {
+        let mut child = child;
+        kill_pid(pid);
+        let _ = child.wait();
+    });
+    let ns_of = |pid: i32| fs::read_link(format!("/proc/{pid}/ns/net")).ok();
+    assert!(
+        wait_until(STATE_TIMEOUT, || ns_of(pid).is_some()
+            && ns_of(pid) != ns_of(std::process::id() as i32)),
+        "unshare did not make a network namespace"
+    );
+    lo_up(pid);
+    pid
+}
+
+#[test]
+fn a_template_container_joining_a_pod_network_namespace_is_forked_into_it() {
+    let s = python_sandbox("ctr-podns");
+    let d = Sproutd::start_real(&s);
+    let (function, warm) = python_function(&s, &d);
+    let api = d.client();
+    api.prewarm(&function, &PrewarmBody { count: 1 }).unwrap();
+    let prewarmed = pool_ids(&d, &function, "frozen");
+    let c = Containerd::start_with_env(&sproutd_env(&d));
+    c.import(&function_image());
+    let holder = netns_holder(&c);
+    let netns = format!("network:/proc/{holder}/ns/net");
+
+    // A claim cannot join a namespace: the spec that names one (as CRI's
+    // does for a pod) is forked into it as `<namespace>.<id>`, and the
+    // warm instance stays in the pool.
+    let (id, cg) = c.names("podns");
+    run_template(&c, &function, &["--with-ns", &netns], &cg, &id);
+    let link = link_of(&c, &id);
+    assert_eq!(link["instance"], format!("default.{id}").as_str(), "{link}");
+    assert!(link["path"].is_null(), "{link}");
+    let (pid, _) = c.task(&id).unwrap();
+    assert_eq!(
+        fs::read_link(format!("/proc/{pid}/ns/net")).unwrap(),
+        fs::read_link(format!("/proc/{holder}/ns/net")).unwrap(),
+        "the instance joined the pod's namespace"
+    );
+    assert!(processes_in_cgroup_named(&cg).contains(&pid));
+    let a = ask(holder, "/pod");
+    assert_eq!(
+        (a["digest"].clone(), a["requests"].clone()),
+        (warm["digest"].clone(), json!(2))
+    );
+    let frozen = pool_ids(&d, &function, "frozen");
+    assert!(
+        prewarmed.iter().all(|id| frozen.contains(id)),
+        "{prewarmed:?} vs {frozen:?}"
+    );
+
+    c.kill_until_stopped(&["-s", "KILL"], &id);
+    c.remove(&id);
+    assert!(api.instance(&format!("default.{id}")).is_err());
+    assert_clean(&c, &[&cg]);
+    remove_function(&s, &d, &function);
 }

@@ -440,7 +440,7 @@ impl Iterator for EventStream {
     }
 }
 
-/// A fork over the side channel, after sproutd answered.
+/// A fork or claim over the side channel, after sproutd answered.
 pub struct SideConnection {
     r: BufReader<UnixStream>,
 }
@@ -467,14 +467,48 @@ fn read_side_message(r: &mut impl BufRead) -> Result<SideMessage> {
         .map_err(|e| ClientError::Protocol(format!("side-channel line {:?}: {e}", line.trim())))
 }
 
-/// Forks over the side channel at `side_socket`, passing `fds` (their
-/// roles in `req.fds`, in the same order). Returns sproutd's answer and
-/// the connection, on which the exit comes with `req.wait`.
+/// Forks over the side channel at `side_socket` (`req.op` is `"fork"`),
+/// passing `fds` (their roles in `req.fds`, in the same order). Returns
+/// sproutd's answer and the connection, on which the exit comes with
+/// `req.wait`.
 pub fn side_fork(
     side_socket: &Path,
     req: &SideRequest,
     fds: &[BorrowedFd<'_>],
 ) -> Result<(Forked, SideConnection)> {
+    match side_request(side_socket, req, fds)? {
+        (SideMessage::Forked(f), c) => Ok((f, c)),
+        (other, _) => Err(ClientError::Protocol(format!(
+            "expected a fork answer, got {other:?}"
+        ))),
+    }
+}
+
+/// Claims an instance over the side channel at `side_socket` (`req.op`
+/// is `"claim"`; `fds` are stdin, stdout and stderr only): a warm one from
+/// the function's pool, or a fork. The answer names the instance sproutd
+/// picked (its id is sproutd's, not `req.id`) and how it started; the
+/// exit comes on the connection with `req.wait`.
+pub fn side_claim(
+    side_socket: &Path,
+    req: &SideRequest,
+    fds: &[BorrowedFd<'_>],
+) -> Result<(Claimed, SideConnection)> {
+    match side_request(side_socket, req, fds)? {
+        (SideMessage::Claimed(c), conn) => Ok((c, conn)),
+        (other, _) => Err(ClientError::Protocol(format!(
+            "expected a claim answer, got {other:?}"
+        ))),
+    }
+}
+
+/// Sends one side-channel request with its fds; sproutd's first line (an
+/// error line is returned as [`ClientError::Api`]) and the connection.
+fn side_request(
+    side_socket: &Path,
+    req: &SideRequest,
+    fds: &[BorrowedFd<'_>],
+) -> Result<(SideMessage, SideConnection)> {
     if req.fds.len() != fds.len() {
         return Err(ClientError::Protocol(format!(
             "{} fd roles for {} fds",
@@ -491,14 +525,11 @@ pub fn side_fork(
     send_with_fds(&s, &line, fds)?;
     let mut r = BufReader::new(s);
     match read_side_message(&mut r)? {
-        SideMessage::Forked(f) => Ok((f, SideConnection { r })),
         SideMessage::Error { status, error } => Err(ClientError::Api {
             status,
             message: error,
         }),
-        other => Err(ClientError::Protocol(format!(
-            "expected a fork answer, got {other:?}"
-        ))),
+        first => Ok((first, SideConnection { r })),
     }
 }
 

@@ -414,8 +414,10 @@ pub struct DrainResult {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClaimBody {
-    /// A bundle of the caller's; one that names its own `cgroupsPath`
-    /// gets a fresh fork placed there instead of a pool instance.
+    /// A bundle of the caller's: the instance gets that sandbox, so it is
+    /// a fresh fork (placed in the bundle's `cgroupsPath` when it names
+    /// one). Without a bundle a pool instance, in the function's own
+    /// sandbox, is handed out when one is warm.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bundle: Option<PathBuf>,
     /// Limits applied to the instance's cgroup before it is thawed.

@@ -172,11 +172,20 @@ impl Drop for Sproutd {
         }
         // The template holders outlive sproutd by design.
         delete_all_in(&self.root.join("engine/holders"));
-        // The pool's parent cgroups, deepest first (empty by now).
-        let mut dirs = cgroup_leftovers(&self.pool_cgroup);
-        dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
-        for d in dirs {
-            let _ = fs::remove_dir(d);
+        // The pool's parent cgroups with their function directories,
+        // children first (empty by now).
+        fn remove_tree(dir: &Path) {
+            if let Ok(entries) = fs::read_dir(dir) {
+                for e in entries.flatten() {
+                    if e.file_type().is_ok_and(|t| t.is_dir()) {
+                        remove_tree(&e.path());
+                    }
+                }
+            }
+            let _ = fs::remove_dir(dir);
+        }
+        for d in cgroup_leftovers(&self.pool_cgroup) {
+            remove_tree(&d);
         }
     }
 }

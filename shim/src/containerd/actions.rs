@@ -10,8 +10,9 @@
 //!
 //! `delete` runs after every task delete and after a shim died: it kills
 //! and removes what is left of the container in the runtime's state (or
-//! has sproutd remove a template container's instance), unmounts the
-//! rootfs, and prints a `DeleteResponse`. Finding nothing is fine.
+//! has sproutd remove a template container's instance, named by the link
+//! the shim left in the bundle), unmounts the rootfs, and prints a
+//! `DeleteResponse`. Finding nothing is fine.
 
 use std::fs;
 use std::io::{self, ErrorKind};

@@ -10,7 +10,8 @@
 //!
 //! Plain containers run through the `runtime` library in the shim's own
 //! process ([`task`], [`process`]); template containers
-//! (`io.sprout.function=<name>`) are forked by sproutd ([`template`]).
+//! (`io.sprout.function=<name>`) get an instance from sproutd, claimed
+//! from its warm pool or forked ([`template`]).
 //! Stdio is copied between pipes and
 //! containerd's fifos ([`stdio`]) and the snapshotter's rootfs mounted by
 //! the shim ([`mounts`]). Events go back to containerd ([`events`]);

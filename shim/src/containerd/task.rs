@@ -1,8 +1,9 @@
 //! One container of the shim: its runtime handle, its init and exec'd
 //! processes, its rootfs mounts and its OOM watch. A plain container runs
 //! through the `runtime` library in this process; a template container is
-//! forked by sproutd at `Start` ([`super::template`]), which then also
-//! handles its kill, pause, resume and delete. Runtime calls block (they
+//! started by sproutd at `Start` ([`super::template`]: claimed from the
+//! function's warm pool or forked), which then also handles its kill,
+//! pause, resume and delete, addressed by the instance id sproutd gave. Runtime calls block (they
 //! fork, wait on fifos, write cgroup files), so each runs on tokio's
 //! blocking pool.
 
@@ -22,7 +23,7 @@ use super::events::{Events, Exit};
 use super::mounts;
 use super::process::{Process, ProcessStatus};
 use super::stdio::{ContainerStdio, PreparedIo, StdioPaths};
-use super::template::{Sproutd, TemplateSpec};
+use super::template::{InstanceLink, Sproutd, TemplateSpec};
 
 /// How long `Delete` waits for an exit it caused, or for `TaskExit` to go
 /// out before `TaskDelete`.
@@ -32,8 +33,11 @@ const EXIT_WAIT: Duration = Duration::from_secs(10);
 pub struct TemplateTask {
     pub spec: TemplateSpec,
     pub sproutd: Sproutd,
-    /// The stdio made at `Create`, handed to the fork at `Start`.
+    /// The stdio made at `Create`, handed to the instance at `Start`.
     pending_io: Mutex<Option<(PreparedIo, ContainerStdio)>>,
+    /// sproutd's id of the instance, once started (also in the bundle's
+    /// [`InstanceLink`]).
+    instance: Mutex<Option<String>>,
 }
 
 impl TemplateTask {
@@ -42,7 +46,17 @@ impl TemplateTask {
             spec,
             sproutd,
             pending_io: Mutex::new(Some(io)),
+            instance: Mutex::new(None),
         }
+    }
+
+    /// sproutd's id of the started instance.
+    fn instance(&self, task: &str) -> Result<String> {
+        self.instance
+            .lock()
+            .unwrap()
+            .clone()
+            .ok_or_else(|| ShimError::FailedPrecondition(format!("task {task} has not started")))
     }
 }
 
@@ -125,7 +139,7 @@ impl Task {
             )));
         }
         if let Some(t) = &self.template {
-            self.fork(t, events).await?;
+            self.start_instance(t, events).await?;
         } else if !self.restored {
             let mut c = self.container()?;
             let started = blocking(move || {
@@ -149,17 +163,28 @@ impl Task {
         Ok(pid)
     }
 
-    /// A template container's start: sproutd forks the instance with the
-    /// stdio made at `Create`; its exit comes on the side connection.
-    async fn fork(&self, t: &TemplateTask, events: &Arc<Events>) -> Result<()> {
+    /// A template container's start: sproutd claims or forks the
+    /// instance with the stdio made at `Create` (its exit comes on the side
+    /// connection), and the container is mapped to it before anything else
+    /// can fail.
+    async fn start_instance(&self, t: &TemplateTask, events: &Arc<Events>) -> Result<()> {
         let (prepared, stdio) = t.pending_io.lock().unwrap().take().ok_or_else(|| {
             ShimError::FailedPrecondition(format!("task {} is already started", self.id))
         })?;
         let fds: Vec<_> = stdio.fds.into_iter().flatten().collect();
         let (spec, sproutd, bundle) = (t.spec.clone(), t.sproutd.clone(), self.bundle.clone());
-        let forked = blocking(move || sproutd.fork(&spec, &bundle, &fds)).await;
-        let forked = match forked {
-            Ok(f) => f,
+        let started = blocking(move || {
+            let started = sproutd.start(&spec, &bundle, &fds)?;
+            if let Err(e) = started.link.write(&bundle) {
+                // Unmapped, nobody could find it again.
+                let _ = sproutd.delete(&started.link.instance, true);
+                return Err(e);
+            }
+            Ok(started)
+        })
+        .await;
+        let started = match started {
+            Ok(s) => s,
             Err(e) => {
                 // It will never run: its exit is the failure.
                 self.init.watch_exit(Arc::clone(events), async {
@@ -172,20 +197,45 @@ impl Task {
                 return Err(e);
             }
         };
-        let pid = forked.pid;
+        let InstanceLink {
+            instance,
+            function,
+            path,
+        } = started.link.clone();
+        tracing::info!(
+            task = %self.id,
+            instance = %instance,
+            function = %function,
+            path = %path.map_or("fork request", |p| p.as_str()),
+            pid = started.pid,
+            "instance started"
+        );
+        *t.instance.lock().unwrap() = Some(instance.clone());
+        let pid = started.pid;
         self.init.watch_exit(Arc::clone(events), async move {
-            tokio::task::spawn_blocking(move || forked.wait())
+            tokio::task::spawn_blocking(move || started.wait())
                 .await
                 .unwrap_or(Exit {
                     status: 255,
                     at: std::time::SystemTime::now(),
                 })
         });
-        let (sproutd, instance) = (t.sproutd.clone(), t.spec.instance.clone());
-        let container = blocking(move || Ok(sproutd.runtime()?.container(&instance)?)).await?;
-        *self.container.lock().unwrap() = Some(container);
-        let io = prepared.connect().await?;
-        self.init.attach(pid, io)?;
+        let (sproutd, id) = (t.sproutd.clone(), instance.clone());
+        let attached = async {
+            let container = blocking(move || Ok(sproutd.runtime()?.container(&id)?)).await?;
+            *self.container.lock().unwrap() = Some(container);
+            let io = prepared.connect().await?;
+            self.init.attach(pid, io)
+        }
+        .await;
+        if let Err(e) = attached {
+            // It runs but cannot be served: it goes, and its exit (on the
+            // side connection) ends the task.
+            let sproutd = t.sproutd.clone();
+            let _ = blocking(move || sproutd.delete(&instance, true)).await;
+            self.init.open_gate();
+            return Err(e);
+        }
         Ok(())
     }
 
@@ -288,7 +338,7 @@ impl Task {
                 self.init.open_gate();
                 return Ok(());
             }
-            let (sproutd, instance) = (t.sproutd.clone(), t.spec.instance.clone());
+            let (sproutd, instance) = (t.sproutd.clone(), t.instance(&self.id)?);
             return blocking(move || sproutd.kill(&instance, signal, all)).await;
         }
         if !self.init.is_started() {
@@ -310,7 +360,7 @@ impl Task {
     pub async fn pause(&self) -> Result<()> {
         if let Some(t) = &self.template {
             self.container()?;
-            let (sproutd, instance) = (t.sproutd.clone(), t.spec.instance.clone());
+            let (sproutd, instance) = (t.sproutd.clone(), t.instance(&self.id)?);
             return blocking(move || sproutd.pause(&instance)).await;
         }
         let c = self.container()?;
@@ -320,7 +370,7 @@ impl Task {
     pub async fn resume(&self) -> Result<()> {
         if let Some(t) = &self.template {
             self.container()?;
-            let (sproutd, instance) = (t.sproutd.clone(), t.spec.instance.clone());
+            let (sproutd, instance) = (t.sproutd.clone(), t.instance(&self.id)?);
             return blocking(move || sproutd.resume(&instance)).await;
         }
         let c = self.container()?;
@@ -437,8 +487,10 @@ impl Task {
             h.abort();
         }
         if let Some(t) = &self.template {
-            if self.init.is_started() {
-                let (sproutd, instance) = (t.sproutd.clone(), t.spec.instance.clone());
+            // Mapped once started (a start that failed after the claim
+            // removed its instance already).
+            if let Ok(instance) = t.instance(&self.id) {
+                let sproutd = t.sproutd.clone();
                 blocking(move || sproutd.delete(&instance, false)).await?;
             }
         } else {

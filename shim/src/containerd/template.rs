@@ -1,39 +1,81 @@
 //! Template containers: a container whose spec carries
-//! `io.sprout.function=<name>` is not booted; at `Start` it is forked from
-//! the template of that function, which `sproutd` holds (and loads from
-//! the function's image on first use).
+//! `io.sprout.function=<name>` is not booted; at `Start` its instance
+//! comes from `sproutd`, which holds the function's template (loaded from
+//! the function's image on first use) and its warm pool.
 //!
-//! containerd's bundle supplies the sandbox (namespaces, cgroup, mounts;
-//! its rootfs, mounted by the shim, must hold the function's files, which
-//! the fork checks by content). The fork goes over sproutd's side channel
-//! with the shim's stdio pipes, and the pod's network namespace when the
-//! spec names one (CRI made it); otherwise `io.sprout.vpc=<name>` takes a
-//! pooled namespace of that VPC, else the function's own VPC or a fresh
-//! namespace. The side connection stays open and carries the exit.
+//! # How the instance is started
+//!
+//! Over sproutd's side channel, with the shim's stdio pipes; the side
+//! connection stays open and carries the exit. What the spec says picks
+//! the request ([`StartRequest`]):
+//!
+//! - **The spec joins a network namespace** (a CRI pod's, made by CNI) or
+//!   names a VPC (`io.sprout.vpc=<name>`): op `fork` in containerd's
+//!   bundle, joining that namespace or taking a pooled one of that VPC.
+//!   A claim can do neither (pool instances have their network already),
+//!   so the instance is a fresh fork with the id `<namespace>.<id>`.
+//! - **The spec names a `cgroupsPath`**: op `claim` with containerd's
+//!   bundle. sproutd always forks a fresh instance for it, placed in that
+//!   cgroup, in the bundle's sandbox (namespaces, mounts; its rootfs,
+//!   mounted by the shim, must hold the function's files, which the fork
+//!   checks by content). containerd's default spec names one
+//!   (`/<namespace>/<id>`), `ctr run --cgroup X` names `X`, and CRI names
+//!   the pod's: **requests from CRI and `ctr` get a fresh fork**, counted
+//!   as a start of the function (`fork`, or `restore` when the template
+//!   had to be loaded first) so the pool's policy learns from them.
+//! - **The spec names no `cgroupsPath`** (`ctr run --cgroup ""`): op
+//!   `claim` without a bundle. sproutd hands out a warm instance of the
+//!   function's pool when it has one (`pool_hit`), else forks one like a
+//!   pool instance; either way it runs in the **function's own sandbox**
+//!   (its bundle, its pool cgroup), not containerd's, whose rootfs stays
+//!   mounted but unused. The spec's resource limits are applied to the
+//!   instance's cgroup before it is thawed. A pool instance's stdin is
+//!   `/dev/null` (it was forked before the claim); stdout and stderr are
+//!   redirected to containerd's.
+//!
+//! # Instance ids
+//!
+//! A claim's instance is named by sproutd (a pool instance keeps the id it
+//! was forked with), so the shim maps the container to it: kept in the
+//! task ([`super::task`]) and written atomically to [`INSTANCE_FILE`] in
+//! the bundle ([`InstanceLink`]) as soon as sproutd answers, with the
+//! start path (also logged). Every call that addresses the instance uses
+//! the mapped id. The instance also carries the bundle's path in its
+//! annotations ([`BUNDLE_ANNOTATION`]), so a shim killed between
+//! sproutd's answer and the write still leaves a way to find it.
 //!
 //! The instance lives in sproutd, not in the shim: a shim that dies leaves
 //! it running until containerd's `delete` action asks sproutd to remove it
-//! ([`delete_instance`]). Lifecycle calls (kill, pause, resume, delete) go
-//! through sproutd's API so its records and events stay right; exec, pids,
-//! stats and update use the runtime library on sproutd's runtime root, as
-//! for any container.
+//! ([`delete_instance`], which reads the link). Lifecycle calls (kill,
+//! pause, resume, delete) go through sproutd's API so its records, events
+//! and pool stay right; exec, pids, stats and update use the runtime
+//! library on sproutd's runtime root, as for any container.
 
 use std::collections::HashMap;
+use std::io::Write;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
+use oci_spec::runtime::{LinuxNamespaceType, LinuxResources, Spec};
+use serde::{Deserialize, Serialize};
 use sprout_runtime::Runtime;
 
 use super::error::{Result, ShimError};
 use super::events::Exit;
 use crate::client::{self, Client, SideConnection};
-use crate::proto::{FdRole, KillBody, SideMessage, SideRequest, SignalArg};
+use crate::proto::{
+    FdRole, InstanceView, KillBody, SideMessage, SideRequest, SignalArg, StartPath,
+};
 
 /// The annotation that makes a container a template container.
 pub const FUNCTION_ANNOTATION: &str = "io.sprout.function";
 /// The annotation that names the VPC whose pool gives the network namespace.
 pub const VPC_ANNOTATION: &str = "io.sprout.vpc";
+/// Set by the shim on every instance it starts: the container's bundle.
+pub const BUNDLE_ANNOTATION: &str = "io.sprout.containerd.bundle";
+/// The file in the bundle that names the container's instance.
+pub const INSTANCE_FILE: &str = "sprout-instance.json";
 
 /// Where sproutd listens: `$SPROUTD_SOCKET` and `$SPROUTD_SIDE_SOCKET`
 /// (containerd's environment, which the shim inherits), else the defaults.
@@ -47,9 +89,10 @@ pub fn sproutd_sockets() -> (PathBuf, PathBuf) {
     (api, side)
 }
 
-/// sproutd's instance id for container `id` of containerd namespace
-/// `namespace` (ids are unique only per namespace; sproutd is node-wide).
-pub fn instance_id(namespace: &str, id: &str) -> String {
+/// The instance id of a forked (not claimed) container `id` of containerd
+/// namespace `namespace` (ids are unique only per namespace; sproutd is
+/// node-wide).
+pub fn fork_instance_id(namespace: &str, id: &str) -> String {
     format!("{namespace}.{id}")
 }
 
@@ -57,31 +100,113 @@ pub fn instance_id(namespace: &str, id: &str) -> String {
 #[derive(Debug, Clone)]
 pub struct TemplateSpec {
     pub function: String,
-    pub instance: String,
-    pub vpc: Option<String>,
-    /// The network namespace the spec joins (a pod's, made by CRI).
-    pub netns: Option<PathBuf>,
+    pub start: StartRequest,
+}
+
+/// The side-channel request that starts a template container's instance.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StartRequest {
+    /// Op `fork` in containerd's bundle as `instance`: the spec joins a
+    /// network namespace (`netns`, a pod's) or names a VPC.
+    Fork {
+        instance: String,
+        netns: Option<PathBuf>,
+        vpc: Option<String>,
+    },
+    /// Op `claim` with containerd's bundle, which names its cgroup: a
+    /// fresh fork placed there.
+    ClaimInBundle,
+    /// Op `claim` without a bundle: a warm pool instance (or a fork like
+    /// one), with the spec's limits.
+    ClaimFromPool {
+        resources: Option<Box<LinuxResources>>,
+    },
 }
 
 impl TemplateSpec {
     /// `None` for a plain container.
-    pub fn of(spec: &oci_spec::runtime::Spec, namespace: &str, id: &str) -> Option<TemplateSpec> {
+    pub fn of(spec: &Spec, namespace: &str, id: &str) -> Option<TemplateSpec> {
         let annotations = spec.annotations().clone().unwrap_or_default();
         let function = annotations.get(FUNCTION_ANNOTATION)?.clone();
-        let netns = spec
-            .linux()
-            .as_ref()
-            .and_then(|l| l.namespaces().clone())
+        let linux = spec.linux().clone().unwrap_or_default();
+        let netns = linux
+            .namespaces()
+            .clone()
             .unwrap_or_default()
             .into_iter()
-            .find(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::Network)
+            .find(|n| n.typ() == LinuxNamespaceType::Network)
             .and_then(|n| n.path().clone());
-        Some(TemplateSpec {
-            function,
-            instance: instance_id(namespace, id),
-            vpc: annotations.get(VPC_ANNOTATION).cloned(),
-            netns,
-        })
+        let vpc = annotations.get(VPC_ANNOTATION).cloned();
+        let names_cgroup = linux
+            .cgroups_path()
+            .as_ref()
+            .is_some_and(|p| !p.as_os_str().is_empty());
+        let start = if netns.is_some() || vpc.is_some() {
+            StartRequest::Fork {
+                instance: fork_instance_id(namespace, id),
+                // A pod's namespace wins: the VPC pools serve callers
+                // without one.
+                vpc: if netns.is_some() { None } else { vpc },
+                netns,
+            }
+        } else if names_cgroup {
+            StartRequest::ClaimInBundle
+        } else {
+            StartRequest::ClaimFromPool {
+                resources: linux
+                    .resources()
+                    .clone()
+                    .and_then(limits_only)
+                    .map(Box::new),
+            }
+        };
+        Some(TemplateSpec { function, start })
+    }
+}
+
+/// The limits of `r` a claim applies to a pool instance's cgroup: device
+/// rules are the instance's own (containerd's default denies all).
+fn limits_only(mut r: LinuxResources) -> Option<LinuxResources> {
+    r.set_devices(None);
+    (r != LinuxResources::default()).then_some(r)
+}
+
+/// The container → instance mapping, persisted in the bundle so the
+/// `delete` action (and any later reader of the bundle) finds the
+/// instance whatever became of the shim.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceLink {
+    /// sproutd's instance id.
+    pub instance: String,
+    pub function: String,
+    /// How sproutd started it (`None` for a fork request, whose answer
+    /// does not say).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<StartPath>,
+}
+
+impl InstanceLink {
+    /// The link in `bundle`; `None` when there is none (never started) or
+    /// it cannot be read.
+    pub fn read(bundle: &Path) -> Option<InstanceLink> {
+        let text = std::fs::read(bundle.join(INSTANCE_FILE)).ok()?;
+        serde_json::from_slice(&text).ok()
+    }
+
+    /// Writes the link atomically: a temporary file, synced, renamed over.
+    pub fn write(&self, bundle: &Path) -> Result<()> {
+        let path = bundle.join(INSTANCE_FILE);
+        let tmp = bundle.join(format!(".{INSTANCE_FILE}.tmp"));
+        let what = || format!("writing {}", path.display());
+        let text = serde_json::to_vec(self).expect("serializable");
+        let mut f = std::fs::File::create(&tmp).map_err(ShimError::io(what()))?;
+        f.write_all(&text)
+            .and_then(|()| f.sync_all())
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .map_err(|e| {
+                let _ = std::fs::remove_file(&tmp);
+                ShimError::io(what())(e)
+            })
     }
 }
 
@@ -92,13 +217,15 @@ pub struct Sproutd {
     side: PathBuf,
 }
 
-/// A fork in flight: sproutd's answer and the connection the exit comes on.
-pub struct Forked {
+/// A started instance: sproutd's answer and the connection the exit
+/// comes on.
+pub struct Started {
+    pub link: InstanceLink,
     pub pid: i32,
     connection: SideConnection,
 }
 
-impl Forked {
+impl Started {
     /// Blocks until the instance exits (sproutd's last line); a dropped
     /// connection (sproutd gone) is an unknown status.
     pub fn wait(self) -> Exit {
@@ -135,40 +262,99 @@ impl Sproutd {
         Ok(Runtime::builder().root(info.root.join("runtime")).build()?)
     }
 
-    /// Forks `t`'s function as its instance in the sandbox of `bundle`,
-    /// with `stdio` as its fds 0-2.
-    pub fn fork(&self, t: &TemplateSpec, bundle: &Path, stdio: &[OwnedFd]) -> Result<Forked> {
-        let netns = match &t.netns {
-            Some(p) => Some(OwnedFd::from(
-                std::fs::File::open(p)
-                    .map_err(ShimError::io(format!("network namespace {}", p.display())))?,
-            )),
-            None => None,
-        };
+    /// Starts `t`'s instance for the container of `bundle`, with `stdio`
+    /// as its fds 0-2, as `t.start` says.
+    pub fn start(&self, t: &TemplateSpec, bundle: &Path, stdio: &[OwnedFd]) -> Result<Started> {
         let mut roles = vec![FdRole::Stdin, FdRole::Stdout, FdRole::Stderr];
         roles.truncate(stdio.len());
         let mut fds: Vec<BorrowedFd<'_>> = stdio.iter().map(|f| f.as_fd()).collect();
-        if let Some(ns) = &netns {
-            roles.push(FdRole::Netns);
-            fds.push(ns.as_fd());
-        }
-        let req = SideRequest {
-            op: "fork".into(),
+        let mut req = SideRequest {
             function: t.function.clone(),
-            id: t.instance.clone(),
-            bundle: Some(bundle.to_path_buf()),
-            fds: roles,
-            annotations: HashMap::new(),
-            resources: None,
-            // A pod's namespace wins: the VPC pools serve callers without one.
-            vpc: if netns.is_some() { None } else { t.vpc.clone() },
+            annotations: HashMap::from([(
+                BUNDLE_ANNOTATION.to_string(),
+                bundle.display().to_string(),
+            )]),
             wait: true,
+            ..Default::default()
         };
-        let (forked, connection) = client::side_fork(&self.side, &req, &fds)?;
-        Ok(Forked {
-            pid: forked.pid,
-            connection,
-        })
+        match &t.start {
+            StartRequest::Fork {
+                instance,
+                netns,
+                vpc,
+            } => {
+                let netns = match netns {
+                    Some(p) => Some(OwnedFd::from(
+                        std::fs::File::open(p)
+                            .map_err(ShimError::io(format!("network namespace {}", p.display())))?,
+                    )),
+                    None => None,
+                };
+                if let Some(ns) = &netns {
+                    roles.push(FdRole::Netns);
+                    fds.push(ns.as_fd());
+                }
+                req.op = "fork".into();
+                req.id = instance.clone();
+                req.bundle = Some(bundle.to_path_buf());
+                req.vpc = vpc.clone();
+                req.fds = roles;
+                let (forked, connection) = client::side_fork(&self.side, &req, &fds)?;
+                Ok(Started {
+                    link: InstanceLink {
+                        instance: forked.id,
+                        function: forked.function,
+                        path: None,
+                    },
+                    pid: forked.pid,
+                    connection,
+                })
+            }
+            StartRequest::ClaimInBundle | StartRequest::ClaimFromPool { .. } => {
+                req.op = "claim".into();
+                req.fds = roles;
+                match &t.start {
+                    StartRequest::ClaimInBundle => req.bundle = Some(bundle.to_path_buf()),
+                    StartRequest::ClaimFromPool { resources } => {
+                        req.resources = resources.as_deref().cloned()
+                    }
+                    StartRequest::Fork { .. } => unreachable!("matched above"),
+                }
+                let (claimed, connection) = client::side_claim(&self.side, &req, &fds)?;
+                Ok(Started {
+                    link: InstanceLink {
+                        instance: claimed.id,
+                        function: claimed.function,
+                        path: Some(claimed.path),
+                    },
+                    pid: claimed.pid,
+                    connection,
+                })
+            }
+        }
+    }
+
+    /// The instance of `function` started for the container of `bundle`,
+    /// found by its [`BUNDLE_ANNOTATION`].
+    pub fn instance_of_bundle(&self, function: &str, bundle: &Path) -> Result<Option<String>> {
+        let valid = !function.is_empty()
+            && function
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
+        if !valid {
+            // sproutd has no function of that name, so no instance of it.
+            return Ok(None);
+        }
+        let all: Vec<InstanceView> = self.client.call(
+            "GET",
+            &format!("/instances?function={function}"),
+            None::<&()>,
+        )?;
+        let bundle = bundle.display().to_string();
+        Ok(all
+            .into_iter()
+            .find(|v| v.annotations.get(BUNDLE_ANNOTATION) == Some(&bundle))
+            .map(|v| v.id))
     }
 
     pub fn kill(&self, instance: &str, signal: i32, all: bool) -> Result<()> {
@@ -197,6 +383,8 @@ impl Sproutd {
         Ok(())
     }
 
+    /// Removes the instance (a live one only with `force`); gone already
+    /// is fine.
     pub fn delete(&self, instance: &str, force: bool) -> Result<()> {
         match self.client.delete(instance, force) {
             Err(e) if e.status() == Some(404) => Ok(()),
@@ -206,7 +394,9 @@ impl Sproutd {
 }
 
 /// The `delete` action's part for a template container: sproutd removes
-/// the instance (killing it if it still runs). Gone already is fine.
+/// its instance (killing it if it still runs), found through the link in
+/// the bundle, else by what the shim would have asked for. Gone already,
+/// or never started, is fine.
 pub fn delete_instance(bundle: &Path, namespace: &str, id: &str) -> Result<bool> {
     // The config alone: the rootfs may be unmounted already.
     let path = bundle.join("config.json");
@@ -219,6 +409,120 @@ pub fn delete_instance(bundle: &Path, namespace: &str, id: &str) -> Result<bool>
     let Some(t) = TemplateSpec::of(&spec, namespace, id) else {
         return Ok(false);
     };
-    Sproutd::from_env().delete(&t.instance, true)?;
+    let sproutd = Sproutd::from_env();
+    let instance = match (InstanceLink::read(bundle), &t.start) {
+        (Some(link), _) => Some(link.instance),
+        (None, StartRequest::Fork { instance, .. }) => Some(instance.clone()),
+        // Never started, or the shim died before it wrote the link.
+        (None, _) => sproutd.instance_of_bundle(&t.function, bundle)?,
+    };
+    if let Some(instance) = instance {
+        sproutd.delete(&instance, true)?;
+    }
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(json: serde_json::Value) -> Spec {
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn the_spec_picks_fork_claim_in_bundle_or_claim_from_pool() {
+        let plain = spec(serde_json::json!({"ociVersion": "1.0.2"}));
+        assert!(TemplateSpec::of(&plain, "default", "c").is_none());
+
+        let pod = spec(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "annotations": {"io.sprout.function": "f", "io.sprout.vpc": "blue"},
+            "linux": {"cgroupsPath": "/k8s/pod/c",
+                      "namespaces": [{"type": "network", "path": "/var/run/netns/p"}]}
+        }));
+        let t = TemplateSpec::of(&pod, "k8s.io", "c").unwrap();
+        assert_eq!(t.function, "f");
+        assert_eq!(
+            t.start,
+            StartRequest::Fork {
+                instance: "k8s.io.c".into(),
+                netns: Some("/var/run/netns/p".into()),
+                vpc: None,
+            }
+        );
+
+        let vpc = spec(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "annotations": {"io.sprout.function": "f", "io.sprout.vpc": "blue"},
+            "linux": {"namespaces": [{"type": "network"}]}
+        }));
+        assert!(matches!(
+            TemplateSpec::of(&vpc, "default", "c").unwrap().start,
+            StartRequest::Fork { vpc: Some(v), netns: None, .. } if v == "blue"
+        ));
+
+        let ctr = spec(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "annotations": {"io.sprout.function": "f"},
+            "linux": {"cgroupsPath": "/default/c", "namespaces": [{"type": "network"}]}
+        }));
+        assert_eq!(
+            TemplateSpec::of(&ctr, "default", "c").unwrap().start,
+            StartRequest::ClaimInBundle
+        );
+
+        let no_cgroup = spec(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "annotations": {"io.sprout.function": "f"},
+            "linux": {"cgroupsPath": "",
+                      "resources": {"devices": [{"allow": false, "access": "rwm"}],
+                                    "memory": {"limit": 67108864}}}
+        }));
+        let StartRequest::ClaimFromPool { resources } =
+            TemplateSpec::of(&no_cgroup, "default", "c").unwrap().start
+        else {
+            panic!("not a pool claim");
+        };
+        let r = resources.unwrap();
+        assert!(r.devices().is_none(), "device rules are not sent");
+        assert_eq!(r.memory().as_ref().unwrap().limit(), Some(67108864));
+
+        let only_devices = spec(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "annotations": {"io.sprout.function": "f"},
+            "linux": {"resources": {"devices": [{"allow": false, "access": "rwm"}]}}
+        }));
+        assert_eq!(
+            TemplateSpec::of(&only_devices, "default", "c")
+                .unwrap()
+                .start,
+            StartRequest::ClaimFromPool { resources: None }
+        );
+    }
+
+    #[test]
+    fn the_link_is_written_atomically_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(InstanceLink::read(dir.path()), None);
+        let link = InstanceLink {
+            instance: "f-w1a".into(),
+            function: "f".into(),
+            path: Some(StartPath::PoolHit),
+        };
+        link.write(dir.path()).unwrap();
+        assert_eq!(InstanceLink::read(dir.path()), Some(link.clone()));
+        let text = std::fs::read_to_string(dir.path().join(INSTANCE_FILE)).unwrap();
+        assert!(text.contains("\"path\":\"pool_hit\""), "{text}");
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(names, [INSTANCE_FILE], "no temporary file left");
+        // Overwritten in place.
+        let fork = InstanceLink { path: None, ..link };
+        fork.write(dir.path()).unwrap();
+        assert_eq!(InstanceLink::read(dir.path()), Some(fork));
+    }
 }
