@@ -555,3 +555,43 @@ fn settings_and_history_survive_a_restart_and_stale_pool_instances_are_replaced(
 
     teardown(&s, &c, &d);
 }
+
+#[test]
+fn a_graceful_stop_deletes_the_pool_but_not_claimed_instances() {
+    // The fake engine (a cold start of the bundle per "fork") is enough:
+    // this is sproutd's bookkeeping, not the fork.
+    let mut s = Sandbox::new("pool-stop");
+    s.set_args(&["sleep", "1000"]);
+    let mut d = Sproutd::start(&s);
+    let c = d.client();
+    c.add_function(&function("py", &s)).unwrap();
+    ok(
+        &c,
+        &d,
+        "POST",
+        "/functions/py/pool/prewarm",
+        Some(json!({"count": 2})),
+        200,
+    );
+    let claimed = ok(&c, &d, "POST", "/functions/py/claim", None, 201);
+    let claimed_id = claimed["id"].as_str().unwrap().to_string();
+    assert!(wait_until(TIMEOUT, || pool_ids(&c, &d, "py", "frozen")
+        .len()
+        == 2));
+    let warm = pool_ids(&c, &d, "py", "frozen");
+
+    d.stop();
+    let left = d.runtime_ids();
+    assert_eq!(
+        left,
+        vec![claimed_id.clone()],
+        "only the claimed instance outlives sproutd"
+    );
+    for id in &warm {
+        assert!(cgroup_leftovers(id).is_empty(), "{id}'s cgroup is gone");
+    }
+    d.spawn();
+    let v = c.instance(&claimed_id).unwrap();
+    assert!(v.adopted && v.status == "running", "{v:?}");
+    teardown(&s, &c, &d);
+}

@@ -81,7 +81,12 @@ impl FakeEngine {
             .or_insert_with(|| serde_json::json!({}))
             .as_object_mut()
             .ok_or_else(|| invalid("linux is not an object".into()))?;
-        if req.bundle.is_none() {
+        if let Some(p) = &req.cgroups_path {
+            linux.insert(
+                "cgroupsPath".into(),
+                p.to_string_lossy().into_owned().into(),
+            );
+        } else if req.bundle.is_none() {
             let base = linux
                 .get("cgroupsPath")
                 .and_then(|p| p.as_str())

@@ -78,6 +78,7 @@ pub async fn serve(d: Arc<Daemon>, shutdown: impl Future<Output = ()>) -> Result
     if let Some(t) = side_task {
         t.abort();
     }
+    d.shutdown_pool().await;
     d.drain(DRAIN_TIMEOUT).await;
     d.stop_refill();
     d.shutdown_engine().await;

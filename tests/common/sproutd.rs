@@ -128,6 +128,15 @@ impl Sproutd {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// SIGTERM by pid, and wait for it to exit: a graceful stop.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: kill with plain integers: our own child.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let _ = c.wait();
+        }
+    }
+
     /// SIGKILL by pid, as a crash.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {

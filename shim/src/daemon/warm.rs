@@ -33,7 +33,7 @@ use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::fs;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -94,6 +94,8 @@ pub(crate) struct WarmPool {
     parents: Mutex<CgroupParents>,
     /// One save at a time: saves share a temporary file per function.
     save_lock: Mutex<()>,
+    /// sproutd is stopping: nothing new is forked.
+    stopping: AtomicBool,
 }
 
 /// The cgroups pool instances are forked under, made by sproutd itself:
@@ -325,6 +327,21 @@ impl PoolState {
             .ok_or_else(|| ApiError::unknown_function(name))
     }
 
+    /// Takes instances chosen for destruction out of the books at once,
+    /// so no claim or lease can pick them while they are being deleted;
+    /// returns those that were still idle (a lease may have come).
+    fn take_idle(&mut self, ids: Vec<String>) -> Vec<String> {
+        ids.into_iter()
+            .filter(|id| {
+                let taken = self.slots.remove_instance(id).is_ok();
+                if taken {
+                    let _ = self.budget.remove(id);
+                }
+                taken
+            })
+            .collect()
+    }
+
     fn warm_count(&self, function: &str) -> u32 {
         self.slots
             .instances_of(&function.to_string())
@@ -356,6 +373,7 @@ impl WarmPool {
             cgroup_parent,
             parents: Mutex::new(CgroupParents::default()),
             save_lock: Mutex::new(()),
+            stopping: AtomicBool::new(false),
         }
     }
 
@@ -754,8 +772,13 @@ impl Daemon {
             st.budget.set_limit(limit_bytes);
             let st = &mut *st;
             let slots = &st.slots;
-            st.budget
-                .shrink_to_fit(|id| slots.get(id).is_some_and(|s| s.leased == 0))
+            let evicted = st
+                .budget
+                .shrink_to_fit(|id| slots.get(id).is_some_and(|s| s.leased == 0));
+            for id in &evicted {
+                let _ = st.slots.remove_instance(id);
+            }
+            evicted
         };
         tracing::info!(
             limit_bytes,
@@ -833,6 +856,7 @@ impl Daemon {
                     busy.push(id.clone())
                 }
             }
+            let idle = st.take_idle(idle);
             (idle, busy)
         };
         self.warm.save_function(name);
@@ -1019,7 +1043,7 @@ impl Daemon {
             steps.done("limits");
         }
         if frozen {
-            c.resume()?;
+            thaw(&c)?;
             steps.done("thaw");
         }
         let relay = lock(&inst.relay).clone();
@@ -1218,7 +1242,7 @@ impl Daemon {
                             .runtime
                             .container(&l.instance)
                             .map_err(ApiError::from)
-                            .and_then(|c| Ok(c.resume()?));
+                            .and_then(|c| thaw(&c));
                         if let Err(e) = thawed {
                             tracing::warn!(container = %l.instance, "thawing for a lease failed: {}", e.message);
                             self.void_lease(l.id);
@@ -1425,6 +1449,9 @@ impl Daemon {
         purpose: Purpose,
         frozen: bool,
     ) -> Result<Option<String>, ApiError> {
+        if self.warm.stopping.load(Ordering::Acquire) {
+            return Err(ApiError::new(503, "sproutd is shutting down"));
+        }
         let id = self.warm.new_id(name);
         let parent = self.warm.ensure_parent(name)?;
         // Made first: nothing to undo in the books if it fails (the
@@ -1443,7 +1470,12 @@ impl Daemon {
                 .admit(name.to_string(), id.clone(), bytes, cost, purpose, |i| {
                     slots.get(i).is_some_and(|s| s.leased == 0)
                 }) {
-                Ok(Admission::Admitted { evicted }) => Ok(Some((evicted, concurrency))),
+                Ok(Admission::Admitted { evicted }) => {
+                    for v in &evicted {
+                        let _ = st.slots.remove_instance(v);
+                    }
+                    Ok(Some((evicted, concurrency)))
+                }
                 Ok(Admission::NotWorthIt) | Err(PoolError::OverBudget { .. }) => Ok(None),
                 Err(e) => Err(pool_error(e)),
             }
@@ -1669,6 +1701,9 @@ impl Daemon {
     /// first), freezes instances idle for [`FREEZE_AFTER`]. Returns how
     /// many it forked.
     pub(super) async fn reconcile(self: &Arc<Self>, name: &str) -> Result<u32, ApiError> {
+        if self.warm.stopping.load(Ordering::Acquire) {
+            return Ok(0);
+        }
         let (to_fork, victims, to_freeze) = {
             let mut st = lock(&self.warm.state);
             let now = self.warm.now();
@@ -1736,6 +1771,7 @@ impl Daemon {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
+            let victims = st.take_idle(victims);
             (to_fork, victims, to_freeze)
         };
         for id in victims {
@@ -1743,26 +1779,28 @@ impl Daemon {
                 .await;
         }
         for id in to_freeze {
-            // Still idle? A lease may have come meanwhile.
-            let still_idle = lock(&self.warm.state)
-                .slots
-                .get(&id)
-                .is_some_and(|s| s.leased == 0 && !s.frozen);
-            if !still_idle {
+            // Marked frozen first: a lease that comes while the freezer
+            // works sees `woke` and thaws it (thawing is idempotent); one
+            // that came before the pause took effect is found below.
+            if lock(&self.warm.state).slots.freeze(&id).is_err() {
                 continue;
             }
             let Ok(c) = self.runtime.container(&id) else {
                 continue;
             };
-            if blocking(move || Ok(c.pause()?)).await.is_ok() {
-                let mut st = lock(&self.warm.state);
-                if st.slots.freeze(&id).is_err() {
-                    // A lease came while freezing: wake it again.
-                    drop(st);
-                    if let Ok(c) = self.runtime.container(&id) {
-                        let _ = c.resume();
-                    }
-                }
+            let c2 = c.clone();
+            let frozen = blocking(move || {
+                c2.cgroup()
+                    .freeze()
+                    .map_err(|e| ApiError::internal(e.to_string()))
+            })
+            .await;
+            let leased = lock(&self.warm.state)
+                .slots
+                .get(&id)
+                .is_none_or(|s| s.leased > 0 || !s.frozen);
+            if frozen.is_err() || leased {
+                let _ = thaw(&c);
             }
         }
         let mut forked = 0;
@@ -1782,6 +1820,34 @@ impl Daemon {
         Ok(forked)
     }
 
+    /// sproutd stops: the pool instances nobody claimed are deleted (the
+    /// next sproutd could not use them: their output relay dies with this
+    /// one), and the pool's cgroups with them. Claimed ones live on.
+    pub async fn shutdown_pool(self: &Arc<Self>) {
+        self.warm.stopping.store(true, Ordering::Release);
+        let ids: Vec<String> = lock(&self.warm.state)
+            .members
+            .iter()
+            .filter(|(_, m)| matches!(m.role, Role::Pool { .. }))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &ids {
+            self.destroy_pool_instance(id, "sproutd stops").await;
+        }
+        let functions: Vec<String> = lock(&self.warm.state).functions.keys().cloned().collect();
+        let claimed: Vec<String> = lock(&self.warm.state)
+            .members
+            .values()
+            .map(|m| m.function.clone())
+            .collect();
+        for f in functions.iter().filter(|f| !claimed.contains(f)) {
+            self.warm.remove_parent(f);
+        }
+        if !ids.is_empty() {
+            tracing::info!(count = ids.len(), "deleted the pool's instances");
+        }
+    }
+
     /// Pool instances found at startup: their relay died with the old
     /// sproutd, so they are deleted (the policy forks new ones).
     pub(super) fn destroy_stale_pool_instances(self: &Arc<Self>, ids: Vec<String>) {
@@ -1798,6 +1864,14 @@ impl Daemon {
             }
         });
     }
+}
+
+/// Thaws an instance's cgroup; a no-op when it is not frozen (a claim or
+/// lease may race the reconciler's freeze).
+fn thaw(c: &sprout_runtime::Container) -> Result<(), ApiError> {
+    c.cgroup()
+        .thaw()
+        .map_err(|e| ApiError::internal(format!("thawing {}: {e}", c.id())))
 }
 
 /// Is a SIGKILL pending for `pid`? A frozen task that was killed stays
