@@ -305,16 +305,57 @@ fn prewarm_claim_release_reuse_and_crash_replacement() {
             .any(|l| l.starts_with("sprout_starts_total{function=\"py\",path=\"pool_hit\"}")),
         "{text}"
     );
-    for l in text
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-    {
-        let value = l.rsplit(' ').next().unwrap();
+    // A Prometheus text parser reads every line, and the counts agree
+    // with the pool's own.
+    for line in text.lines() {
         assert!(
-            value.parse::<f64>().is_ok() || ["+Inf", "-Inf", "NaN"].contains(&value),
-            "not a sample line: {l}"
+            !matches!(
+                prometheus_parse::LineInfo::parse(line),
+                prometheus_parse::LineInfo::Ignored
+            ),
+            "not Prometheus text: {line:?}"
         );
     }
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
+    let sample = |metric: &str, labels: &[(&str, &str)]| {
+        scrape
+            .samples
+            .iter()
+            .find(|s| {
+                s.metric == metric
+                    && labels
+                        .iter()
+                        .all(|(k, v)| s.labels.get(k).is_some_and(|x| x == *v))
+            })
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                _ => f64::NAN,
+            })
+    };
+    let view = pool_of(&c, &d, "py");
+    assert_eq!(
+        sample(
+            "sprout_starts_total",
+            &[("function", "py"), ("path", "pool_hit")]
+        ),
+        Some(view["starts"]["pool_hit"].as_u64().unwrap() as f64),
+        "{text}"
+    );
+    assert!(sample("sprout_pool_budget_bytes", &[]).is_some_and(|b| b > 0.0));
+    assert!(
+        sample("sprout_instance_memory_bytes", &[("function", "py")]).is_some_and(|b| b > 0.0),
+        "per-instance usage: {text}"
+    );
+    assert!(
+        scrape
+            .samples
+            .iter()
+            .any(|s| s.metric == "sprout_start_stage_seconds"
+                && s.labels.get("stage") == Some("thaw")),
+        "{text}"
+    );
 
     teardown(&s, &c, &d);
 }
