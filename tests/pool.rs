@@ -33,6 +33,18 @@ fn ok(c: &Client, d: &Sproutd, method: &str, path: &str, body: Option<Value>, wa
     v
 }
 
+/// Pre-warms `count` instances of "py", which must fit.
+fn prewarm(c: &Client, d: &Sproutd, count: u32) -> Value {
+    ok(
+        c,
+        d,
+        "POST",
+        "/functions/py/pool/prewarm",
+        Some(json!({ "count": count })),
+        200,
+    )
+}
+
 fn pool_of(c: &Client, d: &Sproutd, f: &str) -> Value {
     ok(c, d, "GET", &format!("/functions/{f}/pool"), None, 200)
 }
@@ -104,14 +116,7 @@ fn prewarm_claim_release_reuse_and_crash_replacement() {
     let c = d.client();
     let warm = py_function(&s, &c, &d, 1);
 
-    let r = ok(
-        &c,
-        &d,
-        "POST",
-        "/functions/py/pool/prewarm",
-        Some(json!({"count": 3})),
-        200,
-    );
+    let r = prewarm(&c, &d, 3);
     assert_eq!(
         (r["forked"].clone(), r["warm"].clone()),
         (json!(3), json!(3)),
@@ -523,14 +528,7 @@ fn settings_and_history_survive_a_restart_and_stale_pool_instances_are_replaced(
         Some(json!({"strategy": "fixed", "keep_alive_s": 120, "reuse": true})),
         200,
     );
-    ok(
-        &c,
-        &d,
-        "POST",
-        "/functions/py/pool/prewarm",
-        Some(json!({"count": 2})),
-        200,
-    );
+    prewarm(&c, &d, 2);
     // The write set of a first request is recorded from a released
     // instance (forked without one) and kept for later pre-warms.
     let first = ok(&c, &d, "POST", "/functions/py/claim", None, 201);
@@ -606,14 +604,7 @@ fn a_graceful_stop_deletes_the_pool_but_not_claimed_instances() {
     let mut d = Sproutd::start(&s);
     let c = d.client();
     c.add_function(&function("py", &s)).unwrap();
-    ok(
-        &c,
-        &d,
-        "POST",
-        "/functions/py/pool/prewarm",
-        Some(json!({"count": 2})),
-        200,
-    );
+    prewarm(&c, &d, 2);
     let claimed = ok(&c, &d, "POST", "/functions/py/claim", None, 201);
     let claimed_id = claimed["id"].as_str().unwrap().to_string();
     assert!(wait_until(TIMEOUT, || pool_ids(&c, &d, "py", "frozen")
