@@ -65,6 +65,8 @@ const FREEZE_AFTER: Duration = Duration::from_millis(500);
 const DEFAULT_INSTANCE_BYTES: u64 = 16 << 20;
 /// Fork cost assumed until one was measured (Greedy-Dual's `cost`).
 const DEFAULT_FORK_COST: Duration = Duration::from_millis(10);
+/// How long a drain waits for pool forks in flight.
+const DRAIN_FORKS_TIMEOUT: Duration = Duration::from_secs(30);
 /// Idle times kept per function (persisted, seeded into the policy).
 const IDLE_HISTORY: usize = 1024;
 /// Default node memory budget of the pool when none is configured: a
@@ -124,6 +126,8 @@ struct FunctionPool {
     fork_cost: Duration,
     /// No pre-warming until the next request or pre-warm (after a drain).
     drained: bool,
+    /// Pool forks of this function in flight (a drain waits for them).
+    forking: u32,
     /// End of the last request while none is in flight.
     last_finish: Option<Timestamp>,
     idle_history: VecDeque<f64>,
@@ -239,6 +243,7 @@ impl FunctionPool {
                 .filter(|d| !d.is_zero())
                 .unwrap_or(DEFAULT_FORK_COST),
             drained: false,
+            forking: 0,
             last_finish: None,
             idle_history,
             review_at: None,
@@ -842,11 +847,25 @@ impl Daemon {
     ) -> Result<DrainResult, ApiError> {
         let _op = self.op()?;
         self.function(name)?;
-        let (idle, busy) = {
+        {
             let mut st = lock(&self.warm.state);
             let fp = st.function(name)?;
             fp.settings.min_warm = 0;
             fp.drained = true;
+        }
+        // A pool fork already under way ends in the pool: wait for it, so
+        // the drain sees it.
+        let deadline = Instant::now() + DRAIN_FORKS_TIMEOUT;
+        while lock(&self.warm.state)
+            .functions
+            .get(name)
+            .is_some_and(|f| f.forking > 0)
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let (idle, busy) = {
+            let mut st = lock(&self.warm.state);
             let mut idle = Vec::new();
             let mut busy = Vec::new();
             for (id, s) in st.slots.instances_of(&name.to_string()) {
@@ -1440,10 +1459,29 @@ impl Daemon {
         }
     }
 
+    /// Forks one pool instance of `name` if the budget admits it; counted
+    /// in the function's `forking` while under way (a drain waits for it).
+    async fn fork_pool_instance(
+        self: &Arc<Self>,
+        name: &str,
+        purpose: Purpose,
+        frozen: bool,
+    ) -> Result<Option<String>, ApiError> {
+        let count = |delta: i32| {
+            if let Some(f) = lock(&self.warm.state).functions.get_mut(name) {
+                f.forking = f.forking.saturating_add_signed(delta);
+            }
+        };
+        count(1);
+        let r = self.fork_pool_instance_counted(name, purpose, frozen).await;
+        count(-1);
+        r
+    }
+
     /// Forks one pool instance of `name` if the budget admits it (evicting
     /// idle instances of others as it says); frozen for a pre-warm.
     /// `Ok(None)`: the budget said no.
-    async fn fork_pool_instance(
+    async fn fork_pool_instance_counted(
         self: &Arc<Self>,
         name: &str,
         purpose: Purpose,
