@@ -83,6 +83,11 @@ pub struct Sproutd {
 
 impl Sproutd {
     pub fn start(dir: &Path) -> Sproutd {
+        Sproutd::start_with_args(dir, &[])
+    }
+
+    /// The same with more arguments for sproutd (`--pool-cgroup`, ...).
+    pub fn start_with_args(dir: &Path, args: &[&str]) -> Sproutd {
         let (root, socket, side, log) = (
             dir.join("sproutd"),
             dir.join("api.sock"),
@@ -100,6 +105,7 @@ impl Sproutd {
             .arg("--init-binary")
             .arg(init_bin())
             .args(["--log-format", "json"])
+            .args(args)
             .stdin(Stdio::null())
             .stdout(logf.try_clone().unwrap())
             .stderr(logf)

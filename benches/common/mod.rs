@@ -232,3 +232,34 @@ impl Fixture {
         t
     }
 }
+
+/// Another bundle `<dir>/<name>` for the function in `bundle` (same
+/// rootfs, by absolute path): with its own new network namespace when
+/// `netns` is `None`, else joining the one at that path; with
+/// `cgroupsPath` set when given. sproutd's instances coexist, so the
+/// function it forks from needs a namespace per instance.
+pub fn derived_bundle(
+    bundle: &Path,
+    dir: &Path,
+    name: &str,
+    netns: Option<&str>,
+    cgroups_path: Option<&str>,
+) -> PathBuf {
+    let out = dir.join(name);
+    std::fs::create_dir_all(&out).unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(bundle.join("config.json")).unwrap()).unwrap();
+    cfg["root"]["path"] = bundle.join("rootfs").to_str().unwrap().into();
+    let net = match netns {
+        Some(path) => serde_json::json!({"type": "network", "path": path}),
+        None => serde_json::json!({"type": "network"}),
+    };
+    let namespaces = cfg["linux"]["namespaces"].as_array_mut().unwrap();
+    namespaces.retain(|n| n["type"] != "network");
+    namespaces.push(net);
+    if let Some(p) = cgroups_path {
+        cfg["linux"]["cgroupsPath"] = p.into();
+    }
+    std::fs::write(out.join("config.json"), cfg.to_string()).unwrap();
+    out
+}

@@ -805,7 +805,10 @@ impl Daemon {
 
     fn write_record(&self, r: &InstanceRecord) -> io::Result<()> {
         let data = serde_json::to_vec(r).map_err(io::Error::other)?;
-        crate::registry::write_atomic(&self.record_path(&r.id), &data)
+        // Records describe live instances only: no flush to disk (a
+        // machine crash takes the instances too), which keeps two fsyncs
+        // off every fork and claim.
+        crate::registry::write_atomic_volatile(&self.record_path(&r.id), &data)
     }
 
     /// Marks an instance's record as a pool instance or not (claimed).

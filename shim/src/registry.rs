@@ -230,8 +230,24 @@ impl Registry {
 }
 
 /// Writes `data` to `path` so that a reader (or a crash) sees the old or
-/// the new content, never a mix.
+/// the new content, never a mix, and the new content survives a crash of
+/// the machine.
 pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
+    replace(path, data, true)
+}
+
+/// [`write_atomic`] without the flushes to disk: for state that only
+/// matters while the processes it describes live. A crash of sproutd
+/// leaves the page cache, so the next sproutd reads the new content; a
+/// crash of the machine takes the processes with it. Keeps two `fsync`s
+/// off a start's critical path.
+pub fn write_atomic_volatile(path: &Path, data: &[u8]) -> io::Result<()> {
+    replace(path, data, false)
+}
+
+/// A temporary file renamed over `path`; `durable`: flushed first, and the
+/// directory after.
+fn replace(path: &Path, data: &[u8], durable: bool) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = dir.join(format!(
         ".{}.tmp",
@@ -245,10 +261,15 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
         .custom_flags(libc::O_CLOEXEC)
         .open(&tmp)?;
     f.write_all(data)?;
-    f.sync_all()?;
+    if durable {
+        f.sync_all()?;
+    }
     drop(f);
     fs::rename(&tmp, path)?;
-    fs::File::open(dir)?.sync_all()
+    if durable {
+        fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
