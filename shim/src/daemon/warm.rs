@@ -592,21 +592,6 @@ impl Daemon {
         }
     }
 
-    /// Every pool member and its function, for metrics.
-    pub fn pool_members(&self) -> Vec<(String, String, bool)> {
-        lock(&self.warm.state)
-            .members
-            .iter()
-            .map(|(id, m)| {
-                (
-                    id.clone(),
-                    m.function.clone(),
-                    matches!(m.role, Role::Pool { .. }),
-                )
-            })
-            .collect()
-    }
-
     /// `/metrics`: counters and histograms kept as things happen, gauges
     /// read now (pool sizes, budget, netns pools, every instance's usage).
     pub async fn metrics_text(self: &Arc<Self>) -> Result<String, ApiError> {
