@@ -893,3 +893,499 @@ fn checkpoint_refuses_system_v_shared_memory_naming_it() {
     s.ok(&["delete", "--force", &id]);
     s.assert_clean(&id);
 }
+
+// ---- lazy loading with userfaultfd, working sets, cold images ----
+
+/// `restore -d --timings` of `img` as `rid` with `flags` (lazy loading),
+/// its output appended to `out`; returns the pid of the process left
+/// loading memory, if the restore reported one.
+fn restore_lazily(s: &Sandbox, img: &Path, rid: &str, out: &Path, flags: &[&str]) -> Option<i32> {
+    let mut args = vec![
+        "restore",
+        "--image-path",
+        img.to_str().unwrap(),
+        "--bundle",
+        s.bundle_str(),
+        "-d",
+        "--timings",
+    ];
+    args.extend_from_slice(flags);
+    args.push(rid);
+    let st = sprout_to(s, &args, out);
+    let err = stderr_of(out);
+    assert!(st.success(), "lazy restore of {rid} failed: {err}");
+    let line = err
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("memory: lazy"))
+        .unwrap_or_else(|| panic!("{rid} was not restored lazily: {err}"));
+    let pid: i32 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    (pid > 0).then_some(pid)
+}
+
+/// The loader `pid` (if any) exits once its work is done.
+fn loader_exits(pid: Option<i32>) {
+    if let Some(pid) = pid {
+        assert!(
+            wait_until(Duration::from_secs(20), || !pid_alive(pid)),
+            "the loader {pid} is still running"
+        );
+    }
+}
+
+#[test]
+fn lazy_restores_continue_the_counter_and_every_thread() {
+    let s = program_sandbox("lazyctr", "counter", &["20"]);
+    let (id, out1) = run_detached(&s, "out1");
+    assert!(wait_until(Duration::from_secs(10), || lines(&out1).len() >= 5));
+    let img = checkpoint(&s, &id);
+    let before = count_of(lines(&out1).last().unwrap());
+    s.ok(&["delete", "--force", &id]);
+    let rid = unique_id("lazyctr-r");
+    let out2 = s.dir.path().join("out2");
+    let loader = restore_lazily(&s, &img, &rid, &out2, &["--lazy-pages"]);
+    assert!(
+        wait_until(Duration::from_secs(10), || lines(&out2).len() >= 3),
+        "no output after a lazy restore: {}",
+        stderr_of(&out2)
+    );
+    let after = lines(&out2);
+    assert_eq!(count_of(&after[0]), before + 1, "{after:?}");
+    // Everything loaded, the loader the restore left behind is gone.
+    loader_exits(loader);
+    s.ok(&["delete", "--force", &rid]);
+    s.assert_clean(&rid);
+
+    let mut s = Sandbox::new("lazythr");
+    with_usr(&mut s);
+    add_program(&s, "threads", false);
+    s.set_args(&["/bin/threads"]);
+    let (id, out1) = run_detached(&s, "out1");
+    assert!(wait_until(Duration::from_secs(10), || lines(&out1).len() >= 3));
+    let img = checkpoint(&s, &id);
+    s.ok(&["delete", "--force", &id]);
+    let rid = unique_id("lazythr-r");
+    let out2 = s.dir.path().join("out2");
+    let loader = restore_lazily(&s, &img, &rid, &out2, &["--lazy-pages"]);
+    assert!(
+        wait_until(Duration::from_secs(10), || lines(&out2).len() >= 3),
+        "no progress: {}",
+        stderr_of(&out2)
+    );
+    let last_before = counters(lines(&out1).last().unwrap());
+    let after = lines(&out2);
+    let (first, last) = (counters(&after[0]), counters(after.last().unwrap()));
+    for i in 0..4 {
+        assert!(first[i] >= last_before[i], "counter {i}: {after:?}");
+        assert!(
+            last[i] > first[i],
+            "counter {i} made no progress: {after:?}"
+        );
+    }
+    assert_eq!(last[4], 1, "the pending blocked signal was lost: {after:?}");
+    loader_exits(loader);
+    s.ok(&["delete", "--force", &rid]);
+    s.assert_clean(&rid);
+}
+
+#[test]
+fn lazy_memory_semantics_hold_while_pages_are_missing() {
+    // MADV_DONTNEED before the dump, calloc after free, with the rest
+    // loading in the background.
+    let s = program_sandbox("lazymemsem", "memsem", &[]);
+    let (id, out1) = run_detached(&s, "out1");
+    assert!(has_line(&out1, "memsem ready"));
+    let img = checkpoint(&s, &id);
+    s.ok(&["delete", "--force", &id]);
+    let rid = unique_id("lazymemsem-r");
+    let out2 = s.dir.path().join("out2");
+    let loader = restore_lazily(&s, &img, &rid, &out2, &["--lazy-pages"]);
+    s.ok(&["kill", &rid, "USR1"]);
+    assert!(wait_until(Duration::from_secs(10), || !lines(&out2).is_empty()));
+    assert_eq!(lines(&out2), vec!["memsem ok".to_string()]);
+    assert!(wait_until(Duration::from_secs(5), || s.status(&rid) == "stopped"));
+    loader_exits(loader);
+    s.ok(&["delete", &rid]);
+    s.assert_clean(&rid);
+
+    // Recording loads nothing ahead: every step of lazymem (drop, move,
+    // unmap, fork) meets pages still missing.
+    let s = program_sandbox("lazymem", "lazymem", &[]);
+    let (id, out1) = run_detached(&s, "out1");
+    assert!(has_line(&out1, "lazymem ready"), "{}", stderr_of(&out1));
+    let img = checkpoint(&s, &id);
+    s.ok(&["delete", "--force", &id]);
+    let rid = unique_id("lazymem-r");
+    let out2 = s.dir.path().join("out2");
+    let loader = restore_lazily(&s, &img, &rid, &out2, &["--record-working-set"]);
+    s.ok(&["kill", &rid, "USR1"]);
+    assert!(wait_until(Duration::from_secs(10), || !lines(&out2).is_empty()));
+    assert_eq!(lines(&out2), ["lazymem ok"], "{}", stderr_of(&out2));
+    // It exited: its recording ended with it and was saved.
+    assert!(wait_until(Duration::from_secs(5), || s.status(&rid) == "stopped"));
+    loader_exits(loader);
+    let report = s.ok(&["image", "verify", img.to_str().unwrap()]);
+    assert!(report.contains("working set: ok"), "{report}");
+    s.ok(&["delete", &rid]);
+    s.assert_clean(&rid);
+
+    // Again, with that working set loaded first and the rest in the
+    // background racing the program.
+    let rid = unique_id("lazymem-ws");
+    let out3 = s.dir.path().join("out3");
+    let loader = restore_lazily(&s, &img, &rid, &out3, &["--lazy-pages"]);
+    s.ok(&["kill", &rid, "USR1"]);
+    assert!(wait_until(Duration::from_secs(10), || !lines(&out3).is_empty()));
+    assert_eq!(lines(&out3), ["lazymem ok"], "{}", stderr_of(&out3));
+    assert!(wait_until(Duration::from_secs(5), || s.status(&rid) == "stopped"));
+    loader_exits(loader);
+    s.ok(&["delete", &rid]);
+    s.assert_clean(&rid);
+}
+
+#[test]
+fn killing_a_container_while_its_memory_loads_leaves_nothing() {
+    let s = program_sandbox("lazykill", "counter", &["20"]);
+    let (id, out1) = run_detached(&s, "out1");
+    assert!(wait_until(Duration::from_secs(10), || lines(&out1).len() >= 3));
+    let img = checkpoint(&s, &id);
+    s.ok(&["delete", "--force", &id]);
+    // A recording loads only what faults: its loader stays until told.
+    let rid = unique_id("lazykill-r");
+    let out2 = s.dir.path().join("out2");
+    let loader = restore_lazily(&s, &img, &rid, &out2, &["--record-working-set"])
+        .expect("a detached lazy restore leaves a loader");
+    assert!(wait_until(Duration::from_secs(10), || lines(&out2).len() >= 3));
+    assert!(pid_alive(loader));
+    let sock = s.root.join("recording").join(format!("{rid}.sock"));
+    assert!(sock.exists());
+    // A second recording of the same container is refused.
+    let err = s.fails(&[
+        "restore",
+        "--image-path",
+        img.to_str().unwrap(),
+        "--bundle",
+        s.bundle_str(),
+        "-d",
+        "--record-working-set",
+        &rid,
+    ]);
+    assert!(err.contains("already recording"), "{err}");
+    // A checkpoint now would take missing pages for zeros: refused.
+    let again = s.dir.path().join("image-again");
+    let err = s.fails(&["checkpoint", "--image-path", again.to_str().unwrap(), &rid]);
+    assert!(err.contains("userfaultfd"), "{err}");
+    assert_eq!(s.status(&rid), "running");
+    s.ok(&["delete", "--force", &rid]);
+    loader_exits(Some(loader));
+    assert!(!sock.exists(), "the recording socket was left behind");
+    s.assert_clean(&rid);
+    let err = s.fails(&["image", "profile", &rid]);
+    assert!(err.contains("not recording"), "{err}");
+}
+
+/// Writes `body` (JSON) as the working set of `img` with a correct
+/// checksum and the given version.
+fn write_working_set(img: &Path, body: &str, version: u32) {
+    let script = r#"
+import hashlib, sys
+body, version, path = sys.argv[1], sys.argv[2], sys.argv[3]
+doc = '{"format":"sprout-working-set","version":' + version + ',"checksum":"sha256:' + hashlib.sha256(body.encode()).hexdigest() + '","body":' + body + '}'
+open(path, "w").write(doc)
+"#;
+    let st = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", script, body, &version.to_string()])
+        .arg(img.join("working-set.json"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+#[test]
+fn bad_working_sets_are_refused_naming_the_problem() {
+    let s = program_sandbox("lazybadws", "counter", &["50"]);
+    let (id, out) = run_detached(&s, "out");
+    assert!(wait_until(Duration::from_secs(10), || !lines(&out).is_empty()));
+    let img = checkpoint(&s, &id);
+    s.ok(&["delete", "--force", &id]);
+    // Record a real one to mutate.
+    let rid = unique_id("lazybadws-rec");
+    let out2 = s.dir.path().join("out2");
+    let loader = restore_lazily(&s, &img, &rid, &out2, &["--record-working-set"]);
+    assert!(wait_until(Duration::from_secs(10), || lines(&out2).len() >= 2));
+    let saved = s.ok(&["image", "profile", &rid]);
+    assert!(saved.contains("pages in"), "{saved}");
+    s.ok(&["delete", "--force", &rid]);
+    loader_exits(loader);
+    let good = fs::read_to_string(img.join("working-set.json")).unwrap();
+    let doc: serde_json::Value = serde_json::from_str(&good).unwrap();
+    let digest = doc["body"]["image"].as_str().unwrap().to_string();
+    assert!(!doc["body"]["ranges"].as_array().unwrap().is_empty());
+
+    let refused = |want: &str| {
+        let report = s.sprout(&["image", "verify", img.to_str().unwrap()]);
+        let text = String::from_utf8_lossy(&report.stdout).to_lowercase();
+        assert_eq!(report.status.code(), Some(1), "{text}");
+        assert!(
+            text.contains("working set: failed") && text.contains(want),
+            "verify should report {want:?}: {text}"
+        );
+        let rid = unique_id("lazybadws-r");
+        let err = s.fails(&[
+            "restore",
+            "--image-path",
+            img.to_str().unwrap(),
+            "--bundle",
+            s.bundle_str(),
+            "-d",
+            "--lazy-pages",
+            &rid,
+        ]);
+        assert!(
+            err.contains("working-set.json") && err.to_lowercase().contains(want),
+            "restore should fail with {want:?}: {err}"
+        );
+        assert_eq!(err.lines().count(), 1, "{err}");
+        s.assert_clean(&rid);
+    };
+    // A flipped byte.
+    let mut bytes = good.clone().into_bytes();
+    let at = bytes.len() - 20;
+    bytes[at] ^= 0x01;
+    fs::write(img.join("working-set.json"), &bytes).unwrap();
+    refused("working-set.json");
+    // Truncated.
+    fs::write(img.join("working-set.json"), &good[..good.len() / 2]).unwrap();
+    refused("eof");
+    // Another version.
+    write_working_set(&img, &format!(r#"{{"image":"{digest}","ranges":[]}}"#), 2);
+    refused("version 2");
+    // A range outside the image's mappings, with a valid checksum.
+    write_working_set(
+        &img,
+        &format!(r#"{{"image":"{digest}","ranges":[{{"start":"0x1000","pages":4}}]}}"#),
+        1,
+    );
+    refused("not inside the image's mappings");
+    // Recorded from another image.
+    write_working_set(
+        &img,
+        &format!(r#"{{"image":"{}","ranges":[]}}"#, "ab".repeat(32)),
+        1,
+    );
+    refused("recorded from image");
+    // Without it, the image restores lazily again.
+    fs::remove_file(img.join("working-set.json")).unwrap();
+    let rid = unique_id("lazybadws-ok");
+    let out3 = s.dir.path().join("out3");
+    let loader = restore_lazily(&s, &img, &rid, &out3, &["--lazy-pages"]);
+    assert!(wait_until(Duration::from_secs(10), || lines(&out3).len() >= 2));
+    loader_exits(loader);
+    s.ok(&["delete", "--force", &rid]);
+    s.assert_clean(&rid);
+}
+
+#[test]
+fn python_working_set_recorded_then_cold_lazy_restores_answer() {
+    let mut s = python_sandbox("lazypy");
+    let id = s.id.clone();
+    let (img, first) = python_image(&s);
+    s.config()["linux"]
+        .as_object_mut()
+        .unwrap()
+        .remove("cgroupsPath");
+    s.write_config();
+
+    // Record the first request's working set.
+    let rec = format!("{id}-rec");
+    let out = s.dir.path().join("out-rec");
+    let loader = restore_lazily(&s, &img, &rec, &out, &["--record-working-set"]);
+    let pid = s.state(&rec)["pid"].as_i64().unwrap() as i32;
+    lo_up(pid);
+    let answer = json_body(&http_get_in_netns(pid, 8080, "/rec").unwrap());
+    assert_eq!(answer["digest"], first["digest"]);
+    let saved = s.ok(&["image", "profile", &rec]);
+    assert!(saved.contains("pages in"), "{saved}");
+    loader_exits(loader);
+    s.ok(&["delete", "--force", &rec]);
+    s.assert_clean(&rec);
+    let report = s.ok(&["image", "verify", img.to_str().unwrap()]);
+    assert!(report.contains("working set: ok"), "{report}");
+
+    // A cold image: nothing of it in the page cache.
+    sprout::snapshot::image::evict_page_cache(&img).unwrap();
+    let resident = sprout::snapshot::image::resident_fraction(&img).unwrap();
+    assert!(resident < 0.05, "{resident} of pages.img still cached");
+    let cold = format!("{id}-cold");
+    let out = s.dir.path().join("out-cold");
+    let loader = restore_lazily(&s, &img, &cold, &out, &["--lazy-pages"]);
+    let pid = s.state(&cold)["pid"].as_i64().unwrap() as i32;
+    lo_up(pid);
+    let answer = json_body(&http_get_in_netns(pid, 8080, "/cold").unwrap());
+    assert_eq!(answer["digest"], first["digest"], "{answer}");
+    assert_eq!(answer["requests"], 2, "{answer}");
+    loader_exits(loader);
+    s.ok(&["delete", "--force", &cold]);
+    s.assert_clean(&cold);
+
+    // 20 lazy restores at once, each answering and diverging.
+    let ids: Vec<String> = (0..20).map(|i| format!("{id}-l{i}")).collect();
+    let loaders: Vec<Option<i32>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = ids
+            .iter()
+            .map(|rid| {
+                let s = &s;
+                let img = &img;
+                scope.spawn(move || {
+                    let out = s.dir.path().join(format!("out-{rid}"));
+                    restore_lazily(s, img, rid, &out, &["--lazy-pages"])
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (i, rid) in ids.iter().enumerate() {
+        let pid = s.state(rid)["pid"].as_i64().unwrap() as i32;
+        lo_up(pid);
+        let mut last = serde_json::Value::Null;
+        for _ in 0..=i % 2 {
+            last = json_body(&http_get_in_netns(pid, 8080, &format!("/{rid}")).unwrap());
+        }
+        assert_eq!(last["digest"], first["digest"], "{rid}");
+        assert_eq!(last["requests"], 1 + (i % 2) as u64 + 1, "{rid}: {last}");
+    }
+    for l in loaders {
+        loader_exits(l);
+    }
+    for rid in &ids {
+        s.ok(&["delete", "--force", rid]);
+        s.assert_clean(rid);
+    }
+    assert!(
+        cgroup_leftovers(&id).is_empty(),
+        "{:?}",
+        cgroup_leftovers(&id)
+    );
+}
+
+#[test]
+fn foreground_lazy_restore_records_until_asked_then_exits_cleanly() {
+    let s = probe_sandbox("lazyfg");
+    let (img, _) = probe_image(&s);
+    let rid = unique_id("lazyfg-r");
+    let pid_file = s.dir.path().join("restored.pid");
+    let out = s.dir.path().join("out-fg");
+    let mut child = s
+        .cmd()
+        .args([
+            "restore",
+            "--image-path",
+            img.to_str().unwrap(),
+            "--bundle",
+            s.bundle_str(),
+            "--pid-file",
+            pid_file.to_str().unwrap(),
+            "--record-working-set",
+            "--timings",
+            &rid,
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(fs::File::create(&out).unwrap())
+        .stderr(fs::File::create(out.with_extension("err")).unwrap())
+        .spawn()
+        .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || fs::read_to_string(&pid_file)
+            .is_ok_and(|p| !p.is_empty())),
+        "no pid file: {}",
+        stderr_of(&out)
+    );
+    // The loader is this foreground sprout: it answers the profile request.
+    let saved = s.ok(&["image", "profile", &rid]);
+    assert!(
+        saved.contains("pages in") && saved.contains("working-set.json"),
+        "{saved}"
+    );
+    assert!(img.join("working-set.json").exists());
+    let err = s.fails(&["image", "profile", &rid]);
+    assert!(err.contains("not recording"), "{err}");
+    s.ok(&["kill", &rid, "USR1"]);
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(42), "{}", stderr_of(&out));
+    let timings = stderr_of(&out);
+    let line = timings
+        .lines()
+        .find(|l| l.starts_with("memory: lazy (recording)"))
+        .unwrap_or_else(|| panic!("{timings}"));
+    assert!(
+        line.ends_with(&format!("loader pid {}", child.id())),
+        "{line}"
+    );
+    assert!(
+        !s.root
+            .join("recording")
+            .join(format!("{rid}.sock"))
+            .exists()
+    );
+    s.assert_clean(&rid);
+    let report = s.ok(&["image", "verify", img.to_str().unwrap()]);
+    assert!(report.contains("working set: ok"), "{report}");
+}
+
+#[test]
+fn a_corrupt_chunk_found_while_loading_lazily_kills_the_container() {
+    let s = python_sandbox("lazycorrupt");
+    let (good, _) = python_image(&s);
+    // A copy of the image with one byte flipped in a chunk in the middle
+    // of pages.img: with nothing loaded ahead, the restore may not meet it;
+    // the background pass does.
+    let img = s.dir.path().join("corrupt");
+    fs::create_dir(&img).unwrap();
+    fs::set_permissions(&img, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    for f in ["manifest.json", "pages.img"] {
+        fs::copy(good.join(f), img.join(f)).unwrap();
+    }
+    let mut pages = fs::read(img.join("pages.img")).unwrap();
+    let at = pages.len() / 2 + 100;
+    pages[at] ^= 0xff;
+    fs::write(img.join("pages.img"), pages).unwrap();
+
+    let rid = unique_id("lazycorrupt-r");
+    let out = s.dir.path().join("out-r");
+    let st = sprout_to(
+        &s,
+        &[
+            "restore",
+            "--image-path",
+            img.to_str().unwrap(),
+            "--bundle",
+            s.bundle_str(),
+            "-d",
+            "--timings",
+            "--lazy-pages",
+            &rid,
+        ],
+        &out,
+    );
+    let err = stderr_of(&out);
+    if !st.success() {
+        // Met during the restore: refused before the process ran.
+        assert!(err.contains("chunk") && err.contains("corrupt"), "{err}");
+        s.assert_clean(&rid);
+        return;
+    }
+    // Met afterwards: the loader killed the container and exited.
+    let loader: i32 = err
+        .lines()
+        .find(|l| l.starts_with("memory: lazy"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("{err}"));
+    assert!(
+        wait_until(Duration::from_secs(20), || s.status(&rid) == "stopped"),
+        "the container runs on with a corrupt chunk in its memory"
+    );
+    loader_exits((loader > 0).then_some(loader));
+    s.ok(&["delete", &rid]);
+    s.assert_clean(&rid);
+}

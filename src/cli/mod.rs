@@ -177,7 +177,7 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Events(a) => events::events(g, a),
         Command::Checkpoint(a) => snapshot::checkpoint(g, a),
         Command::Restore(a) => snapshot::restore(g, a),
-        Command::Image(c) => snapshot::image(c),
+        Command::Image(c) => snapshot::image(g, c),
         Command::Spec(a) => spec_cmd::spec(a),
         Command::Features => spec_cmd::features(),
         Command::Function(c) => function::function(g, c),

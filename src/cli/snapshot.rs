@@ -1,4 +1,7 @@
-//! `checkpoint`, `restore` (runc's commands and flags) and `image verify`.
+//! `checkpoint`, `restore` (runc's commands and flags), `image verify` and
+//! `image profile`.
+
+mod loader;
 
 use std::path::PathBuf;
 
@@ -7,7 +10,9 @@ use clap::{Args, Subcommand};
 
 use sprout::snapshot::dump::{CheckpointOptions, checkpoint as dump};
 use sprout::snapshot::ptrace::Tracer;
-use sprout::snapshot::restore::{RestoreOptions, restore_bundle};
+use sprout::snapshot::restore::{
+    MemoryLoading, RestoreOptions, RestoreReport, restore_bundle_with_loader,
+};
 
 use super::{GlobalOpts, lifecycle, netplug, runtime, tty};
 
@@ -77,16 +82,38 @@ pub struct RestoreArgs {
     /// io.sprout.vpc annotation does).
     #[arg(long)]
     pub vpc: Option<String>,
+    /// Load the process's anonymous memory lazily with userfaultfd: the
+    /// image's working set (if it has one) before the process runs, the
+    /// rest on demand and in the background (by this process, or with
+    /// --detach by a child it leaves behind until loading is done).
+    #[arg(long)]
+    pub lazy_pages: bool,
+    /// With --lazy-pages: do not load the image's working set first.
+    #[arg(long, requires = "lazy_pages")]
+    pub no_working_set: bool,
+    /// Record the pages the process touches first, loading lazily, until
+    /// `sprout image profile ID` (or the process's exit) saves them as the
+    /// image's working set.
+    #[arg(long, conflicts_with = "lazy_pages")]
+    pub record_working_set: bool,
     /// Container id (need not be the dumped container's: an image is a template).
     pub id: String,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum ImageCommand {
-    /// Check an image offline: manifest, page checksums, host compatibility.
+    /// Check an image offline: manifest, page checksums, working set,
+    /// host compatibility.
     Verify {
         /// The image directory.
         dir: PathBuf,
+    },
+    /// End the recording of a `restore --record-working-set` of container
+    /// ID: save the pages it touched so far into its image's
+    /// working-set.json (and load the rest).
+    Profile {
+        /// The container restored with --record-working-set.
+        id: String,
     },
 }
 
@@ -132,10 +159,42 @@ pub fn checkpoint(g: &GlobalOpts, a: CheckpointArgs) -> Result<u8> {
     Ok(0)
 }
 
+fn memory_loading(a: &RestoreArgs) -> MemoryLoading {
+    if a.record_working_set {
+        MemoryLoading::Record
+    } else if a.lazy_pages && a.no_working_set {
+        MemoryLoading::Lazy { working_set: None }
+    } else if a.lazy_pages {
+        MemoryLoading::LazyWithImageWorkingSet
+    } else {
+        MemoryLoading::Eager
+    }
+}
+
+fn print_timings(report: &RestoreReport) {
+    let parts: Vec<String> = report
+        .stages
+        .iter()
+        .map(|(n, d)| format!("{n} {}µs", d.as_micros()))
+        .collect();
+    eprintln!(
+        "restore: {} (total {}µs)",
+        parts.join(", "),
+        report.total().as_micros()
+    );
+}
+
 pub fn restore(g: &GlobalOpts, a: RestoreArgs) -> Result<u8> {
     refuse(a.tcp_established, "--tcp-established")?;
     hash_cache(g);
     let rt = runtime(g)?;
+    // Before anything runs: a second recording of the same id, or one
+    // whose socket cannot be made, is refused with nothing to undo.
+    let recorder = if a.record_working_set {
+        Some(loader::Recorder::bind(g, &a.id, &a.image_path)?)
+    } else {
+        None
+    };
     let tracer = Tracer::spawn("sprout-tracer")?;
     let proxy = if !a.detach && a.console_socket.is_none() && tty::bundle_wants_terminal(&a.bundle)
     {
@@ -150,28 +209,63 @@ pub fn restore(g: &GlobalOpts, a: RestoreArgs) -> Result<u8> {
             .or_else(|| proxy.as_ref().map(|p| p.path().to_path_buf())),
         pid_file: a.pid_file.clone(),
         no_new_keyring: a.no_new_keyring,
+        memory: memory_loading(&a),
         ..Default::default()
     };
     // With a VPC, the sandbox joins a pooled namespace; a restore that
     // fails gives it back (the container is gone by then).
-    let (container, report) = netplug::with_vpc(g, &a.id, &a.bundle, a.vpc.as_deref(), |b| {
-        Ok(restore_bundle(&rt, &tracer, &a.id, b, &a.image_path, opts)?)
+    let restored = netplug::with_vpc(g, &a.id, &a.bundle, a.vpc.as_deref(), |b| {
+        Ok(restore_bundle_with_loader(
+            &rt,
+            &tracer,
+            &a.id,
+            b,
+            &a.image_path,
+            opts,
+        )?)
     })?;
+    let (container, report, loader) = (restored.container, restored.report, restored.loader);
     if a.timings {
-        let parts: Vec<String> = report
-            .stages
-            .iter()
-            .map(|(n, d)| format!("{n} {}µs", d.as_micros()))
-            .collect();
-        eprintln!(
-            "restore: {} (total {}µs)",
-            parts.join(", "),
-            report.total().as_micros()
-        );
+        print_timings(&report);
     }
+    let memory_line = |pid: u32| {
+        let m = &report.memory;
+        if m.lazy {
+            eprintln!(
+                "memory: lazy{}, {} of {} pages loaded before the process ran, loader pid {pid}",
+                if m.recording { " (recording)" } else { "" },
+                m.working_set_pages,
+                m.lazy_pages
+            );
+        } else if let Some(errno) = m.eager_fallback {
+            eprintln!(
+                "memory: eager (userfaultfd refused: {})",
+                std::io::Error::from_raw_os_error(errno)
+            );
+        }
+    };
     if a.detach {
+        // The tracer's thread goes: the process that forks the loader
+        // below must be this one thread (and the suspended loader).
+        // The container's handle holds its state lock: not for the child.
+        drop(tracer);
+        drop(container);
+        let pid = match loader {
+            Some(l) => loader::keep_loading_in_child(l, recorder, g.log.as_deref())?,
+            None => None,
+        };
+        if a.timings {
+            memory_line(pid.unwrap_or(0));
+        }
         return Ok(0);
     }
+    if a.timings {
+        memory_line(std::process::id());
+    }
+    let serving = match (&loader, recorder) {
+        (Some(l), Some(r)) => Some(r.serve_in_thread(l.remote())),
+        _ => None,
+    };
     let relay = match proxy {
         Some(p) => Some(p.receive()?.relay()?),
         None => None,
@@ -179,16 +273,27 @@ pub fn restore(g: &GlobalOpts, a: RestoreArgs) -> Result<u8> {
     let _forwarder = lifecycle::signals_forwarder(container.pid());
     let code = container.wait()?.unwrap_or(0);
     drop(relay);
+    let loaded = loader.map(|l| l.wait()).transpose();
+    if let Some(s) = serving {
+        s.finish(loaded.as_ref().ok().and_then(|r| r.as_ref()));
+    }
     netplug::delete_container(g, rt.container(&a.id)?, true)?;
+    if let Err(e) = loaded {
+        bail!("lazy loading of the restored memory failed (the process was killed): {e}");
+    }
     Ok(code.clamp(0, 255) as u8)
 }
 
-pub fn image(cmd: ImageCommand) -> Result<u8> {
+pub fn image(g: &GlobalOpts, cmd: ImageCommand) -> Result<u8> {
     match cmd {
         ImageCommand::Verify { dir } => {
             let report = sprout::snapshot::image::verify(&dir)?;
             println!("{report}");
             Ok(if report.ok() { 0 } else { 1 })
+        }
+        ImageCommand::Profile { id } => {
+            println!("{}", loader::finish_recording(g, &id)?);
+            Ok(0)
         }
     }
 }

@@ -94,6 +94,14 @@ fn vma_attributes(smaps: Option<&SmapsVma>, m: &MapEntry) -> Result<Vec<VmFlag>,
             "ht" => return Err(unsupported(m, "hugetlb memory")),
             "ss" => return Err(unsupported(m, "a shadow stack")),
             "io" | "pf" => return Err(unsupported(m, "device (VM_IO/PFNMAP) memory")),
+            // A lazily restored process still loading: its missing pages
+            // are not present yet and would be dumped as zeros.
+            "um" | "uw" | "ui" => {
+                return Err(unsupported(
+                    m,
+                    "registered with userfaultfd (memory still being loaded lazily; checkpoint once loading is done)",
+                ));
+            }
             _ => continue,
         };
         out.push(f);

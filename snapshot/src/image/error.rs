@@ -144,6 +144,27 @@ pub enum ImageError {
         /// Value found.
         found: String,
     },
+    /// `working-set.json` has a version this build does not read.
+    #[error(
+        "working-set.json: unsupported version {found} (this sprout reads version {supported})"
+    )]
+    UnsupportedWorkingSetVersion {
+        /// Version found.
+        found: u64,
+        /// Version supported.
+        supported: u32,
+    },
+    /// `working-set.json` was recorded from another image (or an earlier
+    /// image in the same directory).
+    #[error(
+        "working-set.json was recorded from image sha256:{recorded}, not from this one (sha256:{image})"
+    )]
+    WorkingSetForeign {
+        /// The image digest the working set names.
+        recorded: String,
+        /// This image's digest.
+        image: String,
+    },
     /// Something needed from the running host could not be read.
     #[error("reading this host's {what}: {reason}")]
     HostProbe {

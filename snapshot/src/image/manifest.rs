@@ -140,6 +140,13 @@ fn json_error(file: &'static str, e: serde_path_to_error::Error<serde_json::Erro
 /// It does not look at the pages file (its size is checked by
 /// [`Image::open`](super::Image::open)) nor at this host.
 pub fn parse_manifest(bytes: &[u8]) -> Result<ManifestBody> {
+    parse_manifest_with_digest(bytes).map(|(body, _)| body)
+}
+
+/// [`parse_manifest`], also returning the body's SHA-256 (verified against
+/// the envelope's checksum): the identity of the image that a working set
+/// ([`super::WorkingSet`]) is bound to.
+pub(crate) fn parse_manifest_with_digest(bytes: &[u8]) -> Result<(ManifestBody, Sha256Digest)> {
     let len = bytes.len() as u64;
     if len > MAX_MANIFEST_BYTES {
         return Err(ImageError::limit(
@@ -208,7 +215,7 @@ pub fn parse_manifest(bytes: &[u8]) -> Result<ManifestBody> {
         serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(body_bytes))
             .map_err(|e| json_error("manifest.json body", e))?;
     validate::body(&body)?;
-    Ok(body)
+    Ok((body, actual))
 }
 
 /// Serializes a body into the bytes of a `manifest.json`, after validating

@@ -3,12 +3,13 @@
 //! # Layout
 //!
 //! An image is a **directory**, mode 0700, owned by root or the user that
-//! restores it, holding exactly two files:
+//! restores it, holding two files and an optional third:
 //!
 //! | file | contents |
 //! |---|---|
 //! | `manifest.json` | everything but page contents, as JSON (below) |
 //! | `pages.img` | page data: whole 4096-byte pages, back to back, every offset page aligned, checksummed in chunks |
+//! | `working-set.json` | optional: the pages a restored process touched first ([`WorkingSet`], [`working_set`]), written by a recording restore, loaded first by lazy ones |
 //!
 //! An image is untrusted input (images are copied between nodes and
 //! imported by containerd). [`Image::open`] refuses a directory that others
@@ -154,6 +155,12 @@
 //! template), `pread` returns an error. On this machine 48 MiB hash in
 //! 2.7 ms (XXH3 alone) and read and hash in 6–8 ms on one core.
 //!
+//! # Cold images
+//!
+//! [`evict_page_cache`] drops an image's files from the page cache and
+//! [`resident_fraction`] (`mincore`) tells how much of `pages.img` is
+//! cached: how tests and benches make and prove a cold start.
+//!
 //! # Limits
 //!
 //! Every count and size has a bound in [`limits`], checked before use;
@@ -188,12 +195,14 @@ mod host;
 pub mod limits;
 mod manifest;
 mod memory;
+mod page_cache;
 mod process;
 mod reader;
 mod rootfs;
 mod thread;
 mod validate;
 mod verify;
+pub mod working_set;
 mod writer;
 
 pub use encoding::{ChunkHash, HexBytes, Sha256Digest};
@@ -205,6 +214,7 @@ pub use fds::{
 pub use host::{Cpu, Host, Vdso, VdsoArea, VdsoAreaKind};
 pub use manifest::{ChunkHashKind, ManifestBody, PagesIndex, encode_manifest, parse_manifest};
 pub use memory::{Backing, FileRecord, PageRun, PageSpan, Prot, SharedObject, VmFlag, Vma};
+pub use page_cache::{evict_page_cache, file_resident_fraction, resident_fraction};
 pub use process::{
     CapSets, Credentials, ITimer, ITimers, IdSet, MmFields, PendingSignal, PosixTimer, Process,
     Rlimit, RlimitResource, SigAction, TimeOffsets, TimerNotify,
@@ -215,4 +225,5 @@ pub use thread::{
     RobustList, Rseq, SigAltStack, SyscallRestart, Thread, USER_CS, USER_SS, UserRegs,
 };
 pub use verify::{VerifyReport, verify};
+pub use working_set::{PageRange, WorkingSet};
 pub use writer::{ImageWriter, PageRef};

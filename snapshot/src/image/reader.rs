@@ -10,11 +10,11 @@ use std::path::{Path, PathBuf};
 use nix::fcntl::{FcntlArg, OFlag, fcntl, openat};
 use nix::sys::stat::{FileStat, Mode, SFlag, fstat};
 
-use super::encoding::ChunkHash;
+use super::encoding::{ChunkHash, Sha256Digest};
 use super::error::{ImageError, Result};
 use super::host::Host;
 use super::limits::*;
-use super::manifest::{ManifestBody, parse_manifest};
+use super::manifest::{ManifestBody, parse_manifest_with_digest};
 
 /// An image directory, opened and validated.
 ///
@@ -31,6 +31,7 @@ pub struct Image {
     dir_fd: OwnedFd,
     manifest_len: u64,
     body: ManifestBody,
+    digest: Sha256Digest,
     pages: File,
 }
 
@@ -64,7 +65,13 @@ fn check_file(path: &Path, st: &FileStat, dir: bool) -> Result<()> {
     Ok(())
 }
 
-fn open_member(dir_fd: &OwnedFd, dir: &Path, name: &str) -> Result<(File, FileStat, PathBuf)> {
+/// Opens `name` in the image directory as a regular file that only its
+/// owner (root or the caller) can write; no symlink, no FIFO.
+pub(super) fn open_member(
+    dir_fd: &OwnedFd,
+    dir: &Path,
+    name: &str,
+) -> Result<(File, FileStat, PathBuf)> {
     let path = dir.join(name);
     // O_NONBLOCK: a FIFO planted under the name must not block the open;
     // it is then refused as not a regular file.
@@ -112,7 +119,7 @@ impl Image {
             .take(MAX_MANIFEST_BYTES + 1)
             .read_to_end(&mut bytes)
             .map_err(ImageError::io(&manifest_path, "read"))?;
-        let body = parse_manifest(&bytes)?;
+        let (body, digest) = parse_manifest_with_digest(&bytes)?;
 
         let (pages, st, pages_path) = open_member(&dir_fd, &dir, PAGES_FILE)?;
         let actual = st.st_size as u64;
@@ -137,6 +144,7 @@ impl Image {
             dir_fd,
             manifest_len: bytes.len() as u64,
             body,
+            digest,
             pages,
         })
     }
@@ -144,6 +152,24 @@ impl Image {
     /// The manifest body, validated.
     pub fn manifest(&self) -> &ManifestBody {
         &self.body
+    }
+
+    /// SHA-256 of the manifest body: the image's identity (a working set
+    /// names the image it was recorded from by it).
+    pub fn digest(&self) -> &Sha256Digest {
+        &self.digest
+    }
+
+    /// Opens the optional member `name` of the image directory with the
+    /// checks [`Image::open`] applies to its own files; `None` if absent.
+    pub(super) fn open_optional_member(&self, name: &str) -> Result<Option<(File, FileStat)>> {
+        match open_member(&self.dir_fd, &self.dir, name) {
+            Ok((f, st, _)) => Ok(Some((f, st))),
+            Err(ImageError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Size of `manifest.json` in bytes.

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use super::error::Result;
 use super::host::Host;
 use super::reader::Image;
+use super::working_set::WorkingSet;
 
 /// What [`verify`] found. The manifest was readable and valid and
 /// `pages.img` had the recorded size (else `verify` returned the error);
@@ -47,17 +48,21 @@ pub struct VerifyReport {
     pub pages: Result<()>,
     /// Whether this host can restore the image.
     pub host: Result<()>,
+    /// `working-set.json`, if the image has one: its ranges and pages, or
+    /// why it is refused.
+    pub working_set: Result<Option<(usize, u64)>>,
 }
 
 impl VerifyReport {
-    /// Manifest and pages are intact (the host may still be foreign).
+    /// Manifest, pages and working set (if any) are intact (the host may
+    /// still be foreign).
     pub fn intact(&self) -> bool {
-        self.pages.is_ok()
+        self.pages.is_ok() && self.working_set.is_ok()
     }
 
     /// Intact and restorable on this host.
     pub fn ok(&self) -> bool {
-        self.pages.is_ok() && self.host.is_ok()
+        self.intact() && self.host.is_ok()
     }
 }
 
@@ -84,6 +89,13 @@ impl fmt::Display for VerifyReport {
             self.kernel_release,
             self.cpu_vendor
         )?;
+        match &self.working_set {
+            Ok(None) => writeln!(f, "working set: none")?,
+            Ok(Some((ranges, pages))) => {
+                writeln!(f, "working set: ok ({pages} pages in {ranges} ranges)")?
+            }
+            Err(e) => writeln!(f, "working set: FAILED: {e}")?,
+        }
         writeln!(
             f,
             "contents: {} threads, {} vmas, {} files, {} shared objects, {} fds",
@@ -99,11 +111,14 @@ impl fmt::Display for VerifyReport {
 
 /// Checks the image in `dir` offline: opens and validates it
 /// ([`Image::open`]; its error is returned as is), then checks every page
-/// chunk and this host's compatibility, reporting each separately.
+/// chunk, its working set if it has one, and this host's compatibility,
+/// reporting each separately.
 pub fn verify(dir: impl AsRef<Path>) -> Result<VerifyReport> {
     let image = Image::open(dir.as_ref())?;
     let pages = image.verify_pages();
     let host = Host::current().and_then(|h| image.check_host(&h));
+    let working_set =
+        WorkingSet::load(&image).map(|ws| ws.map(|ws| (ws.ranges().len(), ws.page_count())));
     let b = image.manifest();
     Ok(VerifyReport {
         dir: dir.as_ref().to_path_buf(),
@@ -123,5 +138,6 @@ pub fn verify(dir: impl AsRef<Path>) -> Result<VerifyReport> {
         chunk_size: b.pages.chunk_size,
         pages,
         host,
+        working_set,
     })
 }

@@ -35,6 +35,9 @@ pub(super) struct Opened {
     pub shared: Vec<i32>,
     /// The exe, for `PR_SET_MM_MAP`; `None` if it could not be opened.
     pub exe: Option<i32>,
+    /// The userfaultfd made for a lazy restore: its fd, or the errno of
+    /// `userfaultfd()`; `None` if none was asked for.
+    pub uffd: Option<Result<i32, i32>>,
 }
 
 fn is_vdso_family(b: &Backing) -> bool {
@@ -71,12 +74,14 @@ fn results_ok(rs: &[i64], what: &'static str) -> Result<(), RestoreError> {
     Ok(())
 }
 
-/// Batch 1: opens the files and makes the shared-memory objects.
+/// Batch 1: opens the files and makes the shared-memory objects (and,
+/// with `uffd`, a userfaultfd for a lazy restore: it may be refused).
 pub(super) fn open_files(
     ctx: &mut TraceCtx,
     pid: Tid,
     gadget: &mut Gadget,
     image: &Image,
+    uffd: bool,
 ) -> Result<Opened, RestoreError> {
     let m = image.manifest();
     let mut entries = Vec::new();
@@ -116,6 +121,15 @@ pub(super) fn open_files(
         )
         .may_fail(),
     );
+    if uffd {
+        entries.push(
+            Entry::new(
+                libc::SYS_userfaultfd,
+                [(libc::O_CLOEXEC | libc::O_NONBLOCK) as u64, 0, 0, 0, 0, 0],
+            )
+            .may_fail(),
+        );
+    }
     let rs = gadget.run(ctx, pid, &entries)?;
     let nf = m.files.len();
     let ns = m.shared_memory.len();
@@ -124,6 +138,10 @@ pub(super) fn open_files(
         files: rs[..nf].iter().map(|&r| r as i32).collect(),
         shared: rs[nf..nf + ns].iter().map(|&r| r as i32).collect(),
         exe: (exe_fd >= 0).then_some(exe_fd as i32),
+        uffd: uffd.then(|| {
+            let r = rs[nf + ns + 1];
+            if r >= 0 { Ok(r as i32) } else { Err(-r as i32) }
+        }),
     })
 }
 
@@ -368,13 +386,19 @@ fn object_files(opened: &Opened, pid: Tid) -> Result<Vec<std::fs::File>, Restore
         .collect()
 }
 
-/// Copies every stored page into the process, chunk by chunk, each chunk
-/// verified against its hash first. Returns the bytes copied.
-pub(super) fn fill(pid: Tid, image: &Image, opened: &Opened) -> Result<u64, RestoreError> {
+/// Copies every stored page into the process (but those of the VMAs
+/// `skip` names: a lazy restore's loader has them), chunk by chunk, each
+/// chunk verified against its hash first. Returns the bytes copied.
+pub(super) fn fill(
+    pid: Tid,
+    image: &Image,
+    opened: &Opened,
+    skip: impl Fn(&Vma) -> bool,
+) -> Result<u64, RestoreError> {
     let m = image.manifest();
     // (pages-file offset, destination, length), in file order.
     let mut runs: Vec<(u64, Dest, u64)> = Vec::new();
-    for v in &m.vmas {
+    for v in m.vmas.iter().filter(|v| !skip(v)) {
         for r in &v.pages {
             runs.push((r.offset, Dest::Memory(r.addr(v.start)), r.len()));
         }
@@ -404,7 +428,7 @@ pub(super) fn fill(pid: Tid, image: &Image, opened: &Opened) -> Result<u64, Rest
         pending.clear();
         Ok(())
     };
-    for (mut off, mut dest, mut len) in runs {
+    for (i, &(mut off, mut dest, mut len)) in runs.iter().enumerate() {
         while len > 0 {
             let in_window =
                 buf_start != u64::MAX && off >= buf_start && off < buf_start + buf.len() as u64;
@@ -412,7 +436,23 @@ pub(super) fn fill(pid: Tid, image: &Image, opened: &Opened) -> Result<u64, Rest
                 flush(&mut pending, &buf)?;
                 let first_chunk = off / chunk;
                 buf_start = first_chunk * chunk;
-                let end = (buf_start + window_chunks * chunk).min(m.pages.size);
+                // Through the runs that follow closely (within a chunk of
+                // the data needed so far), up to the largest window: no
+                // chunk is read that no run needs (a lazy restore fills
+                // only a few scattered runs here).
+                let cap = buf_start + window_chunks * chunk;
+                let mut needed = off + len;
+                for r in &runs[i + 1..] {
+                    if r.0 >= cap || r.0 >= needed.next_multiple_of(chunk) + chunk {
+                        break;
+                    }
+                    needed = needed.max(r.0 + r.2);
+                }
+                let end = needed
+                    .min(cap)
+                    .div_ceil(chunk)
+                    .saturating_mul(chunk)
+                    .min(m.pages.size);
                 buf.resize((end - buf_start) as usize, 0);
                 file.read_exact_at(&mut buf, buf_start)
                     .map_err(|source| RestoreError::Io {

@@ -10,7 +10,9 @@
 //!    runs an instruction), the files it will map are checked by content
 //!    through its own root, a batch gadget is placed in a hole of both
 //!    layouts, and [`memory`] rebuilds the address space and copies the
-//!    pages in (verified chunk by chunk);
+//!    pages in (verified chunk by chunk) — or, with
+//!    [`MemoryLoading::Lazy`], leaves private anonymous memory to a
+//!    [`Loader`] that serves it with userfaultfd ([`lazy`]);
 //! 4. the process's mm fields, personality, umask, cwd and signal handlers;
 //!    the other [`threads`] at their dumped tids with their per-thread
 //!    kernel state; the file descriptors ([`crate::fds`]); timers; pending
@@ -18,12 +20,20 @@
 //! 5. the sandbox's [`creds`]: ids, capabilities, no_new_privs, then the
 //!    seccomp filter — last, as at a fresh start (pitfalls §9);
 //! 6. the gadget goes, each thread gets its dumped registers, extended
-//!    state and signal mask, and all are let go.
+//!    state and signal mask, and (a lazy restore's working set loaded)
+//!    all are let go.
+//!
+//! [`restore`] returns once the process runs and its memory is all in;
+//! [`restore_with_loader`] returns once it runs, with the [`Loader`] of a
+//! lazy restore still loading ([`Restored`]).
 
 mod creds;
+pub mod lazy;
 mod memory;
 pub mod stub;
 mod threads;
+
+pub use lazy::{LoadReport, Loader, LoaderRemote, MemoryLoading, SuspendedLoader};
 
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
@@ -36,7 +46,7 @@ use sprout_runtime::spec::Bundle;
 use sprout_runtime::timing::Stages;
 use sprout_runtime::{Container, CreateOptions, Runtime, Takeover};
 
-use crate::image::{Host, Image, ImageError, ManifestBody, RlimitResource};
+use crate::image::{Host, Image, ImageError, ManifestBody, RlimitResource, WorkingSet};
 use crate::ptrace::{
     Entry, Gadget, GadgetConfig, GadgetError, Options, PtraceError, Stop, Tid, TraceCtx, Tracer,
 };
@@ -94,6 +104,10 @@ pub enum RestoreError {
     /// A file descriptor could not be recreated.
     #[error("file descriptors: {0}")]
     Fd(#[from] crate::fds::FdError),
+    /// A working set was asked of a restore that does not record one (or
+    /// whose recording ended when its process did).
+    #[error("this restore is not recording a working set (or its recording has ended)")]
+    NotRecording,
 }
 
 /// Options of a restore that are not in the bundle.
@@ -107,6 +121,9 @@ pub struct RestoreOptions {
     pub pid_file: Option<PathBuf>,
     /// Do not give the container its own session keyring.
     pub no_new_keyring: bool,
+    /// How the process's memory is loaded (default: all of it before the
+    /// process runs).
+    pub memory: MemoryLoading,
 }
 
 /// Stage timings and sizes of one restore.
@@ -116,8 +133,60 @@ pub struct RestoreReport {
     /// fill memory, process state, threads, fds, timers+signals,
     /// credentials+seccomp, resume.
     pub stages: Vec<(&'static str, Duration)>,
-    /// Bytes of page data copied in.
+    /// Bytes of page data copied in before the process ran (a lazy
+    /// restore's working set included).
     pub pages_bytes: u64,
+    /// How its memory is loaded.
+    pub memory: MemoryReport,
+}
+
+/// How a restore loads the process's memory.
+#[derive(Debug, Clone, Default)]
+pub struct MemoryReport {
+    /// A [`Loader`] loads private anonymous memory after the restore.
+    pub lazy: bool,
+    /// It records a working set ([`MemoryLoading::Record`]).
+    pub recording: bool,
+    /// Lazy loading was asked for, but the process may not create a
+    /// userfaultfd (errno; `EPERM` in a user namespace without
+    /// `CAP_SYS_PTRACE` and `vm.unprivileged_userfaultfd=0`): everything
+    /// was loaded eagerly.
+    pub eager_fallback: Option<i32>,
+    /// Stored pages left to the loader (the working set's included).
+    pub lazy_pages: u64,
+    /// Stored pages of the working set, loaded before the process ran.
+    pub working_set_pages: u64,
+}
+
+/// A restored container whose memory may still be loading.
+///
+/// Dropping it waits for its [`Loader`] (if any) to finish;
+/// [`Restored::wait_loaded`] does so and tells how it went.
+#[derive(Debug)]
+pub struct Restored {
+    /// The container, running.
+    pub container: Container,
+    /// Stage timings and sizes.
+    pub report: RestoreReport,
+    /// The loader of a lazy restore.
+    pub loader: Option<Loader>,
+}
+
+impl Restored {
+    /// Waits until the process's memory is all loaded; `None` for an
+    /// eager restore.
+    pub fn wait_loaded(&mut self) -> Result<Option<LoadReport>, RestoreError> {
+        self.loader.take().map(Loader::wait).transpose()
+    }
+
+    /// Ends the recording of a [`MemoryLoading::Record`] restore: the
+    /// pages the process touched since it was restored.
+    pub fn finish_recording(&self) -> Result<WorkingSet, RestoreError> {
+        self.loader
+            .as_ref()
+            .ok_or(RestoreError::NotRecording)?
+            .finish_recording()
+    }
 }
 
 impl RestoreReport {
@@ -137,7 +206,9 @@ fn host() -> Result<&'static Host, ImageError> {
 }
 
 /// Restores the image at `image_dir` as container `id` in the sandbox the
-/// bundle describes. All ptrace work runs on `tracer`'s thread.
+/// bundle describes. All ptrace work runs on `tracer`'s thread. Returns
+/// once the process runs with all its memory loaded (a lazy restore waits
+/// for its loader).
 pub fn restore(
     rt: &Runtime,
     tracer: &Tracer,
@@ -161,6 +232,48 @@ pub fn restore_bundle(
     image_dir: &Path,
     opts: RestoreOptions,
 ) -> Result<(Container, RestoreReport), RestoreError> {
+    let mut r = restore_bundle_with_loader(rt, tracer, id, bundle, image_dir, opts)?;
+    if r.report.memory.recording {
+        // Nobody could end it: a recording here records nothing.
+        let _ = r.finish_recording();
+    }
+    if let Err(e) = r.wait_loaded() {
+        // The loader killed the process; nothing may be left.
+        let Restored { container, .. } = r;
+        let _ = container.delete(true);
+        return Err(e);
+    }
+    let Restored {
+        container, report, ..
+    } = r;
+    Ok((container, report))
+}
+
+/// [`restore`], returning as soon as the process runs: with
+/// [`MemoryLoading::Lazy`] or [`MemoryLoading::Record`] its memory is
+/// still being loaded by the returned [`Restored::loader`].
+pub fn restore_with_loader(
+    rt: &Runtime,
+    tracer: &Tracer,
+    id: &str,
+    bundle: &Path,
+    image_dir: &Path,
+    opts: RestoreOptions,
+) -> Result<Restored, RestoreError> {
+    let bundle = sprout_runtime::spec::load_bundle(bundle).map_err(sprout_runtime::Error::from)?;
+    restore_bundle_with_loader(rt, tracer, id, bundle, image_dir, opts)
+}
+
+/// [`restore_with_loader`] into a bundle the caller loaded (see
+/// [`restore_bundle`]).
+pub fn restore_bundle_with_loader(
+    rt: &Runtime,
+    tracer: &Tracer,
+    id: &str,
+    bundle: Bundle,
+    image_dir: &Path,
+    opts: RestoreOptions,
+) -> Result<Restored, RestoreError> {
     let stack_hard = bundle_stack_hard(&bundle);
     restore_with(tracer, image_dir, opts, stack_hard, |o| {
         rt.create_from_bundle(id, bundle, o)
@@ -173,10 +286,23 @@ fn restore_with(
     opts: RestoreOptions,
     bundle_stack_hard: Option<u64>,
     create: impl FnOnce(CreateOptions) -> Result<Container, sprout_runtime::Error>,
-) -> Result<(Container, RestoreReport), RestoreError> {
+) -> Result<Restored, RestoreError> {
     let mut stages = Stages::new();
+    let mut opts = opts;
     let image = Image::open(image_dir)?;
     image.check_host(host()?)?;
+    match &opts.memory {
+        MemoryLoading::Lazy {
+            working_set: Some(ws),
+        } => ws.check_against(&image)?,
+        MemoryLoading::LazyWithImageWorkingSet => {
+            opts.memory = MemoryLoading::Lazy {
+                working_set: WorkingSet::load(&image)?,
+            }
+        }
+        _ => {}
+    }
+    lazy::read_ahead(&image, &opts.memory);
     stages.mark("open image");
     let m = image.manifest();
     let rlimit_stack = exec_stack_limit(m, bundle_stack_hard);
@@ -197,17 +323,19 @@ fn restore_with(
         ..Default::default()
     })?;
     stages.mark("prepare sandbox");
-    let result = restore_into(tracer, &mut container, image, &mut stages);
+    let result = restore_into(tracer, &mut container, image, opts.memory, &mut stages);
     match result {
-        Ok(pages_bytes) => {
+        Ok((pages_bytes, memory, loader)) => {
             container.finish_start();
-            Ok((
+            Ok(Restored {
                 container,
-                RestoreReport {
+                report: RestoreReport {
                     stages: stages.stages().to_vec(),
                     pages_bytes,
+                    memory,
                 },
-            ))
+                loader,
+            })
         }
         Err(e) => {
             let _ = container.delete(true);
@@ -278,8 +406,9 @@ fn restore_into(
     tracer: &Tracer,
     container: &mut Container,
     image: Image,
+    loading: MemoryLoading,
     stages: &mut Stages,
-) -> Result<u64, RestoreError> {
+) -> Result<(u64, MemoryReport, Option<Loader>), RestoreError> {
     let pid = container
         .pid()
         .ok_or_else(|| RestoreError::InitExited("no init process".into()))?;
@@ -314,8 +443,9 @@ fn restore_into(
     container.release()?;
     stages.mark("exec stub");
     let image = Arc::new(image);
-    let (bytes, inner) = tracer.run(move |ctx| {
+    let (rebuilt, inner) = tracer.run(move |ctx| {
         let mut inner = Stages::new();
+        let mut started = None;
         let r = rebuild(
             ctx,
             pid,
@@ -323,15 +453,25 @@ fn restore_into(
             &process,
             seccomp.as_ref(),
             stack_limit,
+            &loading,
+            &mut started,
             &mut inner,
         );
-        if r.is_err() {
+        if let Err(e) = r {
             let _ = ctx.kill(pid);
+            // The loader ends with the process; if it failed, its failure
+            // (a corrupt chunk met by a fault) is what broke the restore.
+            if let Some(s) = started
+                && let Err(cause) = s.loader.wait()
+            {
+                return Err(cause);
+            }
+            return Err(e);
         }
         r.map(|b| (b, inner.stages().to_vec()))
     })?;
     stages.append(&inner);
-    Ok(bytes)
+    Ok(rebuilt)
 }
 
 /// Waits for the stub's exec, then lets `execve` finish: at the exec event
@@ -484,21 +624,26 @@ pub(crate) struct SandboxRules<'a> {
 fn rebuild(
     ctx: &mut TraceCtx,
     pid: Tid,
-    image: &Image,
+    image: &Arc<Image>,
     process: &Process,
     seccomp: Option<&SeccompProgram>,
     stack_limit: Option<(u64, u64)>,
+    loading: &MemoryLoading,
+    started: &mut Option<lazy::Started>,
     stages: &mut Stages,
-) -> Result<u64, RestoreError> {
+) -> Result<(u64, MemoryReport, Option<Loader>), RestoreError> {
     wait_for_exec(ctx, pid)?;
     stages.mark("exec stop");
-    let (mut gadget, bytes) = rebuild_memory(ctx, pid, image, seccomp, stages)?;
+    let (mut gadget, mut bytes, memory) =
+        rebuild_memory_with(ctx, pid, image, seccomp, loading, started, stages)?;
     let rules = SandboxRules {
         process,
         seccomp,
         stack_limit,
     };
-    release(
+    // From here the loader (if any) serves whatever the process, or the
+    // kernel on its behalf, touches.
+    let threads = release_until_resume(
         ctx,
         pid,
         &mut gadget,
@@ -507,12 +652,24 @@ fn rebuild(
         &crate::fds::RestoreOptions::default(),
         stages,
     )?;
-    Ok(bytes)
+    if let Some(s) = started {
+        s.loader.wait_prefetched();
+        bytes += memory.working_set_pages * 4096;
+        stages.mark("working set");
+        if s.loader.is_finished() {
+            // Done already (the working set held everything), or failed.
+            let s = started.take().expect("a started loader");
+            s.loader.wait()?;
+        }
+    }
+    resume(ctx, &threads, stages)?;
+    Ok((bytes, memory, started.take().map(|s| s.loader)))
 }
 
 /// From the stopped stub to the dumped address space, mm map, personality,
 /// umask, cwd and signal handlers: everything a fork of it inherits. Leaves
-/// the batch gadget installed for what follows.
+/// the batch gadget installed for what follows. Loads all memory (a
+/// template forks it: every page must be in).
 pub(crate) fn rebuild_memory(
     ctx: &mut TraceCtx,
     pid: Tid,
@@ -520,6 +677,64 @@ pub(crate) fn rebuild_memory(
     seccomp: Option<&SeccompProgram>,
     stages: &mut Stages,
 ) -> Result<(Gadget, u64), RestoreError> {
+    let (gadget, opened) = rebuild_layout(ctx, pid, image, seccomp, false, stages)?;
+    let bytes = memory::fill(pid, image, &opened, |_| false)?;
+    stages.mark("fill memory");
+    let gadget = finish_memory(ctx, pid, gadget, image, &opened, None, stages)?;
+    Ok((gadget, bytes))
+}
+
+/// [`rebuild_memory`], leaving private anonymous memory to a loader when
+/// `loading` is lazy (and the process may create a userfaultfd).
+fn rebuild_memory_with(
+    ctx: &mut TraceCtx,
+    pid: Tid,
+    image: &Arc<Image>,
+    seccomp: Option<&SeccompProgram>,
+    loading: &MemoryLoading,
+    started: &mut Option<lazy::Started>,
+    stages: &mut Stages,
+) -> Result<(Gadget, u64, MemoryReport), RestoreError> {
+    let (gadget, opened) = rebuild_layout(ctx, pid, image, seccomp, loading.is_lazy(), stages)?;
+    let mut report = MemoryReport::default();
+    match opened.uffd {
+        Some(Ok(fd)) => {
+            let s = lazy::start(image, pid, fd, loading)?;
+            report.lazy = true;
+            report.recording = matches!(loading, MemoryLoading::Record);
+            report.lazy_pages = s.lazy_pages;
+            report.working_set_pages = s.working_set_pages;
+            *started = Some(s);
+            stages.mark("userfaultfd");
+        }
+        Some(Err(errno)) => {
+            tracing::warn!(
+                "lazy loading refused ({}): loading all memory before the process runs",
+                std::io::Error::from_raw_os_error(errno)
+            );
+            report.eager_fallback = Some(errno);
+        }
+        None => {}
+    }
+    let lazy = started.is_some();
+    let bytes = memory::fill(pid, image, &opened, |v| lazy && lazy::is_lazy(v))?;
+    stages.mark("fill memory");
+    let uffd_fd = opened.uffd.and_then(Result::ok);
+    let gadget = finish_memory(ctx, pid, gadget, image, &opened, uffd_fd, stages)?;
+    Ok((gadget, bytes, report))
+}
+
+/// Up to the mapped layout: files checked, gadget installed, fds opened in
+/// the target (and a userfaultfd asked for, with `uffd`), the stub's
+/// mappings replaced by the image's.
+fn rebuild_layout(
+    ctx: &mut TraceCtx,
+    pid: Tid,
+    image: &Image,
+    seccomp: Option<&SeccompProgram>,
+    uffd: bool,
+    stages: &mut Stages,
+) -> Result<(Gadget, memory::Opened), RestoreError> {
     let m = image.manifest();
     check_files(pid, m)?;
     stages.mark("check files");
@@ -532,16 +747,33 @@ pub(crate) fn rebuild_memory(
             )
         })?;
     let mut gadget = Gadget::install(ctx, pid, at, config)?;
-    let opened = memory::open_files(ctx, pid, &mut gadget, image)?;
+    let opened = memory::open_files(ctx, pid, &mut gadget, image, uffd)?;
     memory::rebuild_layout(ctx, pid, &mut gadget, image, &opened, &stub_maps)?;
     stages.mark("map memory");
-    let bytes = memory::fill(pid, image, &opened)?;
-    stages.mark("fill memory");
-    let mut e = memory::finish_entries(image, &opened);
+    Ok((gadget, opened))
+}
+
+/// After the fill: final protections and advice, the temporary fds closed
+/// (the userfaultfd's copy in the target too), mm fields and the rest of
+/// the process state.
+fn finish_memory(
+    ctx: &mut TraceCtx,
+    pid: Tid,
+    mut gadget: Gadget,
+    image: &Image,
+    opened: &memory::Opened,
+    uffd_fd: Option<i32>,
+    stages: &mut Stages,
+) -> Result<Gadget, RestoreError> {
+    let m = image.manifest();
+    let mut e = memory::finish_entries(image, opened);
+    if let Some(fd) = uffd_fd {
+        e.push(Entry::new(libc::SYS_close, [fd as u64, 0, 0, 0, 0, 0]));
+    }
     e.extend(process_entries(&mut gadget, m, opened.exe)?);
     run_checked(ctx, &mut gadget, pid, &e, "restoring process state")?;
     stages.mark("process state");
-    Ok((gadget, bytes))
+    Ok(gadget)
 }
 
 /// From a process with the dumped memory (a restored stub or a fresh fork
@@ -558,6 +790,30 @@ pub(crate) fn release(
     fd_opts: &crate::fds::RestoreOptions,
     stages: &mut Stages,
 ) -> Result<(), RestoreError> {
+    let threads = release_until_resume(ctx, pid, gadget, image, rules, fd_opts, stages)?;
+    resume(ctx, &threads, stages)
+}
+
+/// Lets the (already rebuilt) threads `host_tids` run.
+fn resume(ctx: &mut TraceCtx, host_tids: &[Tid], stages: &mut Stages) -> Result<(), RestoreError> {
+    for &h in host_tids {
+        ctx.detach(h, 0)?;
+    }
+    stages.mark("resume");
+    Ok(())
+}
+
+/// [`release`] but the detach: returns the host tids of the threads, each
+/// stopped with its final state installed.
+fn release_until_resume(
+    ctx: &mut TraceCtx,
+    pid: Tid,
+    gadget: &mut Gadget,
+    image: &Image,
+    rules: &SandboxRules<'_>,
+    fd_opts: &crate::fds::RestoreOptions,
+    stages: &mut Stages,
+) -> Result<Vec<Tid>, RestoreError> {
     let m = image.manifest();
     let host_tids = threads::create_threads(ctx, pid, gadget, &m.threads)?;
     for (t, &h) in m.threads.iter().zip(&host_tids) {
@@ -609,9 +865,5 @@ pub(crate) fn release(
     for (t, &h) in m.threads.iter().zip(&host_tids) {
         threads::install_final_state(ctx, h, t)?;
     }
-    for &h in &host_tids {
-        ctx.detach(h, 0)?;
-    }
-    stages.mark("resume");
-    Ok(())
+    Ok(host_tids)
 }

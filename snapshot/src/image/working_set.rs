@@ -1,0 +1,545 @@
+//! `working-set.json`: the pages a restored process touched first, recorded
+//! by a lazy restore and loaded ahead of everything else by later ones
+//! (REAP, FaaSnap). See the [module docs](super) for where it sits in an
+//! image.
+//!
+//! ```json
+//! {"format":"sprout-working-set","version":1,"checksum":"sha256:<64 hex>",
+//!  "body":{"image":"<64 hex>","ranges":[{"start":"0x7f3a1c000000","pages":12}, …]}}
+//! ```
+//!
+//! - `format`, `version` ([`WORKING_SET_VERSION`]), `checksum` (SHA-256 of
+//!   the body's bytes exactly as stored) work as in `manifest.json`;
+//! - `image`: the SHA-256 of the manifest body of the image it was recorded
+//!   from ([`Image::digest`]): a working set left next to a newer image in
+//!   the same directory is refused ([`ImageError::WorkingSetForeign`]);
+//! - `ranges`: page ranges by address, sorted, not overlapping, page
+//!   aligned, at most [`MAX_WORKING_SET_RANGES`], each inside one VMA of
+//!   the image. A page of a range is either a stored page of the image
+//!   (loaded from `pages.img`) or a page the process touched that the image
+//!   does not store (mapped zero-filled ahead of time).
+//!
+//! Like the manifest it is untrusted input: the file is bounded
+//! ([`MAX_WORKING_SET_BYTES`]), opened with the same type, owner and mode
+//! checks, checksummed, parsed strictly and validated against the image
+//! before a restore uses any of it.
+
+use std::fs::File;
+use std::io::{Read as _, Write as _};
+use std::os::fd::AsFd;
+use std::path::Path;
+
+use nix::fcntl::{OFlag, open, openat, renameat};
+use nix::sys::stat::Mode;
+use nix::unistd::{UnlinkatFlags, fsync, unlinkat};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use super::encoding::{Sha256Digest, hex};
+use super::error::{ImageError, Result};
+use super::limits::{MIN_MAP_ADDR, PAGE_SIZE, TASK_SIZE_MAX};
+use super::reader::Image;
+
+/// File name of the working set inside the image directory.
+pub const WORKING_SET_FILE: &str = "working-set.json";
+/// The `format` field of every working set.
+pub const WORKING_SET_FORMAT: &str = "sprout-working-set";
+/// The one working-set version this crate reads and writes.
+pub const WORKING_SET_VERSION: u32 = 1;
+/// Largest `working-set.json`, in bytes.
+pub const MAX_WORKING_SET_BYTES: u64 = 16 << 20;
+/// Most ranges in a working set.
+pub const MAX_WORKING_SET_RANGES: usize = 1 << 18;
+
+const TMP_FILE: &str = "working-set.json.tmp";
+
+/// A run of pages by address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PageRange {
+    /// First page's address, page aligned.
+    #[serde(with = "hex")]
+    pub start: u64,
+    /// Number of pages, at least 1.
+    pub pages: u64,
+}
+
+impl PageRange {
+    /// End address (exclusive; exact in a validated working set).
+    pub fn end(&self) -> u64 {
+        self.start
+            .saturating_add(self.pages.saturating_mul(PAGE_SIZE))
+    }
+}
+
+/// The pages a restored process touched first: which to load before it
+/// runs. Sorted, merged, bound to one image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkingSet {
+    image: Sha256Digest,
+    ranges: Vec<PageRange>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Body {
+    image: Sha256Digest,
+    ranges: Vec<PageRange>,
+}
+
+#[derive(Deserialize)]
+struct Probe {
+    format: serde_json::Value,
+    version: serde_json::Value,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Envelope<'a> {
+    #[allow(dead_code)]
+    format: &'a str,
+    #[allow(dead_code)]
+    version: u32,
+    checksum: &'a str,
+    #[serde(borrow)]
+    body: &'a RawValue,
+}
+
+fn json_error(e: serde_path_to_error::Error<serde_json::Error>) -> ImageError {
+    ImageError::Json {
+        file: WORKING_SET_FILE,
+        path: e.path().to_string(),
+        message: e.into_inner().to_string(),
+    }
+}
+
+fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ImageError {
+    ImageError::invalid(format!("{WORKING_SET_FILE} {}", field.into()), reason)
+}
+
+fn short(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.chars().take(64).collect(),
+        other => other.to_string().chars().take(64).collect(),
+    }
+}
+
+impl WorkingSet {
+    /// The working set of the image with digest `image` made of the pages
+    /// at `pages` (page addresses, any order, duplicates allowed): sorted
+    /// and merged into ranges.
+    pub fn from_pages(image: Sha256Digest, pages: impl IntoIterator<Item = u64>) -> WorkingSet {
+        let mut pages: Vec<u64> = pages.into_iter().map(|p| p & !(PAGE_SIZE - 1)).collect();
+        pages.sort_unstable();
+        pages.dedup();
+        let mut ranges: Vec<PageRange> = Vec::new();
+        for p in pages {
+            match ranges.last_mut() {
+                Some(r) if r.end() == p => r.pages += 1,
+                _ => ranges.push(PageRange { start: p, pages: 1 }),
+            }
+        }
+        WorkingSet { image, ranges }
+    }
+
+    /// Digest of the image it was recorded from.
+    pub fn image(&self) -> &Sha256Digest {
+        &self.image
+    }
+
+    /// Its ranges, sorted by address.
+    pub fn ranges(&self) -> &[PageRange] {
+        &self.ranges
+    }
+
+    /// Number of pages.
+    pub fn page_count(&self) -> u64 {
+        self.ranges.iter().map(|r| r.pages).sum()
+    }
+
+    /// Whether it names no page.
+    pub fn is_empty(&self) -> bool {
+        self.ranges.is_empty()
+    }
+
+    /// Every page address, in order.
+    pub fn pages(&self) -> impl Iterator<Item = u64> + '_ {
+        self.ranges
+            .iter()
+            .flat_map(|r| (0..r.pages).map(move |i| r.start + i * PAGE_SIZE))
+    }
+
+    /// Parses and validates the bytes of a `working-set.json`: size limit,
+    /// format and version, the body's SHA-256 over its stored bytes, its
+    /// structure and the rules of the format (not yet against an image:
+    /// [`WorkingSet::check_against`]). Never panics.
+    pub fn parse(bytes: &[u8]) -> Result<WorkingSet> {
+        let len = bytes.len() as u64;
+        if len > MAX_WORKING_SET_BYTES {
+            return Err(ImageError::limit(
+                "working-set.json size in bytes",
+                len,
+                MAX_WORKING_SET_BYTES,
+            ));
+        }
+        let probe: Probe =
+            serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(bytes))
+                .map_err(json_error)?;
+        if probe.format.as_str() != Some(WORKING_SET_FORMAT) {
+            return Err(invalid(
+                "format",
+                format!("{:?} is not \"{WORKING_SET_FORMAT}\"", short(&probe.format)),
+            ));
+        }
+        match probe.version.as_u64() {
+            Some(v) if v == u64::from(WORKING_SET_VERSION) => {}
+            Some(v) => {
+                return Err(ImageError::UnsupportedWorkingSetVersion {
+                    found: v,
+                    supported: WORKING_SET_VERSION,
+                });
+            }
+            None => {
+                return Err(invalid(
+                    "version",
+                    format!("{} is not a version number", short(&probe.version)),
+                ));
+            }
+        }
+        let envelope: Envelope =
+            serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(bytes))
+                .map_err(json_error)?;
+        let recorded = envelope
+            .checksum
+            .strip_prefix("sha256:")
+            .and_then(|h| h.parse::<Sha256Digest>().ok())
+            .ok_or_else(|| {
+                invalid(
+                    "checksum",
+                    "expected \"sha256:\" and 64 lowercase hex digits",
+                )
+            })?;
+        let body_bytes = envelope.body.get().as_bytes();
+        let actual = Sha256Digest::of(body_bytes);
+        if actual != recorded {
+            return Err(ImageError::ChecksumMismatch {
+                what: "working-set.json body".into(),
+                expected: format!("sha256:{recorded}"),
+                actual: format!("sha256:{actual}"),
+            });
+        }
+        let body: Body =
+            serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(body_bytes))
+                .map_err(json_error)?;
+        let ws = WorkingSet {
+            image: body.image,
+            ranges: body.ranges,
+        };
+        ws.validate()?;
+        Ok(ws)
+    }
+
+    /// The rules every working set follows, whoever made it.
+    fn validate(&self) -> Result<()> {
+        let n = self.ranges.len();
+        if n > MAX_WORKING_SET_RANGES {
+            return Err(ImageError::limit(
+                "working-set.json ranges",
+                n as u64,
+                MAX_WORKING_SET_RANGES as u64,
+            ));
+        }
+        let mut prev_end = 0u64;
+        for (i, r) in self.ranges.iter().enumerate() {
+            let field = format!("ranges[{i}]");
+            if !r.start.is_multiple_of(PAGE_SIZE) {
+                return Err(invalid(
+                    field,
+                    format!("{:#x} is not page aligned", r.start),
+                ));
+            }
+            if r.pages == 0 {
+                return Err(invalid(field, "a range of 0 pages"));
+            }
+            let end = r
+                .pages
+                .checked_mul(PAGE_SIZE)
+                .and_then(|l| r.start.checked_add(l))
+                .filter(|&e| r.start >= MIN_MAP_ADDR && e <= TASK_SIZE_MAX)
+                .ok_or_else(|| {
+                    invalid(
+                        format!("ranges[{i}]"),
+                        format!(
+                            "{:#x} + {} pages is outside the user address space",
+                            r.start, r.pages
+                        ),
+                    )
+                })?;
+            if r.start < prev_end {
+                return Err(invalid(
+                    field,
+                    format!(
+                        "{:#x} is not above the previous range's end {prev_end:#x}",
+                        r.start
+                    ),
+                ));
+            }
+            prev_end = end;
+        }
+        Ok(())
+    }
+
+    /// Checks that it was recorded from `image` and that every range lies
+    /// inside the image's VMAs (one, or adjacent ones).
+    pub fn check_against(&self, image: &Image) -> Result<()> {
+        if self.image != *image.digest() {
+            return Err(ImageError::WorkingSetForeign {
+                recorded: self.image.to_string(),
+                image: image.digest().to_string(),
+            });
+        }
+        let vmas = &image.manifest().vmas;
+        for (i, r) in self.ranges.iter().enumerate() {
+            let mut at = vmas.partition_point(|v| v.end <= r.start);
+            let mut covered = match vmas.get(at) {
+                Some(v) if v.start <= r.start => v.end,
+                _ => r.start,
+            };
+            while covered < r.end() {
+                at += 1;
+                match vmas.get(at) {
+                    Some(v) if v.start == covered => covered = v.end,
+                    _ => break,
+                }
+            }
+            if covered < r.end() {
+                return Err(invalid(
+                    format!("ranges[{i}]"),
+                    format!(
+                        "{:#x} + {} pages is not inside the image's mappings",
+                        r.start, r.pages
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Serializes it into the bytes of a `working-set.json`, after
+    /// validating it by the rules [`WorkingSet::parse`] applies.
+    pub fn encode(&self) -> Result<Vec<u8>> {
+        self.validate()?;
+        let body = serde_json::to_vec(&Body {
+            image: self.image,
+            ranges: self.ranges.clone(),
+        })
+        .map_err(|e| ImageError::Json {
+            file: WORKING_SET_FILE,
+            path: ".".into(),
+            message: e.to_string(),
+        })?;
+        let digest = Sha256Digest::of(&body);
+        let mut out = Vec::with_capacity(body.len() + 128);
+        out.extend_from_slice(
+            format!(
+                "{{\"format\":\"{WORKING_SET_FORMAT}\",\"version\":{WORKING_SET_VERSION},\"checksum\":\"sha256:{digest}\",\"body\":"
+            )
+            .as_bytes(),
+        );
+        out.extend_from_slice(&body);
+        out.extend_from_slice(b"}\n");
+        let len = out.len() as u64;
+        if len > MAX_WORKING_SET_BYTES {
+            return Err(ImageError::limit(
+                "working-set.json size in bytes",
+                len,
+                MAX_WORKING_SET_BYTES,
+            ));
+        }
+        Ok(out)
+    }
+
+    /// The working set stored with `image`, validated against it; `None`
+    /// if the image has none.
+    pub fn load(image: &Image) -> Result<Option<WorkingSet>> {
+        let Some((file, st)) = image.open_optional_member(WORKING_SET_FILE)? else {
+            return Ok(None);
+        };
+        let path = image.dir().join(WORKING_SET_FILE);
+        let size = st.st_size as u64;
+        if size > MAX_WORKING_SET_BYTES {
+            return Err(ImageError::limit(
+                "working-set.json size in bytes",
+                size,
+                MAX_WORKING_SET_BYTES,
+            ));
+        }
+        let mut bytes = Vec::with_capacity(size as usize);
+        file.take(MAX_WORKING_SET_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(ImageError::io(&path, "read"))?;
+        let ws = WorkingSet::parse(&bytes)?;
+        ws.check_against(image)?;
+        Ok(Some(ws))
+    }
+
+    /// Stores it in the image directory `dir` as `working-set.json`
+    /// (replacing one there): written to a temporary file, fsynced, renamed
+    /// into place, the directory fsynced.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        let bytes = self.encode()?;
+        let dir_fd = open(
+            dir,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(ImageError::errno(dir, "open image directory"))?;
+        let tmp_path = dir.join(TMP_FILE);
+        // A temporary file left by a crashed writer.
+        let _ = unlinkat(&dir_fd, TMP_FILE, UnlinkatFlags::NoRemoveDir);
+        let tmp = openat(
+            &dir_fd,
+            TMP_FILE,
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o600),
+        )
+        .map_err(ImageError::errno(&tmp_path, "create"))?;
+        let mut tmp = File::from(tmp);
+        let written =
+            tmp.write_all(&bytes)
+                .and_then(|()| tmp.sync_all())
+                .map_err(ImageError::io(&tmp_path, "write"))
+                .and_then(|()| {
+                    renameat(&dir_fd, TMP_FILE, &dir_fd, WORKING_SET_FILE).map_err(
+                        ImageError::errno(dir.join(WORKING_SET_FILE), "rename into place"),
+                    )
+                });
+        if let Err(e) = written {
+            let _ = unlinkat(&dir_fd, TMP_FILE, UnlinkatFlags::NoRemoveDir);
+            return Err(e);
+        }
+        fsync(dir_fd.as_fd()).map_err(ImageError::errno(dir, "fsync"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn digest() -> Sha256Digest {
+        Sha256Digest::of(b"an image")
+    }
+
+    #[test]
+    fn pages_are_sorted_and_merged() {
+        let ws = WorkingSet::from_pages(
+            digest(),
+            [0x5000, 0x3000, 0x4000, 0x4000, 0x9123, 0x1000_0000],
+        );
+        assert_eq!(
+            ws.ranges(),
+            [
+                PageRange {
+                    start: 0x3000,
+                    pages: 3
+                },
+                PageRange {
+                    start: 0x9000,
+                    pages: 1
+                },
+                PageRange {
+                    start: 0x1000_0000,
+                    pages: 1
+                }
+            ]
+        );
+        assert_eq!(ws.page_count(), 5);
+        assert_eq!(
+            ws.pages().collect::<Vec<_>>(),
+            [0x3000, 0x4000, 0x5000, 0x9000, 0x1000_0000]
+        );
+    }
+
+    #[test]
+    fn encodes_and_parses_back() {
+        let ws = WorkingSet::from_pages(digest(), [0x7f00_0000_0000, 0x7f00_0000_1000, 0x10000]);
+        let bytes = ws.encode().unwrap();
+        assert_eq!(WorkingSet::parse(&bytes).unwrap(), ws);
+    }
+
+    fn envelope(body: &str, version: u32) -> Vec<u8> {
+        let d = Sha256Digest::of(body.as_bytes());
+        format!(
+            "{{\"format\":\"sprout-working-set\",\"version\":{version},\"checksum\":\"sha256:{d}\",\"body\":{body}}}"
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn refuses_bad_input_with_typed_errors() {
+        let ws = WorkingSet::from_pages(digest(), [0x10000, 0x20000]);
+        let good = ws.encode().unwrap();
+        // A flipped byte in the body.
+        let mut bad = good.clone();
+        let at = bad.len() - 10;
+        bad[at] ^= 1;
+        assert!(matches!(
+            WorkingSet::parse(&bad),
+            Err(ImageError::ChecksumMismatch { .. } | ImageError::Json { .. })
+        ));
+        // Truncated.
+        assert!(matches!(
+            WorkingSet::parse(&good[..good.len() / 2]),
+            Err(ImageError::Json { .. })
+        ));
+        // Another version.
+        let d = digest();
+        let body = format!(r#"{{"image":"{d}","ranges":[]}}"#);
+        assert!(matches!(
+            WorkingSet::parse(&envelope(&body, 7)),
+            Err(ImageError::UnsupportedWorkingSetVersion { found: 7, .. })
+        ));
+        // Out of the address space, misaligned, overlapping, empty.
+        for (ranges, want) in [
+            (r#"[{"start":"0x7ffffffff000","pages":2}]"#, "outside"),
+            (r#"[{"start":"0x0","pages":1}]"#, "outside"),
+            (r#"[{"start":"0x10001","pages":1}]"#, "aligned"),
+            (
+                r#"[{"start":"0x10000","pages":2},{"start":"0x11000","pages":1}]"#,
+                "previous",
+            ),
+            (r#"[{"start":"0x10000","pages":0}]"#, "0 pages"),
+            (
+                r#"[{"start":"0xffffffffffff0000","pages":1000000}]"#,
+                "outside",
+            ),
+        ] {
+            let body = format!(r#"{{"image":"{d}","ranges":{ranges}}}"#);
+            match WorkingSet::parse(&envelope(&body, 1)) {
+                Err(ImageError::Invalid { field, reason }) => {
+                    assert!(
+                        field.starts_with("working-set.json ranges[") && reason.contains(want),
+                        "{field}: {reason}"
+                    )
+                }
+                other => panic!("{ranges}: {other:?}"),
+            }
+        }
+        // Unknown fields, a manifest instead.
+        let body = format!(r#"{{"image":"{d}","ranges":[],"extra":1}}"#);
+        assert!(matches!(
+            WorkingSet::parse(&envelope(&body, 1)),
+            Err(ImageError::Json { .. })
+        ));
+        assert!(matches!(
+            WorkingSet::parse(br#"{"format":"sprout-image","version":1}"#),
+            Err(ImageError::Invalid { .. })
+        ));
+        // Too large.
+        let huge = vec![b' '; MAX_WORKING_SET_BYTES as usize + 1];
+        assert!(matches!(
+            WorkingSet::parse(&huge),
+            Err(ImageError::Limit { .. })
+        ));
+    }
+}
