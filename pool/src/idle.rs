@@ -4,13 +4,22 @@
 //! the histogram when it is representative, the time-series predictor when
 //! most idle times lie beyond the histogram's range, and the standard
 //! keep-alive (the whole range) while neither knows better.
+//!
+//! Two additions of ours, both off in [`HybridConfig::published`]: a
+//! periodic tier for functions that arrive on a period to the second
+//! ([`crate::periodic`]), and the memory economy ([`crate::economy`]),
+//! which shortens a tier's keep-alive to what the memory buys.
 
 use std::fmt;
 use std::time::Duration;
 
+use crate::economy::EconomyConfig;
 use crate::error::PoolError;
 use crate::forecast::IdleSeries;
 use crate::histogram::IdleHistogram;
+use crate::periodic::PeriodDetector;
+use crate::sample::IdleSample;
+use crate::time::Timestamp;
 
 /// The published parameters; defaults are the paper's (and its
 /// reimplementations') values, see `notes/warm-pool-policy.md` §1.
@@ -37,10 +46,36 @@ pub struct HybridConfig {
     pub series_margin: f64,
     /// Idle times the time-series predictor fits on.
     pub series_window: usize,
+    /// Arrival intervals that must agree before a function counts as
+    /// periodic (0: no periodic tier). Ours.
+    pub periodic_intervals: usize,
+    /// How far an interval may stray from the period, relative to it...
+    pub periodic_tolerance: f64,
+    /// ...or absolutely; also the least margin kept on each side of the
+    /// predicted arrival. A period must be at least 10 × this.
+    pub periodic_jitter: Duration,
+    /// Recent raw idle times kept for the economy.
+    pub sample_window: usize,
+    /// The memory economy; `None` keeps the tiers' own keep-alives. Ours.
+    pub economy: Option<EconomyConfig>,
 }
 
+/// The published policy plus the periodic tier: timers are loaded only
+/// around their next firing. The economy is opt-in: it trades overall
+/// warm starts for memory (see [`crate::economy`]).
 impl Default for HybridConfig {
     fn default() -> Self {
+        HybridConfig {
+            periodic_intervals: 4,
+            ..Self::published()
+        }
+    }
+}
+
+impl HybridConfig {
+    /// The paper's policy and parameters (and its reimplementations'),
+    /// see `notes/warm-pool-policy.md` §1: no periodic tier, no economy.
+    pub fn published() -> Self {
         HybridConfig {
             range: Duration::from_secs(4 * 3600),
             bin_width: Duration::from_secs(60),
@@ -52,11 +87,14 @@ impl Default for HybridConfig {
             min_samples: 1,
             series_margin: 0.15,
             series_window: 32,
+            periodic_intervals: 0,
+            periodic_tolerance: 0.005,
+            periodic_jitter: Duration::from_secs(2),
+            sample_window: 64,
+            economy: None,
         }
     }
-}
 
-impl HybridConfig {
     pub fn validate(&self) -> Result<(), PoolError> {
         let bad = |setting, reason| Err(PoolError::InvalidConfig { setting, reason });
         if self.bin_width.is_zero() {
@@ -88,6 +126,18 @@ impl HybridConfig {
         if self.series_window == 0 {
             return bad("series_window", "must be positive");
         }
+        if !(0.0..1.0).contains(&self.periodic_tolerance) {
+            return bad("periodic_tolerance", "must lie in [0, 1)");
+        }
+        if self.periodic_intervals > 0 && self.periodic_jitter.is_zero() {
+            return bad("periodic_jitter", "must be positive");
+        }
+        if self.sample_window == 0 {
+            return bad("sample_window", "must be positive");
+        }
+        if let Some(e) = &self.economy {
+            e.validate()?;
+        }
         Ok(())
     }
 }
@@ -101,6 +151,8 @@ pub enum Tier {
     Histogram,
     /// Most idle times beyond the range: from the predicted next idle time.
     TimeSeries,
+    /// Arrivals on a period to the second: loaded just around the next one.
+    Periodic,
     /// A fixed keep-alive (the baseline policy).
     Fixed,
     /// Nothing kept: every instance goes as soon as it is idle.
@@ -113,6 +165,7 @@ impl fmt::Display for Tier {
             Tier::Standard => "standard",
             Tier::Histogram => "histogram",
             Tier::TimeSeries => "time-series",
+            Tier::Periodic => "periodic",
             Tier::Fixed => "fixed",
             Tier::NoPool => "no-pool",
         })
@@ -129,11 +182,23 @@ pub struct Windows {
     pub keep_alive_until: Duration,
 }
 
+/// What the windows of one idle period depend on besides the idle times.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct IdleContext {
+    /// The function's instance memory, when the caller said.
+    pub memory_mb: Option<f64>,
+    /// Time from the start of the busy period that just ended to its end
+    /// (the periodic tier predicts the next start from the last one).
+    pub busy_for: Option<Duration>,
+}
+
 /// One function's idle-time history, as the hybrid policy keeps it.
 #[derive(Clone, Debug)]
 pub struct IdleModel {
     histogram: IdleHistogram,
     series: IdleSeries,
+    sample: IdleSample,
+    starts: PeriodDetector,
 }
 
 impl IdleModel {
@@ -141,19 +206,96 @@ impl IdleModel {
         IdleModel {
             histogram: IdleHistogram::new(config.range, config.bin_width),
             series: IdleSeries::new(config.series_window),
+            sample: IdleSample::new(config.sample_window),
+            starts: PeriodDetector::new(config.periodic_intervals),
         }
     }
 
     pub fn record(&mut self, idle: Duration) {
         self.histogram.record(idle);
         self.series.record(idle);
+        self.sample.record(idle);
+    }
+
+    /// A request arrived with none in flight: a busy period starts.
+    pub fn record_start(&mut self, now: Timestamp) {
+        self.starts.record_start(now);
     }
 
     pub fn histogram(&self) -> &IdleHistogram {
         &self.histogram
     }
 
+    /// The windows from the idle times alone (no periodic tier, the
+    /// economy's assumed memory).
     pub fn windows(&self, config: &HybridConfig) -> Windows {
+        self.windows_for(config, &IdleContext::default())
+    }
+
+    pub fn windows_for(&self, config: &HybridConfig, context: &IdleContext) -> Windows {
+        if let Some(w) = self.periodic_windows(config, context) {
+            return w;
+        }
+        let published = self.published_windows(config);
+        let Some(economy) = &config.economy else {
+            return published;
+        };
+        let memory_mb = context.memory_mb.unwrap_or(economy.assumed_memory_mb);
+        let sorted = self.sample.sorted();
+        let longest = sorted.last().copied().unwrap_or_default();
+        // Where the tier would open, and always from the start of the idle
+        // period (a function called at random is most likely called again
+        // soon); never longer than the tier keeps, except that a
+        // prediction too irregular to have caught the recent idle times
+        // may stretch to the longest of them.
+        let (openings, tier_end) = match published.tier {
+            Tier::Histogram => (
+                [Duration::ZERO, published.pre_warm],
+                published.keep_alive_until,
+            ),
+            Tier::TimeSeries => (
+                [Duration::ZERO, published.pre_warm],
+                published
+                    .keep_alive_until
+                    .max(longest.mul_f64(1.0 + config.histogram_margin)),
+            ),
+            _ => ([Duration::ZERO; 2], published.keep_alive_until),
+        };
+        match economy.window(
+            &sorted,
+            &openings,
+            tier_end,
+            memory_mb,
+            config.histogram_margin,
+        ) {
+            Some((pre_warm, keep_alive_until)) => Windows {
+                tier: published.tier,
+                pre_warm,
+                keep_alive_until,
+            },
+            None => published,
+        }
+    }
+
+    /// Just around the next arrival, when the last ones came on a period.
+    fn periodic_windows(&self, config: &HybridConfig, context: &IdleContext) -> Option<Windows> {
+        let busy_for = context.busy_for?;
+        let p = self.starts.period(
+            config.periodic_tolerance,
+            config.periodic_jitter,
+            config.periodic_jitter * 10,
+        )?;
+        let next = p.period.saturating_sub(busy_for);
+        let half = config.periodic_jitter.max(p.deviation * 2);
+        Some(Windows {
+            tier: Tier::Periodic,
+            pre_warm: next.saturating_sub(half),
+            keep_alive_until: next + half,
+        })
+    }
+
+    /// The paper's three tiers.
+    fn published_windows(&self, config: &HybridConfig) -> Windows {
         let h = &self.histogram;
         let standard = Windows {
             tier: Tier::Standard,

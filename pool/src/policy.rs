@@ -10,7 +10,7 @@ use std::time::Duration;
 use crate::Key;
 use crate::concurrency::{ConcurrencyConfig, ConcurrencyModel};
 use crate::error::{PoolError, name};
-use crate::idle::{HybridConfig, IdleModel, Tier, Windows};
+use crate::idle::{HybridConfig, IdleContext, IdleModel, Tier, Windows};
 use crate::peak::PeakWindow;
 use crate::time::Timestamp;
 
@@ -102,6 +102,10 @@ struct FunctionState {
     invocations: u64,
     /// Set when the last in-flight request finished.
     idle_since: Option<Timestamp>,
+    /// When the current (or last) busy period started.
+    busy_since: Option<Timestamp>,
+    /// One instance's memory, when the caller said.
+    memory_mb: Option<f64>,
     /// Decided when the function went idle, applied until it is busy again.
     windows: Windows,
     idle: Option<IdleModel>,
@@ -149,6 +153,8 @@ impl<F: Key> Policy<F> {
             in_flight: 0,
             invocations: 0,
             idle_since: None,
+            busy_since: None,
+            memory_mb: None,
             windows: self.first_windows(),
             idle: match &self.config.strategy {
                 Strategy::Hybrid(h) => Some(IdleModel::new(h)),
@@ -180,11 +186,14 @@ impl<F: Key> Policy<F> {
     /// hybrid strategy records as one idle time.
     pub fn on_arrival(&mut self, function: &F, now: Timestamp) -> Result<(), PoolError> {
         let state = self.state_mut(function)?;
-        if state.in_flight == 0
-            && let Some(since) = state.idle_since.take()
-            && let Some(idle) = state.idle.as_mut()
-        {
-            idle.record(now - since);
+        if state.in_flight == 0 {
+            state.busy_since = Some(now);
+            if let Some(idle) = state.idle.as_mut() {
+                if let Some(since) = state.idle_since.take() {
+                    idle.record(now - since);
+                }
+                idle.record_start(now);
+            }
         }
         state.in_flight += 1;
         state.invocations += 1;
@@ -218,11 +227,24 @@ impl<F: Key> Policy<F> {
         }
         if state.in_flight == 0 {
             state.idle_since = Some(now);
+            let context = IdleContext {
+                memory_mb: state.memory_mb,
+                busy_for: state.busy_since.map(|start| now - start),
+            };
             state.windows = match (&strategy, &state.idle) {
-                (Strategy::Hybrid(h), Some(idle)) => idle.windows(h),
+                (Strategy::Hybrid(h), Some(idle)) => idle.windows_for(h, &context),
                 _ => Self::fixed_windows(&strategy),
             };
         }
+        Ok(())
+    }
+
+    /// Tells the policy how much memory one instance of `function` holds,
+    /// which the memory economy weighs (until told, it assumes its
+    /// `assumed_memory_mb`). Applies from the function's next idle period.
+    pub fn set_memory(&mut self, function: &F, bytes: u64) -> Result<(), PoolError> {
+        let state = self.state_mut(function)?;
+        state.memory_mb = Some(bytes as f64 / (1024.0 * 1024.0));
         Ok(())
     }
 
@@ -235,7 +257,11 @@ impl<F: Key> Policy<F> {
         let state = self.state_mut(function)?;
         if let (Strategy::Hybrid(h), Some(model)) = (&strategy, state.idle.as_mut()) {
             model.record(idle);
-            state.windows = model.windows(h);
+            let context = IdleContext {
+                memory_mb: state.memory_mb,
+                busy_for: None,
+            };
+            state.windows = model.windows_for(h, &context);
         }
         Ok(())
     }

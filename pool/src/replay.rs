@@ -114,13 +114,58 @@ pub fn replay(
     Ok((reports, stats))
 }
 
-/// The comparison the replayer prints: no pool, fixed keep-alive for each
-/// of `fixed_minutes`, and the hybrid policy with each histogram range.
+/// [`replay`] on `threads` threads, each replaying its share of the
+/// policies through its own pass over the trace (the trace streams from
+/// its seed, so every pass sees the same requests). Same results, in the
+/// same order, as one thread.
+pub fn replay_parallel(
+    trace: &Trace,
+    policies: &[(String, PolicyConfig)],
+    budget_mb: Option<u64>,
+    threads: usize,
+) -> Result<(Vec<Report>, TraceStats), PoolError> {
+    let threads = threads.clamp(1, policies.len().max(1));
+    if threads == 1 {
+        return replay(trace, policies, budget_mb);
+    }
+    let chunk = policies.len().div_ceil(threads);
+    let results: Vec<Result<(Vec<Report>, TraceStats), PoolError>> = std::thread::scope(|s| {
+        let handles: Vec<_> = policies
+            .chunks(chunk)
+            .map(|part| s.spawn(move || replay(trace, part, budget_mb)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect()
+    });
+    let mut reports = Vec::with_capacity(policies.len());
+    let mut stats = None;
+    for result in results {
+        let (part, part_stats) = result?;
+        reports.extend(part);
+        stats.get_or_insert(part_stats);
+    }
+    Ok((reports, stats.unwrap_or_default()))
+}
+
+/// The comparison the replayer prints: [`baselines`], then
+/// [`hybrid_variants`].
 pub fn policy_sweep(
     fixed_minutes: &[u64],
     hybrid_hours: &[f64],
-    hybrid: HybridConfig,
+    hybrids: &[(String, HybridConfig)],
 ) -> Vec<(String, PolicyConfig)> {
+    let mut out = baselines(fixed_minutes);
+    out.extend(hybrid_variants(hybrid_hours, hybrids));
+    out
+}
+
+/// No pool, then a fixed keep-alive of each of `fixed_minutes`.
+pub fn baselines(fixed_minutes: &[u64]) -> Vec<(String, PolicyConfig)> {
     let mut out = vec![("no pool".to_string(), PolicyConfig::no_pool())];
     for &m in fixed_minutes {
         out.push((
@@ -128,18 +173,30 @@ pub fn policy_sweep(
             PolicyConfig::fixed(Duration::from_secs(m * 60)),
         ));
     }
-    for &h in hybrid_hours {
-        let config = HybridConfig {
-            range: Duration::from_secs_f64(h * 3600.0),
-            ..hybrid
-        };
-        out.push((
-            format!("hybrid {h} h"),
-            PolicyConfig {
-                strategy: Strategy::Hybrid(config),
-                ..PolicyConfig::hybrid()
-            },
-        ));
+    out
+}
+
+/// Each named hybrid configuration with each histogram range, labelled
+/// `<name> <range> h`.
+pub fn hybrid_variants(
+    hours: &[f64],
+    hybrids: &[(String, HybridConfig)],
+) -> Vec<(String, PolicyConfig)> {
+    let mut out = Vec::new();
+    for (name, hybrid) in hybrids {
+        for &h in hours {
+            let config = HybridConfig {
+                range: Duration::from_secs_f64(h * 3600.0),
+                ..*hybrid
+            };
+            out.push((
+                format!("{name} {h} h"),
+                PolicyConfig {
+                    strategy: Strategy::Hybrid(config),
+                    ..PolicyConfig::hybrid()
+                },
+            ));
+        }
     }
     out
 }

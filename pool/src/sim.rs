@@ -8,6 +8,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
 use std::time::Duration;
 
+use crate::breakdown::rate_class;
 use crate::budget::{Admission, MemoryBudget, Purpose};
 use crate::error::PoolError;
 use crate::idle::Tier;
@@ -42,6 +43,64 @@ struct FunctionCounts {
     invocations: u64,
     cold: u64,
     idle_mb_secs: f64,
+    /// When the function's last request finished, while none is in flight.
+    idle_since: Option<Timestamp>,
+    idle_times: RunningStats,
+    /// Idle periods by the tier that set their windows, in [`TIERS`] order.
+    periods_by_tier: [u64; TIERS.len()],
+}
+
+const TIERS: [Tier; 6] = [
+    Tier::Standard,
+    Tier::Histogram,
+    Tier::TimeSeries,
+    Tier::Periodic,
+    Tier::Fixed,
+    Tier::NoPool,
+];
+
+/// Welford's running mean and variance.
+#[derive(Clone, Copy, Debug, Default)]
+struct RunningStats {
+    n: u64,
+    mean: f64,
+    m2: f64,
+}
+
+impl RunningStats {
+    fn record(&mut self, x: f64) {
+        self.n += 1;
+        let delta = x - self.mean;
+        self.mean += delta / self.n as f64;
+        self.m2 += delta * (x - self.mean);
+    }
+
+    /// Coefficient of variation; `None` below two samples or a zero mean.
+    fn cv(&self) -> Option<f64> {
+        (self.n >= 2 && self.mean > 0.0).then(|| (self.m2 / self.n as f64).sqrt() / self.mean)
+    }
+}
+
+/// One function's results under one policy.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FunctionOutcome {
+    pub function: u32,
+    pub invocations: u64,
+    pub cold_starts: u64,
+    /// MB-seconds its instances spent loaded with no request.
+    pub idle_mb_secs: f64,
+    /// Its idle times (last finish to next arrival) as the policy saw them.
+    pub idle_times: u64,
+    pub idle_time_mean_secs: f64,
+    pub idle_time_cv: Option<f64>,
+    /// The tier that set the windows of most of its idle periods.
+    pub main_tier: Option<Tier>,
+}
+
+impl FunctionOutcome {
+    pub fn cold_pct(&self) -> f64 {
+        100.0 * ratio(self.cold_starts, self.invocations)
+    }
 }
 
 /// One policy's results over a trace.
@@ -75,6 +134,8 @@ pub struct Report {
     pub functions_by_rate: [usize; 3],
     /// Idle GB-seconds spent on each of those classes.
     pub idle_gb_secs_by_rate: [f64; 3],
+    /// Every function's own results, by function id.
+    pub per_function: Vec<FunctionOutcome>,
 }
 
 impl Report {
@@ -130,6 +191,7 @@ impl<'t> Simulator<'t> {
         let mut policy = Policy::new(config)?;
         for f in &trace.functions {
             policy.register(f.id, f.slots)?;
+            policy.set_memory(&f.id, (f.memory_mb * MB as f64) as u64)?;
         }
         Ok(Simulator {
             label: label.into(),
@@ -178,6 +240,9 @@ impl<'t> Simulator<'t> {
         }
         self.policy.on_arrival(&f, now)?;
         let counts = &mut self.counts[f as usize];
+        if let Some(since) = counts.idle_since.take() {
+            counts.idle_times.record((now - since).as_secs_f64());
+        }
         counts.invocations += 1;
         counts.cold += u64::from(cold);
         let delay = if cold {
@@ -223,20 +288,35 @@ impl<'t> Simulator<'t> {
         let mut by_rate: [Vec<f64>; 3] = Default::default();
         let mut idle_by_rate = [0.0; 3];
         for c in self.counts.iter() {
-            let per_day = c.invocations as f64 / self.days;
-            let class = if per_day <= 24.0 {
-                0
-            } else if per_day <= 1440.0 {
-                1
-            } else {
-                2
-            };
+            let class = rate_class(c.invocations, self.days);
             idle_by_rate[class] += c.idle_mb_secs / 1024.0;
             if c.invocations > 0 {
                 by_rate[class].push(100.0 * ratio(c.cold, c.invocations));
             }
         }
+        let per_function = self
+            .counts
+            .iter()
+            .zip(self.functions)
+            .map(|(c, spec)| FunctionOutcome {
+                function: spec.id,
+                invocations: c.invocations,
+                cold_starts: c.cold,
+                idle_mb_secs: c.idle_mb_secs,
+                idle_times: c.idle_times.n,
+                idle_time_mean_secs: c.idle_times.mean,
+                idle_time_cv: c.idle_times.cv(),
+                main_tier: c
+                    .periods_by_tier
+                    .iter()
+                    .zip(TIERS)
+                    .filter(|(n, _)| **n > 0)
+                    .max_by_key(|(n, _)| **n)
+                    .map(|(_, t)| t),
+            })
+            .collect();
         Ok(Report {
+            per_function,
             functions_by_rate: by_rate.each_ref().map(Vec::len),
             idle_gb_secs_by_rate: idle_by_rate,
             p75_cold_pct_by_rate: by_rate.map(|mut v| percentile(&mut v, 0.75)),
@@ -282,6 +362,11 @@ impl<'t> Simulator<'t> {
                     if self.policy.in_flight(&function)? == 0 {
                         let tier = self.policy.windows(&function)?.tier;
                         *self.tiers.entry(tier).or_default() += 1;
+                        let counts = &mut self.counts[function as usize];
+                        counts.idle_since = Some(at);
+                        if let Some(i) = TIERS.iter().position(|t| *t == tier) {
+                            counts.periods_by_tier[i] += 1;
+                        }
                     }
                     self.reconcile(function, at)?;
                 }

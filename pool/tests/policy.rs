@@ -3,12 +3,14 @@
 //! 1.1 × the 99th, the standard keep-alive while the histogram is not
 //! representative, the time-series tier when most idle times are out of
 //! range; and the baselines (fixed keep-alive, no pool) and concurrency.
+//! Then our additions, each off in the published configuration: the
+//! periodic tier and the memory economy.
 
 use std::time::Duration;
 
 use sprout_pool::{
-    Clock, FakeClock, HybridConfig, Plan, Policy, PolicyConfig, PoolError, Strategy, Tier,
-    Timestamp, Windows,
+    Clock, EconomyConfig, FakeClock, HybridConfig, Plan, Policy, PolicyConfig, PoolError, Strategy,
+    Tier, Timestamp, Windows,
 };
 
 const SEC: Duration = Duration::from_secs(1);
@@ -16,8 +18,17 @@ const MIN: Duration = Duration::from_secs(60);
 const HOUR: Duration = Duration::from_secs(3600);
 const RUN: Duration = Duration::from_millis(300);
 
+/// The paper's policy, as published (the default adds the periodic tier).
 fn hybrid() -> Policy<&'static str> {
-    Policy::new(PolicyConfig::hybrid()).unwrap()
+    with(HybridConfig::published())
+}
+
+fn with(config: HybridConfig) -> Policy<&'static str> {
+    Policy::new(PolicyConfig {
+        strategy: Strategy::Hybrid(config),
+        ..PolicyConfig::hybrid()
+    })
+    .unwrap()
 }
 
 /// One request: arrives now, runs for `RUN`.
@@ -149,15 +160,10 @@ fn spread_out_histogram_falls_back_to_the_standard_keep_alive() {
 #[test]
 fn the_histogram_waits_for_min_samples() {
     let clock = FakeClock::new();
-    let config = HybridConfig {
+    let mut p = with(HybridConfig {
         min_samples: 10,
-        ..HybridConfig::default()
-    };
-    let mut p = Policy::new(PolicyConfig {
-        strategy: Strategy::Hybrid(config),
-        ..PolicyConfig::hybrid()
-    })
-    .unwrap();
+        ..HybridConfig::published()
+    });
     p.register("f", 1).unwrap();
     feed(&mut p, &clock, "f", &repeat(9, 20 * MIN));
     assert_eq!(p.windows(&"f").unwrap().tier, Tier::Standard);
@@ -334,4 +340,149 @@ fn seeded_idle_times_give_the_same_windows_as_lived_ones() {
     fixed.register("f", 1).unwrap();
     fixed.record_idle(&"f", MIN).unwrap();
     assert_eq!(fixed.windows(&"f").unwrap().tier, Tier::Fixed);
+}
+
+#[test]
+fn periodic_functions_are_loaded_just_around_their_next_arrival() {
+    let clock = FakeClock::new();
+    let mut p = with(HybridConfig {
+        periodic_intervals: 4,
+        ..HybridConfig::published()
+    });
+    p.register("cron", 1).unwrap();
+    // A 10-minute timer firing up to a second late.
+    let fire = |k: u32, late_ms: u64| {
+        Timestamp::from_duration(10 * MIN * k + Duration::from_millis(late_ms))
+    };
+    for (k, late) in [0, 700, 200, 900, 400, 100].into_iter().enumerate() {
+        clock.set(fire(k as u32, late));
+        invoke(&mut p, &clock, "cron");
+        let tier = p.windows(&"cron").unwrap().tier;
+        // Four intervals are needed: the first four starts give three.
+        assert_eq!(tier == Tier::Periodic, k >= 4, "after start {k}: {tier}");
+    }
+    // The last four intervals: 10 min −0.5 s, +0.7 s, −0.5 s, −0.3 s: the
+    // period is their median (10 min − 0.3 s), the spread 1 s, so the
+    // window is ±2 s around 50 min 0.1 s + period = 59 min 59.8 s. It is
+    // relative to the end of the last request, 0.3 s after its start.
+    let w = p.windows(&"cron").unwrap();
+    let ms = Duration::from_millis;
+    assert!(close(w.pre_warm, 10 * MIN - ms(2600)), "{w:?}");
+    assert!(close(w.keep_alive_until, 10 * MIN + ms(1400)), "{w:?}");
+    let idle_start = clock.now();
+    let plan = plan_at(&p, "cron", idle_start);
+    assert_eq!((plan.target, plan.tier), (0, Tier::Periodic));
+    let load_at = plan.review_at.expect("a pre-warm is scheduled");
+    assert!(close(load_at - idle_start, 10 * MIN - ms(2600)));
+    let warm = plan_at(&p, "cron", load_at);
+    assert_eq!(warm.target, 1);
+    assert!(close(
+        warm.review_at.unwrap() - idle_start,
+        10 * MIN + ms(1400)
+    ));
+    // The firing at 60 min 0.5 s finds it loaded.
+    let next = fire(6, 500);
+    assert_eq!(plan_at(&p, "cron", next).target, 1);
+    clock.set(next);
+    invoke(&mut p, &clock, "cron");
+    assert_eq!(p.windows(&"cron").unwrap().tier, Tier::Periodic);
+    // A skipped firing (the next at 80 min) breaks the pattern: back to
+    // the histogram until four intervals agree again.
+    clock.set(fire(8, 0));
+    invoke(&mut p, &clock, "cron");
+    assert_eq!(p.windows(&"cron").unwrap().tier, Tier::Histogram);
+}
+
+#[test]
+fn the_default_adds_the_periodic_tier_to_the_published_policy() {
+    assert_eq!(HybridConfig::published().periodic_intervals, 0);
+    assert_eq!(HybridConfig::published().economy, None);
+    let default = HybridConfig::default();
+    assert!(default.periodic_intervals > 0);
+    assert_eq!(
+        HybridConfig {
+            periodic_intervals: 0,
+            ..default
+        },
+        HybridConfig::published()
+    );
+    assert_eq!(
+        PolicyConfig::hybrid().strategy,
+        Strategy::Hybrid(HybridConfig::default())
+    );
+}
+
+fn economy() -> HybridConfig {
+    HybridConfig {
+        economy: Some(EconomyConfig {
+            target_warm_share: 0.6,
+            allowance_mb: 128.0,
+            min_hits_per_gb_hour: 100.0,
+            min_samples: 2,
+            assumed_memory_mb: 128.0,
+        }),
+        ..HybridConfig::published()
+    }
+}
+
+#[test]
+fn the_economy_keeps_what_the_memory_buys() {
+    const MB: u64 = 1 << 20;
+    let clock = FakeClock::new();
+    // Called at random every 6.7 h on average (the deciles of an
+    // exponential, shuffled): the published policy's time series predicts
+    // one idle time and keeps ±15% around it.
+    let idles: Vec<Duration> = [5.5, 0.4, 13.0, 2.8, 22.0, 1.0, 9.6, 4.0, 1.8, 7.3]
+        .iter()
+        .map(|h| HOUR.mul_f64(*h))
+        .collect();
+    let caught = |w: &Windows| {
+        idles
+            .iter()
+            .filter(|i| **i >= w.pre_warm && **i <= w.keep_alive_until)
+            .count()
+    };
+    let mut published = hybrid();
+    let mut small = with(economy());
+    let mut large = with(economy());
+    for p in [&mut published, &mut small, &mut large] {
+        p.register("f", 1).unwrap();
+    }
+    small.set_memory(&"f", 64 * MB).unwrap();
+    large.set_memory(&"f", 1024 * MB).unwrap();
+    for p in [&mut published, &mut small, &mut large] {
+        feed(p, &clock, "f", &idles);
+    }
+    let w = published.windows(&"f").unwrap();
+    assert_eq!(w.tier, Tier::TimeSeries);
+    assert!(caught(&w) < 6, "{w:?}");
+    // 64 MB: a window catching 60% of them, within its 128 MB allowance.
+    let w = small.windows(&"f").unwrap();
+    assert!(caught(&w) >= 6, "{w:?}");
+    let now = clock.now();
+    // 1 GB: the same coverage would hold ~800 MB on average, and a
+    // request every 5.5 h is far below 100 per GB-hour: nothing is kept.
+    let w = large.windows(&"f").unwrap();
+    assert!(w.keep_alive_until <= w.pre_warm, "{w:?}");
+    let plan = plan_at(&large, "f", now);
+    assert_eq!((plan.target, plan.review_at), (0, None));
+
+    // A busy function's requests are worth their memory: the published
+    // window stands.
+    let mut busy_published = hybrid();
+    let mut busy = with(economy());
+    for p in [&mut busy_published, &mut busy] {
+        p.register("busy", 1).unwrap();
+        let mut idles = repeat(50, 20 * SEC);
+        idles.extend(repeat(50, 40 * SEC));
+        feed(p, &clock, "busy", &idles);
+    }
+    assert_eq!(
+        busy.windows(&"busy").unwrap(),
+        busy_published.windows(&"busy").unwrap()
+    );
+    assert!(matches!(
+        busy.set_memory(&"nope", MB),
+        Err(PoolError::UnknownFunction(_))
+    ));
 }

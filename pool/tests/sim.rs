@@ -4,10 +4,11 @@
 use std::process::Command;
 use std::time::Duration;
 
-use sprout_pool::replay::{policy_sweep, replay};
+use sprout_pool::breakdown::{Grouping, breakdown};
+use sprout_pool::replay::{policy_sweep, replay, replay_parallel};
 use sprout_pool::sim::Report;
-use sprout_pool::trace::{Trace, TraceConfig};
-use sprout_pool::{HybridConfig, PolicyConfig, Tier};
+use sprout_pool::trace::{Arrivals, Trace, TraceConfig};
+use sprout_pool::{EconomyConfig, HybridConfig, PolicyConfig, Strategy, Tier};
 
 fn small_trace() -> Trace {
     Trace::generate(TraceConfig {
@@ -26,7 +27,11 @@ fn find<'a>(reports: &'a [Report], label: &str) -> &'a Report {
 #[test]
 fn replay_invariants_hold_on_a_small_trace() {
     let trace = small_trace();
-    let policies = policy_sweep(&[1, 10, 60], &[4.0], HybridConfig::default());
+    let policies = policy_sweep(
+        &[1, 10, 60],
+        &[4.0],
+        &[("hybrid".to_string(), HybridConfig::default())],
+    );
     let (reports, stats) = replay(&trace, &policies, None).unwrap();
     assert_eq!(reports.len(), 5);
     assert!(stats.invocations > 1000, "{stats:?}");
@@ -170,4 +175,108 @@ fn the_binary_prints_the_comparison() {
         .unwrap();
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--days"));
+}
+
+#[test]
+fn per_function_results_add_up_and_break_down() {
+    let trace = small_trace();
+    let policies = policy_sweep(
+        &[10],
+        &[4.0],
+        &[("hybrid".to_string(), HybridConfig::default())],
+    );
+    let (reports, stats) = replay(&trace, &policies, None).unwrap();
+    for r in &reports {
+        assert_eq!(r.per_function.len(), trace.functions.len());
+        let invoked = r.per_function.iter().filter(|f| f.invocations > 0);
+        assert_eq!(invoked.count(), stats.functions_invoked);
+        let sum = |f: fn(&sprout_pool::sim::FunctionOutcome) -> f64| {
+            r.per_function.iter().map(f).sum::<f64>()
+        };
+        assert_eq!(sum(|f| f.invocations as f64) as u64, r.invocations);
+        assert_eq!(sum(|f| f.cold_starts as f64) as u64, r.cold_starts);
+        assert!(
+            (sum(|f| f.idle_mb_secs) / 1024.0 - r.idle_gb_secs).abs()
+                < 1e-6 * r.idle_gb_secs.max(1.0)
+        );
+        for grouping in [
+            Grouping::RateAndTrigger,
+            Grouping::RateAndTier,
+            Grouping::RateAndIdleCv,
+        ] {
+            let rows = breakdown(r, &trace, grouping, 50.0);
+            let functions: usize = rows.iter().map(|row| row.functions).sum();
+            assert_eq!(
+                functions, stats.functions_invoked,
+                "{} {grouping:?}",
+                r.label
+            );
+            let within: usize = rows.iter().map(|row| row.within).sum();
+            let expected = r
+                .per_function
+                .iter()
+                .filter(|f| f.invocations > 0 && f.cold_pct() <= 50.0)
+                .count();
+            assert_eq!(within, expected);
+            let idle: f64 = rows.iter().map(|row| row.idle_gb_secs).sum();
+            // Functions never invoked hold no idle memory either.
+            assert!((idle - r.idle_gb_secs).abs() < 1e-6 * r.idle_gb_secs.max(1.0));
+        }
+    }
+    // Timers are found periodic by the default hybrid policy, and then
+    // cold only while it learns their period.
+    let hybrid = find(&reports, "hybrid 4 h");
+    assert!(
+        hybrid
+            .idle_periods_by_tier
+            .get(&Tier::Periodic)
+            .is_some_and(|n| *n > 0)
+    );
+    let timers: Vec<_> = hybrid
+        .per_function
+        .iter()
+        .zip(&trace.functions)
+        .filter(|(f, spec)| f.invocations >= 20 && matches!(spec.arrivals, Arrivals::Timer { .. }))
+        .collect();
+    assert!(!timers.is_empty());
+    for (f, _) in timers {
+        assert_eq!(f.main_tier, Some(Tier::Periodic), "{f:?}");
+        assert!(f.cold_starts <= 6, "{f:?}");
+    }
+}
+
+#[test]
+fn parallel_replay_is_the_same_replay() {
+    let trace = Trace::generate(TraceConfig {
+        seed: 5,
+        apps: 40,
+        days: 1.0,
+        max_app_rate_per_day: 300.0,
+        ..TraceConfig::default()
+    });
+    let economy = HybridConfig {
+        economy: Some(EconomyConfig::default()),
+        ..HybridConfig::default()
+    };
+    let mut policies = policy_sweep(
+        &[5, 10],
+        &[1.0, 4.0],
+        &[
+            ("hybrid".to_string(), HybridConfig::default()),
+            ("economy".to_string(), economy),
+        ],
+    );
+    policies.push((
+        "published".to_string(),
+        PolicyConfig {
+            strategy: Strategy::Hybrid(HybridConfig::published()),
+            ..PolicyConfig::hybrid()
+        },
+    ));
+    let (one, stats_one) = replay(&trace, &policies, None).unwrap();
+    for threads in [2, 3, 64] {
+        let (many, stats_many) = replay_parallel(&trace, &policies, None, threads).unwrap();
+        assert_eq!(many, one, "{threads} threads");
+        assert_eq!(stats_many, stats_one);
+    }
 }

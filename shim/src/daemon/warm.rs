@@ -204,6 +204,7 @@ fn tier_name(t: Tier) -> &'static str {
         Tier::Standard => "standard",
         Tier::Histogram => "histogram",
         Tier::TimeSeries => "time_series",
+        Tier::Periodic => "periodic",
         Tier::Fixed => "fixed",
         Tier::NoPool => "no_pool",
     }
@@ -217,6 +218,13 @@ impl FunctionPool {
             .unwrap_or_default();
         let mut policy = Policy::new(policy_config(&settings))?;
         policy.register(f.name.clone(), f.concurrency)?;
+        if let Some(bytes) = saved
+            .as_ref()
+            .map(|p| p.bytes_per_instance)
+            .filter(|b| *b > 0)
+        {
+            policy.set_memory(&f.name, bytes)?;
+        }
         let mut idle_history = VecDeque::new();
         for s in saved.iter().flat_map(|p| &p.idle_s) {
             if s.is_finite() && *s >= 0.0 {
@@ -1580,6 +1588,10 @@ impl Daemon {
             .map_err(pool_error)?;
         if let (Some(bytes), Ok(fp)) = (measured, st.function(name)) {
             fp.bytes_per_instance = bytes.max(1 << 20);
+            // The memory economy (opt-in) weighs keep-alive by real size.
+            fp.policy
+                .set_memory(&name.to_string(), fp.bytes_per_instance)
+                .map_err(pool_error)?;
         }
         tracing::info!(container = %id, function = %name, frozen, ?purpose, "pool instance ready");
         Ok(Some(id))
