@@ -132,8 +132,10 @@ fn prewarm_claim_release_reuse_and_crash_replacement() {
         );
         let cg = cgroup_leftovers(id);
         assert!(
-            cg.iter()
-                .all(|p| p.to_string_lossy().contains(&d.pool_cgroup)),
+            !cg.is_empty()
+                && cg
+                    .iter()
+                    .all(|p| p.to_string_lossy().contains(&d.pool_cgroup)),
             "{id} lives under the pool's cgroup: {cg:?}"
         );
     }
@@ -184,15 +186,52 @@ fn prewarm_claim_release_reuse_and_crash_replacement() {
         d.log_text()
     );
     let out = s.dir.path().join("claimed.out");
+    let limits = json!({"memory": {"limit": 300 << 20}, "pids": {"limit": 77}});
     let fourth = ok(
         &c,
         &d,
         "POST",
         "/functions/py/claim",
-        Some(json!({"stdout": out})),
+        Some(json!({"stdout": out, "resources": limits})),
         201,
     );
+    assert_eq!(fourth["path"], "pool_hit", "{fourth}");
     let pid4 = fourth["pid"].as_i64().unwrap() as i32;
+    let id4 = fourth["id"].as_str().unwrap().to_string();
+    // The claim's limits are in force when it answers, in the instance's
+    // own cgroup, and its state records them (right after the answer).
+    let cgroups = fs::read_to_string(format!("/proc/{pid4}/cgroup")).unwrap();
+    let cgroup_file = |controller: &str, file: &str| {
+        let path = cgroups
+            .lines()
+            .find_map(|l| {
+                let (_, rest) = l.split_once(':')?;
+                let (names, path) = rest.split_once(':')?;
+                names.split(',').any(|n| n == controller).then_some(path)
+            })
+            .unwrap_or_else(|| panic!("no {controller} cgroup of {id4}: {cgroups}"));
+        assert!(
+            path.ends_with(&id4),
+            "{controller} cgroup {path} is its own"
+        );
+        let dir = format!("/sys/fs/cgroup/{controller}{path}");
+        fs::read_to_string(format!("{dir}/{file}"))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    assert_eq!(
+        cgroup_file("memory", "memory.limit_in_bytes"),
+        (300u64 << 20).to_string()
+    );
+    assert_eq!(cgroup_file("pids", "pids.max"), "77");
+    let state_file = d.root.join("runtime").join(&id4).join("state.json");
+    assert!(
+        wait_until(TIMEOUT, || fs::read_to_string(&state_file)
+            .unwrap_or_default()
+            .contains(r#""limit":77"#)),
+        "the instance's state records the claim's limits"
+    );
     ask(pid4, "/say/hello-claimant");
     assert!(
         wait_until(TIMEOUT, || fs::read_to_string(&out)
@@ -235,7 +274,6 @@ fn prewarm_claim_release_reuse_and_crash_replacement() {
         Some(json!({"reuse": true, "min_warm": 1})),
         200,
     );
-    let id4 = fourth["id"].as_str().unwrap().to_string();
     let r = ok(
         &c,
         &d,

@@ -1105,20 +1105,49 @@ impl Container {
     /// containerd's CRI sends the spec's whole resources, and re-applying
     /// that list would drop the default rules added at create.
     pub fn update(&mut self, resources: &LinuxResources) -> Result<()> {
-        let mut resources = resources.clone();
-        resources.set_devices(None);
+        let resources = without_devices(resources);
         let dir = self.lock()?;
-        let mut saved = dir.load()?;
+        let saved = dir.load()?;
         let status = self.status();
         if status == Status::Stopped {
             return Err(self.wrong(status, "update it"));
         }
-        let cgroup = Cgroup::from_saved(&saved.cgroup);
-        cgroup
+        Cgroup::from_saved(&saved.cgroup)
             .apply(&resources)
             .map_err(cgroup_err(&self.state.id))?;
+        self.remember_resources(&dir, saved, &resources)
+    }
+
+    /// The first half of [`Container::update`] for a hot path (a warm
+    /// pool's claim): writes `resources` to the cgroup and nothing else.
+    /// The state still shows the old ones until
+    /// [`Container::record_resources`] is called with the same value.
+    pub fn apply_resources(&self, resources: &LinuxResources) -> Result<()> {
+        let status = self.status();
+        if status == Status::Stopped {
+            return Err(self.wrong(status, "update it"));
+        }
+        self.cgroup()
+            .apply(&without_devices(resources))
+            .map_err(cgroup_err(&self.state.id))
+    }
+
+    /// The second half of [`Container::update`]: records in the state
+    /// resources already applied with [`Container::apply_resources`].
+    pub fn record_resources(&mut self, resources: &LinuxResources) -> Result<()> {
+        let dir = self.lock()?;
+        let saved = dir.load()?;
+        self.remember_resources(&dir, saved, &without_devices(resources))
+    }
+
+    fn remember_resources(
+        &mut self,
+        dir: &ContainerDir,
+        mut saved: SavedState,
+        resources: &LinuxResources,
+    ) -> Result<()> {
         let mut linux = saved.spec.linux().clone().unwrap_or_default();
-        let merged = merge_resources(linux.resources().clone().unwrap_or_default(), &resources);
+        let merged = merge_resources(linux.resources().clone().unwrap_or_default(), resources);
         linux.set_resources(Some(merged));
         saved.spec.set_linux(Some(linux));
         dir.save(&saved)?;
@@ -1167,6 +1196,13 @@ pub(crate) fn wait_for_exit(pid: i32, pidfd: Option<&OwnedFd>) -> Result<Option<
             Err(e) => return Err(Error::io("waiting for the container")(e.into())),
         }
     }
+}
+
+/// The resources an update applies: all but the device rules.
+fn without_devices(resources: &LinuxResources) -> LinuxResources {
+    let mut r = resources.clone();
+    r.set_devices(None);
+    r
 }
 
 /// `update` semantics: fields given replace the saved ones, others stay.

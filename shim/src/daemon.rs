@@ -445,6 +445,17 @@ impl Daemon {
         Ok(guard)
     }
 
+    /// Runs the tail of the current operation on a blocking thread after
+    /// its answer, still counted as in flight: a drain waits for it too.
+    fn finish_blocking(self: &Arc<Self>, work: impl FnOnce(&Daemon) + Send + 'static) {
+        self.ops.count.fetch_add(1, Ordering::AcqRel);
+        let daemon = Arc::clone(self);
+        tokio::task::spawn_blocking(move || {
+            let _op = OpGuard(&daemon.ops);
+            work(&daemon);
+        });
+    }
+
     /// Refuses new state-changing operations and waits (up to `timeout`)
     /// for those in flight.
     pub async fn drain(&self, timeout: Duration) {

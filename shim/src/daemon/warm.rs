@@ -37,6 +37,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use oci_spec::runtime::LinuxResources;
 use serde::{Deserialize, Serialize};
 use sprout_pool::{
     Acquire, Admission, Clock, LeaseId, MemoryBudget, MonotonicClock, Policy, PolicyConfig,
@@ -513,9 +514,9 @@ struct Steps {
 }
 
 impl Steps {
-    fn new() -> Self {
+    fn since(at: Instant) -> Self {
         Steps {
-            at: Instant::now(),
+            at,
             stages: Vec::new(),
         }
     }
@@ -917,12 +918,15 @@ impl Daemon {
             }
             let mut next = picked;
             while let Some((id, frozen)) = next.take() {
+                let mut steps = Steps::since(started);
+                steps.done("pick");
                 match self
-                    .hand_out(&id, frozen, &body, stdio_clone(&stdio)?)
+                    .hand_out(&id, frozen, &body, stdio_clone(&stdio)?, steps)
                     .await
                 {
                     Ok(steps) => {
                         let claimed = self.claimed(&id, StartPath::PoolHit, started, steps)?;
+                        self.record_claim(&id, body.resources.clone());
                         self.warm.wake(name);
                         return Ok(claimed);
                     }
@@ -1035,23 +1039,24 @@ impl Daemon {
             };
         }
         drop(st);
-        self.set_record_pool(&id, false);
         Some((id, frozen))
     }
 
     /// The claim's steps on a picked instance: limits, thaw, output.
+    /// The limits are only written to the cgroup here; the instance's
+    /// state records them after the answer ([`Daemon::record_limits`]).
     async fn hand_out(
         self: &Arc<Self>,
         id: &str,
         frozen: bool,
         body: &ClaimBody,
         stdio: Option<[OwnedFd; 3]>,
+        mut steps: Steps,
     ) -> Result<Steps, ApiError> {
-        let mut steps = Steps::new();
         let inst = self.instance(id)?;
-        let mut c = self.runtime.container(id)?;
+        let c = self.runtime.container(id)?;
         if let Some(r) = &body.resources {
-            c.update(r)?;
+            c.apply_resources(r)?;
             steps.done("limits");
         }
         if frozen {
@@ -1074,6 +1079,38 @@ impl Daemon {
             steps.done("stdio");
         }
         Ok(steps)
+    }
+
+    /// Records a pool hit on disk, off the claim's path (rewriting the
+    /// two records took half of a claim): the instance's record no longer
+    /// marks it a pool instance (a restarted sproutd would delete it), and
+    /// its runtime state gets the claim's limits, already in force. A crash
+    /// of sproutd in between costs the claimant its instance; a release or
+    /// delete in between leaves nothing to record.
+    fn record_claim(self: &Arc<Self>, id: &str, resources: Option<LinuxResources>) {
+        let id = id.to_string();
+        self.finish_blocking(move |daemon| {
+            let claimed = matches!(
+                lock(&daemon.warm.state).members.get(&id),
+                Some(Member {
+                    role: Role::Claimed { .. },
+                    ..
+                })
+            );
+            if !claimed {
+                // Already released (back into the pool, or destroyed).
+                return;
+            }
+            daemon.set_record_pool(&id, false);
+            if let Some(r) = resources
+                && let Err(e) = daemon
+                    .runtime
+                    .container(&id)
+                    .and_then(|mut c| c.record_resources(&r))
+            {
+                tracing::debug!(container = %id, "claim limits not recorded: {e}");
+            }
+        });
     }
 
     fn claimed(
