@@ -584,8 +584,25 @@ fn settings_and_history_survive_a_restart_and_stale_pool_instances_are_replaced(
     let pages = pool_of(&c, &d, "py")["write_set_pages"].as_u64().unwrap();
     assert!(pages > 0, "no write set recorded:\n{}", d.log_text());
 
-    let claimed = ok(&c, &d, "POST", "/functions/py/claim", None, 201);
+    // The claim's annotations stay with the instance, across a restart.
+    let claimed = ok(
+        &c,
+        &d,
+        "POST",
+        "/functions/py/claim",
+        Some(json!({"annotations": {"io.example.owner": "pool-stop"}})),
+        201,
+    );
+    assert_eq!(claimed["path"], "pool_hit", "{claimed}");
     let claimed_id = claimed["id"].as_str().unwrap().to_string();
+    let owner = |c: &Client| {
+        c.instance(&claimed_id)
+            .unwrap()
+            .annotations
+            .get("io.example.owner")
+            .cloned()
+    };
+    assert_eq!(owner(&c).as_deref(), Some("pool-stop"));
     assert!(wait_until(TIMEOUT, || pool_ids(&c, &d, "py", "frozen")
         .len()
         == 2));
@@ -643,8 +660,25 @@ fn a_graceful_stop_deletes_the_pool_but_not_claimed_instances() {
     let c = d.client();
     c.add_function(&function("py", &s)).unwrap();
     prewarm(&c, &d, 2);
-    let claimed = ok(&c, &d, "POST", "/functions/py/claim", None, 201);
+    // The claim's annotations stay with the instance, across a restart.
+    let claimed = ok(
+        &c,
+        &d,
+        "POST",
+        "/functions/py/claim",
+        Some(json!({"annotations": {"io.example.owner": "pool-stop"}})),
+        201,
+    );
+    assert_eq!(claimed["path"], "pool_hit", "{claimed}");
     let claimed_id = claimed["id"].as_str().unwrap().to_string();
+    let owner = |c: &Client| {
+        c.instance(&claimed_id)
+            .unwrap()
+            .annotations
+            .get("io.example.owner")
+            .cloned()
+    };
+    assert_eq!(owner(&c).as_deref(), Some("pool-stop"));
     assert!(wait_until(TIMEOUT, || pool_ids(&c, &d, "py", "frozen")
         .len()
         == 2));
@@ -663,5 +697,6 @@ fn a_graceful_stop_deletes_the_pool_but_not_claimed_instances() {
     d.spawn();
     let v = c.instance(&claimed_id).unwrap();
     assert!(v.adopted && v.status == "running", "{v:?}");
+    assert_eq!(owner(&c).as_deref(), Some("pool-stop"));
     teardown(&s, &c, &d);
 }

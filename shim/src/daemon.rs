@@ -154,6 +154,9 @@ struct InstanceRecord {
     /// A warm-pool instance not (yet) claimed: deleted by the next sproutd.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pool: bool,
+    /// The annotations of the claim that took it from the pool.
+    #[serde(default, skip_serializing_if = "HashMap::is_empty")]
+    claim_annotations: HashMap<String, String>,
 }
 
 /// An instance sproutd manages.
@@ -170,6 +173,9 @@ pub struct Instance {
     pub network: Option<Attachment>,
     /// The output relay of a pool instance.
     relay: Mutex<Option<Relay>>,
+    /// The annotations of the claim that took a pool instance, shown
+    /// beside the fork's own (a pool hit does not rewrite its spec).
+    claim_annotations: Mutex<HashMap<String, String>>,
     /// `Some` once it exited.
     exit: watch::Sender<Option<ExitStatus>>,
 }
@@ -717,6 +723,7 @@ impl Daemon {
             created: sprout_runtime::state::rfc3339(SystemTime::now()),
             network,
             pool: self.warm.is_pool_member(&id),
+            claim_annotations: HashMap::new(),
         };
         self.write_record(&record)
             .map_err(|e| ApiError::internal(format!("instance record of {id:?}: {e}")))?;
@@ -740,6 +747,7 @@ impl Daemon {
             adopted: false,
             network: record.network,
             relay: Mutex::new(None),
+            claim_annotations: Mutex::default(),
             exit: watch::Sender::new(None),
         });
         lock(&self.instances).insert(id.clone(), Slot::Live(inst.clone()));
@@ -823,19 +831,39 @@ impl Daemon {
     }
 
     /// Marks an instance's record as a pool instance or not (claimed).
-    fn set_record_pool(&self, id: &str, pool: bool) {
+    /// Records that the instance `id` went back into the pool.
+    fn record_returned(&self, id: &str) {
+        self.update_record(id, |r| {
+            r.pool = true;
+            r.claim_annotations.clear();
+            true
+        });
+    }
+
+    /// Records that a claim took the pool instance `id`: no longer a pool
+    /// instance, and the claim's annotations.
+    fn record_claimed(&self, id: &str, annotations: HashMap<String, String>) {
+        self.update_record(id, |r| {
+            r.pool = false;
+            r.claim_annotations = annotations;
+            true
+        });
+    }
+
+    /// Rewrites the instance's record if `change` says it changed it.
+    fn update_record(&self, id: &str, change: impl FnOnce(&mut InstanceRecord) -> bool) {
         let path = self.record_path(id);
         let r = fs::read(&path)
             .map_err(|e| e.to_string())
             .and_then(|d| serde_json::from_slice::<InstanceRecord>(&d).map_err(|e| e.to_string()));
         match r {
-            Ok(mut r) if r.pool != pool => {
-                r.pool = pool;
-                if let Err(e) = self.write_record(&r) {
+            Ok(mut r) => {
+                if change(&mut r)
+                    && let Err(e) = self.write_record(&r)
+                {
                     tracing::warn!(container = %id, "updating the instance record: {e}");
                 }
             }
-            Ok(_) => {}
             Err(e) => tracing::warn!(container = %id, "reading the instance record: {e}"),
         }
     }
@@ -1126,12 +1154,12 @@ impl Daemon {
         let mut stale_pool = Vec::new();
         for c in self.runtime.list()? {
             let id = c.id().to_string();
-            let (function, bundle, network) = match records.remove(&id) {
+            let (function, bundle, network, claim_annotations) = match records.remove(&id) {
                 Some(r) => {
                     if r.pool {
                         stale_pool.push(id.clone());
                     }
-                    (r.function, r.bundle, r.network)
+                    (r.function, r.bundle, r.network, r.claim_annotations)
                 }
                 None => {
                     tracing::warn!(container = %id, "adopting a container sproutd has no record of");
@@ -1140,10 +1168,15 @@ impl Daemon {
                         .annotations()
                         .as_ref()
                         .and_then(Attachment::from_annotations);
-                    (String::new(), c.bundle().to_path_buf(), network)
+                    (
+                        String::new(),
+                        c.bundle().to_path_buf(),
+                        network,
+                        HashMap::new(),
+                    )
                 }
             };
-            self.adopt_one(c, function, bundle, network);
+            self.adopt_one(c, function, bundle, network, claim_annotations);
             adopted += 1;
         }
         // Records of instances that never came to be (a fork cut short) or
@@ -1165,6 +1198,7 @@ impl Daemon {
         function: String,
         bundle: PathBuf,
         network: Option<Attachment>,
+        claim_annotations: HashMap<String, String>,
     ) {
         let init = c.saved().init;
         // Opened first, checked second: a pidfd pins the process, so a
@@ -1179,6 +1213,7 @@ impl Daemon {
             adopted: true,
             network,
             relay: Mutex::new(None),
+            claim_annotations: Mutex::new(claim_annotations),
             exit: watch::Sender::new(if pidfd.is_some() {
                 None
             } else {
@@ -1223,13 +1258,14 @@ impl Drop for Reservation<'_> {
 }
 
 fn view_of(rt: &Runtime, inst: &Instance) -> InstanceView {
-    let (status, pid, created, annotations) = match rt.container(&inst.id) {
+    let (status, pid, created, mut annotations) = match rt.container(&inst.id) {
         Ok(c) => {
             let s = c.oci_state();
             (s.status, s.pid, s.created, s.annotations)
         }
         Err(_) => ("stopped".into(), 0, String::new(), HashMap::new()),
     };
+    annotations.extend(lock(&inst.claim_annotations).clone());
     // The runtime reads "stopped" from /proc a moment before our watcher
     // may have recorded the exit; and an exit we saw is final.
     let exit = inst.exit_status();

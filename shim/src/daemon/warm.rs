@@ -926,7 +926,7 @@ impl Daemon {
                 {
                     Ok(steps) => {
                         let claimed = self.claimed(&id, StartPath::PoolHit, started, steps)?;
-                        self.record_claim(&id, body.resources.clone());
+                        self.record_claim(&id, body.resources.clone(), body.annotations.clone());
                         self.warm.wake(name);
                         return Ok(claimed);
                     }
@@ -1063,6 +1063,9 @@ impl Daemon {
             thaw(&c)?;
             steps.done("thaw");
         }
+        // In memory now (the shim's delete action looks instances up by
+        // them), on disk after the answer.
+        lock(&inst.claim_annotations).clone_from(&body.annotations);
         let relay = lock(&inst.relay).clone();
         if let Some(relay) = relay {
             match stdio {
@@ -1083,11 +1086,17 @@ impl Daemon {
 
     /// Records a pool hit on disk, off the claim's path (rewriting the
     /// two records took half of a claim): the instance's record no longer
-    /// marks it a pool instance (a restarted sproutd would delete it), and
-    /// its runtime state gets the claim's limits, already in force. A crash
+    /// marks it a pool instance (a restarted sproutd would delete it) and
+    /// keeps the claim's annotations, and its runtime state gets the
+    /// claim's limits, already in force. A crash
     /// of sproutd in between costs the claimant its instance; a release or
     /// delete in between leaves nothing to record.
-    fn record_claim(self: &Arc<Self>, id: &str, resources: Option<LinuxResources>) {
+    fn record_claim(
+        self: &Arc<Self>,
+        id: &str,
+        resources: Option<LinuxResources>,
+        annotations: HashMap<String, String>,
+    ) {
         let id = id.to_string();
         self.finish_blocking(move |daemon| {
             let claimed = matches!(
@@ -1101,7 +1110,7 @@ impl Daemon {
                 // Already released (back into the pool, or destroyed).
                 return;
             }
-            daemon.set_record_pool(&id, false);
+            daemon.record_claimed(&id, annotations);
             if let Some(r) = resources
                 && let Err(e) = daemon
                     .runtime
@@ -1235,7 +1244,8 @@ impl Daemon {
                 idle_since: Some(Instant::now()),
             };
         }
-        self.set_record_pool(&id, true);
+        lock(&inst.claim_annotations).clear();
+        self.record_returned(&id);
         Ok(())
     }
 
