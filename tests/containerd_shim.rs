@@ -773,7 +773,8 @@ fn a_function_annotation_starts_a_fork_of_the_template_through_sproutd() {
     let _ = c.ctr(&["task", "delete", &id2]);
     c.ok(&["container", "delete", &id2]);
 
-    // An unknown function: a clear error, nothing left.
+    // An unknown function: a clear error (at `Start`, from sproutd, before
+    // anything runs), nothing left.
     let (id3, cg3) = c.names("fn-unknown");
     let out = c.ctr(&run_args(
         &c,

@@ -318,3 +318,76 @@ impl Drop for AnswerWatch {
 pub fn span(a: SystemTime, b: SystemTime) -> Duration {
     b.duration_since(a).unwrap_or_default()
 }
+
+/// One GET sent now to 127.0.0.1:`port` inside a network namespace whose
+/// server need not run yet: a frozen pool instance's listener still
+/// completes the handshake in the kernel and queues the request, which is
+/// answered once the instance is thawed. Reads the answer in the
+/// background and keeps the time it came.
+pub struct PendingAnswer {
+    thread: Option<JoinHandle<Option<SystemTime>>>,
+    /// To cut the read short when the answer is not waited for.
+    stream: std::net::TcpStream,
+}
+
+impl PendingAnswer {
+    /// Connects and sends before it returns; gives up on the answer after
+    /// `timeout`.
+    pub fn send(netns: OwnedFd, port: u16, timeout: Duration) -> std::io::Result<PendingAnswer> {
+        let (sent, is_sent) = std::sync::mpsc::channel::<std::io::Result<std::net::TcpStream>>();
+        let thread = std::thread::spawn(move || {
+            // SAFETY: setns of this thread only (network namespaces are per
+            // thread); the thread ends after its request.
+            if unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                let _ = sent.send(Err(std::io::Error::last_os_error()));
+                return None;
+            }
+            let connected = std::net::TcpStream::connect(("127.0.0.1", port)).and_then(|mut c| {
+                c.set_read_timeout(Some(timeout))?;
+                c.write_all(b"GET /bench HTTP/1.1\r\nHost: fn\r\n\r\n")?;
+                Ok(c)
+            });
+            let mut c = match connected.and_then(|c| Ok((c.try_clone()?, c))) {
+                Ok((mine, theirs)) => {
+                    let _ = sent.send(Ok(theirs));
+                    mine
+                }
+                Err(e) => {
+                    let _ = sent.send(Err(e));
+                    return None;
+                }
+            };
+            let mut resp = String::new();
+            let answered = c.read_to_string(&mut resp).is_ok() && resp.starts_with("HTTP/1.1 200");
+            answered.then(SystemTime::now)
+        });
+        match is_sent.recv() {
+            Ok(Ok(stream)) => Ok(PendingAnswer {
+                thread: Some(thread),
+                stream,
+            }),
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                Err(e)
+            }
+            Err(_) => {
+                let _ = thread.join();
+                Err(std::io::Error::other("the request thread died"))
+            }
+        }
+    }
+
+    /// When the answer came; `None` after the timeout or without a 200.
+    pub fn wait(mut self) -> Option<SystemTime> {
+        self.thread.take().and_then(|t| t.join().ok()).flatten()
+    }
+}
+
+impl Drop for PendingAnswer {
+    fn drop(&mut self) {
+        if let Some(t) = self.thread.take() {
+            let _ = self.stream.shutdown(std::net::Shutdown::Both);
+            let _ = t.join();
+        }
+    }
+}

@@ -175,15 +175,16 @@ impl Task {
         let (spec, sproutd, bundle) = (t.spec.clone(), t.sproutd.clone(), self.bundle.clone());
         let started = blocking(move || {
             let started = sproutd.start(&spec, &bundle, &fds)?;
+            let link_write = std::time::Instant::now();
             if let Err(e) = started.link.write(&bundle) {
                 // Unmapped, nobody could find it again.
                 let _ = sproutd.delete(&started.link.instance, true);
                 return Err(e);
             }
-            Ok(started)
+            Ok((started, link_write.elapsed()))
         })
         .await;
-        let started = match started {
+        let (started, link_write) = match started {
             Ok(s) => s,
             Err(e) => {
                 // It will never run: its exit is the failure.
@@ -202,12 +203,19 @@ impl Task {
             function,
             path,
         } = started.link.clone();
+        // The timings split a template start at the shim
+        // (benches/containerd.rs): the side request's round trip, sproutd's
+        // own time and stages, then the link's write.
         tracing::info!(
             task = %self.id,
             instance = %instance,
             function = %function,
             path = %path.map_or("fork request", |p| p.as_str()),
             pid = started.pid,
+            request_us = started.request.as_micros() as u64,
+            sproutd_us = started.sproutd_us.map_or(-1, |us| us as i64),
+            stages = %started.stages_text(),
+            link_us = link_write.as_micros() as u64,
             "instance started"
         );
         *t.instance.lock().unwrap() = Some(instance.clone());

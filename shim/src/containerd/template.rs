@@ -55,7 +55,7 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use oci_spec::runtime::{LinuxNamespaceType, LinuxResources, Spec};
 use serde::{Deserialize, Serialize};
@@ -65,7 +65,7 @@ use super::error::{Result, ShimError};
 use super::events::Exit;
 use crate::client::{self, Client, SideConnection};
 use crate::proto::{
-    FdRole, InstanceView, KillBody, SideMessage, SideRequest, SignalArg, StartPath,
+    FdRole, InstanceView, KillBody, SideMessage, SideRequest, SignalArg, StageView, StartPath,
 };
 
 /// The annotation that makes a container a template container.
@@ -193,7 +193,11 @@ impl InstanceLink {
         serde_json::from_slice(&text).ok()
     }
 
-    /// Writes the link atomically: a temporary file, synced, renamed over.
+    /// Writes the link atomically: a temporary file renamed over. Not
+    /// synced: the link must outlive the shim, not the machine (the
+    /// instance, a process, does not survive a crash of the machine, and
+    /// containerd keeps bundles in its state dir, `/run`), and a sync on
+    /// `Start`'s path cost ~3 ms (benches/containerd.rs).
     pub fn write(&self, bundle: &Path) -> Result<()> {
         let path = bundle.join(INSTANCE_FILE);
         let tmp = bundle.join(format!(".{INSTANCE_FILE}.tmp"));
@@ -201,7 +205,6 @@ impl InstanceLink {
         let text = serde_json::to_vec(self).expect("serializable");
         let mut f = std::fs::File::create(&tmp).map_err(ShimError::io(what()))?;
         f.write_all(&text)
-            .and_then(|()| f.sync_all())
             .and_then(|()| std::fs::rename(&tmp, &path))
             .map_err(|e| {
                 let _ = std::fs::remove_file(&tmp);
@@ -222,10 +225,26 @@ pub struct Sproutd {
 pub struct Started {
     pub link: InstanceLink,
     pub pid: i32,
+    /// The side request's round trip, connect to answer, as the shim saw it.
+    pub request: Duration,
+    /// sproutd's own account: a claim's time from its arrival to the
+    /// instance running (`None` for a fork request, which does not say).
+    pub sproutd_us: Option<u64>,
+    /// sproutd's stages: a pool hit's claim steps, else the fork's.
+    pub stages: Vec<StageView>,
     connection: SideConnection,
 }
 
 impl Started {
+    /// [`Started::stages`] as `name:µs,name:µs` (for the log).
+    pub fn stages_text(&self) -> String {
+        self.stages
+            .iter()
+            .map(|s| format!("{}:{}", s.name, s.us))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
     /// Blocks until the instance exits (sproutd's last line); a dropped
     /// connection (sproutd gone) is an unknown status.
     pub fn wait(self) -> Exit {
@@ -247,13 +266,6 @@ impl Sproutd {
             client: Client::new(api),
             side,
         }
-    }
-
-    /// Fails unless sproutd knows `function` (checked at `Create`, so an
-    /// unknown function is a clear error before anything runs).
-    pub fn check_function(&self, function: &str) -> Result<()> {
-        self.client.function(function)?;
-        Ok(())
     }
 
     /// The runtime whose state root holds sproutd's instances.
@@ -299,6 +311,7 @@ impl Sproutd {
                 req.bundle = Some(bundle.to_path_buf());
                 req.vpc = vpc.clone();
                 req.fds = roles;
+                let sent = Instant::now();
                 let (forked, connection) = client::side_fork(&self.side, &req, &fds)?;
                 Ok(Started {
                     link: InstanceLink {
@@ -307,6 +320,9 @@ impl Sproutd {
                         path: None,
                     },
                     pid: forked.pid,
+                    request: sent.elapsed(),
+                    sproutd_us: None,
+                    stages: forked.stages,
                     connection,
                 })
             }
@@ -320,6 +336,7 @@ impl Sproutd {
                     }
                     StartRequest::Fork { .. } => unreachable!("matched above"),
                 }
+                let sent = Instant::now();
                 let (claimed, connection) = client::side_claim(&self.side, &req, &fds)?;
                 Ok(Started {
                     link: InstanceLink {
@@ -328,6 +345,9 @@ impl Sproutd {
                         path: Some(claimed.path),
                     },
                     pid: claimed.pid,
+                    request: sent.elapsed(),
+                    sproutd_us: Some(claimed.claim_us),
+                    stages: claimed.stages,
                     connection,
                 })
             }
