@@ -933,9 +933,14 @@ fn template_containers_take_warm_instances_only_when_their_spec_names_no_cgroup(
 
     // The delete action after a stop removes the mapped instance, and
     // again finds it gone; containerd's own delete then finds nothing.
+    // Killing it records the function's write set from it (containerd
+    // never releases an instance), for later pre-warms.
     let (first, _) = &hits[0];
     let instance = instance_of(&c, first);
+    assert_eq!(api.function_pool(&function).unwrap().write_set_pages, 0);
     c.kill_until_stopped(&["-s", "KILL"], first);
+    let pages = api.function_pool(&function).unwrap().write_set_pages;
+    assert!(pages >= 16, "write set of {pages} pages\n{}", d.log_text());
     delete_action(&c, &d, first);
     assert!(api.instance(&instance).is_err(), "{instance} left");
     delete_action(&c, &d, first);

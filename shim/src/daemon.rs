@@ -1031,8 +1031,11 @@ impl Daemon {
         Ok(())
     }
 
-    pub async fn kill(&self, id: &str, signal: i32, all: bool) -> Result<(), ApiError> {
+    pub async fn kill(self: &Arc<Self>, id: &str, signal: i32, all: bool) -> Result<(), ApiError> {
         let (_, c) = self.container(id)?;
+        if matches!(signal, libc::SIGKILL | libc::SIGTERM | libc::SIGINT) {
+            self.record_before_end(id).await;
+        }
         tracing::info!(container = %id, signal, all, "kill");
         blocking(move || Ok(c.kill(signal, all)?)).await
     }
@@ -1047,9 +1050,12 @@ impl Daemon {
     }
 
     /// Deletes an instance; a live one only with `force` (it is killed).
-    pub async fn delete(&self, id: &str, force: bool) -> Result<(), ApiError> {
+    pub async fn delete(self: &Arc<Self>, id: &str, force: bool) -> Result<(), ApiError> {
         let _op = self.op()?;
         let inst = self.instance(id)?;
+        if force {
+            self.record_before_end(id).await;
+        }
         let c = match self.runtime.container(id) {
             Ok(c) => Some(c),
             Err(sprout_runtime::Error::State(sprout_runtime::state::StateError::NotFound(_))) => {

@@ -70,6 +70,9 @@ const DEFAULT_FORK_COST: Duration = Duration::from_millis(10);
 const DRAIN_FORKS_TIMEOUT: Duration = Duration::from_secs(30);
 /// Idle times kept per function (persisted, seeded into the policy).
 const IDLE_HISTORY: usize = 1024;
+/// The fewest pages a write set recorded at an instance's end must hold
+/// to be kept (the Python function's first request writes ~400).
+const MIN_KILLED_WRITE_SET: u64 = 16;
 /// Default node memory budget of the pool when none is configured: a
 /// quarter of the machine's memory.
 fn default_budget() -> u64 {
@@ -1412,6 +1415,21 @@ impl Daemon {
     /// its function has none): later pre-warmed forks copy those pages up
     /// front.
     async fn record_first_request(self: &Arc<Self>, id: &str) {
+        self.record_write_set_of(id, 1).await;
+    }
+
+    /// Before the instance `id` is killed or deleted: records its write
+    /// set if it is the one chosen to. Instances claimed through
+    /// containerd are never released, only killed and deleted, so this
+    /// is where their function learns its write set. One that dies
+    /// before it served a request wrote next to nothing: a set under
+    /// [`MIN_KILLED_WRITE_SET`] pages is not kept, and the next instance
+    /// records instead.
+    pub(super) async fn record_before_end(self: &Arc<Self>, id: &str) {
+        self.record_write_set_of(id, MIN_KILLED_WRITE_SET).await;
+    }
+
+    async fn record_write_set_of(self: &Arc<Self>, id: &str, min_pages: u64) {
         let function = {
             let mut st = lock(&self.warm.state);
             let Some(m) = st.members.get_mut(id) else {
@@ -1434,6 +1452,11 @@ impl Daemon {
         let engine = self.engine.clone();
         let (f, pid) = (function.clone(), inst.pid);
         match blocking(move || Ok(engine.record_write_set(&f, pid)?)).await {
+            Ok(Some(ws)) if ws.pages() < min_pages => {
+                // Too little to be a request's; every later instance forked
+                // without a write set is a recorder too.
+                tracing::debug!(container = %id, pages = ws.pages(), "write set too small to keep");
+            }
             Ok(Some(ws)) if !ws.is_empty() => {
                 let pages = ws.pages();
                 {
