@@ -70,6 +70,8 @@ const DEFAULT_FORK_COST: Duration = Duration::from_millis(10);
 const DRAIN_FORKS_TIMEOUT: Duration = Duration::from_secs(30);
 /// Idle times kept per function (persisted, seeded into the policy).
 const IDLE_HISTORY: usize = 1024;
+/// How long after a claim the pool is refilled (see `wake_after_claim`).
+const REFILL_DELAY: Duration = Duration::from_millis(10);
 /// The fewest pages a write set recorded at an instance's end must hold
 /// to be kept (the Python function's first request writes ~400).
 const MIN_KILLED_WRITE_SET: u64 = 16;
@@ -491,6 +493,17 @@ impl WarmPool {
 
     fn wake(&self, function: &str) {
         let _ = self.wake.send(function.to_string());
+    }
+
+    /// Wakes the reconciler [`REFILL_DELAY`] after a claim: the refill's
+    /// fork would otherwise take a core from the claimed instance's first
+    /// request (on this 2-core VM, a whole one).
+    fn wake_after_claim(&self, function: &str) {
+        let (wake, function) = (self.wake.clone(), function.to_string());
+        tokio::spawn(async move {
+            tokio::time::sleep(REFILL_DELAY).await;
+            let _ = wake.send(function);
+        });
     }
 
     fn new_id(&self, function: &str) -> String {
@@ -930,7 +943,7 @@ impl Daemon {
                     Ok(steps) => {
                         let claimed = self.claimed(&id, StartPath::PoolHit, started, steps)?;
                         self.record_claim(&id, body.resources.clone(), body.annotations.clone());
-                        self.warm.wake(name);
+                        self.warm.wake_after_claim(name);
                         return Ok(claimed);
                     }
                     Err(e) => {
@@ -1006,7 +1019,7 @@ impl Daemon {
                 stages,
             },
         )?;
-        self.warm.wake(name);
+        self.warm.wake_after_claim(name);
         Ok(claimed)
     }
 
