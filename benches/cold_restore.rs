@@ -7,7 +7,7 @@
 //! - `cold/lazy`: the same, `--lazy-pages --no-working-set`;
 //! - `cold/lazy_ws`: the same, `--lazy-pages` with the working set the
 //!   bench recorded first (restore with `MemoryLoading::Record`, one
-//!   request, `finish_recording`);
+//!   request, `finish_recording`, saved with its `working-set.img`);
 //! - `warm/eager`, `warm/lazy_ws`: the image in the page cache;
 //! - `runc/run`: `runc run -d` cold start of the same function.
 //!
@@ -28,26 +28,32 @@ use std::time::{Duration, Instant};
 
 use common::{Fixture, bin, first_response};
 use criterion::{Criterion, criterion_group, criterion_main};
-use sprout::snapshot::image::{WorkingSet, evict_page_cache, resident_fraction};
+use sprout::snapshot::image::{
+    Image, WorkingSet, evict_page_cache, file_resident_fraction, resident_fraction,
+};
 use sprout::snapshot::ptrace::Tracer;
 use sprout::snapshot::restore::{
     LoadReport, MemoryLoading, RestoreOptions, RestoreReport, restore_with_loader,
 };
 
-/// Evicts the image and checks it is cold. The loader of the previous
-/// lazy restore may still have reads in flight (its readahead): evict
-/// again until they are done.
+/// Evicts the image and checks it is cold (`pages.img` and
+/// `working-set.img`). The loader of the previous lazy restore may still
+/// have reads in flight (its readahead): evict again until they are done.
 fn make_cold(image: &Path) {
+    let ws_pages = image.join("working-set.img");
     let mut r = 1.0;
     for _ in 0..100 {
         evict_page_cache(image).unwrap();
         r = resident_fraction(image).unwrap();
+        if ws_pages.exists() {
+            r = r.max(file_resident_fraction(&ws_pages).unwrap());
+        }
         if r < 0.02 {
             return;
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    panic!("{:.0}% of pages.img still cached", r * 100.0);
+    panic!("{:.0}% of the image still cached", r * 100.0);
 }
 
 /// Reads the whole pages file (a warm image).
@@ -68,7 +74,8 @@ fn null() -> Option<OwnedFd> {
 }
 
 /// Records the function's first request as the image's working set,
-/// through the library.
+/// through the library; saves it (`working-set.json` and
+/// `working-set.img`) and returns it as stored.
 fn record_working_set(f: &Fixture, rt: &sprout::runtime::Runtime, tracer: &Tracer) -> WorkingSet {
     let restored = restore_with_loader(
         rt,
@@ -91,7 +98,9 @@ fn record_working_set(f: &Fixture, rt: &sprout::runtime::Runtime, tracer: &Trace
     } = restored;
     loader.unwrap().wait().unwrap();
     container.delete(true).unwrap();
-    ws
+    WorkingSet::load(&Image::open(&f.image).unwrap())
+        .unwrap()
+        .expect("just saved")
 }
 
 /// One library restore to the first answer: the report, the time from the
@@ -139,16 +148,18 @@ fn bench(c: &mut Criterion) {
     sprout::snapshot::image::set_hash_cache_dir(f.root("lib").join("file-hashes"));
     let tracer = Tracer::spawn("bench-tracer").unwrap();
     let ws = record_working_set(&f, &rt, &tracer);
-    let stored_pages: u64 = sprout::snapshot::image::Image::open(&f.image)
+    let stored_pages: u64 = Image::open(&f.image)
         .unwrap()
         .manifest()
         .stored_page_bytes()
         / 4096;
     println!(
-        "working set: {} pages in {} ranges (the image stores {} pages)",
+        "working set: {} pages in {} ranges (the image stores {} pages); working-set.img {} KiB in {} extents",
         ws.page_count(),
         ws.ranges().len(),
-        stored_pages
+        stored_pages,
+        ws.pages_file().map_or(0, |p| p.size / 1024),
+        ws.pages_file().map_or(0, |p| p.extents.len()),
     );
 
     let samples: Mutex<BTreeMap<&'static str, Vec<Duration>>> = Mutex::default();
@@ -313,10 +324,12 @@ fn bench(c: &mut Criterion) {
                 p50(&v).as_micros()
             };
             println!(
-                "    loader: {} pages before the process ran (+{} zero) in {}µs (reading+verifying {}µs, filling {}µs); {} faults loading {} pages, {} zero faults; {} pages in the background; {} KiB read in {}µs, {}µs filling; all loaded after {}µs",
+                "    loader: {} pages before the process ran (+{} zero) in {}µs (working-set.img {} KiB read+verified in {}µs on the side; pages.img reading+verifying {}µs, filling {}µs); {} faults loading {} pages, {} zero faults; {} pages in the background; pages.img {} KiB read in {}µs, {}µs filling; all loaded after {}µs",
                 med(|l| l.prefetched_pages),
                 med(|l| l.prefetched_zero_pages),
                 p50(&prefetch).as_micros(),
+                med(|l| l.prefetched_file_bytes) / 1024,
+                dur(|l| l.prefetched_file_time),
                 dur(|l| l.prefetch_read_time),
                 dur(|l| l.prefetch_fill_time),
                 med(|l| l.faults),

@@ -1158,8 +1158,8 @@ fn bad_working_sets_are_refused_naming_the_problem() {
     fs::write(img.join("working-set.json"), &good[..good.len() / 2]).unwrap();
     refused("eof");
     // Another version.
-    write_working_set(&img, &format!(r#"{{"image":"{digest}","ranges":[]}}"#), 2);
-    refused("version 2");
+    write_working_set(&img, &format!(r#"{{"image":"{digest}","ranges":[]}}"#), 3);
+    refused("version 3");
     // A range outside the image's mappings, with a valid checksum.
     write_working_set(
         &img,
@@ -1183,6 +1183,119 @@ fn bad_working_sets_are_refused_naming_the_problem() {
     loader_exits(loader);
     s.ok(&["delete", "--force", &rid]);
     s.assert_clean(&rid);
+}
+
+#[test]
+fn the_working_sets_pages_file_is_checked_before_the_process_runs() {
+    let s = program_sandbox("lazywsimg", "counter", &["20"]);
+    let (id, out) = run_detached(&s, "out");
+    assert!(wait_until(Duration::from_secs(10), || lines(&out).len() >= 3));
+    let img = checkpoint(&s, &id);
+    let before = count_of(lines(&out).last().unwrap());
+    s.ok(&["delete", "--force", &id]);
+    let rid = unique_id("lazywsimg-rec");
+    let out2 = s.dir.path().join("out2");
+    let loader = restore_lazily(&s, &img, &rid, &out2, &["--record-working-set"]);
+    assert!(wait_until(Duration::from_secs(10), || lines(&out2).len() >= 2));
+    let saved = s.ok(&["image", "profile", &rid]);
+    assert!(saved.contains("working-set.img"), "{saved}");
+    s.ok(&["delete", "--force", &rid]);
+    loader_exits(loader);
+    let report = s.ok(&["image", "verify", img.to_str().unwrap()]);
+    assert!(report.contains("working-set.img: "), "{report}");
+    for tmp in ["working-set.img.tmp", "working-set.json.tmp"] {
+        assert!(!img.join(tmp).exists(), "{tmp} left behind");
+    }
+    let ws_img = img.join("working-set.img");
+    let good = fs::read(&ws_img).unwrap();
+    assert!(!good.is_empty() && good.len().is_multiple_of(4096));
+
+    // With it, a lazy restore continues from the image.
+    let rid = unique_id("lazywsimg-ok");
+    let out3 = s.dir.path().join("out3");
+    let loader = restore_lazily(&s, &img, &rid, &out3, &["--lazy-pages"]);
+    assert!(wait_until(Duration::from_secs(10), || !lines(&out3).is_empty()));
+    assert_eq!(count_of(&lines(&out3)[0]), before + 1);
+    loader_exits(loader);
+    s.ok(&["delete", "--force", &rid]);
+    s.assert_clean(&rid);
+
+    let refused = |want: &[&str]| {
+        let report = s.sprout(&["image", "verify", img.to_str().unwrap()]);
+        let text = String::from_utf8_lossy(&report.stdout).to_lowercase();
+        assert_eq!(report.status.code(), Some(1), "{text}");
+        assert!(
+            text.contains("working set: failed") && want.iter().all(|w| text.contains(w)),
+            "verify should report {want:?}: {text}"
+        );
+        let rid = unique_id("lazywsimg-r");
+        let err = s.fails(&[
+            "restore",
+            "--image-path",
+            img.to_str().unwrap(),
+            "--bundle",
+            s.bundle_str(),
+            "-d",
+            "--lazy-pages",
+            &rid,
+        ]);
+        assert!(
+            want.iter().all(|w| err.to_lowercase().contains(w)),
+            "restore should fail with {want:?}: {err}"
+        );
+        assert_eq!(err.lines().count(), 1, "{err}");
+        s.assert_clean(&rid);
+    };
+    // A flipped byte: the chunk holding it is named.
+    let mut bytes = good.clone();
+    bytes[good.len() / 2 + 7] ^= 0x40;
+    fs::write(&ws_img, &bytes).unwrap();
+    refused(&["working-set.img: chunk", "corrupt"]);
+    // Truncated, too long, missing.
+    fs::write(&ws_img, &good[..good.len() - 4096]).unwrap();
+    refused(&["working-set.img", "truncated"]);
+    let mut longer = good.clone();
+    longer.extend_from_slice(&[0; 4096]);
+    fs::write(&ws_img, &longer).unwrap();
+    refused(&["working-set.img", "trailing data"]);
+    fs::remove_file(&ws_img).unwrap();
+    refused(&["working-set.img", "no such file"]);
+    // Writable by others.
+    fs::write(&ws_img, &good).unwrap();
+    fs::set_permissions(&ws_img, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
+    refused(&["working-set.img", "writable by group or others"]);
+    fs::set_permissions(&ws_img, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+
+    // Meanwhile the image itself is intact: eager and lazy restores without
+    // the working set do not read the file.
+    fs::write(&ws_img, &bytes).unwrap();
+    for (name, flags) in [
+        ("eager", &[][..]),
+        ("nows", &["--lazy-pages", "--no-working-set"][..]),
+    ] {
+        let rid = unique_id(&format!("lazywsimg-{name}"));
+        let out = s.dir.path().join(format!("out-{name}"));
+        let mut args = vec![
+            "restore",
+            "--image-path",
+            img.to_str().unwrap(),
+            "--bundle",
+            s.bundle_str(),
+            "-d",
+        ];
+        args.extend_from_slice(flags);
+        args.push(&rid);
+        let st = sprout_to(&s, &args, &out);
+        assert!(st.success(), "{name}: {}", stderr_of(&out));
+        assert!(wait_until(Duration::from_secs(10), || !lines(&out).is_empty()));
+        assert_eq!(count_of(&lines(&out)[0]), before + 1, "{name}");
+        s.ok(&["delete", "--force", &rid]);
+        s.assert_clean(&rid);
+    }
+    // Restored, it is accepted again.
+    fs::write(&ws_img, &good).unwrap();
+    let report = s.ok(&["image", "verify", img.to_str().unwrap()]);
+    assert!(report.contains("working set: ok"), "{report}");
 }
 
 #[test]

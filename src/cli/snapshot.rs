@@ -110,7 +110,8 @@ pub enum ImageCommand {
     },
     /// End the recording of a `restore --record-working-set` of container
     /// ID: save the pages it touched so far into its image's
-    /// working-set.json (and load the rest).
+    /// working-set.json, with working-set.img holding them (and the pages
+    /// filled up front) contiguously, and load the rest.
     Profile {
         /// The container restored with --record-working-set.
         id: String,

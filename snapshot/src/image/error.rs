@@ -101,6 +101,23 @@ pub enum ImageError {
         /// Hash of the bytes found.
         actual: u64,
     },
+    /// One chunk of `working-set.img` does not match its checksum.
+    #[error(
+        "working-set.img: chunk {index} (bytes {offset}..{}) is corrupt: recorded xxh3 {expected:016x}, computed {actual:016x}",
+        offset + len
+    )]
+    WorkingSetChunkCorrupt {
+        /// Chunk number.
+        index: u64,
+        /// Byte offset of the chunk in `working-set.img`.
+        offset: u64,
+        /// Chunk length.
+        len: u64,
+        /// Hash recorded in `working-set.json`.
+        expected: u64,
+        /// Hash of the bytes found.
+        actual: u64,
+    },
     /// A size or count is over one of the format's [limits](super::limits).
     #[error("{what}: {value} exceeds the limit of {max}")]
     Limit {
@@ -146,7 +163,7 @@ pub enum ImageError {
     },
     /// `working-set.json` has a version this build does not read.
     #[error(
-        "working-set.json: unsupported version {found} (this sprout reads version {supported})"
+        "working-set.json: unsupported version {found} (this sprout reads versions 1 to {supported})"
     )]
     UnsupportedWorkingSetVersion {
         /// Version found.

@@ -68,6 +68,22 @@ impl Vma {
     pub fn has(&self, flag: VmFlag) -> bool {
         self.flags.contains(&flag)
     }
+
+    /// Whether a lazy restore may leave its stored pages to the loader
+    /// (userfaultfd): private anonymous memory (missing mode serves
+    /// anonymous, shmem and hugetlb memory only, so private file mappings
+    /// are filled up front), not locked (`mlock` populates it at once), not
+    /// droppable or wiped on fork, with pages.
+    pub fn loads_lazily(&self) -> bool {
+        matches!(
+            self.backing,
+            Backing::Anonymous | Backing::Heap | Backing::Stack
+        ) && !self.shared
+            && !self.pages.is_empty()
+            && !self.has(VmFlag::Locked)
+            && !self.has(VmFlag::Droppable)
+            && !self.has(VmFlag::WipeOnFork)
+    }
 }
 
 /// Memory protection of a VMA.

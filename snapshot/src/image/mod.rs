@@ -3,13 +3,21 @@
 //! # Layout
 //!
 //! An image is a **directory**, mode 0700, owned by root or the user that
-//! restores it, holding two files and an optional third:
+//! restores it, holding two files and an optional working set:
 //!
 //! | file | contents |
 //! |---|---|
 //! | `manifest.json` | everything but page contents, as JSON (below) |
 //! | `pages.img` | page data: whole 4096-byte pages, back to back, every offset page aligned, checksummed in chunks |
-//! | `working-set.json` | optional: the pages a restored process touched first ([`WorkingSet`], [`working_set`]), written by a recording restore, loaded first by lazy ones |
+//! | `working-set.json` | optional: the pages a restored process touched first ([`WorkingSet`], [`working_set`]), written by a recording restore, loaded first by lazy ones; versioned and checksummed like the manifest, bound to it by its digest, and (version 2) the index of `working-set.img` |
+//! | `working-set.img` | optional, with `working-set.json` version 2: copies of the `pages.img` pages a lazy restore with that working set loads before the process runs, back to back, checksummed in chunks ([`WorkingSetPages`], [`working_set_pages`]), so that a cold restore reads them in one sequential read |
+//!
+//! The image is valid and restores (eagerly, or lazily without a working
+//! set) whatever the working-set files hold; a lazy restore with the
+//! working set refuses a broken `working-set.json` or `working-set.img`
+//! before the process runs. [`WorkingSet::save`] writes both (the old
+//! `working-set.json` removed first, so that a crash leaves the old pair,
+//! none, or the new pair); [`evict_page_cache`] and [`verify`] cover them.
 //!
 //! An image is untrusted input (images are copied between nodes and
 //! imported by containerd). [`Image::open`] refuses a directory that others
@@ -18,7 +26,9 @@
 //! parses it strictly (unknown fields are errors) and validates every rule
 //! below, and checks that `pages.img` has exactly the recorded size, all
 //! before anything uses the manifest. [`Image::verify_pages`] checks the
-//! page chunks; [`Image::check_host`] the host. Every path the restorer
+//! page chunks; [`Image::check_host`] the host; [`WorkingSet::load`] the
+//! working set (and the size of its `working-set.img`, whose chunks a
+//! lazy restore checks as it reads them). Every path the restorer
 //! opens is resolved inside the container's rootfs with [`open_in_root`]
 //! and mapped files are compared by content with [`file_matches`].
 //!
@@ -155,6 +165,15 @@
 //! template), `pread` returns an error. On this machine 48 MiB hash in
 //! 2.7 ms (XXH3 alone) and read and hash in 6–8 ms on one core.
 //!
+//! # `working-set.img`
+//!
+//! Exactly the bytes of the `pages.img` ranges its index lists (`extents`:
+//! `{offset, pages}`, sorted, not overlapping), in that order: the stored
+//! pages of the working set's ranges and those a lazy restore fills before
+//! the process runs anyway (private file mappings, locked and shared
+//! memory). Chunked (64 KiB) and hashed (XXH3-64) like `pages.img`, the
+//! hashes in `working-set.json`. See [`working_set_pages`].
+//!
 //! # Cold images
 //!
 //! [`evict_page_cache`] drops an image's files from the page cache and
@@ -188,6 +207,7 @@
 //! The same properties run on every `cargo test` as seeded random mutations
 //! (`tests/image/mutations.rs`).
 
+pub(crate) mod arena;
 pub mod encoding;
 mod error;
 mod fds;
@@ -203,6 +223,7 @@ mod thread;
 mod validate;
 mod verify;
 pub mod working_set;
+pub mod working_set_pages;
 mod writer;
 
 pub use encoding::{ChunkHash, HexBytes, Sha256Digest};
@@ -224,6 +245,7 @@ pub use rootfs::{file_matches, file_record, open_in_root, set_hash_cache_dir};
 pub use thread::{
     RobustList, Rseq, SigAltStack, SyscallRestart, Thread, USER_CS, USER_SS, UserRegs,
 };
-pub use verify::{VerifyReport, verify};
+pub use verify::{VerifyReport, WorkingSetSummary, verify};
 pub use working_set::{PageRange, WorkingSet};
+pub use working_set_pages::{Extent, WorkingSetPages};
 pub use writer::{ImageWriter, PageRef};

@@ -17,6 +17,7 @@ use nix::sys::stat::Mode;
 use super::error::{ImageError, Result};
 use super::limits::{MANIFEST_FILE, PAGES_FILE};
 use super::working_set::WORKING_SET_FILE;
+use super::working_set_pages::WORKING_SET_PAGES_FILE;
 
 fn open_file(path: &Path) -> Result<Option<File>> {
     match open(
@@ -31,15 +32,20 @@ fn open_file(path: &Path) -> Result<Option<File>> {
 }
 
 /// Drops the files of the image in `dir` (`manifest.json`, `pages.img`,
-/// `working-set.json` if present) from the page cache: each is first
+/// `working-set.json` and `working-set.img` if present) from the page cache: each is first
 /// written back (`fdatasync`: dirty pages cannot be dropped), then
 /// `posix_fadvise(POSIX_FADV_DONTNEED)`. Pages another process has mapped
 /// or locked stay; [`resident_fraction`] tells what is left.
 pub fn evict_page_cache(dir: &Path) -> Result<()> {
-    for name in [MANIFEST_FILE, PAGES_FILE, WORKING_SET_FILE] {
+    for name in [
+        MANIFEST_FILE,
+        PAGES_FILE,
+        WORKING_SET_FILE,
+        WORKING_SET_PAGES_FILE,
+    ] {
         let path = dir.join(name);
         let Some(file) = open_file(&path)? else {
-            if name == WORKING_SET_FILE {
+            if name == WORKING_SET_FILE || name == WORKING_SET_PAGES_FILE {
                 continue;
             }
             return Err(ImageError::Io {

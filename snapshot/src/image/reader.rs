@@ -160,6 +160,12 @@ impl Image {
         &self.digest
     }
 
+    /// Opens the member `name` of the image directory with the checks
+    /// [`Image::open`] applies to its own files.
+    pub(super) fn open_member(&self, name: &str) -> Result<(File, FileStat, PathBuf)> {
+        open_member(&self.dir_fd, &self.dir, name)
+    }
+
     /// Opens the optional member `name` of the image directory with the
     /// checks [`Image::open`] applies to its own files; `None` if absent.
     pub(super) fn open_optional_member(&self, name: &str) -> Result<Option<(File, FileStat)>> {

@@ -7,6 +7,7 @@ use super::error::Result;
 use super::host::Host;
 use super::reader::Image;
 use super::working_set::WorkingSet;
+use super::working_set_pages::matches_pages_file;
 
 /// What [`verify`] found. The manifest was readable and valid and
 /// `pages.img` had the recorded size (else `verify` returned the error);
@@ -48,9 +49,21 @@ pub struct VerifyReport {
     pub pages: Result<()>,
     /// Whether this host can restore the image.
     pub host: Result<()>,
-    /// `working-set.json`, if the image has one: its ranges and pages, or
-    /// why it is refused.
-    pub working_set: Result<Option<(usize, u64)>>,
+    /// `working-set.json` (and its `working-set.img`), if the image has
+    /// one, or why it is refused.
+    pub working_set: Result<Option<WorkingSetSummary>>,
+}
+
+/// What [`verify`] found of an image's working set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkingSetSummary {
+    /// Number of ranges.
+    pub ranges: usize,
+    /// Number of pages.
+    pub pages: u64,
+    /// Size of `working-set.img` (every chunk matched its hash and every
+    /// extent the bytes of `pages.img`), if the working set has one.
+    pub file_bytes: Option<u64>,
 }
 
 impl VerifyReport {
@@ -91,8 +104,16 @@ impl fmt::Display for VerifyReport {
         )?;
         match &self.working_set {
             Ok(None) => writeln!(f, "working set: none")?,
-            Ok(Some((ranges, pages))) => {
-                writeln!(f, "working set: ok ({pages} pages in {ranges} ranges)")?
+            Ok(Some(w)) => {
+                write!(
+                    f,
+                    "working set: ok ({} pages in {} ranges",
+                    w.pages, w.ranges
+                )?;
+                match w.file_bytes {
+                    Some(b) => writeln!(f, "; working-set.img: {b} bytes)")?,
+                    None => writeln!(f, "; no working-set.img)")?,
+                }
             }
             Err(e) => writeln!(f, "working set: FAILED: {e}")?,
         }
@@ -111,14 +132,14 @@ impl fmt::Display for VerifyReport {
 
 /// Checks the image in `dir` offline: opens and validates it
 /// ([`Image::open`]; its error is returned as is), then checks every page
-/// chunk, its working set if it has one, and this host's compatibility,
-/// reporting each separately.
+/// chunk, its working set if it has one (with its `working-set.img`: every
+/// chunk, and every extent against `pages.img`), and this host's
+/// compatibility, reporting each separately.
 pub fn verify(dir: impl AsRef<Path>) -> Result<VerifyReport> {
     let image = Image::open(dir.as_ref())?;
     let pages = image.verify_pages();
     let host = Host::current().and_then(|h| image.check_host(&h));
-    let working_set =
-        WorkingSet::load(&image).map(|ws| ws.map(|ws| (ws.ranges().len(), ws.page_count())));
+    let working_set = check_working_set(&image);
     let b = image.manifest();
     Ok(VerifyReport {
         dir: dir.as_ref().to_path_buf(),
@@ -140,4 +161,23 @@ pub fn verify(dir: impl AsRef<Path>) -> Result<VerifyReport> {
         host,
         working_set,
     })
+}
+
+fn check_working_set(image: &Image) -> Result<Option<WorkingSetSummary>> {
+    let Some(ws) = WorkingSet::load(image)? else {
+        return Ok(None);
+    };
+    let file_bytes = match ws.pages_file() {
+        Some(index) => {
+            let pages = index.open(image)?.read()?;
+            matches_pages_file(image, &pages)?;
+            Some(pages.len())
+        }
+        None => None,
+    };
+    Ok(Some(WorkingSetSummary {
+        ranges: ws.ranges().len(),
+        pages: ws.page_count(),
+        file_bytes,
+    }))
 }

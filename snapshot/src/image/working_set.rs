@@ -4,12 +4,16 @@
 //! image.
 //!
 //! ```json
-//! {"format":"sprout-working-set","version":1,"checksum":"sha256:<64 hex>",
-//!  "body":{"image":"<64 hex>","ranges":[{"start":"0x7f3a1c000000","pages":12}, …]}}
+//! {"format":"sprout-working-set","version":2,"checksum":"sha256:<64 hex>",
+//!  "body":{"image":"<64 hex>","ranges":[{"start":"0x7f3a1c000000","pages":12}, …],
+//!          "pages":{"file":"working-set.img","size":5242880,"chunk_size":262144,
+//!                   "hash":"xxh3-64","chunks":["<16 hex>", …],
+//!                   "extents":[{"offset":40960,"pages":12}, …]}}}
 //! ```
 //!
-//! - `format`, `version` ([`WORKING_SET_VERSION`]), `checksum` (SHA-256 of
-//!   the body's bytes exactly as stored) work as in `manifest.json`;
+//! - `format`, `version` ([`WORKING_SET_VERSION`]; version 1, which has no
+//!   `pages`, is still read), `checksum` (SHA-256 of the body's bytes
+//!   exactly as stored) work as in `manifest.json`;
 //! - `image`: the SHA-256 of the manifest body of the image it was recorded
 //!   from ([`Image::digest`]): a working set left next to a newer image in
 //!   the same directory is refused ([`ImageError::WorkingSetForeign`]);
@@ -17,7 +21,11 @@
 //!   aligned, at most [`MAX_WORKING_SET_RANGES`], each inside one VMA of
 //!   the image. A page of a range is either a stored page of the image
 //!   (loaded from `pages.img`) or a page the process touched that the image
-//!   does not store (mapped zero-filled ahead of time).
+//!   does not store (mapped zero-filled ahead of time);
+//! - `pages` (optional): the index of `working-set.img`, the pages a lazy
+//!   restore with this working set loads before the process runs, stored
+//!   contiguously ([`WorkingSetPages`], [`working_set_pages`]).
+//!   Without it those pages come from `pages.img`.
 //!
 //! Like the manifest it is untrusted input: the file is bounded
 //! ([`MAX_WORKING_SET_BYTES`]), opened with the same type, owner and mode
@@ -26,10 +34,9 @@
 
 use std::fs::File;
 use std::io::{Read as _, Write as _};
-use std::os::fd::AsFd;
 use std::path::Path;
 
-use nix::fcntl::{OFlag, open, openat, renameat};
+use nix::fcntl::{OFlag, openat, renameat};
 use nix::sys::stat::Mode;
 use nix::unistd::{UnlinkatFlags, fsync, unlinkat};
 use serde::{Deserialize, Serialize};
@@ -39,13 +46,15 @@ use super::encoding::{Sha256Digest, hex};
 use super::error::{ImageError, Result};
 use super::limits::{MIN_MAP_ADDR, PAGE_SIZE, TASK_SIZE_MAX};
 use super::reader::Image;
+use super::working_set_pages::{self, WORKING_SET_PAGES_FILE, WorkingSetPages};
 
 /// File name of the working set inside the image directory.
 pub const WORKING_SET_FILE: &str = "working-set.json";
 /// The `format` field of every working set.
 pub const WORKING_SET_FORMAT: &str = "sprout-working-set";
-/// The one working-set version this crate reads and writes.
-pub const WORKING_SET_VERSION: u32 = 1;
+/// The working-set version this crate writes; it reads it and version 1
+/// (the same without `pages`).
+pub const WORKING_SET_VERSION: u32 = 2;
 /// Largest `working-set.json`, in bytes.
 pub const MAX_WORKING_SET_BYTES: u64 = 16 << 20;
 /// Most ranges in a working set.
@@ -73,11 +82,13 @@ impl PageRange {
 }
 
 /// The pages a restored process touched first: which to load before it
-/// runs. Sorted, merged, bound to one image.
+/// runs. Sorted, merged, bound to one image; with the index of its
+/// `working-set.img` once saved with one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkingSet {
     image: Sha256Digest,
     ranges: Vec<PageRange>,
+    pages: Option<WorkingSetPages>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -85,6 +96,8 @@ pub struct WorkingSet {
 struct Body {
     image: Sha256Digest,
     ranges: Vec<PageRange>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pages: Option<WorkingSetPages>,
 }
 
 #[derive(Deserialize)]
@@ -139,7 +152,11 @@ impl WorkingSet {
                 _ => ranges.push(PageRange { start: p, pages: 1 }),
             }
         }
-        WorkingSet { image, ranges }
+        WorkingSet {
+            image,
+            ranges,
+            pages: None,
+        }
     }
 
     /// Digest of the image it was recorded from.
@@ -155,6 +172,12 @@ impl WorkingSet {
     /// Number of pages.
     pub fn page_count(&self) -> u64 {
         self.ranges.iter().map(|r| r.pages).sum()
+    }
+
+    /// The index of its `working-set.img`, if it was saved with one (and
+    /// loaded back: [`WorkingSet::load`]).
+    pub fn pages_file(&self) -> Option<&WorkingSetPages> {
+        self.pages.as_ref()
     }
 
     /// Whether it names no page.
@@ -191,8 +214,8 @@ impl WorkingSet {
                 format!("{:?} is not \"{WORKING_SET_FORMAT}\"", short(&probe.format)),
             ));
         }
-        match probe.version.as_u64() {
-            Some(v) if v == u64::from(WORKING_SET_VERSION) => {}
+        let version = match probe.version.as_u64() {
+            Some(v @ 1..=2) => v,
             Some(v) => {
                 return Err(ImageError::UnsupportedWorkingSetVersion {
                     found: v,
@@ -205,7 +228,7 @@ impl WorkingSet {
                     format!("{} is not a version number", short(&probe.version)),
                 ));
             }
-        }
+        };
         let envelope: Envelope =
             serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(bytes))
                 .map_err(json_error)?;
@@ -231,9 +254,13 @@ impl WorkingSet {
         let body: Body =
             serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(body_bytes))
                 .map_err(json_error)?;
+        if version == 1 && body.pages.is_some() {
+            return Err(invalid("pages", "version 1 has no pages file"));
+        }
         let ws = WorkingSet {
             image: body.image,
             ranges: body.ranges,
+            pages: body.pages,
         };
         ws.validate()?;
         Ok(ws)
@@ -286,11 +313,15 @@ impl WorkingSet {
             }
             prev_end = end;
         }
+        if let Some(p) = &self.pages {
+            p.validate()?;
+        }
         Ok(())
     }
 
-    /// Checks that it was recorded from `image` and that every range lies
-    /// inside the image's VMAs (one, or adjacent ones).
+    /// Checks that it was recorded from `image`, that every range lies
+    /// inside the image's VMAs (one, or adjacent ones) and that its pages
+    /// file's extents lie inside `pages.img`.
     pub fn check_against(&self, image: &Image) -> Result<()> {
         if self.image != *image.digest() {
             return Err(ImageError::WorkingSetForeign {
@@ -322,6 +353,9 @@ impl WorkingSet {
                 ));
             }
         }
+        if let Some(p) = &self.pages {
+            p.check_against(image)?;
+        }
         Ok(())
     }
 
@@ -332,6 +366,7 @@ impl WorkingSet {
         let body = serde_json::to_vec(&Body {
             image: self.image,
             ranges: self.ranges.clone(),
+            pages: self.pages.clone(),
         })
         .map_err(|e| ImageError::Json {
             file: WORKING_SET_FILE,
@@ -383,42 +418,72 @@ impl WorkingSet {
         Ok(Some(ws))
     }
 
-    /// Stores it in the image directory `dir` as `working-set.json`
-    /// (replacing one there): written to a temporary file, fsynced, renamed
-    /// into place, the directory fsynced.
+    /// Stores it in the image directory `dir`, which must hold the image
+    /// it was recorded from: `working-set.img` (the pages a lazy restore
+    /// with it loads before the process runs, copied from `pages.img`, each
+    /// chunk of which is checked as it is read) and `working-set.json`
+    /// indexing it, replacing those there. Each is written to a temporary
+    /// file and fsynced; the old `working-set.json` is removed before
+    /// either is renamed into place, so that a crash leaves the old working
+    /// set, none, or the new one (a `working-set.img` without a
+    /// `working-set.json` is ignored); then the directory is fsynced.
     pub fn save(&self, dir: &Path) -> Result<()> {
-        let bytes = self.encode()?;
-        let dir_fd = open(
-            dir,
-            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(ImageError::errno(dir, "open image directory"))?;
+        let image = Image::open(dir)?;
+        self.check_against(&image)?;
+        let dir_fd = image.dir_fd();
+        // Temporary files left by a crashed writer.
+        for tmp in [TMP_FILE, working_set_pages::TMP_FILE] {
+            let _ = unlinkat(dir_fd, tmp, UnlinkatFlags::NoRemoveDir);
+        }
+        let written = self.write_files(&image, dir);
+        if written.is_err() {
+            for tmp in [TMP_FILE, working_set_pages::TMP_FILE] {
+                let _ = unlinkat(dir_fd, tmp, UnlinkatFlags::NoRemoveDir);
+            }
+        }
+        written
+    }
+
+    fn write_files(&self, image: &Image, dir: &Path) -> Result<()> {
+        let dir_fd = image.dir_fd();
+        let extents = working_set_pages::extents_for(image, self);
+        let pages = working_set_pages::write_tmp(image, dir_fd, dir, extents)?;
+        let ws = WorkingSet {
+            pages: Some(pages),
+            ..self.clone()
+        };
+        let bytes = ws.encode()?;
         let tmp_path = dir.join(TMP_FILE);
-        // A temporary file left by a crashed writer.
-        let _ = unlinkat(&dir_fd, TMP_FILE, UnlinkatFlags::NoRemoveDir);
         let tmp = openat(
-            &dir_fd,
+            dir_fd,
             TMP_FILE,
             OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
             Mode::from_bits_truncate(0o600),
         )
         .map_err(ImageError::errno(&tmp_path, "create"))?;
         let mut tmp = File::from(tmp);
-        let written =
-            tmp.write_all(&bytes)
-                .and_then(|()| tmp.sync_all())
-                .map_err(ImageError::io(&tmp_path, "write"))
-                .and_then(|()| {
-                    renameat(&dir_fd, TMP_FILE, &dir_fd, WORKING_SET_FILE).map_err(
-                        ImageError::errno(dir.join(WORKING_SET_FILE), "rename into place"),
-                    )
-                });
-        if let Err(e) = written {
-            let _ = unlinkat(&dir_fd, TMP_FILE, UnlinkatFlags::NoRemoveDir);
-            return Err(e);
+        tmp.write_all(&bytes)
+            .and_then(|()| tmp.sync_all())
+            .map_err(ImageError::io(&tmp_path, "write"))?;
+        let json_path = dir.join(WORKING_SET_FILE);
+        match unlinkat(dir_fd, WORKING_SET_FILE, UnlinkatFlags::NoRemoveDir) {
+            Ok(()) | Err(nix::errno::Errno::ENOENT) => {}
+            Err(e) => return Err(ImageError::errno(&json_path, "remove")(e)),
         }
-        fsync(dir_fd.as_fd()).map_err(ImageError::errno(dir, "fsync"))
+        fsync(dir_fd).map_err(ImageError::errno(dir, "fsync"))?;
+        renameat(
+            dir_fd,
+            working_set_pages::TMP_FILE,
+            dir_fd,
+            WORKING_SET_PAGES_FILE,
+        )
+        .map_err(ImageError::errno(
+            dir.join(WORKING_SET_PAGES_FILE),
+            "rename into place",
+        ))?;
+        renameat(dir_fd, TMP_FILE, dir_fd, WORKING_SET_FILE)
+            .map_err(ImageError::errno(&json_path, "rename into place"))?;
+        fsync(dir_fd).map_err(ImageError::errno(dir, "fsync"))
     }
 }
 
@@ -465,6 +530,63 @@ mod tests {
         let ws = WorkingSet::from_pages(digest(), [0x7f00_0000_0000, 0x7f00_0000_1000, 0x10000]);
         let bytes = ws.encode().unwrap();
         assert_eq!(WorkingSet::parse(&bytes).unwrap(), ws);
+        // With the index of its pages file.
+        let with_pages = WorkingSet {
+            pages: Some(pages_index()),
+            ..ws
+        };
+        let bytes = with_pages.encode().unwrap();
+        assert!(String::from_utf8_lossy(&bytes).contains(r#""version":2"#));
+        let back = WorkingSet::parse(&bytes).unwrap();
+        assert_eq!(back.pages_file(), Some(&pages_index()));
+        assert_eq!(back, with_pages);
+    }
+
+    fn pages_index() -> WorkingSetPages {
+        use super::super::encoding::ChunkHash;
+        use super::super::working_set_pages::Extent;
+        WorkingSetPages {
+            file: WORKING_SET_PAGES_FILE.into(),
+            size: 3 * 4096,
+            chunk_size: 64 << 10,
+            hash: super::super::ChunkHashKind::Xxh3_64,
+            chunks: vec![ChunkHash(7)],
+            extents: vec![
+                Extent {
+                    offset: 0,
+                    pages: 1,
+                },
+                Extent {
+                    offset: 0x8000,
+                    pages: 2,
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn version_1_is_read_without_a_pages_file() {
+        let d = digest();
+        let body = format!(r#"{{"image":"{d}","ranges":[{{"start":"0x10000","pages":2}}]}}"#);
+        let ws = WorkingSet::parse(&envelope(&body, 1)).unwrap();
+        assert_eq!(ws.page_count(), 2);
+        assert!(ws.pages_file().is_none());
+        let pages = serde_json::to_string(&pages_index()).unwrap();
+        let body = format!(r#"{{"image":"{d}","ranges":[],"pages":{pages}}}"#);
+        match WorkingSet::parse(&envelope(&body, 1)) {
+            Err(ImageError::Invalid { field, reason }) => {
+                assert!(field.ends_with("pages") && reason.contains("version 1"))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(WorkingSet::parse(&envelope(&body, 2)).is_ok());
+        // A pages index that breaks its rules is refused with the document.
+        let bad = pages.replace(r#""size":12288"#, r#""size":8192"#);
+        let body = format!(r#"{{"image":"{d}","ranges":[],"pages":{bad}}}"#);
+        assert!(matches!(
+            WorkingSet::parse(&envelope(&body, 2)),
+            Err(ImageError::Invalid { .. })
+        ));
     }
 
     fn envelope(body: &str, version: u32) -> Vec<u8> {

@@ -17,6 +17,7 @@
 
 use std::os::unix::fs::FileExt;
 
+use crate::image::working_set_pages::PrefetchedPages;
 use crate::image::{Backing, ChunkHash, Image, VmFlag, Vma};
 use crate::ptrace::procfs::{MapEntry, MapKind};
 use crate::ptrace::{Entry, Gadget, Tid, TraceCtx, mem};
@@ -387,13 +388,15 @@ fn object_files(opened: &Opened, pid: Tid) -> Result<Vec<std::fs::File>, Restore
 }
 
 /// Copies every stored page into the process (but those of the VMAs
-/// `skip` names: a lazy restore's loader has them), chunk by chunk, each
-/// chunk verified against its hash first. Returns the bytes copied.
+/// `skip` names: a lazy restore's loader has them): those `prefetched`
+/// (`working-set.img`, checked) holds from it, the others chunk by chunk,
+/// each chunk verified against its hash first. Returns the bytes copied.
 pub(super) fn fill(
     pid: Tid,
     image: &Image,
     opened: &Opened,
     skip: impl Fn(&Vma) -> bool,
+    prefetched: Option<&PrefetchedPages>,
 ) -> Result<u64, RestoreError> {
     let m = image.manifest();
     // (pages-file offset, destination, length), in file order.
@@ -410,6 +413,10 @@ pub(super) fn fill(
     }
     let objects = object_files(opened, pid)?;
     runs.sort_unstable();
+    let mut copied = 0u64;
+    if let Some(p) = prefetched {
+        copied += fill_prefetched(pid, &objects, &mut runs, p)?;
+    }
     let chunk = m.pages.chunk_size;
     let file = image.pages_file();
     let mut verified = vec![false; m.pages.chunks.len()];
@@ -417,7 +424,6 @@ pub(super) fn fill(
     let window_chunks = ((4u64 << 20) / chunk).max(1);
     let mut buf: Vec<u8> = Vec::new();
     let mut buf_start = u64::MAX;
-    let mut copied = 0u64;
     let mut pending: Vec<(u64, usize, usize)> = Vec::new(); // (addr, buf offset, len)
     let flush = |pending: &mut Vec<(u64, usize, usize)>, buf: &[u8]| -> Result<(), RestoreError> {
         let ranges: Vec<(u64, &[u8])> = pending
@@ -505,6 +511,40 @@ pub(super) fn fill(
         }
     }
     flush(&mut pending, &buf)?;
+    Ok(copied)
+}
+
+/// Copies the runs `prefetched` holds from it and takes them out of
+/// `runs`. Returns the bytes copied.
+fn fill_prefetched(
+    pid: Tid,
+    objects: &[std::fs::File],
+    runs: &mut Vec<(u64, Dest, u64)>,
+    prefetched: &PrefetchedPages,
+) -> Result<u64, RestoreError> {
+    let mut to_memory: Vec<(u64, &[u8])> = Vec::new();
+    let mut copied = 0u64;
+    let mut result = Ok(());
+    runs.retain(|&(off, dest, len)| {
+        let Some(data) = prefetched.get(off, len) else {
+            return true;
+        };
+        match dest {
+            Dest::Memory(addr) => to_memory.push((addr, data)),
+            Dest::Object(o, at) => {
+                if let Err(source) = objects[o].write_all_at(data, at) {
+                    result = Err(RestoreError::Io {
+                        what: "filling a restored shared memory object",
+                        source,
+                    });
+                }
+            }
+        }
+        copied += len;
+        false
+    });
+    result?;
+    mem::write_ranges(pid, &to_memory)?;
     Ok(copied)
 }
 

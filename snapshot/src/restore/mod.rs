@@ -302,7 +302,7 @@ fn restore_with(
         }
         _ => {}
     }
-    lazy::read_ahead(&image, &opts.memory);
+    let prepared = lazy::prepare(&image, &opts.memory)?;
     stages.mark("open image");
     let m = image.manifest();
     let rlimit_stack = exec_stack_limit(m, bundle_stack_hard);
@@ -323,7 +323,14 @@ fn restore_with(
         ..Default::default()
     })?;
     stages.mark("prepare sandbox");
-    let result = restore_into(tracer, &mut container, image, opts.memory, &mut stages);
+    let result = restore_into(
+        tracer,
+        &mut container,
+        image,
+        opts.memory,
+        prepared,
+        &mut stages,
+    );
     match result {
         Ok((pages_bytes, memory, loader)) => {
             container.finish_start();
@@ -407,6 +414,7 @@ fn restore_into(
     container: &mut Container,
     image: Image,
     loading: MemoryLoading,
+    mut prepared: lazy::Prepared,
     stages: &mut Stages,
 ) -> Result<(u64, MemoryReport, Option<Loader>), RestoreError> {
     let pid = container
@@ -454,6 +462,7 @@ fn restore_into(
             seccomp.as_ref(),
             stack_limit,
             &loading,
+            &mut prepared,
             &mut started,
             &mut inner,
         );
@@ -629,13 +638,14 @@ fn rebuild(
     seccomp: Option<&SeccompProgram>,
     stack_limit: Option<(u64, u64)>,
     loading: &MemoryLoading,
+    prepared: &mut lazy::Prepared,
     started: &mut Option<lazy::Started>,
     stages: &mut Stages,
 ) -> Result<(u64, MemoryReport, Option<Loader>), RestoreError> {
     wait_for_exec(ctx, pid)?;
     stages.mark("exec stop");
     let (mut gadget, mut bytes, memory) =
-        rebuild_memory_with(ctx, pid, image, seccomp, loading, started, stages)?;
+        rebuild_memory_with(ctx, pid, image, seccomp, loading, prepared, started, stages)?;
     let rules = SandboxRules {
         process,
         seccomp,
@@ -678,28 +688,36 @@ pub(crate) fn rebuild_memory(
     stages: &mut Stages,
 ) -> Result<(Gadget, u64), RestoreError> {
     let (gadget, opened) = rebuild_layout(ctx, pid, image, seccomp, false, stages)?;
-    let bytes = memory::fill(pid, image, &opened, |_| false)?;
+    let bytes = memory::fill(pid, image, &opened, |_| false, None)?;
     stages.mark("fill memory");
     let gadget = finish_memory(ctx, pid, gadget, image, &opened, None, stages)?;
     Ok((gadget, bytes))
 }
 
 /// [`rebuild_memory`], leaving private anonymous memory to a loader when
-/// `loading` is lazy (and the process may create a userfaultfd).
+/// `loading` is lazy (and the process may create a userfaultfd); what
+/// `working-set.img` holds comes from it.
+#[allow(clippy::too_many_arguments)]
 fn rebuild_memory_with(
     ctx: &mut TraceCtx,
     pid: Tid,
     image: &Arc<Image>,
     seccomp: Option<&SeccompProgram>,
     loading: &MemoryLoading,
+    prepared: &mut lazy::Prepared,
     started: &mut Option<lazy::Started>,
     stages: &mut Stages,
 ) -> Result<(Gadget, u64, MemoryReport), RestoreError> {
     let (gadget, opened) = rebuild_layout(ctx, pid, image, seccomp, loading.is_lazy(), stages)?;
+    let reading = prepared.has_pages();
+    let prefetched = prepared.take_pages()?;
+    if reading {
+        stages.mark("read working set");
+    }
     let mut report = MemoryReport::default();
     match opened.uffd {
         Some(Ok(fd)) => {
-            let s = lazy::start(image, pid, fd, loading)?;
+            let s = lazy::start(image, pid, fd, loading, prefetched.clone())?;
             report.lazy = true;
             report.recording = matches!(loading, MemoryLoading::Record);
             report.lazy_pages = s.lazy_pages;
@@ -717,7 +735,14 @@ fn rebuild_memory_with(
         None => {}
     }
     let lazy = started.is_some();
-    let bytes = memory::fill(pid, image, &opened, |v| lazy && lazy::is_lazy(v))?;
+    let bytes = memory::fill(
+        pid,
+        image,
+        &opened,
+        |v| lazy && lazy::is_lazy(v),
+        prefetched.as_deref(),
+    )?;
+    drop(prefetched);
     stages.mark("fill memory");
     let uffd_fd = opened.uffd.and_then(Result::ok);
     let gadget = finish_memory(ctx, pid, gadget, image, &opened, uffd_fd, stages)?;

@@ -8,10 +8,13 @@
 //!   when the container is gone, or when loading fails (then it has killed
 //!   the container). The fork happens with this process down to one thread
 //!   (the tracer's dropped, the loader's suspended), so the child may do
-//!   anything.
+//!   anything. After a working set the loader's background pass waits a
+//!   few milliseconds (`BACKGROUND_HEAD_START`), so the suspend finds it
+//!   idle: the child starts it.
 //! - `--record-working-set`: the loader records until `sprout image
 //!   profile ID` connects to `<root>/recording/<ID>.sock` (or the
-//!   container exits), then saves the working set into the image.
+//!   container exits), then saves the working set into the image
+//!   (`working-set.json` and `working-set.img`).
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsRawFd, RawFd};
@@ -91,10 +94,11 @@ impl Recorder {
         let reply = match remote.finish_recording() {
             Ok(ws) => match ws.save(&self.image_dir) {
                 Ok(()) => format!(
-                    "ok {} pages in {} ranges saved to {}\n",
+                    "ok {} pages in {} ranges saved to {} (their pages in {})\n",
                     ws.page_count(),
                     ws.ranges().len(),
-                    self.image_dir.join("working-set.json").display()
+                    self.image_dir.join("working-set.json").display(),
+                    self.image_dir.join("working-set.img").display()
                 ),
                 Err(e) => format!("error: saving the working set: {e}\n"),
             },

@@ -22,6 +22,24 @@
 //! closed: the kernel unregisters everything and the process's memory is
 //! ordinary anonymous memory.
 //!
+//! A working set saved with its pages file (`working-set.img`,
+//! [`crate::image::working_set_pages`]) is read in one sequential read on
+//! a thread of its own as soon as the image is open (`prepare`), every
+//! chunk checked, while the sandbox is prepared; the restore takes it once
+//! the layout is mapped (a corrupt or truncated file fails the restore
+//! there, before the process runs). It holds the working set's pages and
+//! those filled up front (private file mappings, locked and shared memory),
+//! so a cold restore reads nothing else of the image before the process
+//! runs, and the background pass never reads a chunk of `pages.img` it
+//! covers.
+//!
+//! The background pass gives way to the process's first request: after a
+//! working set it starts a few milliseconds late (faults are served
+//! meanwhile), at a lower priority, unless someone waits for it
+//! ([`Loader::wait`], [`Loader::start_background`]). A loader handed to
+//! another process then ([`Loader::suspend`], `sprout restore -d`) is
+//! suspended between two polls, not after a turn of background reads.
+//!
 //! # Memory semantics
 //!
 //! - A page dropped with `MADV_DONTNEED` before the dump is not stored: it
@@ -68,6 +86,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
+use crate::image::working_set_pages::{PendingPages, PrefetchedPages};
 use crate::image::{Image, WorkingSet};
 use crate::ptrace::{Tid, mem};
 
@@ -140,7 +159,7 @@ pub struct LoadReport {
     pub dropped_pages: u64,
     /// Forks served while pages were missing.
     pub forks: u64,
-    /// Bytes read from `pages.img`.
+    /// Bytes read from `pages.img` by the loader.
     pub read_bytes: u64,
     /// Time spent reading and verifying chunks of `pages.img`.
     pub read_time: Duration,
@@ -150,6 +169,12 @@ pub struct LoadReport {
     pub prefetch_read_time: Duration,
     /// Of `fill_time`, before the working set was in.
     pub prefetch_fill_time: Duration,
+    /// Bytes of `working-set.img` read and checked (on a thread of its own
+    /// while the restore went on) for the working set and the pages filled
+    /// up front; none were read from `pages.img`.
+    pub prefetched_file_bytes: u64,
+    /// How long reading and checking `working-set.img` took.
+    pub prefetched_file_time: Duration,
     /// From the loader's start to its end.
     pub elapsed: Duration,
     /// The recorded working set, when recording ended with the process
@@ -181,6 +206,7 @@ impl Latch {
 /// A request to the loader's thread.
 pub(crate) enum Command {
     FinishRecording(mpsc::Sender<Result<WorkingSet, RestoreError>>),
+    StartBackground,
     Suspend,
 }
 
@@ -201,6 +227,7 @@ impl std::fmt::Debug for CommandSlot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self.0 {
             Command::FinishRecording(_) => "FinishRecording",
+            Command::StartBackground => "StartBackground",
             Command::Suspend => "Suspend",
         })
     }
@@ -319,6 +346,14 @@ impl Loader {
         self.remote().finish_recording()
     }
 
+    /// Starts the background pass now, if it is still in its head start (a
+    /// short wait after the working set, which gives the process's first
+    /// request the CPUs and the disk). [`Loader::wait`] and dropping start
+    /// it too.
+    pub fn start_background(&self) {
+        self.control.send(Command::StartBackground);
+    }
+
     /// A handle for other threads: [`LoaderRemote::finish_recording`],
     /// [`LoaderRemote::is_finished`].
     pub fn remote(&self) -> LoaderRemote {
@@ -338,6 +373,7 @@ impl Loader {
     /// [`finish_recording`](Loader::finish_recording) from another thread
     /// ([`Loader::remote`]).
     pub fn wait(mut self) -> Result<LoadReport, RestoreError> {
+        self.start_background();
         match self.join() {
             Some(Exit::Done(r)) => *r,
             Some(Exit::Suspended(_)) | None => Err(RestoreError::NotRecording),
@@ -353,7 +389,12 @@ impl Loader {
         // Refused only once the loop has ended: the join tells how.
         self.control.send(Command::Suspend);
         match self.join() {
-            Some(Exit::Suspended(job)) => Ok(Some(SuspendedLoader(job))),
+            Some(Exit::Suspended(mut job)) => {
+                // A fork does not inherit working-set.img's copy (and
+                // the working set is in by now anyway).
+                job.source.drop_prefetched();
+                Ok(Some(SuspendedLoader(job)))
+            }
             Some(Exit::Done(r)) => r.map(|_| None),
             None => Ok(None),
         }
@@ -364,7 +405,8 @@ impl Drop for Loader {
     fn drop(&mut self) {
         if self.thread.is_some() && !self.is_finished() {
             // A recording would wait for the process to exit: end it (its
-            // working set unused) and load the rest.
+            // working set unused) and load the rest, without a head start.
+            self.start_background();
             let _ = self.finish_recording();
         }
         if let Some(Exit::Suspended(job)) = self.join() {
@@ -432,13 +474,59 @@ pub(crate) struct Started {
     pub(crate) working_set_pages: u64,
 }
 
-/// Starts reading, in the background, the part of `pages.img` the restore
-/// reads before the process runs: all of it for an eager restore; for a
-/// lazy one what is filled up front (private file mappings, locked
-/// memory) and the working set's pages. Called as soon as the image is
-/// open, so that on a cold image the reads overlap the sandbox's
+/// What a restore readies for the process's memory as soon as the image
+/// is open, so that on a cold image the reads overlap the sandbox's
 /// preparation.
-pub(crate) fn read_ahead(image: &Image, loading: &MemoryLoading) {
+#[derive(Debug, Default)]
+pub(crate) struct Prepared {
+    /// `working-set.img`, being read and checked.
+    pages: Option<PendingPages>,
+}
+
+impl Prepared {
+    /// Whether `working-set.img` is being read.
+    pub(crate) fn has_pages(&self) -> bool {
+        self.pages.is_some()
+    }
+
+    /// Waits for `working-set.img` (if it is read): its pages, checked, or
+    /// why it was refused.
+    pub(crate) fn take_pages(&mut self) -> Result<Option<Arc<PrefetchedPages>>, RestoreError> {
+        match self.pages.take() {
+            Some(p) => Ok(Some(Arc::new(p.wait()?))),
+            None => Ok(None),
+        }
+    }
+}
+
+/// Readies the process's memory as soon as the image is open (`loading`
+/// resolved): for a lazy restore whose working set has a pages file, opens
+/// `working-set.img` (refusing a missing, misplaced or truncated one) and
+/// starts reading and checking it on a thread; without one, starts the
+/// kernel reading the parts of `pages.img` the restore reads before the
+/// process runs: all of it for an eager restore; for a lazy one what is
+/// filled up front (private file mappings, locked memory) and the working
+/// set's pages.
+pub(crate) fn prepare(image: &Image, loading: &MemoryLoading) -> Result<Prepared, RestoreError> {
+    let index = match loading {
+        MemoryLoading::Lazy {
+            working_set: Some(ws),
+        } => ws.pages_file(),
+        _ => None,
+    };
+    let pages = match index {
+        Some(index) => Some(index.open(image)?.read_in_background()),
+        None => {
+            read_ahead(image, loading);
+            None
+        }
+    };
+    Ok(Prepared { pages })
+}
+
+/// See [`prepare`]: what a restore without `working-set.img` reads of
+/// `pages.img` before the process runs.
+fn read_ahead(image: &Image, loading: &MemoryLoading) {
     let m = image.manifest();
     let mut spans: Vec<(u64, u64)> = Vec::new();
     match loading {
@@ -490,13 +578,15 @@ fn stored_spans(
 }
 
 /// Takes the userfaultfd `target_fd` of process `pid`, registers the lazy
-/// ranges of `image` with it and starts the loader. The caller closes
-/// `target_fd` in the process.
+/// ranges of `image` with it and starts the loader, the working set's
+/// pages from `prefetched` (`working-set.img`, checked) if it holds them.
+/// The caller closes `target_fd` in the process.
 pub(crate) fn start(
     image: &Arc<Image>,
     pid: Tid,
     target_fd: i32,
     loading: &MemoryLoading,
+    prefetched: Option<Arc<PrefetchedPages>>,
 ) -> Result<Started, RestoreError> {
     let sys = |what: &'static str| {
         move |e: crate::ptrace::PtraceError| RestoreError::Io {
@@ -524,7 +614,11 @@ pub(crate) fn start(
             Mode::Prefetch,
             working_set
                 .as_ref()
-                .map(|ws| Plan::new(&index, ws))
+                .map(|ws| {
+                    Plan::new(&index, ws, |off| {
+                        prefetched.as_ref().is_none_or(|p| p.covers(off, PAGE))
+                    })
+                })
                 .unwrap_or_default(),
         ),
         MemoryLoading::Eager | MemoryLoading::LazyWithImageWorkingSet => {
@@ -532,7 +626,14 @@ pub(crate) fn start(
         }
     };
     let working_set_pages = plan.stored.iter().map(|&(_, c)| c as u64).sum();
-    let source = source::Source::new(Arc::clone(image));
+    let report = LoadReport {
+        prefetched_file_bytes: prefetched.as_ref().map_or(0, |p| p.len()),
+        prefetched_file_time: prefetched
+            .as_ref()
+            .map_or(Duration::ZERO, |p| p.read_time()),
+        ..LoadReport::default()
+    };
+    let source = source::Source::new(Arc::clone(image), prefetched);
     let space = pages::Space {
         uffd,
         layout: pages::Layout::identity(index.ranges()),
@@ -557,7 +658,13 @@ pub(crate) fn start(
         mode,
         plan,
         plan_at: (0, 0),
-        report: LoadReport::default(),
+        head_start: if working_set_pages > 0 {
+            server::BACKGROUND_HEAD_START
+        } else {
+            Duration::ZERO
+        },
+        background_from: Instant::now(),
+        report,
         started: Instant::now(),
         buf: Vec::new(),
     });

@@ -8,23 +8,14 @@
 //! still to be loaded (`pending`), and where the registered ranges are now
 //! ([`Layout`]: `mremap` moves them, `munmap` takes them away).
 
-use crate::image::{Backing, ManifestBody, VmFlag, Vma};
+use crate::image::{ManifestBody, Vma};
 
 use super::PAGE;
 
-/// Whether the restorer leaves `v`'s stored pages to the loader: private
-/// anonymous memory (userfaultfd's missing mode serves anonymous, shmem and
-/// hugetlb memory only; private file mappings are filled up front), not
-/// locked (`mlock` populates it at once), with pages.
+/// Whether the restorer leaves `v`'s stored pages to the loader
+/// ([`Vma::loads_lazily`]).
 pub(crate) fn is_lazy(v: &Vma) -> bool {
-    matches!(
-        v.backing,
-        Backing::Anonymous | Backing::Heap | Backing::Stack
-    ) && !v.shared
-        && !v.pages.is_empty()
-        && !v.has(VmFlag::Locked)
-        && !v.has(VmFlag::Droppable)
-        && !v.has(VmFlag::WipeOnFork)
+    v.loads_lazily()
 }
 
 /// A run of stored pages, contiguous in memory and in `pages.img`.

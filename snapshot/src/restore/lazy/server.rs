@@ -19,7 +19,7 @@
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::image::WorkingSet;
 
@@ -32,7 +32,8 @@ use crate::restore::RestoreError;
 /// Most pages per unit of work (1 MiB).
 const STEP_PAGES: usize = 256;
 /// Stored pages between two runs of the working set that are loaded with
-/// them (one fill instead of two, and likely used too).
+/// them (one fill instead of two, and likely used too) when they come from
+/// `pages.img` anyway (`working-set.img` holds no gaps).
 const WORKING_SET_GAP_PAGES: usize = 4;
 /// Pages loaded on one fault, from the faulting page on (when not
 /// recording, where the fault itself is what is learned): the fault reads
@@ -40,6 +41,13 @@ const WORKING_SET_GAP_PAGES: usize = 4;
 const FAULT_AROUND_PAGES: usize = 32;
 /// Chunks read at once by the background pass (faults read one).
 const READ_AHEAD_CHUNKS: usize = 8;
+/// How long the background pass waits once a working set is in (or the
+/// loader resumed in another process): the process's first request, which
+/// usually follows its restore at once and finds its pages loaded, gets
+/// the CPUs and the disk first. Faults are served meanwhile. Without a
+/// working set the background pass starts at once: it loads pages ahead of
+/// the request's faults.
+pub(super) const BACKGROUND_HEAD_START: Duration = Duration::from_millis(10);
 
 static ZERO_PAGE: [u8; PAGE as usize] = [0; PAGE as usize];
 
@@ -65,7 +73,15 @@ pub(super) struct Plan {
 }
 
 impl Plan {
-    pub(super) fn new(index: &PageIndex, ws: &WorkingSet) -> Plan {
+    /// The plan for `ws`; `prefetched(offset)` tells whether the page at
+    /// that `pages.img` offset comes from `working-set.img` (runs are
+    /// joined across a gap only if its pages do: a gap page that does not
+    /// would cost a read of its chunk).
+    pub(super) fn new(
+        index: &PageIndex,
+        ws: &WorkingSet,
+        prefetched: impl Fn(u64) -> bool,
+    ) -> Plan {
         let mut plan = Plan::default();
         let ranges = index.ranges();
         for r in ws.ranges() {
@@ -90,7 +106,8 @@ impl Plan {
                         Some((f, c))
                             if n >= *f + *c
                                 && n - (*f + *c) <= WORKING_SET_GAP_PAGES
-                                && index.page(*f).0 + (n - *f) as u64 * PAGE == addr =>
+                                && index.page(*f).0 + (n - *f) as u64 * PAGE == addr
+                                && (*f + *c..n).all(|g| prefetched(index.page(g).1)) =>
                         {
                             *c = n - *f + 1
                         }
@@ -120,6 +137,11 @@ pub(crate) struct Job {
     pub(super) mode: Mode,
     pub(super) plan: Plan,
     pub(super) plan_at: (usize, usize),
+    /// How long the background pass waits after the working set
+    /// ([`BACKGROUND_HEAD_START`] if there is one).
+    pub(super) head_start: Duration,
+    /// When the background pass may start.
+    pub(super) background_from: Instant,
     pub(super) report: LoadReport,
     pub(super) started: Instant,
     pub(super) buf: Vec<u8>,
@@ -156,12 +178,7 @@ impl Job {
             // Resumed (in a forked child) after its working set.
             background_priority();
         }
-        let r = self.source.prepare().map_err(|source| RestoreError::Io {
-            what: "allocating the loader's chunk cache",
-            source,
-        });
-        let r = r.and_then(|()| self.serve());
-        match r {
+        match self.serve() {
             Ok(true) => Exit::Suspended(self),
             Ok(false) => {
                 self.finish();
@@ -247,6 +264,8 @@ impl Job {
                         };
                         let _ = reply.send(answer);
                     }
+                    // Asked for (or waited for): no head start.
+                    Command::StartBackground => self.background_from = Instant::now(),
                     Command::Suspend => return Ok(true),
                 }
             }
@@ -258,7 +277,7 @@ impl Job {
             if !self.recording() && !self.has_work() {
                 return Ok(false);
             }
-            let ready = self.poll(if self.has_work() { 0 } else { -1 })?;
+            let ready = self.poll(self.poll_timeout())?;
             if ready.main_exited {
                 // Its address space is gone: nothing more to do there.
                 self.pidfd = None;
@@ -285,8 +304,27 @@ impl Job {
             }
             match self.mode {
                 Mode::Prefetch => self.prefetch_step()?,
+                Mode::Background if Instant::now() < self.background_from => {}
                 Mode::Background | Mode::Record(_) => self.background_step()?,
             }
+        }
+    }
+
+    /// How long a poll may wait (ms, -1: until something happens): not at
+    /// all with work to do, until the background pass may start during its
+    /// head start.
+    fn poll_timeout(&self) -> i32 {
+        if !self.has_work() {
+            return -1;
+        }
+        match self.mode {
+            Mode::Background => {
+                let wait = self
+                    .background_from
+                    .saturating_duration_since(Instant::now());
+                wait.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32
+            }
+            _ => 0,
         }
     }
 
@@ -482,8 +520,8 @@ impl Job {
         let (_, off0) = index.page(n);
         let bytes = k as u64 * PAGE;
         let contiguous = (1..k).all(|j| index.page(n + j).1 == off0 + j as u64 * PAGE);
-        let data: &[u8] = if contiguous && source.in_one_chunk(off0, bytes) {
-            // Straight from the verified chunk.
+        let data: &[u8] = if contiguous && source.in_one_piece(off0, bytes) {
+            // Straight from working-set.img or the verified chunk.
             source.bytes(off0, bytes as usize, ahead)?
         } else {
             buf.resize(bytes as usize, 0);
@@ -591,16 +629,21 @@ impl Job {
         self.report.prefetch_time = self.started.elapsed();
         self.report.prefetch_read_time = self.source.read_time;
         self.report.prefetch_fill_time = self.report.fill_time;
+        // Nothing after the working set comes from working-set.img (its
+        // extents' other pages were filled before the process ran).
+        self.source.drop_prefetched();
         self.control.prefetched.set();
         self.start_background();
         self.release_loaded_ranges();
     }
 
-    /// The rest, in the background. Its reads are sequential (the
-    /// kernel reads ahead on its own); no readahead of the whole file is
-    /// asked for, which would queue a fault's read behind it.
+    /// The rest, in the background, after its head start. Its reads are
+    /// sequential (the kernel reads ahead on its own); no readahead of the
+    /// whole file is asked for, which would queue a fault's read behind
+    /// it.
     fn start_background(&mut self) {
         self.mode = Mode::Background;
+        self.background_from = Instant::now() + self.head_start;
         background_priority();
     }
 
@@ -768,8 +811,15 @@ mod tests {
                 0x41000, 0x43000, 0x44000,
             ],
         );
-        let plan = Plan::new(&ix, &ws);
+        let plan = Plan::new(&ix, &ws, |_| true);
         assert_eq!(plan.stored, vec![(0, 3), (4, 1)]);
         assert_eq!(plan.zero, vec![(0x13000, 0x14000), (0x43000, 0x45000)]);
+        // Runs are joined across a gap only if working-set.img holds it.
+        let ws = WorkingSet::from_pages(Sha256Digest::of(b"x"), [0x40000, 0x42000]);
+        assert_eq!(Plan::new(&ix, &ws, |_| true).stored, vec![(3, 3)]);
+        assert_eq!(
+            Plan::new(&ix, &ws, |off| off != 0x3000).stored,
+            vec![(3, 1), (5, 1)]
+        );
     }
 }

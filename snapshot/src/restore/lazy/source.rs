@@ -1,14 +1,17 @@
-//! Page data for the loader: whole chunks of `pages.img`, each checked
+//! Page data for the loader: the verified copy of `working-set.img` while
+//! the working set loads, and whole chunks of `pages.img`, each checked
 //! against its hash before any of its bytes are served, kept in a small
 //! cache.
 //!
 //! The cache is a fixed set of chunk-sized slots in one anonymous mapping
-//! populated when the loader starts (`MAP_POPULATE`: the kernel fills it
+//! populated when the first chunk is read ([`Arena`]: the kernel fills it
 //! in bulk), so reading a chunk never page-faults fresh memory — a fault
 //! per page of every chunk read cost as much as the read itself. Chunks are
 //! read with `pread` into a slot (never served from a mapping of the file:
 //! what was verified is what is served, and a file truncated meanwhile
-//! gives an error, not `SIGBUS`).
+//! gives an error, not `SIGBUS`). A load whose bytes `working-set.img`
+//! holds never reads `pages.img`: a chunk it covers entirely is not read at
+//! all, one it covers in part once, for its other pages.
 
 use std::os::fd::{AsFd, AsRawFd};
 use std::sync::Arc;
@@ -16,6 +19,8 @@ use std::time::{Duration, Instant};
 
 use nix::fcntl::{PosixFadviseAdvice, posix_fadvise};
 
+use crate::image::arena::Arena;
+use crate::image::working_set_pages::PrefetchedPages;
 use crate::image::{ChunkHash, Image, ImageError, limits::PAGES_FILE};
 
 use super::PAGE;
@@ -23,65 +28,14 @@ use super::PAGE;
 /// Bytes of slots (at least two, at most 64 chunks).
 const CACHE_BYTES: u64 = 2 << 20;
 
-/// An anonymous mapping, populated up front, unmapped on drop.
-#[derive(Debug)]
-struct Arena {
-    ptr: *mut u8,
-    len: usize,
-}
-
-// SAFETY: the arena is plain memory owned by one `Source`, which only the
-// loader's (one) thread uses at a time.
-unsafe impl Send for Arena {}
-
-impl Arena {
-    fn new(len: usize) -> std::io::Result<Arena> {
-        // SAFETY: a fresh private anonymous mapping; nothing else uses it.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
-                -1,
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(Arena {
-            ptr: ptr.cast(),
-            len,
-        })
-    }
-
-    fn slice(&self, at: usize, len: usize) -> &[u8] {
-        assert!(at + len <= self.len);
-        // SAFETY: inside the mapping, which lives as long as `self`.
-        unsafe { std::slice::from_raw_parts(self.ptr.add(at), len) }
-    }
-
-    fn slice_mut(&mut self, at: usize, len: usize) -> &mut [u8] {
-        assert!(at + len <= self.len);
-        // SAFETY: inside the mapping, borrowed mutably through `self`.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(at), len) }
-    }
-}
-
-impl Drop for Arena {
-    fn drop(&mut self) {
-        // SAFETY: unmapping exactly the mapping made in `new`.
-        unsafe { libc::munmap(self.ptr.cast(), self.len) };
-    }
-}
-
 /// Verified chunks of one image's `pages.img`.
 #[derive(Debug)]
 pub(crate) struct Source {
     image: Arc<Image>,
-    /// Made by [`Source::prepare`] on the loader's thread (populating it
-    /// takes a millisecond the restore need not wait for).
+    /// `working-set.img`, checked, until the working set is loaded.
+    prefetched: Option<Arc<PrefetchedPages>>,
+    /// Made when the first chunk is read, on the loader's thread
+    /// (populating it takes a millisecond nobody need wait for).
     arena: Option<Arena>,
     chunk: usize,
     /// The chunk each slot holds.
@@ -95,7 +49,7 @@ pub(crate) struct Source {
 }
 
 impl Source {
-    pub(crate) fn new(image: Arc<Image>) -> Source {
+    pub(crate) fn new(image: Arc<Image>, prefetched: Option<Arc<PrefetchedPages>>) -> Source {
         let chunk = image
             .manifest()
             .pages
@@ -104,6 +58,7 @@ impl Source {
             .max(PAGE) as usize;
         let n = (CACHE_BYTES as usize / chunk).clamp(2, 64);
         Source {
+            prefetched,
             arena: None,
             chunk,
             slots: vec![None; n],
@@ -114,16 +69,18 @@ impl Source {
         }
     }
 
-    /// Makes the cache's memory, if not made yet.
-    pub(crate) fn prepare(&mut self) -> std::io::Result<()> {
-        if self.arena.is_none() {
-            self.arena = Some(Arena::new(self.slots.len() * self.chunk)?);
-        }
-        Ok(())
+    /// Whether `working-set.img` holds the `len` bytes at `off`.
+    pub(crate) fn prefetched(&self, off: u64, len: u64) -> bool {
+        self.prefetched.as_ref().is_some_and(|p| p.covers(off, len))
+    }
+
+    /// Lets `working-set.img`'s copy go (the working set is in).
+    pub(crate) fn drop_prefetched(&mut self) {
+        self.prefetched = None;
     }
 
     fn arena(&self) -> &Arena {
-        self.arena.as_ref().expect("Source::prepare ran first")
+        self.arena.as_ref().expect("made before a chunk is read")
     }
 
     /// The image's digest (what a recorded working set is bound to).
@@ -135,7 +92,8 @@ impl Source {
         self.image.manifest().pages.chunk_size
     }
 
-    /// The `len` bytes at `pages.img` offset `off` (inside one chunk),
+    /// The `len` bytes at `pages.img` offset `off` (inside one extent of
+    /// `working-set.img`, or inside one chunk): from `working-set.img`, or
     /// reading and verifying their chunk (and up to `ahead - 1` chunks
     /// after it) if it is not cached.
     pub(crate) fn bytes(
@@ -144,6 +102,10 @@ impl Source {
         len: usize,
         ahead: usize,
     ) -> Result<&[u8], ImageError> {
+        if self.prefetched(off, len as u64) {
+            let p = self.prefetched.as_ref().expect("checked above");
+            return Ok(p.get(off, len as u64).expect("checked above"));
+        }
         let chunk = self.chunk_size();
         let c = (off / chunk) as usize;
         let at = (off - c as u64 * chunk) as usize;
@@ -162,10 +124,11 @@ impl Source {
         Ok(())
     }
 
-    /// Whether `[off, off+len)` lies in one chunk.
-    pub(crate) fn in_one_chunk(&self, off: u64, len: u64) -> bool {
+    /// Whether `[off, off+len)` lies in one extent of `working-set.img`
+    /// or in one chunk ([`Source::bytes`] serves it in one piece).
+    pub(crate) fn in_one_piece(&self, off: u64, len: u64) -> bool {
         let chunk = self.chunk_size();
-        len > 0 && off / chunk == (off + len - 1) / chunk
+        len > 0 && (self.prefetched(off, len) || off / chunk == (off + len - 1) / chunk)
     }
 
     /// The slot holding chunk `c`, read (with up to `ahead - 1` chunks
@@ -174,6 +137,13 @@ impl Source {
         if let Some(slot) = self.slots.iter().position(|s| *s == Some(c)) {
             self.touch(slot);
             return Ok(slot);
+        }
+        if self.arena.is_none() {
+            let arena = Arena::new(self.slots.len() * self.chunk).map_err(ImageError::io(
+                self.image.dir().join(PAGES_FILE),
+                "allocate the loader's chunk cache for",
+            ))?;
+            self.arena = Some(arena);
         }
         let total = self.image.manifest().pages.chunks.len();
         let ahead = ahead.clamp(1, self.slots.len() / 2).min(total - c);
@@ -219,7 +189,7 @@ impl Source {
         let data = self
             .arena
             .as_mut()
-            .expect("Source::prepare ran first")
+            .expect("made before a chunk is read")
             .slice_mut(slot * chunk, len as usize);
         let mut done = 0usize;
         while done < data.len() {
