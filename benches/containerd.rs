@@ -19,11 +19,11 @@
 //!   frozen listener; the answer comes once the claim has thawed the
 //!   instance). Every pool-hit run is checked to have claimed that
 //!   instance. `pool_hit_unprofiled` runs while the function has no
-//!   recorded write set (sproutd records it only from an instance given
-//!   back through its API, which containers never are); then one API
-//!   claim records it, the pool is re-warmed, and `pool_hit`'s instances
-//!   are pre-warmed with it (checked), as for a function that has served
-//!   through sproutd's API before.
+//!   recorded write set (sproutd records it from the first instance given
+//!   back through its API or killed: the row's containers are kept
+//!   running until it ends); then one API claim records it, the pool is
+//!   re-warmed, and `pool_hit`'s instances are pre-warmed with it
+//!   (checked), as for a function that has served before.
 //!
 //! Each run's timeline is also taken from outside containerd
 //! (common/ctr_timeline.rs), the same way for both shims: "Create
@@ -187,6 +187,9 @@ struct Bench {
     /// Runs whose rootfs mount the watcher did not see.
     missed_mounts: AtomicU32,
     ctr_n: AtomicU32,
+    /// Containers of the `pool_hit_unprofiled` row, removed when it ends:
+    /// sproutd records the write set from the first instance killed.
+    kept: Mutex<Vec<String>>,
 }
 
 impl Bench {
@@ -255,6 +258,7 @@ impl Bench {
             claim_stages: Mutex::default(),
             missed_mounts: AtomicU32::new(0),
             ctr_n: AtomicU32::new(0),
+            kept: Mutex::new(Vec::new()),
             c,
         }
     }
@@ -585,7 +589,11 @@ impl Bench {
         if kind.is_pool_hit() {
             self.split_claim(kind, &id, start_received, answered);
         }
-        self.remove(&id);
+        if kind == PyStart::PoolHitUnprofiled {
+            self.kept.lock().unwrap().push(id);
+        } else {
+            self.remove(&id);
+        }
         if kind.is_pool_hit() {
             // The claim woke a refill: done before the next run, of any kind.
             self.warm_one();
@@ -612,7 +620,8 @@ impl Bench {
         );
     }
 
-    /// Has sproutd record the function's write set (untimed), as any
+    /// Makes sure sproutd has the function's write set (untimed; killing
+    /// the kept containers has usually recorded it already), as any
     /// instance given back through its API would: the warm instance
     /// claimed, asked once, released; then the pool is drained and
     /// re-warmed, its instance populated with the write set.
@@ -713,6 +722,14 @@ impl Bench {
                 .entry(kind.name().to_string())
                 .or_default()
                 .push(stages);
+        }
+    }
+
+    /// Removes the containers kept by the `pool_hit_unprofiled` row.
+    fn remove_kept(&self) {
+        let kept = std::mem::take(&mut *self.kept.lock().unwrap());
+        for id in kept {
+            self.remove(&id);
         }
     }
 
@@ -836,6 +853,7 @@ fn bench(c: &mut Criterion) {
         .sample_size(PYTHON_SAMPLES);
     for &kind in &starts {
         if kind == PyStart::PoolHit {
+            b.remove_kept();
             b.record_write_set();
         }
         b.recording.store(false, Ordering::Relaxed);
