@@ -26,7 +26,7 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::{Fixture, bin, first_response};
+use common::{Fixture, first_response};
 use criterion::{Criterion, criterion_group, criterion_main};
 use sprout::snapshot::image::{
     Image, WorkingSet, evict_page_cache, file_resident_fraction, resident_fraction,
@@ -140,13 +140,7 @@ fn bench(c: &mut Criterion) {
     let f = Fixture::new("sprout-bench-cold-", "img");
     let bundle = f.bundle.to_str().unwrap().to_string();
     let image = f.image.to_str().unwrap().to_string();
-    let rt = sprout::runtime::Runtime::builder()
-        .root(f.root("lib"))
-        .init_binary(bin("sprout-init"))
-        .build()
-        .unwrap();
-    sprout::snapshot::image::set_hash_cache_dir(f.root("lib").join("file-hashes"));
-    let tracer = Tracer::spawn("bench-tracer").unwrap();
+    let (rt, tracer) = f.library();
     let ws = record_working_set(&f, &rt, &tracer);
     let stored_pages: u64 = Image::open(&f.image)
         .unwrap()

@@ -15,7 +15,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Fixture, bin, first_response};
+use common::{Fixture, first_response};
 use criterion::{Criterion, criterion_group, criterion_main};
 
 fn bench(c: &mut Criterion) {
@@ -79,13 +79,7 @@ fn bench(c: &mut Criterion) {
     g.finish();
 
     // The restore's stages, through the library, median of 15.
-    let rt = sprout::runtime::Runtime::builder()
-        .root(f.root("lib"))
-        .init_binary(bin("sprout-init"))
-        .build()
-        .unwrap();
-    sprout::snapshot::image::set_hash_cache_dir(f.root("lib").join("file-hashes"));
-    let tracer = sprout::snapshot::ptrace::Tracer::spawn("bench-tracer").unwrap();
+    let (rt, tracer) = f.library();
     let mut runs: Vec<Vec<(&'static str, Duration)>> = Vec::new();
     for _ in 0..15 {
         let null = || -> Option<std::os::fd::OwnedFd> {

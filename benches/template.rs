@@ -180,13 +180,7 @@ impl Bench {
     fn new() -> Bench {
         let tag = format!("sbt{}", std::process::id());
         let fx = Fixture::new("sprout-bench-tpl-", &format!("{tag}-img"));
-        let rt = Runtime::builder()
-            .root(fx.root("lib"))
-            .init_binary(bin("sprout-init"))
-            .build()
-            .unwrap();
-        sprout::snapshot::image::set_hash_cache_dir(fx.root("lib").join("file-hashes"));
-        let tracer = Tracer::spawn("bench-tracer").unwrap();
+        let (rt, tracer) = fx.library();
         let holder = format!("{tag}-holder");
         let (template, load) =
             Template::load(&rt, &tracer, "fn", &holder, &fx.image, &fx.bundle, None)

@@ -86,19 +86,128 @@ fn refused_checkpoint(s: &Sandbox, id: &str) -> String {
 /// `restore -d` of `img` as `rid` in the sandbox's bundle, its output
 /// appended to `out`.
 fn restore_detached(s: &Sandbox, img: &Path, rid: &str, out: &Path) -> ExitStatus {
-    sprout_to(
-        s,
-        &[
-            "restore",
-            "--image-path",
-            img.to_str().unwrap(),
-            "--bundle",
-            s.bundle_str(),
-            "-d",
-            rid,
-        ],
-        out,
-    )
+    sprout_to(s, &restore_args(s, img, rid, &[]), out)
+}
+
+/// The arguments of `restore -d` of `img` as `rid` in the sandbox's bundle,
+/// with `flags` before the id.
+fn restore_args<'a>(
+    s: &'a Sandbox,
+    img: &'a Path,
+    rid: &'a str,
+    flags: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = vec![
+        "restore",
+        "--image-path",
+        img.to_str().unwrap(),
+        "--bundle",
+        s.bundle_str(),
+        "-d",
+    ];
+    args.extend_from_slice(flags);
+    args.push(rid);
+    args
+}
+
+/// Waits (up to 10 s) until `out` has at least `n` lines.
+fn has_lines(out: &Path, n: usize) -> bool {
+    wait_until(Duration::from_secs(10), || lines(out).len() >= n)
+}
+
+/// Runs the sandbox's container, waits until `ready` holds of its output,
+/// checkpoints it to `<dir>/image` (which kills it) and deletes it.
+/// Returns the image and the output file.
+fn run_and_dump(s: &Sandbox, ready: impl FnOnce(&Path) -> bool) -> (PathBuf, PathBuf) {
+    let (id, out) = run_detached(s, "out1");
+    assert!(ready(&out), "{:?} {}", lines(&out), stderr_of(&out));
+    let img = checkpoint(s, &id);
+    s.ok(&["delete", "--force", &id]);
+    (img, out)
+}
+
+/// A sandbox running tests/programs/threads.c, dynamically linked.
+fn threads_sandbox(name: &str) -> Sandbox {
+    let mut s = Sandbox::new(name);
+    with_usr(&mut s);
+    add_program(&s, "threads", false);
+    s.set_args(&["/bin/threads"]);
+    s
+}
+
+/// The threads program restored with output `after` continues from its
+/// last line before the dump, `last_before`: t, a, b, c continue from
+/// their dumped values and keep growing (every thread runs and the timer
+/// fires); the blocked SIGUSR2 is still pending.
+fn assert_threads_continue(last_before: &str, after: &[String]) {
+    let last_before = counters(last_before);
+    let (first, last) = (counters(&after[0]), counters(after.last().unwrap()));
+    for i in 0..4 {
+        assert!(
+            first[i] >= last_before[i],
+            "counter {i} went back: {last_before:?} -> {first:?}"
+        );
+        assert!(
+            last[i] > first[i],
+            "counter {i} made no progress after restore: {after:?}"
+        );
+    }
+    assert_eq!(last[4], 1, "the pending blocked signal was lost: {after:?}");
+}
+
+/// Releases the restored `rid` (SIGUSR1), which then prints the one line
+/// `want` to `out` and exits.
+fn release_and_expect(s: &Sandbox, rid: &str, out: &Path, want: &str) {
+    s.ok(&["kill", rid, "USR1"]);
+    assert!(wait_until(Duration::from_secs(10), || !lines(out).is_empty()));
+    assert_eq!(lines(out), [want], "{}", stderr_of(out));
+    assert!(wait_until(Duration::from_secs(5), || s.status(rid) == "stopped"));
+}
+
+/// Removes the config's cgroupsPath: each container then gets its own
+/// cgroup, named after its id.
+fn without_cgroups_path(s: &mut Sandbox) {
+    s.config()["linux"]
+        .as_object_mut()
+        .unwrap()
+        .remove("cgroupsPath");
+    s.write_config();
+}
+
+/// Sends `n` requests to the restored Python server `rid` (in its own
+/// network namespace) and returns the last answer.
+fn requests_to(s: &Sandbox, rid: &str, n: usize) -> serde_json::Value {
+    let pid = s.state(rid)["pid"].as_i64().unwrap() as i32;
+    lo_up(pid);
+    let mut last = serde_json::Value::Null;
+    for _ in 0..n {
+        last = json_body(&http_get_in_netns(pid, 8080, &format!("/{rid}")).unwrap());
+    }
+    last
+}
+
+/// Deletes the containers `ids` and checks that nothing of them, nor a
+/// cgroup named after `id`, is left.
+fn delete_all_clean(s: &Sandbox, ids: &[String], id: &str) {
+    for rid in ids {
+        s.ok(&["delete", "--force", rid]);
+        s.assert_clean(rid);
+    }
+    assert!(
+        cgroup_leftovers(id).is_empty(),
+        "{:?}",
+        cgroup_leftovers(id)
+    );
+}
+
+/// A private (0700) copy of the image `good`'s manifest and pages at
+/// `dst`.
+fn copy_image(good: &Path, dst: &Path) {
+    fs::create_dir(dst).unwrap();
+    fs::set_permissions(dst, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    for f in ["manifest.json", "pages.img"] {
+        fs::copy(good.join(f), dst.join(f)).unwrap();
+    }
 }
 
 #[test]
@@ -171,39 +280,12 @@ fn leave_running_keeps_the_process_going() {
 
 #[test]
 fn threaded_dynamic_program_resumes_all_threads() {
-    let mut s = Sandbox::new("snapthr");
-    with_usr(&mut s);
-    add_program(&s, "threads", false);
-    s.set_args(&["/bin/threads"]);
-    let (id, out1) = run_detached(&s, "out1");
-    assert!(wait_until(Duration::from_secs(10), || lines(&out1).len() >= 3));
-    let img = checkpoint(&s, &id);
-    s.ok(&["delete", "--force", &id]);
+    let s = threads_sandbox("snapthr");
+    let (img, out1) = run_and_dump(&s, |out| has_lines(out, 3));
     let id2 = unique_id("snapthr-r");
     let out2 = restored(&s, &img, &id2, "out2");
-    assert!(
-        wait_until(Duration::from_secs(10), || lines(&out2).len() >= 3),
-        "no progress: {}",
-        stderr_of(&out2)
-    );
-    let parse = counters;
-    let last_before = parse(lines(&out1).last().unwrap());
-    let after = lines(&out2);
-    let first = parse(&after[0]);
-    let last = parse(after.last().unwrap());
-    // t, a, b, c continue from their dumped values and keep growing: every
-    // thread runs and the timer fires; the blocked SIGUSR2 is still pending.
-    for i in 0..4 {
-        assert!(
-            first[i] >= last_before[i],
-            "counter {i} went back: {last_before:?} -> {first:?}"
-        );
-        assert!(
-            last[i] > first[i],
-            "counter {i} made no progress after restore: {after:?}"
-        );
-    }
-    assert_eq!(last[4], 1, "the pending blocked signal was lost: {after:?}");
+    assert!(has_lines(&out2, 3), "no progress: {}", stderr_of(&out2));
+    assert_threads_continue(lines(&out1).last().unwrap(), &lines(&out2));
     s.ok(&["delete", "--force", &id2]);
     s.assert_clean(&id2);
 }
@@ -211,21 +293,10 @@ fn threaded_dynamic_program_resumes_all_threads() {
 #[test]
 fn anonymous_memory_semantics_survive_restore() {
     let s = program_sandbox("snapmem", "memsem", &[]);
-    let (id, out1) = run_detached(&s, "out1");
-    assert!(has_line(&out1, "memsem ready"));
-    let img = checkpoint(&s, &id);
-    s.ok(&["delete", "--force", &id]);
+    let (img, _) = run_and_dump(&s, |out| has_line(out, "memsem ready"));
     let id2 = unique_id("snapmem-r");
-    let out2 = s.dir.path().join("out2");
-    assert!(
-        restore_detached(&s, &img, &id2, &out2).success(),
-        "{}",
-        stderr_of(&out2)
-    );
-    s.ok(&["kill", &id2, "USR1"]);
-    assert!(wait_until(Duration::from_secs(10), || !lines(&out2).is_empty()));
-    assert_eq!(lines(&out2), vec!["memsem ok".to_string()]);
-    assert!(wait_until(Duration::from_secs(5), || s.status(&id2) == "stopped"));
+    let out2 = restored(&s, &img, &id2, "out2");
+    release_and_expect(&s, &id2, &out2, "memsem ok");
     s.ok(&["delete", &id2]);
     s.assert_clean(&id2);
 }
@@ -239,11 +310,7 @@ fn python_function_restores_many_times_with_diverging_state() {
 
     // 20 restores of the one image at once, each in its own sandbox: no
     // cgroupsPath, so each gets its own cgroup (named after its id).
-    s.config()["linux"]
-        .as_object_mut()
-        .unwrap()
-        .remove("cgroupsPath");
-    s.write_config();
+    without_cgroups_path(&mut s);
     let ids: Vec<String> = (0..20).map(|i| format!("{id}-r{i}")).collect();
     std::thread::scope(|scope| {
         for rid in &ids {
@@ -257,14 +324,9 @@ fn python_function_restores_many_times_with_diverging_state() {
         }
     });
     for (i, rid) in ids.iter().enumerate() {
-        let pid = s.state(rid)["pid"].as_i64().unwrap() as i32;
-        lo_up(pid);
         // Each instance answers with the dumped state, then diverges:
         // instance i gets i+1 more requests.
-        let mut last = serde_json::Value::Null;
-        for _ in 0..=i % 3 {
-            last = json_body(&http_get_in_netns(pid, 8080, &format!("/{rid}")).unwrap());
-        }
+        let last = requests_to(&s, rid, i % 3 + 1);
         assert_eq!(
             last["digest"], first["digest"],
             "{rid} lost its initialized state"
@@ -272,15 +334,7 @@ fn python_function_restores_many_times_with_diverging_state() {
         assert_eq!(last["requests"], 1 + (i % 3) as u64 + 1, "{rid}: {last}");
         assert_eq!(last["path"], format!("/{rid}"));
     }
-    for rid in &ids {
-        s.ok(&["delete", "--force", rid]);
-        s.assert_clean(rid);
-    }
-    assert!(
-        cgroup_leftovers(&id).is_empty(),
-        "{:?}",
-        cgroup_leftovers(&id)
-    );
+    delete_all_clean(&s, &ids, &id);
 }
 
 #[test]
@@ -294,24 +348,12 @@ fn bad_images_are_refused_and_leave_nothing() {
 
     let copy = |name: &str| -> PathBuf {
         let d = s.dir.path().join(name);
-        fs::create_dir(&d).unwrap();
-        fs::set_permissions(&d, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
-        for f in ["manifest.json", "pages.img"] {
-            fs::copy(good.join(f), d.join(f)).unwrap();
-        }
+        copy_image(&good, &d);
         d
     };
     let try_restore = |img: &Path, want: &str| {
         let rid = unique_id("snapbad-r");
-        let err = s.fails(&[
-            "restore",
-            "--image-path",
-            img.to_str().unwrap(),
-            "--bundle",
-            s.bundle_str(),
-            "-d",
-            &rid,
-        ]);
+        let err = s.fails(&restore_args(&s, img, &rid, &[]));
         assert!(
             err.to_lowercase().contains(want),
             "restore of {} should fail with {want:?}: {err}",
@@ -425,6 +467,45 @@ fn checkpoint_refuses_what_it_cannot_restore() {
     assert!(err.contains("child processes"), "{err}");
     s.ok(&["delete", "--force", &id]);
     s.assert_clean(&id);
+}
+
+/// `restore --timings` of `img` as `rid` with `flags`, not detached: the
+/// running sprout, its output in `out` (stderr beside it), once it wrote
+/// the restored process's pid to `pid_file`.
+fn restore_foreground(
+    s: &Sandbox,
+    img: &Path,
+    rid: &str,
+    pid_file: &Path,
+    out: &Path,
+    flags: &[&str],
+) -> std::process::Child {
+    let mut args = vec![
+        "restore",
+        "--image-path",
+        img.to_str().unwrap(),
+        "--bundle",
+        s.bundle_str(),
+        "--pid-file",
+        pid_file.to_str().unwrap(),
+    ];
+    args.extend_from_slice(flags);
+    args.extend_from_slice(&["--timings", rid]);
+    let child = s
+        .cmd()
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(fs::File::create(out).unwrap())
+        .stderr(fs::File::create(out.with_extension("err")).unwrap())
+        .spawn()
+        .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || fs::read_to_string(pid_file)
+            .is_ok_and(|p| !p.is_empty())),
+        "no pid file: {}",
+        stderr_of(out)
+    );
+    child
 }
 
 /// `restore -d` of `img` as `rid`, which must succeed, its output
@@ -681,32 +762,8 @@ fn foreground_restore_waits_passes_the_exit_code_and_deletes() {
     let rid = unique_id("snapfg-r");
     let pid_file = s.dir.path().join("restored.pid");
     let out = s.dir.path().join("out-fg");
-    let err = out.with_extension("err");
     // Not detached: sprout waits for the process and relays its status.
-    let mut child = s
-        .cmd()
-        .args([
-            "restore",
-            "--image-path",
-            img.to_str().unwrap(),
-            "--bundle",
-            s.bundle_str(),
-            "--pid-file",
-            pid_file.to_str().unwrap(),
-            "--timings",
-            &rid,
-        ])
-        .stdin(std::process::Stdio::null())
-        .stdout(fs::File::create(&out).unwrap())
-        .stderr(fs::File::create(&err).unwrap())
-        .spawn()
-        .unwrap();
-    assert!(
-        wait_until(Duration::from_secs(10), || fs::read_to_string(&pid_file)
-            .is_ok_and(|p| !p.is_empty())),
-        "no pid file: {}",
-        stderr_of(&out)
-    );
+    let mut child = restore_foreground(&s, &img, &rid, &pid_file, &out, &[]);
     let pid: i32 = fs::read_to_string(&pid_file)
         .unwrap()
         .trim()
@@ -900,18 +957,9 @@ fn checkpoint_refuses_system_v_shared_memory_naming_it() {
 /// its output appended to `out`; returns the pid of the process left
 /// loading memory, if the restore reported one.
 fn restore_lazily(s: &Sandbox, img: &Path, rid: &str, out: &Path, flags: &[&str]) -> Option<i32> {
-    let mut args = vec![
-        "restore",
-        "--image-path",
-        img.to_str().unwrap(),
-        "--bundle",
-        s.bundle_str(),
-        "-d",
-        "--timings",
-    ];
-    args.extend_from_slice(flags);
-    args.push(rid);
-    let st = sprout_to(s, &args, out);
+    let mut timed = vec!["--timings"];
+    timed.extend_from_slice(flags);
+    let st = sprout_to(s, &restore_args(s, img, rid, &timed), out);
     let err = stderr_of(out);
     assert!(st.success(), "lazy restore of {rid} failed: {err}");
     let line = err
@@ -933,59 +981,85 @@ fn loader_exits(pid: Option<i32>) {
     }
 }
 
+/// Once its `loader` exits on its own, deletes the lazily restored `rid`
+/// (`--force`: it may still run) and checks nothing is left.
+fn loaded_then_deleted(s: &Sandbox, rid: &str, loader: Option<i32>, delete: &[&str]) {
+    loader_exits(loader);
+    let mut args = vec!["delete"];
+    args.extend_from_slice(delete);
+    args.push(rid);
+    s.ok(&args);
+    s.assert_clean(rid);
+}
+
+/// Restores `img` lazily, recording its working set, waits for two lines
+/// of output, saves the recording and deletes the container. Returns what
+/// `image profile` said.
+fn record_working_set(s: &Sandbox, img: &Path, rid_prefix: &str) -> String {
+    let rid = unique_id(rid_prefix);
+    let out = s.dir.path().join("out-rec");
+    let loader = restore_lazily(s, img, &rid, &out, &["--record-working-set"]);
+    assert!(has_lines(&out, 2));
+    let saved = s.ok(&["image", "profile", &rid]);
+    s.ok(&["delete", "--force", &rid]);
+    loader_exits(loader);
+    saved
+}
+
+/// `image verify` of `img` fails with a report that names the working set
+/// and says all of `verify_says`; a lazy restore of it fails before it
+/// starts the process, with one line that says all of `restore_says`
+/// (compared lowercased), and leaves nothing.
+fn assert_working_set_refused(
+    s: &Sandbox,
+    img: &Path,
+    rid_prefix: &str,
+    verify_says: &[&str],
+    restore_says: &[&str],
+) {
+    let report = s.sprout(&["image", "verify", img.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&report.stdout).to_lowercase();
+    assert_eq!(report.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("working set: failed") && verify_says.iter().all(|w| text.contains(w)),
+        "verify should report {verify_says:?}: {text}"
+    );
+    let rid = unique_id(rid_prefix);
+    let err = s.fails(&restore_args(s, img, &rid, &["--lazy-pages"]));
+    assert!(
+        restore_says.iter().all(|w| err.to_lowercase().contains(w)),
+        "restore should fail with {restore_says:?}: {err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+    s.assert_clean(&rid);
+}
+
 #[test]
 fn lazy_restores_continue_the_counter_and_every_thread() {
     let s = program_sandbox("lazyctr", "counter", &["20"]);
-    let (id, out1) = run_detached(&s, "out1");
-    assert!(wait_until(Duration::from_secs(10), || lines(&out1).len() >= 5));
-    let img = checkpoint(&s, &id);
+    let (img, out1) = run_and_dump(&s, |out| has_lines(out, 5));
     let before = count_of(lines(&out1).last().unwrap());
-    s.ok(&["delete", "--force", &id]);
     let rid = unique_id("lazyctr-r");
     let out2 = s.dir.path().join("out2");
     let loader = restore_lazily(&s, &img, &rid, &out2, &["--lazy-pages"]);
     assert!(
-        wait_until(Duration::from_secs(10), || lines(&out2).len() >= 3),
+        has_lines(&out2, 3),
         "no output after a lazy restore: {}",
         stderr_of(&out2)
     );
     let after = lines(&out2);
     assert_eq!(count_of(&after[0]), before + 1, "{after:?}");
     // Everything loaded, the loader the restore left behind is gone.
-    loader_exits(loader);
-    s.ok(&["delete", "--force", &rid]);
-    s.assert_clean(&rid);
+    loaded_then_deleted(&s, &rid, loader, &["--force"]);
 
-    let mut s = Sandbox::new("lazythr");
-    with_usr(&mut s);
-    add_program(&s, "threads", false);
-    s.set_args(&["/bin/threads"]);
-    let (id, out1) = run_detached(&s, "out1");
-    assert!(wait_until(Duration::from_secs(10), || lines(&out1).len() >= 3));
-    let img = checkpoint(&s, &id);
-    s.ok(&["delete", "--force", &id]);
+    let s = threads_sandbox("lazythr");
+    let (img, out1) = run_and_dump(&s, |out| has_lines(out, 3));
     let rid = unique_id("lazythr-r");
     let out2 = s.dir.path().join("out2");
     let loader = restore_lazily(&s, &img, &rid, &out2, &["--lazy-pages"]);
-    assert!(
-        wait_until(Duration::from_secs(10), || lines(&out2).len() >= 3),
-        "no progress: {}",
-        stderr_of(&out2)
-    );
-    let last_before = counters(lines(&out1).last().unwrap());
-    let after = lines(&out2);
-    let (first, last) = (counters(&after[0]), counters(after.last().unwrap()));
-    for i in 0..4 {
-        assert!(first[i] >= last_before[i], "counter {i}: {after:?}");
-        assert!(
-            last[i] > first[i],
-            "counter {i} made no progress: {after:?}"
-        );
-    }
-    assert_eq!(last[4], 1, "the pending blocked signal was lost: {after:?}");
-    loader_exits(loader);
-    s.ok(&["delete", "--force", &rid]);
-    s.assert_clean(&rid);
+    assert!(has_lines(&out2, 3), "no progress: {}", stderr_of(&out2));
+    assert_threads_continue(lines(&out1).last().unwrap(), &lines(&out2));
+    loaded_then_deleted(&s, &rid, loader, &["--force"]);
 }
 
 #[test]
@@ -993,36 +1067,22 @@ fn lazy_memory_semantics_hold_while_pages_are_missing() {
     // MADV_DONTNEED before the dump, calloc after free, with the rest
     // loading in the background.
     let s = program_sandbox("lazymemsem", "memsem", &[]);
-    let (id, out1) = run_detached(&s, "out1");
-    assert!(has_line(&out1, "memsem ready"));
-    let img = checkpoint(&s, &id);
-    s.ok(&["delete", "--force", &id]);
+    let (img, _) = run_and_dump(&s, |out| has_line(out, "memsem ready"));
     let rid = unique_id("lazymemsem-r");
     let out2 = s.dir.path().join("out2");
     let loader = restore_lazily(&s, &img, &rid, &out2, &["--lazy-pages"]);
-    s.ok(&["kill", &rid, "USR1"]);
-    assert!(wait_until(Duration::from_secs(10), || !lines(&out2).is_empty()));
-    assert_eq!(lines(&out2), vec!["memsem ok".to_string()]);
-    assert!(wait_until(Duration::from_secs(5), || s.status(&rid) == "stopped"));
-    loader_exits(loader);
-    s.ok(&["delete", &rid]);
-    s.assert_clean(&rid);
+    release_and_expect(&s, &rid, &out2, "memsem ok");
+    loaded_then_deleted(&s, &rid, loader, &[]);
 
     // Recording loads nothing ahead: every step of lazymem (drop, move,
     // unmap, fork) meets pages still missing.
     let s = program_sandbox("lazymem", "lazymem", &[]);
-    let (id, out1) = run_detached(&s, "out1");
-    assert!(has_line(&out1, "lazymem ready"), "{}", stderr_of(&out1));
-    let img = checkpoint(&s, &id);
-    s.ok(&["delete", "--force", &id]);
+    let (img, _) = run_and_dump(&s, |out| has_line(out, "lazymem ready"));
     let rid = unique_id("lazymem-r");
     let out2 = s.dir.path().join("out2");
     let loader = restore_lazily(&s, &img, &rid, &out2, &["--record-working-set"]);
-    s.ok(&["kill", &rid, "USR1"]);
-    assert!(wait_until(Duration::from_secs(10), || !lines(&out2).is_empty()));
-    assert_eq!(lines(&out2), ["lazymem ok"], "{}", stderr_of(&out2));
-    // It exited: its recording ended with it and was saved.
-    assert!(wait_until(Duration::from_secs(5), || s.status(&rid) == "stopped"));
+    // It exits: its recording ends with it and is saved.
+    release_and_expect(&s, &rid, &out2, "lazymem ok");
     loader_exits(loader);
     let report = s.ok(&["image", "verify", img.to_str().unwrap()]);
     assert!(report.contains("working set: ok"), "{report}");
@@ -1034,42 +1094,25 @@ fn lazy_memory_semantics_hold_while_pages_are_missing() {
     let rid = unique_id("lazymem-ws");
     let out3 = s.dir.path().join("out3");
     let loader = restore_lazily(&s, &img, &rid, &out3, &["--lazy-pages"]);
-    s.ok(&["kill", &rid, "USR1"]);
-    assert!(wait_until(Duration::from_secs(10), || !lines(&out3).is_empty()));
-    assert_eq!(lines(&out3), ["lazymem ok"], "{}", stderr_of(&out3));
-    assert!(wait_until(Duration::from_secs(5), || s.status(&rid) == "stopped"));
-    loader_exits(loader);
-    s.ok(&["delete", &rid]);
-    s.assert_clean(&rid);
+    release_and_expect(&s, &rid, &out3, "lazymem ok");
+    loaded_then_deleted(&s, &rid, loader, &[]);
 }
 
 #[test]
 fn killing_a_container_while_its_memory_loads_leaves_nothing() {
     let s = program_sandbox("lazykill", "counter", &["20"]);
-    let (id, out1) = run_detached(&s, "out1");
-    assert!(wait_until(Duration::from_secs(10), || lines(&out1).len() >= 3));
-    let img = checkpoint(&s, &id);
-    s.ok(&["delete", "--force", &id]);
+    let (img, _) = run_and_dump(&s, |out| has_lines(out, 3));
     // A recording loads only what faults: its loader stays until told.
     let rid = unique_id("lazykill-r");
     let out2 = s.dir.path().join("out2");
     let loader = restore_lazily(&s, &img, &rid, &out2, &["--record-working-set"])
         .expect("a detached lazy restore leaves a loader");
-    assert!(wait_until(Duration::from_secs(10), || lines(&out2).len() >= 3));
+    assert!(has_lines(&out2, 3));
     assert!(pid_alive(loader));
     let sock = s.root.join("recording").join(format!("{rid}.sock"));
     assert!(sock.exists());
     // A second recording of the same container is refused.
-    let err = s.fails(&[
-        "restore",
-        "--image-path",
-        img.to_str().unwrap(),
-        "--bundle",
-        s.bundle_str(),
-        "-d",
-        "--record-working-set",
-        &rid,
-    ]);
+    let err = s.fails(&restore_args(&s, &img, &rid, &["--record-working-set"]));
     assert!(err.contains("already recording"), "{err}");
     // A checkpoint now would take missing pages for zeros: refused.
     let again = s.dir.path().join("image-again");
@@ -1104,49 +1147,23 @@ open(path, "w").write(doc)
 #[test]
 fn bad_working_sets_are_refused_naming_the_problem() {
     let s = program_sandbox("lazybadws", "counter", &["50"]);
-    let (id, out) = run_detached(&s, "out");
-    assert!(wait_until(Duration::from_secs(10), || !lines(&out).is_empty()));
-    let img = checkpoint(&s, &id);
-    s.ok(&["delete", "--force", &id]);
+    let (img, _) = run_and_dump(&s, |out| has_lines(out, 1));
     // Record a real one to mutate.
-    let rid = unique_id("lazybadws-rec");
-    let out2 = s.dir.path().join("out2");
-    let loader = restore_lazily(&s, &img, &rid, &out2, &["--record-working-set"]);
-    assert!(wait_until(Duration::from_secs(10), || lines(&out2).len() >= 2));
-    let saved = s.ok(&["image", "profile", &rid]);
+    let saved = record_working_set(&s, &img, "lazybadws-rec");
     assert!(saved.contains("pages in"), "{saved}");
-    s.ok(&["delete", "--force", &rid]);
-    loader_exits(loader);
     let good = fs::read_to_string(img.join("working-set.json")).unwrap();
     let doc: serde_json::Value = serde_json::from_str(&good).unwrap();
     let digest = doc["body"]["image"].as_str().unwrap().to_string();
     assert!(!doc["body"]["ranges"].as_array().unwrap().is_empty());
 
     let refused = |want: &str| {
-        let report = s.sprout(&["image", "verify", img.to_str().unwrap()]);
-        let text = String::from_utf8_lossy(&report.stdout).to_lowercase();
-        assert_eq!(report.status.code(), Some(1), "{text}");
-        assert!(
-            text.contains("working set: failed") && text.contains(want),
-            "verify should report {want:?}: {text}"
-        );
-        let rid = unique_id("lazybadws-r");
-        let err = s.fails(&[
-            "restore",
-            "--image-path",
-            img.to_str().unwrap(),
-            "--bundle",
-            s.bundle_str(),
-            "-d",
-            "--lazy-pages",
-            &rid,
-        ]);
-        assert!(
-            err.contains("working-set.json") && err.to_lowercase().contains(want),
-            "restore should fail with {want:?}: {err}"
-        );
-        assert_eq!(err.lines().count(), 1, "{err}");
-        s.assert_clean(&rid);
+        assert_working_set_refused(
+            &s,
+            &img,
+            "lazybadws-r",
+            &[want],
+            &["working-set.json", want],
+        )
     };
     // A flipped byte.
     let mut bytes = good.clone().into_bytes();
@@ -1179,28 +1196,17 @@ fn bad_working_sets_are_refused_naming_the_problem() {
     let rid = unique_id("lazybadws-ok");
     let out3 = s.dir.path().join("out3");
     let loader = restore_lazily(&s, &img, &rid, &out3, &["--lazy-pages"]);
-    assert!(wait_until(Duration::from_secs(10), || lines(&out3).len() >= 2));
-    loader_exits(loader);
-    s.ok(&["delete", "--force", &rid]);
-    s.assert_clean(&rid);
+    assert!(has_lines(&out3, 2));
+    loaded_then_deleted(&s, &rid, loader, &["--force"]);
 }
 
 #[test]
 fn the_working_sets_pages_file_is_checked_before_the_process_runs() {
     let s = program_sandbox("lazywsimg", "counter", &["20"]);
-    let (id, out) = run_detached(&s, "out");
-    assert!(wait_until(Duration::from_secs(10), || lines(&out).len() >= 3));
-    let img = checkpoint(&s, &id);
+    let (img, out) = run_and_dump(&s, |out| has_lines(out, 3));
     let before = count_of(lines(&out).last().unwrap());
-    s.ok(&["delete", "--force", &id]);
-    let rid = unique_id("lazywsimg-rec");
-    let out2 = s.dir.path().join("out2");
-    let loader = restore_lazily(&s, &img, &rid, &out2, &["--record-working-set"]);
-    assert!(wait_until(Duration::from_secs(10), || lines(&out2).len() >= 2));
-    let saved = s.ok(&["image", "profile", &rid]);
+    let saved = record_working_set(&s, &img, "lazywsimg-rec");
     assert!(saved.contains("working-set.img"), "{saved}");
-    s.ok(&["delete", "--force", &rid]);
-    loader_exits(loader);
     let report = s.ok(&["image", "verify", img.to_str().unwrap()]);
     assert!(report.contains("working-set.img: "), "{report}");
     for tmp in ["working-set.img.tmp", "working-set.json.tmp"] {
@@ -1216,36 +1222,9 @@ fn the_working_sets_pages_file_is_checked_before_the_process_runs() {
     let loader = restore_lazily(&s, &img, &rid, &out3, &["--lazy-pages"]);
     assert!(wait_until(Duration::from_secs(10), || !lines(&out3).is_empty()));
     assert_eq!(count_of(&lines(&out3)[0]), before + 1);
-    loader_exits(loader);
-    s.ok(&["delete", "--force", &rid]);
-    s.assert_clean(&rid);
+    loaded_then_deleted(&s, &rid, loader, &["--force"]);
 
-    let refused = |want: &[&str]| {
-        let report = s.sprout(&["image", "verify", img.to_str().unwrap()]);
-        let text = String::from_utf8_lossy(&report.stdout).to_lowercase();
-        assert_eq!(report.status.code(), Some(1), "{text}");
-        assert!(
-            text.contains("working set: failed") && want.iter().all(|w| text.contains(w)),
-            "verify should report {want:?}: {text}"
-        );
-        let rid = unique_id("lazywsimg-r");
-        let err = s.fails(&[
-            "restore",
-            "--image-path",
-            img.to_str().unwrap(),
-            "--bundle",
-            s.bundle_str(),
-            "-d",
-            "--lazy-pages",
-            &rid,
-        ]);
-        assert!(
-            want.iter().all(|w| err.to_lowercase().contains(w)),
-            "restore should fail with {want:?}: {err}"
-        );
-        assert_eq!(err.lines().count(), 1, "{err}");
-        s.assert_clean(&rid);
-    };
+    let refused = |want: &[&str]| assert_working_set_refused(&s, &img, "lazywsimg-r", want, want);
     // A flipped byte: the chunk holding it is named.
     let mut bytes = good.clone();
     bytes[good.len() / 2 + 7] ^= 0x40;
@@ -1275,17 +1254,7 @@ fn the_working_sets_pages_file_is_checked_before_the_process_runs() {
     ] {
         let rid = unique_id(&format!("lazywsimg-{name}"));
         let out = s.dir.path().join(format!("out-{name}"));
-        let mut args = vec![
-            "restore",
-            "--image-path",
-            img.to_str().unwrap(),
-            "--bundle",
-            s.bundle_str(),
-            "-d",
-        ];
-        args.extend_from_slice(flags);
-        args.push(&rid);
-        let st = sprout_to(&s, &args, &out);
+        let st = sprout_to(&s, &restore_args(&s, &img, &rid, flags), &out);
         assert!(st.success(), "{name}: {}", stderr_of(&out));
         assert!(wait_until(Duration::from_secs(10), || !lines(&out).is_empty()));
         assert_eq!(count_of(&lines(&out)[0]), before + 1, "{name}");
@@ -1303,25 +1272,17 @@ fn python_working_set_recorded_then_cold_lazy_restores_answer() {
     let mut s = python_sandbox("lazypy");
     let id = s.id.clone();
     let (img, first) = python_image(&s);
-    s.config()["linux"]
-        .as_object_mut()
-        .unwrap()
-        .remove("cgroupsPath");
-    s.write_config();
+    without_cgroups_path(&mut s);
 
     // Record the first request's working set.
     let rec = format!("{id}-rec");
     let out = s.dir.path().join("out-rec");
     let loader = restore_lazily(&s, &img, &rec, &out, &["--record-working-set"]);
-    let pid = s.state(&rec)["pid"].as_i64().unwrap() as i32;
-    lo_up(pid);
-    let answer = json_body(&http_get_in_netns(pid, 8080, "/rec").unwrap());
+    let answer = requests_to(&s, &rec, 1);
     assert_eq!(answer["digest"], first["digest"]);
     let saved = s.ok(&["image", "profile", &rec]);
     assert!(saved.contains("pages in"), "{saved}");
-    loader_exits(loader);
-    s.ok(&["delete", "--force", &rec]);
-    s.assert_clean(&rec);
+    loaded_then_deleted(&s, &rec, loader, &["--force"]);
     let report = s.ok(&["image", "verify", img.to_str().unwrap()]);
     assert!(report.contains("working set: ok"), "{report}");
 
@@ -1332,14 +1293,10 @@ fn python_working_set_recorded_then_cold_lazy_restores_answer() {
     let cold = format!("{id}-cold");
     let out = s.dir.path().join("out-cold");
     let loader = restore_lazily(&s, &img, &cold, &out, &["--lazy-pages"]);
-    let pid = s.state(&cold)["pid"].as_i64().unwrap() as i32;
-    lo_up(pid);
-    let answer = json_body(&http_get_in_netns(pid, 8080, "/cold").unwrap());
+    let answer = requests_to(&s, &cold, 1);
     assert_eq!(answer["digest"], first["digest"], "{answer}");
     assert_eq!(answer["requests"], 2, "{answer}");
-    loader_exits(loader);
-    s.ok(&["delete", "--force", &cold]);
-    s.assert_clean(&cold);
+    loaded_then_deleted(&s, &cold, loader, &["--force"]);
 
     // 20 lazy restores at once, each answering and diverging.
     let ids: Vec<String> = (0..20).map(|i| format!("{id}-l{i}")).collect();
@@ -1358,27 +1315,14 @@ fn python_working_set_recorded_then_cold_lazy_restores_answer() {
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     for (i, rid) in ids.iter().enumerate() {
-        let pid = s.state(rid)["pid"].as_i64().unwrap() as i32;
-        lo_up(pid);
-        let mut last = serde_json::Value::Null;
-        for _ in 0..=i % 2 {
-            last = json_body(&http_get_in_netns(pid, 8080, &format!("/{rid}")).unwrap());
-        }
+        let last = requests_to(&s, rid, i % 2 + 1);
         assert_eq!(last["digest"], first["digest"], "{rid}");
         assert_eq!(last["requests"], 1 + (i % 2) as u64 + 1, "{rid}: {last}");
     }
     for l in loaders {
         loader_exits(l);
     }
-    for rid in &ids {
-        s.ok(&["delete", "--force", rid]);
-        s.assert_clean(rid);
-    }
-    assert!(
-        cgroup_leftovers(&id).is_empty(),
-        "{:?}",
-        cgroup_leftovers(&id)
-    );
+    delete_all_clean(&s, &ids, &id);
 }
 
 #[test]
@@ -1388,31 +1332,7 @@ fn foreground_lazy_restore_records_until_asked_then_exits_cleanly() {
     let rid = unique_id("lazyfg-r");
     let pid_file = s.dir.path().join("restored.pid");
     let out = s.dir.path().join("out-fg");
-    let mut child = s
-        .cmd()
-        .args([
-            "restore",
-            "--image-path",
-            img.to_str().unwrap(),
-            "--bundle",
-            s.bundle_str(),
-            "--pid-file",
-            pid_file.to_str().unwrap(),
-            "--record-working-set",
-            "--timings",
-            &rid,
-        ])
-        .stdin(std::process::Stdio::null())
-        .stdout(fs::File::create(&out).unwrap())
-        .stderr(fs::File::create(out.with_extension("err")).unwrap())
-        .spawn()
-        .unwrap();
-    assert!(
-        wait_until(Duration::from_secs(10), || fs::read_to_string(&pid_file)
-            .is_ok_and(|p| !p.is_empty())),
-        "no pid file: {}",
-        stderr_of(&out)
-    );
+    let mut child = restore_foreground(&s, &img, &rid, &pid_file, &out, &["--record-working-set"]);
     // The loader is this foreground sprout: it answers the profile request.
     let saved = s.ok(&["image", "profile", &rid]);
     assert!(
@@ -1453,11 +1373,7 @@ fn a_corrupt_chunk_found_while_loading_lazily_kills_the_container() {
     // of pages.img: with nothing loaded ahead, the restore may not meet it;
     // the background pass does.
     let img = s.dir.path().join("corrupt");
-    fs::create_dir(&img).unwrap();
-    fs::set_permissions(&img, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
-    for f in ["manifest.json", "pages.img"] {
-        fs::copy(good.join(f), img.join(f)).unwrap();
-    }
+    copy_image(&good, &img);
     let mut pages = fs::read(img.join("pages.img")).unwrap();
     let at = pages.len() / 2 + 100;
     pages[at] ^= 0xff;
@@ -1467,17 +1383,7 @@ fn a_corrupt_chunk_found_while_loading_lazily_kills_the_container() {
     let out = s.dir.path().join("out-r");
     let st = sprout_to(
         &s,
-        &[
-            "restore",
-            "--image-path",
-            img.to_str().unwrap(),
-            "--bundle",
-            s.bundle_str(),
-            "-d",
-            "--timings",
-            "--lazy-pages",
-            &rid,
-        ],
+        &restore_args(&s, &img, &rid, &["--timings", "--lazy-pages"]),
         &out,
     );
     let err = stderr_of(&out);

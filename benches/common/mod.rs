@@ -215,6 +215,19 @@ impl Fixture {
         self.cmd(&self.sprout, &self.root("sprout"), args)
     }
 
+    /// What a restore through the library needs: a runtime with the state
+    /// root `lib` (its file-hash cache under it) and a tracer thread.
+    pub fn library(&self) -> (sprout::runtime::Runtime, sprout::snapshot::ptrace::Tracer) {
+        let rt = sprout::runtime::Runtime::builder()
+            .root(self.root("lib"))
+            .init_binary(bin("sprout-init"))
+            .build()
+            .unwrap();
+        sprout::snapshot::image::set_hash_cache_dir(self.root("lib").join("file-hashes"));
+        let tracer = sprout::snapshot::ptrace::Tracer::spawn("bench-tracer").unwrap();
+        (rt, tracer)
+    }
+
     /// Start (`run -d` or `restore -d`), then wait for the first answer;
     /// the delete afterwards is not timed.
     pub fn start_to_response(

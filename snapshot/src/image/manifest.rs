@@ -1,10 +1,13 @@
 //! `manifest.json`: the envelope, the body, and the one parser every
 //! reader goes through ([`parse_manifest`]).
 
+use std::fs::File;
+use std::path::Path;
+
 use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
 
 use super::encoding::{ChunkHash, Sha256Digest};
+use super::envelope::{EnvelopedFile, short};
 use super::error::{ImageError, Result};
 use super::fds::Fd;
 use super::host::Host;
@@ -100,35 +103,18 @@ impl ManifestBody {
     }
 }
 
-/// The first look at a manifest: only what decides whether this build can
-/// read it at all, so that a future version gets
-/// [`ImageError::UnsupportedVersion`] rather than a JSON error about a
-/// field it added.
-#[derive(Deserialize)]
-struct Probe {
-    format: serde_json::Value,
-    version: serde_json::Value,
-}
+/// How `manifest.json` is wrapped and named in errors.
+const MANIFEST: EnvelopedFile = EnvelopedFile {
+    name: "manifest.json",
+    body_name: "manifest.json body",
+    field_prefix: "",
+    max_bytes: MAX_MANIFEST_BYTES,
+};
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Envelope<'a> {
-    #[allow(dead_code)]
-    format: &'a str,
-    #[allow(dead_code)]
-    version: u32,
-    checksum: &'a str,
-    #[serde(borrow)]
-    body: &'a RawValue,
-}
-
-fn json_error(file: &'static str, e: serde_path_to_error::Error<serde_json::Error>) -> ImageError {
-    let path = e.path().to_string();
-    ImageError::Json {
-        file,
-        path,
-        message: e.into_inner().to_string(),
-    }
+/// Reads `manifest.json` from `file` (at `path`, `size` bytes by its
+/// fstat), bounded by [`MAX_MANIFEST_BYTES`].
+pub(crate) fn read_manifest(file: File, path: &Path, size: u64) -> Result<Vec<u8>> {
+    MANIFEST.read(file, path, size)
 }
 
 /// Parses and validates the bytes of a `manifest.json`: size limit, format
@@ -147,23 +133,10 @@ pub fn parse_manifest(bytes: &[u8]) -> Result<ManifestBody> {
 /// the envelope's checksum): the identity of the image that a working set
 /// ([`super::WorkingSet`]) is bound to.
 pub(crate) fn parse_manifest_with_digest(bytes: &[u8]) -> Result<(ManifestBody, Sha256Digest)> {
-    let len = bytes.len() as u64;
-    if len > MAX_MANIFEST_BYTES {
-        return Err(ImageError::limit(
-            "manifest.json size in bytes",
-            len,
-            MAX_MANIFEST_BYTES,
-        ));
-    }
-    let probe: Probe =
-        serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(bytes))
-            .map_err(|e| json_error("manifest.json", e))?;
+    let probe = MANIFEST.probe(bytes)?;
     if probe.format.as_str() != Some(FORMAT) {
         return Err(ImageError::NotAnImage {
-            found: match &probe.format {
-                serde_json::Value::String(s) => s.chars().take(64).collect(),
-                other => other.to_string().chars().take(64).collect(),
-            },
+            found: short(&probe.format),
         });
     }
     match probe.version.as_u64() {
@@ -189,59 +162,14 @@ pub(crate) fn parse_manifest_with_digest(bytes: &[u8]) -> Result<(ManifestBody, 
             ));
         }
     }
-    let envelope: Envelope =
-        serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(bytes))
-            .map_err(|e| json_error("manifest.json", e))?;
-    let recorded = envelope
-        .checksum
-        .strip_prefix("sha256:")
-        .and_then(|h| h.parse::<Sha256Digest>().ok())
-        .ok_or_else(|| {
-            ImageError::invalid(
-                "checksum",
-                "expected \"sha256:\" and 64 lowercase hex digits",
-            )
-        })?;
-    let body_bytes = envelope.body.get().as_bytes();
-    let actual = Sha256Digest::of(body_bytes);
-    if actual != recorded {
-        return Err(ImageError::ChecksumMismatch {
-            what: "manifest.json body".into(),
-            expected: format!("sha256:{recorded}"),
-            actual: format!("sha256:{actual}"),
-        });
-    }
-    let body: ManifestBody =
-        serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(body_bytes))
-            .map_err(|e| json_error("manifest.json body", e))?;
+    let (body, digest): (ManifestBody, _) = MANIFEST.body(bytes)?;
     validate::body(&body)?;
-    Ok((body, actual))
+    Ok((body, digest))
 }
 
 /// Serializes a body into the bytes of a `manifest.json`, after validating
 /// it by the same rules [`parse_manifest`] applies.
 pub fn encode_manifest(body: &ManifestBody) -> Result<Vec<u8>> {
     validate::body(body)?;
-    let body_json = serde_json::to_vec(body).map_err(|e| ImageError::Json {
-        file: "manifest.json body",
-        path: ".".into(),
-        message: e.to_string(),
-    })?;
-    let digest = Sha256Digest::of(&body_json);
-    let mut out = Vec::with_capacity(body_json.len() + 160);
-    out.extend_from_slice(
-        format!("{{\"format\":\"{FORMAT}\",\"version\":{VERSION},\"checksum\":\"sha256:{digest}\",\"body\":")
-            .as_bytes(),
-    );
-    out.extend_from_slice(&body_json);
-    out.extend_from_slice(b"}\n");
-    let len = out.len() as u64;
-    if len > MAX_MANIFEST_BYTES {
-        return Err(ImageError::limit(
-            "manifest.json size in bytes",
-            len,
-            MAX_MANIFEST_BYTES,
-        ));
-    }
-    Ok(out)
+    MANIFEST.encode(FORMAT, VERSION, body)
 }

@@ -209,6 +209,7 @@
 
 pub(crate) mod arena;
 pub mod encoding;
+mod envelope;
 mod error;
 mod fds;
 mod host;

@@ -1,7 +1,6 @@
 //! [`Image`]: an opened, validated image directory.
 
 use std::fs::File;
-use std::io::Read as _;
 use std::ops::Range;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::FileExt as _;
@@ -14,7 +13,7 @@ use super::encoding::{ChunkHash, Sha256Digest};
 use super::error::{ImageError, Result};
 use super::host::Host;
 use super::limits::*;
-use super::manifest::{ManifestBody, parse_manifest_with_digest};
+use super::manifest::{ManifestBody, parse_manifest_with_digest, read_manifest};
 
 /// An image directory, opened and validated.
 ///
@@ -106,19 +105,7 @@ impl Image {
         check_file(&dir, &st, true)?;
 
         let (manifest, st, manifest_path) = open_member(&dir_fd, &dir, MANIFEST_FILE)?;
-        let size = st.st_size as u64;
-        if size > MAX_MANIFEST_BYTES {
-            return Err(ImageError::limit(
-                "manifest.json size in bytes",
-                size,
-                MAX_MANIFEST_BYTES,
-            ));
-        }
-        let mut bytes = Vec::with_capacity(size as usize);
-        manifest
-            .take(MAX_MANIFEST_BYTES + 1)
-            .read_to_end(&mut bytes)
-            .map_err(ImageError::io(&manifest_path, "read"))?;
+        let bytes = read_manifest(manifest, &manifest_path, st.st_size as u64)?;
         let (body, digest) = parse_manifest_with_digest(&bytes)?;
 
         let (pages, st, pages_path) = open_member(&dir_fd, &dir, PAGES_FILE)?;

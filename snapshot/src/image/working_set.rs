@@ -33,16 +33,16 @@
 //! before a restore uses any of it.
 
 use std::fs::File;
-use std::io::{Read as _, Write as _};
+use std::io::Write as _;
 use std::path::Path;
 
 use nix::fcntl::{OFlag, openat, renameat};
 use nix::sys::stat::Mode;
 use nix::unistd::{UnlinkatFlags, fsync, unlinkat};
 use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
 
 use super::encoding::{Sha256Digest, hex};
+use super::envelope::{EnvelopedFile, short};
 use super::error::{ImageError, Result};
 use super::limits::{MIN_MAP_ADDR, PAGE_SIZE, TASK_SIZE_MAX};
 use super::reader::Image;
@@ -100,41 +100,16 @@ struct Body {
     pages: Option<WorkingSetPages>,
 }
 
-#[derive(Deserialize)]
-struct Probe {
-    format: serde_json::Value,
-    version: serde_json::Value,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Envelope<'a> {
-    #[allow(dead_code)]
-    format: &'a str,
-    #[allow(dead_code)]
-    version: u32,
-    checksum: &'a str,
-    #[serde(borrow)]
-    body: &'a RawValue,
-}
-
-fn json_error(e: serde_path_to_error::Error<serde_json::Error>) -> ImageError {
-    ImageError::Json {
-        file: WORKING_SET_FILE,
-        path: e.path().to_string(),
-        message: e.into_inner().to_string(),
-    }
-}
+/// How `working-set.json` is wrapped and named in errors.
+const WORKING_SET_JSON: EnvelopedFile = EnvelopedFile {
+    name: WORKING_SET_FILE,
+    body_name: WORKING_SET_FILE,
+    field_prefix: "working-set.json ",
+    max_bytes: MAX_WORKING_SET_BYTES,
+};
 
 fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ImageError {
-    ImageError::invalid(format!("{WORKING_SET_FILE} {}", field.into()), reason)
-}
-
-fn short(v: &serde_json::Value) -> String {
-    match v {
-        serde_json::Value::String(s) => s.chars().take(64).collect(),
-        other => other.to_string().chars().take(64).collect(),
-    }
+    WORKING_SET_JSON.invalid(field, reason)
 }
 
 impl WorkingSet {
@@ -197,17 +172,7 @@ impl WorkingSet {
     /// structure and the rules of the format (not yet against an image:
     /// [`WorkingSet::check_against`]). Never panics.
     pub fn parse(bytes: &[u8]) -> Result<WorkingSet> {
-        let len = bytes.len() as u64;
-        if len > MAX_WORKING_SET_BYTES {
-            return Err(ImageError::limit(
-                "working-set.json size in bytes",
-                len,
-                MAX_WORKING_SET_BYTES,
-            ));
-        }
-        let probe: Probe =
-            serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(bytes))
-                .map_err(json_error)?;
+        let probe = WORKING_SET_JSON.probe(bytes)?;
         if probe.format.as_str() != Some(WORKING_SET_FORMAT) {
             return Err(invalid(
                 "format",
@@ -229,31 +194,7 @@ impl WorkingSet {
                 ));
             }
         };
-        let envelope: Envelope =
-            serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(bytes))
-                .map_err(json_error)?;
-        let recorded = envelope
-            .checksum
-            .strip_prefix("sha256:")
-            .and_then(|h| h.parse::<Sha256Digest>().ok())
-            .ok_or_else(|| {
-                invalid(
-                    "checksum",
-                    "expected \"sha256:\" and 64 lowercase hex digits",
-                )
-            })?;
-        let body_bytes = envelope.body.get().as_bytes();
-        let actual = Sha256Digest::of(body_bytes);
-        if actual != recorded {
-            return Err(ImageError::ChecksumMismatch {
-                what: "working-set.json body".into(),
-                expected: format!("sha256:{recorded}"),
-                actual: format!("sha256:{actual}"),
-            });
-        }
-        let body: Body =
-            serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(body_bytes))
-                .map_err(json_error)?;
+        let (body, _): (Body, _) = WORKING_SET_JSON.body(bytes)?;
         if version == 1 && body.pages.is_some() {
             return Err(invalid("pages", "version 1 has no pages file"));
         }
@@ -363,35 +304,15 @@ impl WorkingSet {
     /// validating it by the rules [`WorkingSet::parse`] applies.
     pub fn encode(&self) -> Result<Vec<u8>> {
         self.validate()?;
-        let body = serde_json::to_vec(&Body {
-            image: self.image,
-            ranges: self.ranges.clone(),
-            pages: self.pages.clone(),
-        })
-        .map_err(|e| ImageError::Json {
-            file: WORKING_SET_FILE,
-            path: ".".into(),
-            message: e.to_string(),
-        })?;
-        let digest = Sha256Digest::of(&body);
-        let mut out = Vec::with_capacity(body.len() + 128);
-        out.extend_from_slice(
-            format!(
-                "{{\"format\":\"{WORKING_SET_FORMAT}\",\"version\":{WORKING_SET_VERSION},\"checksum\":\"sha256:{digest}\",\"body\":"
-            )
-            .as_bytes(),
-        );
-        out.extend_from_slice(&body);
-        out.extend_from_slice(b"}\n");
-        let len = out.len() as u64;
-        if len > MAX_WORKING_SET_BYTES {
-            return Err(ImageError::limit(
-                "working-set.json size in bytes",
-                len,
-                MAX_WORKING_SET_BYTES,
-            ));
-        }
-        Ok(out)
+        WORKING_SET_JSON.encode(
+            WORKING_SET_FORMAT,
+            WORKING_SET_VERSION,
+            &Body {
+                image: self.image,
+                ranges: self.ranges.clone(),
+                pages: self.pages.clone(),
+            },
+        )
     }
 
     /// The working set stored with `image`, validated against it; `None`
@@ -401,18 +322,7 @@ impl WorkingSet {
             return Ok(None);
         };
         let path = image.dir().join(WORKING_SET_FILE);
-        let size = st.st_size as u64;
-        if size > MAX_WORKING_SET_BYTES {
-            return Err(ImageError::limit(
-                "working-set.json size in bytes",
-                size,
-                MAX_WORKING_SET_BYTES,
-            ));
-        }
-        let mut bytes = Vec::with_capacity(size as usize);
-        file.take(MAX_WORKING_SET_BYTES + 1)
-            .read_to_end(&mut bytes)
-            .map_err(ImageError::io(&path, "read"))?;
+        let bytes = WORKING_SET_JSON.read(file, &path, st.st_size as u64)?;
         let ws = WorkingSet::parse(&bytes)?;
         ws.check_against(image)?;
         Ok(Some(ws))

@@ -217,8 +217,9 @@ pub fn restore(
     image_dir: &Path,
     opts: RestoreOptions,
 ) -> Result<(Container, RestoreReport), RestoreError> {
-    let bundle = sprout_runtime::spec::load_bundle(bundle).map_err(sprout_runtime::Error::from)?;
-    restore_bundle(rt, tracer, id, bundle, image_dir, opts)
+    loaded(restore_with_loader(
+        rt, tracer, id, bundle, image_dir, opts,
+    )?)
 }
 
 /// [`restore`] into a bundle the caller loaded with
@@ -232,7 +233,14 @@ pub fn restore_bundle(
     image_dir: &Path,
     opts: RestoreOptions,
 ) -> Result<(Container, RestoreReport), RestoreError> {
-    let mut r = restore_bundle_with_loader(rt, tracer, id, bundle, image_dir, opts)?;
+    loaded(restore_bundle_with_loader(
+        rt, tracer, id, bundle, image_dir, opts,
+    )?)
+}
+
+/// Waits until the memory of `r` is loaded: the end of [`restore`] and
+/// [`restore_bundle`].
+fn loaded(mut r: Restored) -> Result<(Container, RestoreReport), RestoreError> {
     if r.report.memory.recording {
         // Nobody could end it: a recording here records nothing.
         let _ = r.finish_recording();
