@@ -251,9 +251,21 @@ pub fn restore(g: &GlobalOpts, a: RestoreArgs) -> Result<u8> {
         // The container's handle holds its state lock: not for the child.
         drop(tracer);
         drop(container);
-        let pid = match loader {
-            Some(l) => loader::keep_loading_in_child(l, recorder, g.log.as_deref())?,
+        let pid = match loader.map(|l| loader::keep_loading_in_child(l, recorder, g.log.as_deref()))
+        {
+            Some(Ok(pid)) => pid,
             None => None,
+            Some(Err(e)) => {
+                // The loader failed before it could be handed over (a
+                // corrupt chunk met in the background): it killed the
+                // process; a failed restore leaves nothing behind.
+                if let Ok(c) = rt.container(&a.id)
+                    && let Err(d) = netplug::delete_container(g, c, true)
+                {
+                    tracing::warn!(container = %a.id, "deleting after the loader failed: {d}");
+                }
+                return Err(e);
+            }
         };
         if a.timings {
             memory_line(pid.unwrap_or(0));
