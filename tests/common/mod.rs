@@ -293,7 +293,9 @@ pub fn cgroup_leftovers(name: &str) -> Vec<PathBuf> {
             walk(&p, name, depth - 1, found);
         }
     }
-    walk(Path::new("/sys/fs/cgroup"), name, 5, &mut found);
+    // Deep enough for a pool instance under the caller's own cgroup:
+    // <hierarchy>/<caller…>/<pool>/<function>/<id>.
+    walk(Path::new("/sys/fs/cgroup"), name, 8, &mut found);
     found
 }
 
