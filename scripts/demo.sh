@@ -3,7 +3,8 @@
 # container with sprout and with runc; then a small Python HTTP function
 # (tests/programs/function.py) from nothing to its first HTTP answer, the
 # start paths side by side: cold start with runc (and sprout), restore of
-# its initialized image with sprout, an instance forked by sproutd from a
+# its initialized image with sprout (every page copied in, or lazily with
+# userfaultfd after the working set), an instance forked by sproutd from a
 # template of that image, and a claim of an instance sproutd's warm pool
 # forked ahead of the request (a pool hit).
 # Needs root, busybox-static, python3, iproute2 and (to compare) runc.
@@ -215,6 +216,13 @@ if subprocess.run(["sh", "-c", "command -v runc"], stdout=subprocess.DEVNULL).re
     res["runc run (cold start)"] = [timed(["runc", *rroot, "run", "-d", "--bundle", bundle, "fn"], ["runc", *rroot, "delete", "--force", "fn"]) for _ in range(runs)]
 res["sprout run (cold start)"] = [timed([sprout, *sroot, "run", "-d", "--bundle", bundle, "fn"], [sprout, *sroot, "delete", "--force", "fn"]) for _ in range(runs)]
 res["sprout restore"] = [timed([sprout, *sroot, "restore", "-d", "--image-path", image, "--bundle", bundle, "fn"], [sprout, *sroot, "delete", "--force", "fn"]) for _ in range(runs)]
+# The image's working set: the pages one request touches, recorded once;
+# a lazy restore loads those first and the rest behind the process.
+run([sprout, *sroot, "restore", "-d", "--record-working-set", "--image-path", image, "--bundle", bundle, "fn-rec"])
+answer()
+run([sprout, *sroot, "image", "profile", "fn-rec"])
+run([sprout, *sroot, "delete", "--force", "fn-rec"])
+res["sprout restore, lazy"] = [timed([sprout, *sroot, "restore", "-d", "--lazy-pages", "--image-path", image, "--bundle", bundle, "fn"], [sprout, *sroot, "delete", "--force", "fn"]) for _ in range(runs)]
 deadline = time.monotonic() + 10
 while not os.path.exists(work + "/sproutd.sock"):
     if time.monotonic() > deadline:
