@@ -683,3 +683,21 @@ fn a_graceful_stop_deletes_the_pool_but_not_claimed_instances() {
     assert_eq!(owner(&c).as_deref(), Some("pool-stop"));
     teardown(&s, &c, &d);
 }
+
+#[test]
+fn a_graceful_stop_right_after_a_function_removal_leaves_nothing() {
+    // A stop right after the removal must not leave the template's holder
+    // behind while the pool instances the removal killed await reaping.
+    let s = python_sandbox("pool-stop-real");
+    let mut d = Sproutd::start_real(&s);
+    let c = d.client();
+    py_function(&s, &c, &d, 1);
+    prewarm(&c, &d, 2);
+    assert_eq!(pool_ids(&c, &d, "py", "frozen").len(), 2);
+    // Removing the function drops its template; its holder goes once
+    // the instances the removal's drain killed are reaped.
+    c.remove_function("py").unwrap();
+    d.stop();
+    assert_eq!(holders_left(&d), Vec::<String>::new(), "{}", d.log_text());
+    assert_clean(&s, &d);
+}

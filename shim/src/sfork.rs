@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sprout_runtime::{Container, Runtime};
 use sprout_snapshot::profile::WriteSet;
@@ -29,6 +29,9 @@ use crate::registry::FunctionSpec;
 
 /// How often retired holders are checked for instances left.
 const RETIRED_CHECK: Duration = Duration::from_secs(2);
+/// How long a stopping sproutd waits for holders whose instances are all
+/// dead but not yet reaped.
+const SHUTDOWN_REAP_WAIT: Duration = Duration::from_secs(2);
 
 /// The engine. Cheap to share: the state is behind one `Arc`.
 #[derive(Clone)]
@@ -148,6 +151,27 @@ fn holder_has_children(holder: &Container) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
         .map(|c| !c.trim().is_empty())
         .unwrap_or(false)
+}
+
+/// Are all the holder's children dead, only waiting for its reaper?
+fn holder_only_reaps(holder: &Container) -> bool {
+    let Some(pid) = holder.pid() else {
+        return false;
+    };
+    let Ok(children) = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")) else {
+        return false;
+    };
+    let children: Vec<&str> = children.split_whitespace().collect();
+    !children.is_empty()
+        && children.iter().all(|child| {
+            // The state follows the command, which is in parentheses.
+            std::fs::read_to_string(format!("/proc/{child}/stat"))
+                .map(|stat| {
+                    let state = stat.rsplit_once(')').map(|(_, rest)| rest.trim_start());
+                    state.is_some_and(|r| r.starts_with('Z') || r.starts_with('X'))
+                })
+                .unwrap_or(true)
+        })
 }
 
 /// A unique suffix for holder ids: a function's template may be loaded
@@ -295,6 +319,17 @@ impl Engine for SforkEngine {
         for t in templates {
             self.inner.retire(&t);
         }
-        self.inner.delete_idle_holders();
+        // Instances deleted just before (a graceful stop deletes the
+        // pool's) may still wait for their reaper: give those holders a
+        // moment. Holders with a live instance stay for the next sproutd.
+        let deadline = Instant::now() + SHUTDOWN_REAP_WAIT;
+        loop {
+            self.inner.delete_idle_holders();
+            let reaping = lock(&self.inner.retired).iter().any(holder_only_reaps);
+            if !reaping || Instant::now() >= deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 }
