@@ -1439,7 +1439,10 @@ impl Daemon {
     /// [`MIN_KILLED_WRITE_SET`] pages is not kept, and the next instance
     /// records instead.
     pub(super) async fn record_before_end(self: &Arc<Self>, id: &str) {
-        self.record_write_set_of(id, MIN_KILLED_WRITE_SET).await;
+        // One that already exited has no memory left to read.
+        if self.instance(id).is_ok_and(|i| i.exit_status().is_none()) {
+            self.record_write_set_of(id, MIN_KILLED_WRITE_SET).await;
+        }
     }
 
     async fn record_write_set_of(self: &Arc<Self>, id: &str, min_pages: u64) {
