@@ -471,13 +471,18 @@ fn watch_events(c: &Containerd) -> PathBuf {
         kill_pid(pid);
         let _ = child.wait();
     });
-    // Subscribed once an event of ours shows up.
-    let ns = unique_id("probe");
-    c.ok(&["namespaces", "create", &ns]);
-    assert!(wait_until(STATE_TIMEOUT, || fs::read_to_string(&path)
-        .unwrap_or_default()
-        .contains(&ns)));
-    c.ok(&["namespaces", "remove", &ns]);
+    // Subscribed once an event of ours shows up; one published before the
+    // subscription is never seen, so probe again until one is.
+    let subscribed = wait_until(STATE_TIMEOUT, || {
+        let ns = unique_id("probe");
+        c.ok(&["namespaces", "create", &ns]);
+        let seen = wait_until(Duration::from_millis(500), || {
+            fs::read_to_string(&path).unwrap_or_default().contains(&ns)
+        });
+        c.ok(&["namespaces", "remove", &ns]);
+        seen
+    });
+    assert!(subscribed, "ctr events never showed a probe namespace");
     path
 }
 
