@@ -558,31 +558,17 @@ fn report(b: &Bench, load_before: &str) {
         // SAFETY: getpriority with plain integers, for this process.
         unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) }
     );
-    let runc = p("runc_run");
-    println!("| start, to first answer | p50 | n | / runc run | runc run / it |");
-    println!("|---|---|---|---|---|");
-    for name in [
-        "pool_hit",
-        "pool_hit_unprofiled",
-        "claim_miss",
-        "api_fork",
-        "restore_cli",
-        "runc_run",
-    ] {
-        let Some(d) = p(name) else { continue };
-        let (ratio, inv) = match runc {
-            Some(r) => (
-                format!("{:.4}", d.as_secs_f64() / r.as_secs_f64()),
-                format!("{:.0}×", r.as_secs_f64() / d.as_secs_f64()),
-            ),
-            None => ("—".into(), "—".into()),
-        };
-        println!(
-            "| {name} | {} | {} | {ratio} | {inv} |",
-            ms(d),
-            samples[name].len()
-        );
-    }
+    common::print_runc_table(
+        &[
+            "pool_hit",
+            "pool_hit_unprofiled",
+            "claim_miss",
+            "api_fork",
+            "restore_cli",
+            "runc_run",
+        ],
+        |name| Some((p(name)?, samples[name].len())),
+    );
 
     let hits = b.hits.lock().unwrap();
     if !hits.is_empty() {

@@ -680,31 +680,17 @@ fn report(b: &Bench, idle: &[IdleMemory], singles: &[(&'static str, Mem)]) {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let runc = p("runc_run");
-    println!("| start, to first answer | p50 | n | / runc run | runc run / it |");
-    println!("|---|---|---|---|---|");
-    for name in [
-        "fork",
-        "fork_profiled",
-        "fork_fresh_netns",
-        "restore_lib",
-        "restore_cli",
-        "runc_run",
-    ] {
-        let Some(d) = p(name) else { continue };
-        let (ratio, inv) = match runc {
-            Some(r) => (
-                format!("{:.4}", d.as_secs_f64() / r.as_secs_f64()),
-                format!("{:.0}×", r.as_secs_f64() / d.as_secs_f64()),
-            ),
-            None => ("—".into(), "—".into()),
-        };
-        println!(
-            "| {name} | {} | {} | {ratio} | {inv} |",
-            ms(d),
-            samples[name].len()
-        );
-    }
+    common::print_runc_table(
+        &[
+            "fork",
+            "fork_profiled",
+            "fork_fresh_netns",
+            "restore_lib",
+            "restore_cli",
+            "runc_run",
+        ],
+        |name| Some((p(name)?, samples[name].len())),
+    );
     if let (Some(first), Some(warm)) = (p("first_request"), p("warm_request")) {
         println!(
             "of `fork`: from fork's return to the first answer p50 {}; a second request p50 {}",

@@ -276,3 +276,26 @@ pub fn derived_bundle(
     std::fs::write(out.join("config.json"), cfg.to_string()).unwrap();
     out
 }
+
+/// Prints the start-to-first-answer table the benches share: each row's
+/// p50 and sample count (`p50_and_n`; rows without samples are skipped)
+/// beside its ratio to the `runc_run` row's p50, both ways.
+pub fn print_runc_table(rows: &[&str], p50_and_n: impl Fn(&str) -> Option<(Duration, usize)>) {
+    let ms = |d: Duration| format!("{:.2} ms", d.as_secs_f64() * 1e3);
+    let runc = p50_and_n("runc_run").map(|(d, _)| d);
+    println!("| start, to first answer | p50 | n | / runc run | runc run / it |");
+    println!("|---|---|---|---|---|");
+    for name in rows {
+        let Some((d, n)) = p50_and_n(name) else {
+            continue;
+        };
+        let (ratio, inv) = match runc {
+            Some(r) => (
+                format!("{:.4}", d.as_secs_f64() / r.as_secs_f64()),
+                format!("{:.0}×", r.as_secs_f64() / d.as_secs_f64()),
+            ),
+            None => ("—".into(), "—".into()),
+        };
+        println!("| {name} | {} | {n} | {ratio} | {inv} |", ms(d));
+    }
+}
