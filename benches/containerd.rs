@@ -1041,16 +1041,6 @@ fn print_stages(what: &str, runs: &[Stages]) {
     if runs.is_empty() {
         return;
     }
-    let mut by_stage: Vec<(String, Vec<Duration>)> = Vec::new();
-    for run in runs {
-        for (name, us) in run {
-            let d = Duration::from_micros(*us);
-            match by_stage.iter_mut().find(|(n, _)| n == name) {
-                Some((_, v)) => v.push(d),
-                None => by_stage.push((name.clone(), vec![d])),
-            }
-        }
-    }
     let totals: Vec<Duration> = runs
         .iter()
         .map(|r| r.iter().map(|(_, us)| Duration::from_micros(*us)).sum())
@@ -1058,11 +1048,10 @@ fn print_stages(what: &str, runs: &[Stages]) {
     println!(
         "{what} (median of {}): {}; total {}",
         runs.len(),
-        by_stage
-            .iter()
-            .map(|(n, v)| format!("{n} {:.0}µs", p50(v).as_secs_f64() * 1e6))
-            .collect::<Vec<_>>()
-            .join(", "),
+        common::stage_medians(runs.iter().map(|r| {
+            r.iter()
+                .map(|(name, us)| (name.as_str(), Duration::from_micros(*us)))
+        })),
         ms(p50(&totals))
     );
 }

@@ -532,20 +532,11 @@ fn us(n: u64) -> String {
 
 /// Median by stage name, in first-seen order.
 fn stage_p50s<'a>(runs: impl Iterator<Item = &'a [StageView]>) -> String {
-    let mut by_stage: Vec<(&str, Vec<u64>)> = Vec::new();
-    for stages in runs {
-        for s in stages {
-            match by_stage.iter_mut().find(|(n, _)| *n == s.name) {
-                Some((_, v)) => v.push(s.us),
-                None => by_stage.push((&s.name, vec![s.us])),
-            }
-        }
-    }
-    by_stage
-        .iter()
-        .map(|(n, v)| format!("{n} {}", us(p50(v).unwrap_or_default())))
-        .collect::<Vec<_>>()
-        .join(", ")
+    common::stage_medians(runs.map(|stages| {
+        stages
+            .iter()
+            .map(|s| (s.name.as_str(), Duration::from_micros(s.us)))
+    }))
 }
 
 fn report(b: &Bench, load_before: &str) {

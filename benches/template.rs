@@ -718,25 +718,12 @@ fn report(b: &Bench, idle: &[IdleMemory], singles: &[(&'static str, Mem)]) {
 
     // The fork's stages, median by stage over the `fork` runs.
     let runs = b.fork_stages.lock().unwrap();
-    let mut by_stage: Vec<(&'static str, Vec<Duration>)> = Vec::new();
-    for t in runs.iter() {
-        for (name, d) in &t.stages {
-            match by_stage.iter_mut().find(|(n, _)| n == name) {
-                Some((_, v)) => v.push(*d),
-                None => by_stage.push((name, vec![*d])),
-            }
-        }
-    }
     let totals: Vec<Duration> = runs.iter().map(Timings::total).collect();
     if !totals.is_empty() {
         println!(
             "fork stages (median of {}): {}; total {} (fork returns), to first answer {}",
             runs.len(),
-            by_stage
-                .iter()
-                .map(|(n, v)| format!("{n} {:.0}µs", p50(v).as_secs_f64() * 1e6))
-                .collect::<Vec<_>>()
-                .join(", "),
+            common::stage_medians(runs.iter().map(|t| t.stages.iter().map(|(n, d)| (*n, *d)))),
             ms(p50(&totals)),
             p("fork").map(ms).unwrap_or_default(),
         );

@@ -299,3 +299,29 @@ pub fn print_runc_table(rows: &[&str], p50_and_n: impl Fn(&str) -> Option<(Durat
         println!("| {name} | {} | {n} | {ratio} | {inv} |", ms(d));
     }
 }
+
+/// The median of each named stage over `runs`, in first-seen order, as
+/// `name 123µs, …` (sproutd's and the library's stage splits).
+pub fn stage_medians<'a, R, S>(runs: R) -> String
+where
+    R: IntoIterator<Item = S>,
+    S: IntoIterator<Item = (&'a str, Duration)>,
+{
+    let mut by_stage: Vec<(&str, Vec<Duration>)> = Vec::new();
+    for run in runs {
+        for (name, d) in run {
+            match by_stage.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, v)) => v.push(d),
+                None => by_stage.push((name, vec![d])),
+            }
+        }
+    }
+    by_stage
+        .iter_mut()
+        .map(|(n, v)| {
+            v.sort();
+            format!("{n} {:.0}µs", v[v.len() / 2].as_secs_f64() * 1e6)
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
