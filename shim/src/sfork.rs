@@ -145,33 +145,30 @@ impl Inner {
 /// Whether the holder's init still has children (the template or
 /// instances); a holder whose init is gone has none.
 fn holder_has_children(holder: &Container) -> bool {
-    let Some(pid) = holder.pid() else {
-        return false;
-    };
-    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .map(|c| !c.trim().is_empty())
-        .unwrap_or(false)
+    holder_children(holder).is_some_and(|c| !c.is_empty())
 }
 
 /// Are all the holder's children dead, only waiting for its reaper?
 fn holder_only_reaps(holder: &Container) -> bool {
-    let Some(pid) = holder.pid() else {
-        return false;
-    };
-    let Ok(children) = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")) else {
-        return false;
-    };
-    let children: Vec<&str> = children.split_whitespace().collect();
-    !children.is_empty()
-        && children.iter().all(|child| {
-            // The state follows the command, which is in parentheses.
-            std::fs::read_to_string(format!("/proc/{child}/stat"))
-                .map(|stat| {
-                    let state = stat.rsplit_once(')').map(|(_, rest)| rest.trim_start());
-                    state.is_some_and(|r| r.starts_with('Z') || r.starts_with('X'))
-                })
-                .unwrap_or(true)
-        })
+    holder_children(holder).is_some_and(|children| {
+        !children.is_empty()
+            && children.iter().all(|child| {
+                // The state follows the command, which is in parentheses.
+                std::fs::read_to_string(format!("/proc/{child}/stat"))
+                    .map(|stat| {
+                        let state = stat.rsplit_once(')').map(|(_, rest)| rest.trim_start());
+                        state.is_some_and(|r| r.starts_with('Z') || r.starts_with('X'))
+                    })
+                    .unwrap_or(true)
+            })
+    })
+}
+
+/// The pids of the holder's init's children (`None`: no init, or gone).
+fn holder_children(holder: &Container) -> Option<Vec<String>> {
+    let pid = holder.pid()?;
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
+    Some(children.split_whitespace().map(str::to_string).collect())
 }
 
 /// A unique suffix for holder ids: a function's template may be loaded
