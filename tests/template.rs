@@ -451,6 +451,7 @@ fn an_instance_is_a_container_like_any_other() {
         {"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024},
         {"type": "RLIMIT_STACK", "hard": 6291456, "soft": 4194304}
     ]);
+    s.config()["root"]["readonly"] = serde_json::json!(true);
     s.write_config();
     let rt = runtime(&s);
     let tracer = Tracer::spawn("test-tracer").unwrap();
@@ -483,6 +484,27 @@ fn an_instance_is_a_container_like_any_other() {
                 == ["Max", "stack", "size", "4194304", "6291456", "bytes"]),
         "{limits}"
     );
+    // The spec's read-only root, masked and read-only paths hold in the
+    // instance as in a created container.
+    let mounts = s.ok(&["exec", &id, "cat", "/proc/1/mountinfo"]);
+    let options_of = |target: &str| -> Vec<String> {
+        mounts
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .filter(|f| f.len() > 5 && f[4] == target)
+            .map(|f| f[5].to_string())
+            .collect()
+    };
+    for target in ["/", "/proc/sys"] {
+        let opts = options_of(target);
+        assert!(
+            opts.last().is_some_and(|o| o.split(',').any(|x| x == "ro")),
+            "{target} is not read-only in the instance: {opts:?}\n{mounts}"
+        );
+    }
+    assert!(!options_of("/proc/keys").is_empty(), "{mounts}");
+    let touch = s.ok(&["exec", &id, "sh", "-c", "touch /written 2>&1; echo rc=$?"]);
+    assert!(touch.contains("Read-only file system"), "{touch}");
     s.ok(&["pause", &id]);
     assert_eq!(s.status(&id), "paused");
     s.ok(&["resume", &id]);

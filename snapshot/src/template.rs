@@ -14,16 +14,19 @@
 //! mount, uts and ipc namespaces, `CLONE_PARENT` (its parent is the holder's
 //! reaper, which collects its exit status; the template can go while it
 //! lives) and `CLONE_INTO_CGROUP`. In the child: it moves itself into its
-//! v1 cgroups, joins the network namespace, gets fresh proc/sysfs/tmpfs/
-//! devpts/mqueue mounts with the masked and read-only paths re-applied,
-//! its hostname and stdio; then, as after a restore, every fd is
+//! v1 cgroups, joins the network namespace, takes its hostname and
+//! populates its write set; meanwhile the instance's rootfs is built as a
+//! detached tree on another thread, which the child then takes from a
+//! socketpair passed in with the other fds, pivots into and completes
+//! with fresh proc/mqueue/cgroup mounts, the masked and read-only paths
+//! and its stdio; then, as after a restore, every fd is
 //! re-created (fork shares open file descriptions), the other threads are
 //! made from the saved registers, timers and pending signals come back,
 //! and the instance's credentials, no_new_privs and seccomp are applied
 //! last. Memory is never copied: the child shares the template's pages.
 
 use std::collections::HashMap;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -43,7 +46,7 @@ use crate::ptrace::{Entry, Gadget, Options, Stop, Tid, TraceCtx, Tracer};
 use crate::restore::{self, RestoreError, SandboxRules};
 
 /// The template's end of its control socket (fd 3 in the template).
-const CONTROL_FD: u64 = 3;
+const CONTROL_FD: i32 = 3;
 
 /// Why a template could not be loaded or an instance forked.
 #[derive(Debug, thiserror::Error)]
@@ -537,13 +540,15 @@ impl Template {
         };
         let mut rootfs_cfg = RootfsConfig::for_bundle(bundle, false);
         rootfs_cfg.cgroup_dirs = Some(cgroup.dirs());
-        let rootfs = detached::build(&rootfs_cfg, Some(netns.as_fd())).map_err(|e| {
-            TemplateError::Rootfs {
-                bundle: bundle.dir.clone(),
-                source: e,
-            }
+        // The rootfs tree is built on a thread of its own while the
+        // template clones the child and the child joins its cgroups and
+        // namespaces and populates its write set; the child takes the tree
+        // from this socketpair when it gets there. Closing our end without
+        // a tree (the build failed) ends the child's wait.
+        let (tree_ours, tree_theirs) = UnixStream::pair().map_err(|source| TemplateError::Io {
+            what: "making the rootfs socketpair",
+            source,
         })?;
-        stages.mark("rootfs");
         let [a, b, c] = spec.stdio;
         let stdio = [
             a.map_or_else(dev_null, Ok)?,
@@ -562,7 +567,7 @@ impl Template {
                 id: adoption.id().to_string(),
                 source: e,
             })?;
-        let plan = ChildPlan::new(bundle, &rootfs_cfg, rootfs.deferred, &self.image)?;
+        let mut plan = ChildPlan::new(bundle, &rootfs_cfg, &self.image)?;
         let process = bundle
             .spec
             .process()
@@ -584,81 +589,124 @@ impl Template {
             has_unified: unified.is_some(),
             tasks: tasks.len(),
         };
-        let mut fds: Vec<OwnedFd> = vec![netns, rootfs.tree];
+        let mut fds: Vec<OwnedFd> = vec![tree_theirs.into()];
         fds.extend(stdio);
         fds.extend(unified);
         fds.extend(tasks);
         stages.mark("prepare");
         let handover = self.handover.lock().unwrap_or_else(|e| e.into_inner());
-        send_fds(&self.control, &fds)?;
+        let mut sent: Vec<_> = vec![netns.as_fd()];
+        sent.extend(fds.iter().map(|f| f.as_fd()));
+        send_fds(&self.control, &sent)?;
+        drop(sent);
         drop(fds);
 
+        let (deferred_tx, deferred_rx) = std::sync::mpsc::channel();
         let image = self.image.clone();
         let held = self.held.clone();
         let name = self.name.clone();
         let writable = self.writable.clone();
         let profile = spec.populate;
-        let traced = self.tracer.run(move |ctx| -> Result<_, TemplateError> {
-            let mut inner = Stages::new();
-            let mut guard = held.lock().unwrap_or_else(|e| e.into_inner());
-            let h = guard.as_mut().ok_or(TemplateError::Gone(name))?;
-            let received = Received(receive_fds(ctx, h, passed.count())?);
-            inner.mark("fds in");
-            let cloned = clone_instance(ctx, h, &plan, received.unified(&passed));
-            // The template keeps nothing of the instance's.
-            let close: Vec<Entry> = received
-                .0
-                .iter()
-                .map(|&fd| Entry::new(libc::SYS_close, [fd as u64, 0, 0, 0, 0, 0]))
-                .collect();
-            h.gadget.run(ctx, h.pid, &close)?;
-            let child = cloned?;
-            let pidfd = match pidfd_open(child) {
-                Ok(fd) => fd,
-                Err(source) => {
-                    let _ = ctx.kill(child);
-                    return Err(TemplateError::Io {
-                        what: "opening a pidfd of the instance",
+        let bundle_dir = bundle.dir.clone();
+        let (traced, built) = std::thread::scope(|scope| {
+            let builder = detached::spawn_build(scope, &rootfs_cfg, Some(netns.as_fd()), {
+                let bundle_dir = bundle_dir.clone();
+                move |built| -> Result<(), TemplateError> {
+                    let rootfs = built.map_err(|source| TemplateError::Rootfs {
+                        bundle: bundle_dir,
                         source,
-                    });
+                    })?;
+                    let _ = deferred_tx.send(rootfs.deferred);
+                    send_fds(&tree_ours, &[rootfs.tree.as_fd()])
                 }
-            };
-            inner.mark("clone");
-            let mut g = h.gadget.for_child(child);
-            let r = (|| -> Result<Populated, TemplateError> {
-                enter_sandbox(ctx, child, &mut g, &plan, &received, &passed)?;
-                restore::check_files(child, image.manifest())?;
-                inner.mark("sandbox");
-                // In its memory cgroup by now (v1: moved in enter_sandbox),
-                // so the copies are the instance's charge.
-                let mut populated = Populated::default();
-                if let Some(set) = &profile {
-                    populated = crate::profile::populate(ctx, child, &mut g, set, &writable)?;
-                    inner.mark("populate");
-                }
-                let rules = SandboxRules {
-                    process: &process,
-                    seccomp: seccomp.as_ref(),
-                    stack_limit,
+            });
+            let traced = self.tracer.run(move |ctx| -> Result<_, TemplateError> {
+                let mut inner = Stages::new();
+                let mut guard = held.lock().unwrap_or_else(|e| e.into_inner());
+                let h = guard.as_mut().ok_or(TemplateError::Gone(name))?;
+                let got = receive_fds(ctx, &mut h.gadget, h.pid, CONTROL_FD, passed.count())?;
+                let received = Received(got);
+                inner.mark("fds in");
+                let cloned = clone_instance(ctx, h, &plan, received.unified(&passed));
+                // The template keeps nothing of the instance's.
+                let close: Vec<Entry> = received
+                    .0
+                    .iter()
+                    .map(|&fd| Entry::new(libc::SYS_close, [fd as u64, 0, 0, 0, 0, 0]))
+                    .collect();
+                h.gadget.run(ctx, h.pid, &close)?;
+                let child = cloned?;
+                let pidfd = match pidfd_open(child) {
+                    Ok(fd) => fd,
+                    Err(source) => {
+                        let _ = ctx.kill(child);
+                        return Err(TemplateError::Io {
+                            what: "opening a pidfd of the instance",
+                            source,
+                        });
+                    }
                 };
-                let opts = crate::fds::RestoreOptions {
-                    reserved: Vec::new(),
-                    close_others: true,
+                inner.mark("clone");
+                let mut g = h.gadget.for_child(child);
+                let r = (|| -> Result<Populated, TemplateError> {
+                    join_namespaces(ctx, child, &mut g, &plan, &received, &passed)?;
+                    inner.mark("namespaces");
+                    // In its memory cgroup by now (v1: moved just above),
+                    // so the copies are the instance's charge.
+                    let mut populated = Populated::default();
+                    if let Some(set) = &profile {
+                        populated = crate::profile::populate(ctx, child, &mut g, set, &writable)?;
+                        inner.mark("populate");
+                    }
+                    let tree = receive_fds(ctx, &mut g, child, received.tree_socket(), 1)?[0];
+                    // Sent before the tree, so here by now.
+                    plan.deferred = deferred_rx.recv().map_err(|_| {
+                        RestoreError::Incompatible("the rootfs builder sent no mounts".into())
+                    })?;
+                    inner.mark("rootfs wait");
+                    enter_rootfs(ctx, child, &mut g, &plan, tree, &received)?;
+                    restore::check_files(child, image.manifest())?;
+                    inner.mark("sandbox");
+                    let rules = SandboxRules {
+                        process: &process,
+                        seccomp: seccomp.as_ref(),
+                        stack_limit,
+                    };
+                    let opts = crate::fds::RestoreOptions {
+                        reserved: Vec::new(),
+                        close_others: true,
+                    };
+                    restore::release(ctx, child, &mut g, &image, &rules, &opts, &mut inner)?;
+                    Ok(populated)
+                })();
+                let populated = match r {
+                    Ok(p) => p,
+                    Err(e) => {
+                        let _ = ctx.kill(child);
+                        return Err(e);
+                    }
                 };
-                restore::release(ctx, child, &mut g, &image, &rules, &opts, &mut inner)?;
-                Ok(populated)
-            })();
-            let populated = match r {
-                Ok(p) => p,
-                Err(e) => {
-                    let _ = ctx.kill(child);
-                    return Err(e);
-                }
-            };
-            Ok((child, pidfd, populated, inner.stages().to_vec()))
+                Ok((child, pidfd, populated, inner.stages().to_vec()))
+            });
+            let built = builder.join().unwrap_or_else(|_| {
+                Err(TemplateError::Rootfs {
+                    bundle: bundle_dir.clone(),
+                    source: detached::builder_panicked(),
+                })
+            });
+            (traced, built)
         });
         drop(handover);
-        let (child, pidfd, populated, inner) = traced?;
+        // A failed build explains a child that got no tree; a tree built
+        // for a child that failed otherwise went down with the socketpair.
+        let (child, pidfd, populated, inner) = match (traced, built) {
+            (Ok(t), Ok(())) => t,
+            (Ok((_, pidfd, ..)), Err(e)) => {
+                let _ = sprout_runtime::container::pidfd_kill(&pidfd, libc::SIGKILL);
+                return Err(e);
+            }
+            (Err(_), Err(e @ TemplateError::Rootfs { .. })) | (Err(e), _) => return Err(e),
+        };
         stages.append(&inner);
         if let Some(sig) = spec.after_fork_signal {
             let _ = sprout_runtime::container::pidfd_kill(&pidfd, sig);
@@ -754,13 +802,15 @@ fn pidfd_open(pid: Tid) -> std::io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
-/// Sends `fds` over the control socket (one message).
-fn send_fds(sock: &UnixStream, fds: &[OwnedFd]) -> Result<(), TemplateError> {
+/// Sends `fds` over `sock` (one message).
+fn send_fds(sock: &UnixStream, fds: &[BorrowedFd<'_>]) -> Result<(), TemplateError> {
     use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
     let raw: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();
     let cmsg = [ControlMessage::ScmRights(&raw)];
     let iov = [std::io::IoSlice::new(b"f")];
-    sendmsg::<()>(sock.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None).map_err(|e| {
+    // No SIGPIPE if the receiver is gone (a child killed before it took
+    // its rootfs): the error is enough.
+    sendmsg::<()>(sock.as_raw_fd(), &iov, &cmsg, MsgFlags::MSG_NOSIGNAL, None).map_err(|e| {
         TemplateError::Io {
             what: "passing fds to the template",
             source: e.into(),
@@ -769,9 +819,15 @@ fn send_fds(sock: &UnixStream, fds: &[OwnedFd]) -> Result<(), TemplateError> {
     Ok(())
 }
 
-/// `recvmsg` injected into the template: returns the fd numbers it got.
-fn receive_fds(ctx: &mut TraceCtx, h: &mut Held, n: usize) -> Result<Vec<i32>, TemplateError> {
-    let g = &mut h.gadget;
+/// `recvmsg` of `n` fds from socket `sock`, injected into `pid` (the
+/// template, or a child it forked): returns the fd numbers it got.
+fn receive_fds(
+    ctx: &mut TraceCtx,
+    g: &mut Gadget,
+    pid: Tid,
+    sock: i32,
+    n: usize,
+) -> Result<Vec<i32>, TemplateError> {
     let buf = g.data_zeroed(8)?;
     let iov = g.data(&[buf.to_le_bytes(), 8u64.to_le_bytes()].concat())?;
     // CMSG_SPACE(n * 4): a 16-byte header and the ints, aligned to 8.
@@ -789,10 +845,10 @@ fn receive_fds(ctx: &mut TraceCtx, h: &mut Held, n: usize) -> Result<Vec<i32>, T
     let msg = g.data(&hdr)?;
     let rs = g.run(
         ctx,
-        h.pid,
+        pid,
         &[Entry::new(
             libc::SYS_recvmsg,
-            [CONTROL_FD, msg, libc::MSG_CMSG_CLOEXEC as u64, 0, 0, 0],
+            [sock as u64, msg, libc::MSG_CMSG_CLOEXEC as u64, 0, 0, 0],
         )],
     )?;
     let _ = rs;
@@ -802,7 +858,7 @@ fn receive_fds(ctx: &mut TraceCtx, h: &mut Held, n: usize) -> Result<Vec<i32>, T
     let typ = i32::from_le_bytes(c[12..16].try_into().unwrap());
     if level != libc::SOL_SOCKET || typ != libc::SCM_RIGHTS || len < 16 + n * 4 {
         return Err(RestoreError::Incompatible(format!(
-            "the template received no fds (cmsg level {level} type {typ} len {len})"
+            "process {pid} received no fds (cmsg level {level} type {typ} len {len})"
         ))
         .into());
     }
@@ -812,8 +868,8 @@ fn receive_fds(ctx: &mut TraceCtx, h: &mut Held, n: usize) -> Result<Vec<i32>, T
 }
 
 /// What was passed to the template, in this order: the network
-/// namespace, the rootfs tree, stdin, stdout, stderr, the cgroup2
-/// directory (if any), the v1 `tasks` files.
+/// namespace, the child's end of the rootfs socketpair, stdin, stdout,
+/// stderr, the cgroup2 directory (if any), the v1 `tasks` files.
 #[derive(Clone, Copy)]
 struct Passed {
     has_unified: bool,
@@ -833,7 +889,7 @@ impl Received {
     fn netns(&self) -> i32 {
         self.0[0]
     }
-    fn tree(&self) -> i32 {
+    fn tree_socket(&self) -> i32 {
         self.0[1]
     }
     fn stdio(&self) -> &[i32] {
@@ -853,6 +909,7 @@ struct ChildPlan {
     new_cgroup_ns: bool,
     hostname: Option<String>,
     propagation: Option<String>,
+    /// From the rootfs builder, once it is done.
     deferred: Vec<DeferredMount>,
     masked: Vec<String>,
     readonly: Vec<String>,
@@ -862,12 +919,7 @@ struct ChildPlan {
 }
 
 impl ChildPlan {
-    fn new(
-        bundle: &Bundle,
-        cfg: &RootfsConfig,
-        deferred: Vec<DeferredMount>,
-        image: &Image,
-    ) -> Result<ChildPlan, TemplateError> {
+    fn new(bundle: &Bundle, cfg: &RootfsConfig, image: &Image) -> Result<ChildPlan, TemplateError> {
         let mut flags = 0u64;
         for (t, f) in [
             (LinuxNamespaceType::Pid, libc::CLONE_NEWPID),
@@ -890,7 +942,7 @@ impl ChildPlan {
             new_cgroup_ns: cfg.cgroup_namespace,
             hostname: bundle.spec.hostname().clone().filter(|h| !h.is_empty()),
             propagation: cfg.propagation.clone().filter(|p| !p.is_empty()),
-            deferred,
+            deferred: Vec::new(),
             masked: cfg.masked_paths.clone(),
             readonly: cfg.readonly_paths.clone(),
             readonly_root: cfg.readonly,
@@ -954,12 +1006,10 @@ fn batch_error(what: &'static str) -> impl FnOnce(crate::ptrace::GadgetError) ->
     }
 }
 
-/// The instance's own sandbox, injected into the stopped child: its
-/// cgroups, network and cgroup namespaces, hostname; its rootfs tree
-/// attached over the template's root and pivoted into; the deferred
-/// mounts (proc, mqueue, cgroupfs: they take the child's namespaces);
-/// stdio; then the masked and read-only paths and the working directory.
-fn enter_sandbox(
+/// The first part of the instance's sandbox, injected into the stopped
+/// child: its cgroups (v1: it moves itself in), network and cgroup
+/// namespaces, hostname.
+fn join_namespaces(
     ctx: &mut TraceCtx,
     child: Tid,
     g: &mut Gadget,
@@ -997,13 +1047,32 @@ fn enter_sandbox(
             [p, h.len() as u64, 0, 0, 0, 0],
         ));
     }
+    g.run(ctx, child, &e)
+        .map_err(batch_error("joining the instance's cgroups and namespaces"))?;
+    Ok(())
+}
+
+/// The rest of the sandbox, once the child has its rootfs `tree` (an fd
+/// number in the child): the tree attached over the template's root and
+/// pivoted into; the deferred mounts (proc, mqueue, cgroupfs: they take
+/// the child's namespaces); stdio; then the masked and read-only paths
+/// and the working directory.
+fn enter_rootfs(
+    ctx: &mut TraceCtx,
+    child: Tid,
+    g: &mut Gadget,
+    plan: &ChildPlan,
+    tree: i32,
+    received: &Received,
+) -> Result<(), TemplateError> {
+    let mut e = Vec::new();
     // The tree goes on top of "/", becomes the root (pivot_root(".", ".")
     // puts the old root under it), and the old root is detached: nothing
     // of the template's filesystem stays reachable.
     let empty = g.data(b"\0")?;
     let slash = g.data(b"/\0")?;
     let dot = g.data(b".\0")?;
-    let tree = received.tree() as u64;
+    let tree = tree as u64;
     e.push(Entry::new(
         libc::SYS_move_mount,
         [
@@ -1063,16 +1132,18 @@ fn enter_sandbox(
             [fd as u64, i as u64, 0, 0, 0, 0],
         ));
     }
-    for &fd in &received.0 {
+    for &fd in received.0.iter().chain([&(tree as i32)]) {
         e.push(Entry::new(libc::SYS_close, [fd as u64, 0, 0, 0, 0, 0]));
     }
     g.run(ctx, child, &e)
-        .map_err(batch_error("entering the instance's sandbox"))?;
+        .map_err(batch_error("entering the instance's rootfs"))?;
 
     // Now that the instance's proc and sys are in place: masks (a file
     // or a directory, as the instance sees it), read-only paths, a
     // read-only root, and the working directory.
+    // A new batch reuses the data area: strings of the first are gone.
     let mut e = Vec::new();
+    let slash = g.data(b"/\0")?;
     let null = g.data(b"/dev/null\0")?;
     let tmpfs = g.data(b"tmpfs\0")?;
     for p in &plan.masked {

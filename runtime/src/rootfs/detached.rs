@@ -64,16 +64,36 @@ pub fn build(
     netns: Option<BorrowedFd<'_>>,
 ) -> Result<DetachedRootfs, RootfsError> {
     std::thread::scope(|scope| {
-        scope
-            .spawn(move || build_on_this_thread(cfg, netns))
+        spawn_build(scope, cfg, netns, |built| built)
             .join()
-            .unwrap_or_else(|_| {
-                Err(RootfsError::Step {
-                    what: "building a detached rootfs",
-                    source: io::Error::other("the builder thread panicked"),
-                })
-            })
+            .unwrap_or_else(|_| Err(builder_panicked()))
     })
+}
+
+/// Starts [`build`] on a new thread of `scope` and gives its result to
+/// `then` on that thread, so the tree can be handed on as soon as it
+/// exists while the caller does other work. Joining the handle returns
+/// what `then` returned; report a panic of the thread with
+/// [`builder_panicked`].
+pub fn spawn_build<'scope, 'env, R, F>(
+    scope: &'scope std::thread::Scope<'scope, 'env>,
+    cfg: &'env RootfsConfig,
+    netns: Option<BorrowedFd<'env>>,
+    then: F,
+) -> std::thread::ScopedJoinHandle<'scope, R>
+where
+    F: FnOnce(Result<DetachedRootfs, RootfsError>) -> R + Send + 'scope,
+    R: Send + 'scope,
+{
+    scope.spawn(move || then(build_on_this_thread(cfg, netns)))
+}
+
+/// The error for a builder thread that panicked.
+pub fn builder_panicked() -> RootfsError {
+    RootfsError::Step {
+        what: "building a detached rootfs",
+        source: io::Error::other("the builder thread panicked"),
+    }
 }
 
 /// Runs on a thread of its own: the mount and network namespaces it
