@@ -503,6 +503,18 @@ fn an_instance_is_a_container_like_any_other() {
         );
     }
     assert!(!options_of("/proc/keys").is_empty(), "{mounts}");
+    // Its mount namespace holds the rootfs and the spec's mounts, nothing
+    // of the host's or the template's.
+    for line in mounts.lines() {
+        let target = line.split_whitespace().nth(4).unwrap_or("");
+        assert!(
+            target == "/"
+                || ["/dev", "/proc", "/sys", "/usr"]
+                    .iter()
+                    .any(|p| target == *p || target.starts_with(&format!("{p}/"))),
+            "{target} is mounted in the instance:\n{mounts}"
+        );
+    }
     let touch = s.ok(&["exec", &id, "sh", "-c", "touch /written 2>&1; echo rc=$?"]);
     assert!(touch.contains("Read-only file system"), "{touch}");
     s.ok(&["pause", &id]);

@@ -11,15 +11,15 @@
 //! [`Template::fork`] makes an instance: the instance's fds (network
 //! namespace, stdio, cgroup) are passed in over the control socket, a
 //! `clone3` injected into the template creates the child with new pid,
-//! mount, uts and ipc namespaces, `CLONE_PARENT` (its parent is the holder's
+//! uts and ipc namespaces, `CLONE_PARENT` (its parent is the holder's
 //! reaper, which collects its exit status; the template can go while it
 //! lives) and `CLONE_INTO_CGROUP`. In the child: it moves itself into its
 //! v1 cgroups, joins the network namespace, takes its hostname and
 //! populates its write set; meanwhile the instance's rootfs is built as a
-//! detached tree on another thread, which the child then takes from a
-//! socketpair passed in with the other fds, pivots into and completes
-//! with fresh proc/mqueue/cgroup mounts, the masked and read-only paths
-//! and its stdio; then, as after a restore, every fd is
+//! mount namespace on another thread, which the child then takes from a
+//! socketpair passed in with the other fds, joins and completes with
+//! fresh proc/mqueue/cgroup mounts, the masked and read-only paths and its
+//! stdio; then, as after a restore, every fd is
 //! re-created (fork shares open file descriptions), the other threads are
 //! made from the saved registers, timers and pending signals come back,
 //! and the instance's credentials, no_new_privs and seccomp are applied
@@ -540,15 +540,16 @@ impl Template {
         };
         let mut rootfs_cfg = RootfsConfig::for_bundle(bundle, false);
         rootfs_cfg.cgroup_dirs = Some(cgroup.dirs());
-        // The rootfs tree is built on a thread of its own while the
-        // template clones the child and the child joins its cgroups and
-        // namespaces and populates its write set; the child takes the tree
-        // from this socketpair when it gets there. Closing our end without
-        // a tree (the build failed) ends the child's wait.
-        let (tree_ours, tree_theirs) = UnixStream::pair().map_err(|source| TemplateError::Io {
-            what: "making the rootfs socketpair",
-            source,
-        })?;
+        // The rootfs (a mount namespace) is built on a thread of its own
+        // while the template clones the child and the child joins its
+        // cgroups and namespaces and populates its write set; the child
+        // takes it from this socketpair when it gets there. Closing our end
+        // without sending (the build failed) ends the child's wait.
+        let (rootfs_ours, rootfs_theirs) =
+            UnixStream::pair().map_err(|source| TemplateError::Io {
+                what: "making the rootfs socketpair",
+                source,
+            })?;
         let [a, b, c] = spec.stdio;
         let stdio = [
             a.map_or_else(dev_null, Ok)?,
@@ -589,7 +590,7 @@ impl Template {
             has_unified: unified.is_some(),
             tasks: tasks.len(),
         };
-        let mut fds: Vec<OwnedFd> = vec![tree_theirs.into()];
+        let mut fds: Vec<OwnedFd> = vec![rootfs_theirs.into()];
         fds.extend(stdio);
         fds.extend(unified);
         fds.extend(tasks);
@@ -617,7 +618,7 @@ impl Template {
                         source,
                     })?;
                     let _ = deferred_tx.send(rootfs.deferred);
-                    send_fds(&tree_ours, &[rootfs.tree.as_fd()])
+                    send_fds(&rootfs_ours, &[rootfs.mnt_ns.as_fd()])
                 }
             });
             let traced = self.tracer.run(move |ctx| -> Result<_, TemplateError> {
@@ -658,13 +659,13 @@ impl Template {
                         populated = crate::profile::populate(ctx, child, &mut g, set, &writable)?;
                         inner.mark("populate");
                     }
-                    let tree = receive_fds(ctx, &mut g, child, received.tree_socket(), 1)?[0];
-                    // Sent before the tree, so here by now.
+                    let mnt_ns = receive_fds(ctx, &mut g, child, received.rootfs_socket(), 1)?[0];
+                    // Sent before the namespace, so here by now.
                     plan.deferred = deferred_rx.recv().map_err(|_| {
                         RestoreError::Incompatible("the rootfs builder sent no mounts".into())
                     })?;
                     inner.mark("rootfs wait");
-                    enter_rootfs(ctx, child, &mut g, &plan, tree, &received)?;
+                    enter_rootfs(ctx, child, &mut g, &plan, mnt_ns, &received)?;
                     restore::check_files(child, image.manifest())?;
                     inner.mark("sandbox");
                     let rules = SandboxRules {
@@ -697,7 +698,7 @@ impl Template {
             (traced, built)
         });
         drop(handover);
-        // A failed build explains a child that got no tree; a tree built
+        // A failed build explains a child that got no rootfs; a rootfs built
         // for a child that failed otherwise went down with the socketpair.
         let (child, pidfd, populated, inner) = match (traced, built) {
             (Ok(t), Ok(())) => t,
@@ -889,7 +890,7 @@ impl Received {
     fn netns(&self) -> i32 {
         self.0[0]
     }
-    fn tree_socket(&self) -> i32 {
+    fn rootfs_socket(&self) -> i32 {
         self.0[1]
     }
     fn stdio(&self) -> &[i32] {
@@ -908,7 +909,6 @@ struct ChildPlan {
     clone_flags: u64,
     new_cgroup_ns: bool,
     hostname: Option<String>,
-    propagation: Option<String>,
     /// From the rootfs builder, once it is done.
     deferred: Vec<DeferredMount>,
     masked: Vec<String>,
@@ -938,10 +938,11 @@ impl ChildPlan {
             });
         }
         Ok(ChildPlan {
-            clone_flags: flags,
+            // Its mount namespace is the rootfs builder's, joined later: a
+            // copy of the template's would only have to be torn down.
+            clone_flags: flags & !(libc::CLONE_NEWNS as u64),
             new_cgroup_ns: cfg.cgroup_namespace,
             hostname: bundle.spec.hostname().clone().filter(|h| !h.is_empty()),
-            propagation: cfg.propagation.clone().filter(|p| !p.is_empty()),
             deferred: Vec::new(),
             masked: cfg.masked_paths.clone(),
             readonly: cfg.readonly_paths.clone(),
@@ -997,8 +998,6 @@ fn cstr(s: &str) -> Vec<u8> {
     v
 }
 
-const MOVE_MOUNT_F_EMPTY_PATH: u64 = 0x4;
-
 fn batch_error(what: &'static str) -> impl FnOnce(crate::ptrace::GadgetError) -> TemplateError {
     move |err| match err {
         crate::ptrace::GadgetError::Failed(b) => RestoreError::Batch { what, error: b }.into(),
@@ -1052,61 +1051,27 @@ fn join_namespaces(
     Ok(())
 }
 
-/// The rest of the sandbox, once the child has its rootfs `tree` (an fd
-/// number in the child): the tree attached over the template's root and
-/// pivoted into; the deferred mounts (proc, mqueue, cgroupfs: they take
-/// the child's namespaces); stdio; then the masked and read-only paths
-/// and the working directory.
+/// The rest of the sandbox, once the child has its rootfs, `mnt_ns` (an
+/// fd number in the child of a mount namespace whose root is the rootfs,
+/// built and pivoted into by the rootfs builder): joined, which leaves the
+/// template's mount namespace and with it every path of the template's;
+/// the deferred mounts (proc, mqueue, cgroupfs: they take the child's
+/// namespaces); stdio; then the masked and read-only paths and the working
+/// directory.
 fn enter_rootfs(
     ctx: &mut TraceCtx,
     child: Tid,
     g: &mut Gadget,
     plan: &ChildPlan,
-    tree: i32,
+    mnt_ns: i32,
     received: &Received,
 ) -> Result<(), TemplateError> {
     let mut e = Vec::new();
-    // The tree goes on top of "/", becomes the root (pivot_root(".", ".")
-    // puts the old root under it), and the old root is detached: nothing
-    // of the template's filesystem stays reachable.
-    let empty = g.data(b"\0")?;
-    let slash = g.data(b"/\0")?;
-    let dot = g.data(b".\0")?;
-    let tree = tree as u64;
+    // setns puts the root and working directory at the namespace's root.
     e.push(Entry::new(
-        libc::SYS_move_mount,
-        [
-            tree,
-            empty,
-            libc::AT_FDCWD as u64,
-            slash,
-            MOVE_MOUNT_F_EMPTY_PATH,
-            0,
-        ],
+        libc::SYS_setns,
+        [mnt_ns as u64, libc::CLONE_NEWNS as u64, 0, 0, 0, 0],
     ));
-    e.push(Entry::new(libc::SYS_fchdir, [tree, 0, 0, 0, 0, 0]));
-    e.push(Entry::new(libc::SYS_pivot_root, [dot, dot, 0, 0, 0, 0]));
-    e.push(Entry::new(
-        libc::SYS_umount2,
-        [dot, libc::MNT_DETACH as u64, 0, 0, 0, 0],
-    ));
-    e.push(Entry::new(libc::SYS_chdir, [slash, 0, 0, 0, 0, 0]));
-    if let Some(p) = &plan.propagation {
-        let flags = match p.as_str() {
-            "private" => MsFlags::MS_PRIVATE,
-            "rprivate" => MsFlags::MS_PRIVATE | MsFlags::MS_REC,
-            "shared" => MsFlags::MS_SHARED,
-            "rshared" => MsFlags::MS_SHARED | MsFlags::MS_REC,
-            "slave" => MsFlags::MS_SLAVE,
-            "rslave" => MsFlags::MS_SLAVE | MsFlags::MS_REC,
-            "unbindable" => MsFlags::MS_UNBINDABLE,
-            _ => MsFlags::MS_UNBINDABLE | MsFlags::MS_REC,
-        };
-        e.push(Entry::new(
-            libc::SYS_mount,
-            [0, slash, 0, flags.bits(), 0, 0],
-        ));
-    }
     for m in &plan.deferred {
         let s = match &m.source {
             Some(s) => g.data(&cstr(s))?,
@@ -1132,7 +1097,7 @@ fn enter_rootfs(
             [fd as u64, i as u64, 0, 0, 0, 0],
         ));
     }
-    for &fd in received.0.iter().chain([&(tree as i32)]) {
+    for &fd in received.0.iter().chain([&mnt_ns]) {
         e.push(Entry::new(libc::SYS_close, [fd as u64, 0, 0, 0, 0, 0]));
     }
     g.run(ctx, child, &e)

@@ -1,12 +1,14 @@
-//! A container's rootfs built as a detached mount tree by a process that is
-//! not the container.
+//! A container's rootfs built, as a mount namespace of its own, by a
+//! process that is not the container.
 //!
 //! An instance forked from a template exists before its rootfs: it is a
-//! copy of the template, in a copy of the template's mount namespace. So
-//! its rootfs is built outside, on a short-lived thread in a private mount
-//! namespace, with the same steps as a created container's ([`prepare`]),
-//! and handed over as one `open_tree(OPEN_TREE_CLONE | AT_RECURSIVE)` fd
-//! that the instance attaches and pivots into.
+//! copy of the template. So its rootfs is built outside, on a short-lived
+//! thread that unshares a mount namespace, makes the mounts with the same
+//! steps as a created container's ([`prepare`]) and pivots into them
+//! ([`enter`]), detaching every other mount. The instance then joins that
+//! namespace with one `setns`: it never unmounts anything itself, so the
+//! RCU grace period a detach waits for is spent on the builder's thread,
+//! not on the instance's start.
 //!
 //! Filesystems that belong to the namespaces of the process that mounts
 //! them cannot be made on that thread: procfs (pid namespace), mqueue
@@ -18,17 +20,14 @@
 
 use std::cell::RefCell;
 use std::io;
-use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use nix::mount::{MntFlags, MsFlags};
 use nix::sys::stat::{Mode, SFlag};
 
-use super::{RootfsConfig, RootfsError, prepare, step};
+use super::{RootfsConfig, RootfsError, enter, prepare, step};
 use crate::syscall::{CreateKind, LinuxSyscall, Resolved, Syscall};
-
-const OPEN_TREE_CLONE: u32 = 1;
-const AT_RECURSIVE: u32 = 0x8000;
 
 /// A mount the instance makes itself, in its own namespaces.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,12 +40,13 @@ pub struct DeferredMount {
     pub data: Option<String>,
 }
 
-/// The built tree and what is left for the instance.
+/// The built rootfs and what is left for the instance.
 #[derive(Debug)]
-pub struct DetachedRootfs {
-    /// The rootfs with every mount of the spec below it but the deferred
-    /// ones, not attached to any mount namespace.
-    pub tree: OwnedFd,
+pub struct RootfsNamespace {
+    /// A mount namespace (an fd of `/proc/PID/ns/mnt`) whose root is the
+    /// rootfs, with every mount of the spec below it but the deferred ones
+    /// and nothing else.
+    pub mnt_ns: OwnedFd,
     /// In the spec's order.
     pub deferred: Vec<DeferredMount>,
 }
@@ -56,13 +56,13 @@ fn namespaced_fstype(fstype: Option<&str>) -> bool {
     matches!(fstype, Some("proc" | "mqueue" | "cgroup" | "cgroup2"))
 }
 
-/// Builds `cfg`'s rootfs (its mounts, devices and /dev links; the pivot,
-/// masks and read-only paths are the instance's) as a detached tree.
-/// sysfs is mounted inside `netns` when given.
+/// Builds `cfg`'s rootfs (its mounts, devices and /dev links, pivoted
+/// into; the masks and read-only paths are the instance's) as a mount
+/// namespace. sysfs is mounted inside `netns` when given.
 pub fn build(
     cfg: &RootfsConfig,
     netns: Option<BorrowedFd<'_>>,
-) -> Result<DetachedRootfs, RootfsError> {
+) -> Result<RootfsNamespace, RootfsError> {
     std::thread::scope(|scope| {
         spawn_build(scope, cfg, netns, |built| built)
             .join()
@@ -82,7 +82,7 @@ pub fn spawn_build<'scope, 'env, R, F>(
     then: F,
 ) -> std::thread::ScopedJoinHandle<'scope, R>
 where
-    F: FnOnce(Result<DetachedRootfs, RootfsError>) -> R + Send + 'scope,
+    F: FnOnce(Result<RootfsNamespace, RootfsError>) -> R + Send + 'scope,
     R: Send + 'scope,
 {
     scope.spawn(move || then(build_on_this_thread(cfg, netns)))
@@ -101,9 +101,20 @@ pub fn builder_panicked() -> RootfsError {
 fn build_on_this_thread(
     cfg: &RootfsConfig,
     netns: Option<BorrowedFd<'_>>,
-) -> Result<DetachedRootfs, RootfsError> {
+) -> Result<RootfsNamespace, RootfsError> {
+    if cfg.no_pivot {
+        // chroot would leave the host's mounts in the namespace.
+        return Err(step("building a rootfs namespace")(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "it needs pivot_root (no_pivot is set)",
+        )));
+    }
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
         .map_err(|e| step("unsharing a mount namespace for the rootfs")(e.into()))?;
+    // Before the pivot: the new root has no /proc yet.
+    let mnt_ns: OwnedFd = std::fs::File::open("/proc/thread-self/ns/mnt")
+        .map_err(step("opening the rootfs' mount namespace"))?
+        .into();
     if let Some(ns) = netns {
         nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)
             .map_err(|e| step("joining the instance's network namespace")(e.into()))?;
@@ -119,30 +130,11 @@ fn build_on_this_thread(
         deferred: RefCell::new(Vec::new()),
     };
     prepare(&sys, cfg)?;
-    let tree = open_tree(&root).map_err(step("open_tree of the rootfs"))?;
-    Ok(DetachedRootfs {
-        tree,
+    enter(&sys, cfg)?;
+    Ok(RootfsNamespace {
+        mnt_ns,
         deferred: sys.deferred.into_inner(),
     })
-}
-
-fn open_tree(path: &Path) -> io::Result<OwnedFd> {
-    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
-        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    // SAFETY: open_tree with a valid C string; returns a new fd or -1.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_open_tree,
-            libc::AT_FDCWD,
-            c.as_ptr(),
-            OPEN_TREE_CLONE | libc::O_CLOEXEC as u32 | AT_RECURSIVE,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a fresh fd from the kernel, owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 /// The kernel, except for mounts of namespaced filesystems (and remounts
