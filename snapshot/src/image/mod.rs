@@ -242,7 +242,10 @@ pub use process::{
     Rlimit, RlimitResource, SigAction, TimeOffsets, TimerNotify,
 };
 pub use reader::Image;
-pub use rootfs::{file_matches, file_record, open_in_root, set_hash_cache_dir};
+pub use rootfs::{
+    LayerDevices, file_matches, file_matches_on, file_record, on_overlay, open_in_root,
+    set_hash_cache_dir,
+};
 pub use thread::{
     RobustList, Rseq, SigAltStack, SyscallRestart, Thread, USER_CS, USER_SS, UserRegs,
 };

@@ -164,8 +164,7 @@ fn regular(path: &str, st: &FileStat) -> Result<()> {
 /// offset 0 (the fd's offset is not used or moved). Results are cached per
 /// process by (device, inode, size, mtime, ctime), so restoring many
 /// sandboxes from one rootfs hashes each library once.
-fn sha256_of(fd: impl AsFd, path: &str, st: &FileStat) -> Result<Sha256Digest> {
-    let key = Key::of(st);
+fn sha256_of(fd: impl AsFd, path: &str, key: Key, st: &FileStat) -> Result<Sha256Digest> {
     if let Some(d) = cache().lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
         return Ok(*d);
     }
@@ -215,6 +214,17 @@ fn sha256_of(fd: impl AsFd, path: &str, st: &FileStat) -> Result<Sha256Digest> {
 /// restorer then maps this same fd, never the path again, so a rename in
 /// the rootfs between check and use changes nothing.
 pub fn file_matches(fd: impl AsFd, record: &FileRecord) -> Result<()> {
+    file_matches_on(fd, record, None)
+}
+
+/// [`file_matches`] for a file that may sit on an overlay mount in
+/// `layers` (see [`LayerDevices`]): the same layer file seen through many
+/// containers' overlays is hashed once.
+pub fn file_matches_on(
+    fd: impl AsFd,
+    record: &FileRecord,
+    layers: Option<&LayerDevices>,
+) -> Result<()> {
     let path = record.path.as_str();
     let st = fstat(fd.as_fd()).map_err(ImageError::errno(PathBuf::from(path), "stat"))?;
     regular(path, &st)?;
@@ -227,7 +237,10 @@ pub fn file_matches(fd: impl AsFd, record: &FileRecord) -> Result<()> {
             found: size.to_string(),
         });
     }
-    let d = sha256_of(fd, path, &st)?;
+    let key = layers
+        .and_then(|l| l.key_of(&st, path))
+        .unwrap_or_else(|| Key::of(&st));
+    let d = sha256_of(fd, path, key, &st)?;
     if d != record.sha256 {
         return Err(ImageError::FileChanged {
             path: path.to_string(),
@@ -246,7 +259,7 @@ pub fn file_record(fd: impl AsFd, path: &str) -> Result<FileRecord> {
     let fd = fd.as_fd();
     let st = fstat(fd).map_err(ImageError::errno(PathBuf::from(path), "stat"))?;
     regular(path, &st)?;
-    let sha256 = sha256_of(fd, path, &st)?;
+    let sha256 = sha256_of(fd, path, Key::of(&st), &st)?;
     let mut head = vec![0u8; (st.st_size.max(0) as usize).min(64 << 10)];
     let mut got = 0;
     while got < head.len() {
@@ -264,4 +277,288 @@ pub fn file_record(fd: impl AsFd, path: &str) -> Result<FileRecord> {
         sha256,
         build_id: elf_build_id(&head).map(|b| HexBytes(b.to_vec())),
     })
+}
+
+/// Whether `fd` is a file on overlayfs.
+pub fn on_overlay(fd: impl AsFd) -> bool {
+    nix::sys::statfs::fstatfs(fd)
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::OVERLAYFS_SUPER_MAGIC)
+}
+
+/// The layers of overlay mounts whose layers all live on one filesystem,
+/// by the overlay's device number.
+///
+/// Such an overlay reports a non-directory's real inode number, size and
+/// times, but a device number of its own per mount, so every container of
+/// an image (each on its own overlay of the same layers) would miss the
+/// hash cache. So a file on one is looked up in the layers, in overlay's
+/// order (upper, then the lowers): a file found there on the layers'
+/// filesystem with the inode number, size and times the overlay reports is
+/// the same inode (inode numbers are unique within a filesystem), and its
+/// own (device, inode) is the cache key. Anything else (layers not found
+/// or on several filesystems, where overlayfs may remap inode numbers; a
+/// file not found or different) keeps the overlay's key, and the file is
+/// hashed.
+#[derive(Debug, Default)]
+pub struct LayerDevices(HashMap<u64, Layers>);
+
+#[derive(Debug)]
+struct Layers {
+    /// The filesystem they all live on.
+    dev: u64,
+    /// Upper first, then the lowers as overlayfs looks them up.
+    dirs: Vec<OwnedFd>,
+}
+
+impl LayerDevices {
+    /// From `/proc/PID/mountinfo` (the layer paths are opened in the
+    /// caller's mount namespace, where a container manager mounts them).
+    pub fn of_process(pid: i32) -> LayerDevices {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap_or_default();
+        LayerDevices::parse(&text, |p| {
+            use std::os::unix::fs::OpenOptionsExt;
+            let dir = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+                .open(p)
+                .ok()?;
+            let dir = OwnedFd::from(dir);
+            let dev = fstat(dir.as_fd()).ok()?.st_dev;
+            Some((dev, dir))
+        })
+    }
+
+    /// From mountinfo `text`, with `open_dir` opening a layer directory
+    /// and giving its device.
+    fn parse(text: &str, open_dir: impl Fn(&str) -> Option<(u64, OwnedFd)>) -> LayerDevices {
+        let mut map = HashMap::new();
+        for line in text.lines() {
+            let Some((head, tail)) = line.split_once(" - ") else {
+                continue;
+            };
+            let mut tail = tail.split(' ');
+            let (Some("overlay"), Some(_source), Some(opts)) =
+                (tail.next(), tail.next(), tail.next())
+            else {
+                continue;
+            };
+            let Some(dev) = head.split(' ').nth(2).and_then(parse_dev) else {
+                continue;
+            };
+            let (mut upper, mut lower) = (Vec::new(), Vec::new());
+            for opt in opts.split(',') {
+                match opt.split_once('=') {
+                    // Data-only layers (after "::") hold no paths.
+                    Some(("lowerdir", v)) => lower.extend(
+                        v.split("::")
+                            .next()
+                            .unwrap_or("")
+                            .split(':')
+                            .filter(|p| !p.is_empty()),
+                    ),
+                    Some(("lowerdir+", v)) => lower.push(v),
+                    Some(("upperdir", v)) => upper.push(v),
+                    _ => {}
+                }
+            }
+            let opened: Option<Vec<(u64, OwnedFd)>> = upper
+                .iter()
+                .chain(&lower)
+                .map(|l| open_dir(&unescape(l)))
+                .collect();
+            let Some(opened) = opened else { continue };
+            let Some(&(first, _)) = opened.first() else {
+                continue;
+            };
+            if opened.iter().all(|(d, _)| *d == first) {
+                let dirs = opened.into_iter().map(|(_, fd)| fd).collect();
+                map.insert(dev, Layers { dev: first, dirs });
+            }
+        }
+        LayerDevices(map)
+    }
+
+    /// The key of the layer file behind `st`, the overlay's view of the
+    /// file at `path` (from the overlay's root), if it is found and is
+    /// that inode.
+    fn key_of(&self, st: &FileStat, path: &str) -> Option<Key> {
+        let layers = self.0.get(&st.st_dev)?;
+        for dir in &layers.dirs {
+            let fd = match open_in_root(dir, path, OFlag::O_RDONLY) {
+                Ok(fd) => fd,
+                Err(ImageError::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    continue;
+                }
+                Err(_) => return None,
+            };
+            let real = fstat(fd.as_fd()).ok()?;
+            let seen = Key {
+                dev: real.st_dev,
+                ..Key::of(st)
+            };
+            let same = real.st_dev == layers.dev && Key::of(&real) == seen;
+            return same.then_some(seen);
+        }
+        None
+    }
+}
+
+/// `MAJOR:MINOR` as a `dev_t`.
+fn parse_dev(s: &str) -> Option<u64> {
+    let (major, minor) = s.split_once(':')?;
+    Some(libc::makedev(major.parse().ok()?, minor.parse().ok()?))
+}
+
+/// Undoes mountinfo's octal escapes (`\040` for a space and the like).
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let octal = b
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match (b[i], octal) {
+            (b'\\', Some(d)) => {
+                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
+                i += 4;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MOUNTINFO: &str = "\
+25 1 254:0 / / rw,relatime - ext4 /dev/vda rw
+67 44 0:39 / /run/c1/rootfs rw,relatime - overlay overlay rw,lowerdir=/l/2:/l/1,upperdir=/u/1,workdir=/w/1
+70 44 0:41 / /run/c2/rootfs rw,relatime - overlay overlay rw,lowerdir=/l/2:/l/1,upperdir=/u/2,workdir=/w/2
+71 44 0:42 / /run/c3/rootfs rw,relatime - overlay overlay rw,lowerdir=/other/1,upperdir=/u/3,workdir=/w/3
+72 44 0:43 / /run/c4/rootfs rw,relatime - overlay overlay rw,lowerdir=/gone/1,upperdir=/u/4,workdir=/w/4
+73 44 0:44 / /run/c5/rootfs rw,relatime - overlay overlay ro,lowerdir=/l/with\\040space::/d/data
+";
+
+    /// Layer directories of the mountinfo above: /l and /u on one
+    /// filesystem, /other on another, /gone missing. Each "opens" as an
+    /// fd of /dev/null, so the test sees which were opened.
+    fn open_dir(p: &str) -> Option<(u64, OwnedFd)> {
+        let dev = match p {
+            "/other/1" => 7,
+            "/l/1" | "/l/2" | "/l/with 040space" | "/l/with space" => 65024,
+            p if p.starts_with("/u/") => 65024,
+            _ => return None,
+        };
+        Some((dev, std::fs::File::open("/dev/null").unwrap().into()))
+    }
+
+    #[test]
+    fn overlays_on_one_filesystem_are_kept_with_their_layers_in_lookup_order() {
+        let l = LayerDevices::parse(MOUNTINFO, open_dir);
+        let layers = |minor| {
+            l.0.get(&libc::makedev(0, minor))
+                .map(|x| (x.dev, x.dirs.len()))
+        };
+        // Upper, then two lowers.
+        assert_eq!(layers(39), Some((65024, 3)));
+        assert_eq!(layers(41), Some((65024, 3)));
+        // Layers on two filesystems; a layer that cannot be found.
+        assert_eq!(layers(42), None);
+        assert_eq!(layers(43), None);
+        // An escaped path, and a data-only layer that is not looked in.
+        assert_eq!(layers(44), Some((65024, 1)));
+        assert_eq!(l.0.len(), 3);
+    }
+
+    #[test]
+    fn mountinfo_escapes_are_undone() {
+        assert_eq!(unescape("/a\\040b\\134c"), "/a b\\c");
+        assert_eq!(unescape("/plain\\"), "/plain\\");
+        assert_eq!(unescape("/x\\09"), "/x\\09");
+    }
+
+    /// Two overlays of one lower layer: the key of the layer file itself
+    /// through either; none for a file changed (copied up) in one of
+    /// them, or for a file the layers hold at another path.
+    #[test]
+    fn a_layer_file_has_one_cache_key_through_every_overlay() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_path_buf();
+        for sub in ["l", "u1", "w1", "u2", "w2", "m1", "m2"] {
+            std::fs::create_dir(d.join(sub)).unwrap();
+        }
+        std::fs::write(d.join("l/lib.so"), b"layer contents").unwrap();
+        std::fs::write(d.join("l/other.so"), b"other").unwrap();
+        let lower =
+            Key::of(&fstat(std::fs::File::open(d.join("l/lib.so")).unwrap().as_fd()).unwrap());
+        // On a thread with a mount namespace of its own: the mounts go
+        // with it, whatever happens.
+        let keys = std::thread::spawn(move || {
+            use nix::mount::{MsFlags, mount};
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).unwrap();
+            mount(
+                None::<&str>,
+                "/",
+                None::<&str>,
+                MsFlags::MS_PRIVATE | MsFlags::MS_REC,
+                None::<&str>,
+            )
+            .unwrap();
+            for i in [1, 2] {
+                let opts = format!(
+                    "lowerdir={0}/l,upperdir={0}/u{i},workdir={0}/w{i}",
+                    d.display()
+                );
+                let target = d.join(format!("m{i}"));
+                mount(
+                    Some("overlay"),
+                    &target,
+                    Some("overlay"),
+                    MsFlags::empty(),
+                    Some(opts.as_str()),
+                )
+                .unwrap();
+            }
+            // Copied up in the second overlay only.
+            std::fs::write(d.join("m2/other.so"), b"changed").unwrap();
+            let layers = LayerDevices::of_process(nix::unistd::gettid().as_raw());
+            let key = |m: &str, file: &str, at: &str| {
+                let f = std::fs::File::open(d.join(m).join(file)).unwrap();
+                assert!(on_overlay(&f));
+                let st = fstat(f.as_fd()).unwrap();
+                (layers.key_of(&st, at), Key::of(&st))
+            };
+            [
+                key("m1", "lib.so", "/lib.so"),
+                key("m2", "lib.so", "/lib.so"),
+                key("m2", "other.so", "/other.so"),
+                key("m1", "other.so", "/other.so"),
+                key("m1", "lib.so", "/other.so"),
+            ]
+        })
+        .join()
+        .unwrap();
+        assert!(keys[0].0 == Some(lower));
+        assert!(keys[1].0 == Some(lower));
+        assert!(
+            keys[0].1 != keys[1].1,
+            "each overlay has a device of its own"
+        );
+        // After a copy-up overlayfs still reports the lower file's inode
+        // number; the upper layer's file, found first, is another inode,
+        // so the copy is hashed. The other overlay still shows the lower.
+        assert!(keys[2].0.is_none());
+        assert!(keys[2].1.ino == keys[3].1.ino);
+        assert!(keys[3].0.is_some());
+        // The file at another path is another inode.
+        assert!(keys[4].0.is_none());
+    }
 }

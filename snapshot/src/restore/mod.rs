@@ -531,9 +531,14 @@ pub(crate) fn check_files(pid: Tid, m: &ManifestBody) -> Result<(), RestoreError
             what: "opening the sandbox's root",
             source,
         })?;
+    // Read once, at the first file on an overlay (a container manager's
+    // rootfs): its files are cached by the layers' device.
+    let mut layers = None;
     for f in &m.files {
         let fd = crate::image::open_in_root(&root, &f.path, nix::fcntl::OFlag::O_RDONLY)?;
-        crate::image::file_matches(&fd, f)?;
+        let on = crate::image::on_overlay(&fd)
+            .then(|| &*layers.get_or_insert_with(|| crate::image::LayerDevices::of_process(pid)));
+        crate::image::file_matches_on(&fd, f, on)?;
     }
     Ok(())
 }
