@@ -163,6 +163,44 @@ fn instances_outlive_their_template_and_bad_forks_are_refused() {
     );
     s.assert_clean(&bad_id);
 
+    // A rootfs that cannot be built (a bind mount of a missing source):
+    // the build runs beside the clone, so the child exists by then; it is
+    // killed, the error names the mount, nothing is left, and the
+    // template forks on (below).
+    let unbuildable = s.dir.path().join("unbuildable");
+    fs::create_dir_all(&unbuildable).unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_slice(&fs::read(s.bundle.join("config.json")).unwrap()).unwrap();
+    cfg["root"]["path"] = s.bundle.join("rootfs").to_str().unwrap().into();
+    let missing = s.dir.path().join("no-such-dir");
+    cfg["mounts"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!(
+            {"destination": "/mnt", "type": "bind", "source": missing, "options": ["bind"]}
+        ));
+    fs::write(
+        unbuildable.join("config.json"),
+        serde_json::to_vec(&cfg).unwrap(),
+    )
+    .unwrap();
+    let unbuildable_id = format!("{}-nomount", s.id);
+    let err = template
+        .fork(
+            &rt,
+            &unbuildable_id,
+            ForkSpec {
+                bundle: Some(unbuildable),
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+    assert!(
+        matches!(err, TemplateError::Rootfs { .. }) && err.to_string().contains("/mnt"),
+        "the error names the mount: {err}"
+    );
+    s.assert_clean(&unbuildable_id);
+
     // The same bundle content at another path is fine.
     let copy = s.dir.path().join("copy");
     fs::create_dir_all(&copy).unwrap();

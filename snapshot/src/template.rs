@@ -568,7 +568,7 @@ impl Template {
                 id: adoption.id().to_string(),
                 source: e,
             })?;
-        let mut plan = ChildPlan::new(bundle, &rootfs_cfg, &self.image)?;
+        let plan = ChildPlan::new(bundle, &rootfs_cfg, &self.image)?;
         let process = bundle
             .spec
             .process()
@@ -603,13 +603,12 @@ impl Template {
         drop(fds);
 
         let (deferred_tx, deferred_rx) = std::sync::mpsc::channel();
-        let image = self.image.clone();
         let held = self.held.clone();
         let name = self.name.clone();
         let writable = self.writable.clone();
         let profile = spec.populate;
         let bundle_dir = bundle.dir.clone();
-        let (traced, built) = std::thread::scope(|scope| {
+        let (cloned, built) = std::thread::scope(|scope| {
             let builder = detached::spawn_build(scope, &rootfs_cfg, Some(netns.as_fd()), {
                 let bundle_dir = bundle_dir.clone();
                 move |built| -> Result<(), TemplateError> {
@@ -621,51 +620,118 @@ impl Template {
                     send_fds(&rootfs_ours, &[rootfs.mnt_ns.as_fd()])
                 }
             });
-            let traced = self.tracer.run(move |ctx| -> Result<_, TemplateError> {
+            // First half, on the tracer while the rootfs is built: the
+            // clone, its cgroups and namespaces, the write set.
+            let cloned = self
+                .tracer
+                .run(move |ctx| -> Result<Cloned, TemplateError> {
+                    let mut inner = Stages::new();
+                    let mut guard = held.lock().unwrap_or_else(|e| e.into_inner());
+                    let h = guard.as_mut().ok_or(TemplateError::Gone(name))?;
+                    let got = receive_fds(ctx, &mut h.gadget, h.pid, CONTROL_FD, passed.count())?;
+                    let received = Received(got);
+                    inner.mark("fds in");
+                    let cloned = clone_instance(ctx, h, &plan, received.unified(&passed));
+                    // The template keeps nothing of the instance's.
+                    let close: Vec<Entry> = received
+                        .0
+                        .iter()
+                        .map(|&fd| Entry::new(libc::SYS_close, [fd as u64, 0, 0, 0, 0, 0]))
+                        .collect();
+                    h.gadget.run(ctx, h.pid, &close)?;
+                    let child = cloned?;
+                    let pidfd = match pidfd_open(child) {
+                        Ok(fd) => fd,
+                        Err(source) => {
+                            let _ = ctx.kill(child);
+                            return Err(TemplateError::Io {
+                                what: "opening a pidfd of the instance",
+                                source,
+                            });
+                        }
+                    };
+                    inner.mark("clone");
+                    let mut gadget = h.gadget.for_child(child);
+                    let r = (|| -> Result<Populated, TemplateError> {
+                        join_namespaces(ctx, child, &mut gadget, &plan, &received, &passed)?;
+                        inner.mark("namespaces");
+                        // In its memory cgroup by now (v1: moved just above),
+                        // so the copies are the instance's charge.
+                        let mut populated = Populated::default();
+                        if let Some(set) = &profile {
+                            populated =
+                                crate::profile::populate(ctx, child, &mut gadget, set, &writable)?;
+                            inner.mark("populate");
+                        }
+                        Ok(populated)
+                    })();
+                    match r {
+                        Ok(populated) => Ok(Cloned {
+                            child,
+                            pidfd,
+                            populated,
+                            stages: inner.stages().to_vec(),
+                            state: ChildState {
+                                gadget,
+                                received,
+                                plan,
+                            },
+                        }),
+                        Err(e) => {
+                            let _ = ctx.kill(child);
+                            Err(e)
+                        }
+                    }
+                });
+            // The template has the fds: the next fork may hand over its own.
+            drop(handover);
+            // Joined off the tracer, which serves other templates
+            // meanwhile, however long a mount takes.
+            let built = builder.join().unwrap_or_else(|_| {
+                Err(TemplateError::Rootfs {
+                    bundle: bundle_dir.clone(),
+                    source: detached::builder_panicked(),
+                })
+            });
+            (cloned, built)
+        });
+        // A failed build explains a child that got no rootfs; a rootfs built
+        // for a child that failed otherwise goes with the socketpair.
+        let mut cloned = match (cloned, built) {
+            (Ok(c), Ok(())) => c,
+            (Ok(c), Err(e)) => {
+                let child = c.child;
+                self.tracer.run(move |ctx| {
+                    let _ = ctx.kill(child);
+                });
+                return Err(e);
+            }
+            (Err(_), Err(e @ TemplateError::Rootfs { .. })) | (Err(e), _) => return Err(e),
+        };
+        stages.append(&cloned.stages);
+        stages.mark("rootfs wait");
+        cloned.state.plan.deferred = deferred_rx
+            .recv()
+            .map_err(|_| RestoreError::Incompatible("the rootfs builder sent no mounts".into()))?;
+
+        // Second half: the rootfs (already in the socket), the process's
+        // own state, the sandbox's credentials, release.
+        let image = self.image.clone();
+        let child = cloned.child;
+        let state = cloned.state;
+        let finished = self
+            .tracer
+            .run(move |ctx| -> Result<Vec<_>, TemplateError> {
                 let mut inner = Stages::new();
-                let mut guard = held.lock().unwrap_or_else(|e| e.into_inner());
-                let h = guard.as_mut().ok_or(TemplateError::Gone(name))?;
-                let got = receive_fds(ctx, &mut h.gadget, h.pid, CONTROL_FD, passed.count())?;
-                let received = Received(got);
-                inner.mark("fds in");
-                let cloned = clone_instance(ctx, h, &plan, received.unified(&passed));
-                // The template keeps nothing of the instance's.
-                let close: Vec<Entry> = received
-                    .0
-                    .iter()
-                    .map(|&fd| Entry::new(libc::SYS_close, [fd as u64, 0, 0, 0, 0, 0]))
-                    .collect();
-                h.gadget.run(ctx, h.pid, &close)?;
-                let child = cloned?;
-                let pidfd = match pidfd_open(child) {
-                    Ok(fd) => fd,
-                    Err(source) => {
-                        let _ = ctx.kill(child);
-                        return Err(TemplateError::Io {
-                            what: "opening a pidfd of the instance",
-                            source,
-                        });
-                    }
-                };
-                inner.mark("clone");
-                let mut g = h.gadget.for_child(child);
-                let r = (|| -> Result<Populated, TemplateError> {
-                    join_namespaces(ctx, child, &mut g, &plan, &received, &passed)?;
-                    inner.mark("namespaces");
-                    // In its memory cgroup by now (v1: moved just above),
-                    // so the copies are the instance's charge.
-                    let mut populated = Populated::default();
-                    if let Some(set) = &profile {
-                        populated = crate::profile::populate(ctx, child, &mut g, set, &writable)?;
-                        inner.mark("populate");
-                    }
-                    let mnt_ns = receive_fds(ctx, &mut g, child, received.rootfs_socket(), 1)?[0];
-                    // Sent before the namespace, so here by now.
-                    plan.deferred = deferred_rx.recv().map_err(|_| {
-                        RestoreError::Incompatible("the rootfs builder sent no mounts".into())
-                    })?;
-                    inner.mark("rootfs wait");
-                    enter_rootfs(ctx, child, &mut g, &plan, mnt_ns, &received)?;
+                let ChildState {
+                    mut gadget,
+                    received,
+                    plan,
+                } = state;
+                let g = &mut gadget;
+                let r = (|| -> Result<(), TemplateError> {
+                    let mnt_ns = receive_fds(ctx, g, child, received.rootfs_socket(), 1)?[0];
+                    enter_rootfs(ctx, child, g, &plan, mnt_ns, &received)?;
                     restore::check_files(child, image.manifest())?;
                     inner.mark("sandbox");
                     let rules = SandboxRules {
@@ -677,42 +743,22 @@ impl Template {
                         reserved: Vec::new(),
                         close_others: true,
                     };
-                    restore::release(ctx, child, &mut g, &image, &rules, &opts, &mut inner)?;
-                    Ok(populated)
+                    restore::release(ctx, child, g, &image, &rules, &opts, &mut inner)
+                        .map_err(TemplateError::from)
                 })();
-                let populated = match r {
-                    Ok(p) => p,
+                match r {
+                    Ok(()) => Ok(inner.stages().to_vec()),
                     Err(e) => {
                         let _ = ctx.kill(child);
-                        return Err(e);
+                        Err(e)
                     }
-                };
-                Ok((child, pidfd, populated, inner.stages().to_vec()))
+                }
             });
-            let built = builder.join().unwrap_or_else(|_| {
-                Err(TemplateError::Rootfs {
-                    bundle: bundle_dir.clone(),
-                    source: detached::builder_panicked(),
-                })
-            });
-            (traced, built)
-        });
-        drop(handover);
-        // A failed build explains a child that got no rootfs; a rootfs built
-        // for a child that failed otherwise went down with the socketpair.
-        let (child, pidfd, populated, inner) = match (traced, built) {
-            (Ok(t), Ok(())) => t,
-            (Ok((_, pidfd, ..)), Err(e)) => {
-                let _ = sprout_runtime::container::pidfd_kill(&pidfd, libc::SIGKILL);
-                return Err(e);
-            }
-            (Err(_), Err(e @ TemplateError::Rootfs { .. })) | (Err(e), _) => return Err(e),
-        };
-        stages.append(&inner);
+        stages.append(&finished?);
         if let Some(sig) = spec.after_fork_signal {
-            let _ = sprout_runtime::container::pidfd_kill(&pidfd, sig);
+            let _ = sprout_runtime::container::pidfd_kill(&cloned.pidfd, sig);
         }
-        Ok((child, pidfd, populated))
+        Ok((child, cloned.pidfd, cloned.populated))
     }
 
     /// Kills the template process. Its instances live on (their parent is
@@ -866,6 +912,24 @@ fn receive_fds(
     Ok((0..n)
         .map(|i| i32::from_le_bytes(c[16 + i * 4..20 + i * 4].try_into().unwrap()))
         .collect())
+}
+
+/// The first half of a fork, done: the stopped child and what its second
+/// half needs.
+struct Cloned {
+    child: Tid,
+    pidfd: OwnedFd,
+    populated: Populated,
+    stages: Vec<(&'static str, Duration)>,
+    state: ChildState,
+}
+
+/// What the second half of a fork runs with.
+struct ChildState {
+    /// The template's gadget, in the child.
+    gadget: Gadget,
+    received: Received,
+    plan: ChildPlan,
 }
 
 /// What was passed to the template, in this order: the network
