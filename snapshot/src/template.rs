@@ -542,9 +542,9 @@ impl Template {
         rootfs_cfg.cgroup_dirs = Some(cgroup.dirs());
         // The rootfs (a mount namespace) is built on a thread of its own
         // while the template clones the child and the child joins its
-        // cgroups and namespaces and populates its write set; the child
-        // takes it from this socketpair when it gets there. Closing our end
-        // without sending (the build failed) ends the child's wait.
+        // cgroups and namespaces and populates its write set; it reaches
+        // the child through this socketpair, whose other end goes in with
+        // the instance's other fds.
         let (rootfs_ours, rootfs_theirs) =
             UnixStream::pair().map_err(|source| TemplateError::Io {
                 what: "making the rootfs socketpair",
@@ -859,7 +859,7 @@ fn send_fds(sock: &UnixStream, fds: &[BorrowedFd<'_>]) -> Result<(), TemplateErr
     // its rootfs): the error is enough.
     sendmsg::<()>(sock.as_raw_fd(), &iov, &cmsg, MsgFlags::MSG_NOSIGNAL, None).map_err(|e| {
         TemplateError::Io {
-            what: "passing fds to the template",
+            what: "passing fds to the template or an instance",
             source: e.into(),
         }
     })?;
