@@ -147,16 +147,7 @@ fn instances_outlive_their_template_and_bad_forks_are_refused() {
     // refused by content, naming the file, leaving nothing behind.
     let other = bundle_with_other_python(&s, "other");
     let bad_id = format!("{}-bad", s.id);
-    let err = template
-        .fork(
-            &rt,
-            &bad_id,
-            ForkSpec {
-                bundle: Some(other.clone()),
-                ..Default::default()
-            },
-        )
-        .unwrap_err();
+    let err = fork_error(&template, &rt, &bad_id, other);
     assert!(
         err.to_string().contains("python3.11"),
         "the error names the differing file: {err}"
@@ -167,34 +158,17 @@ fn instances_outlive_their_template_and_bad_forks_are_refused() {
     // the build runs beside the clone, so the child exists by then; it is
     // killed, the error names the mount, nothing is left, and the
     // template forks on (below).
-    let unbuildable = s.dir.path().join("unbuildable");
-    fs::create_dir_all(&unbuildable).unwrap();
-    let mut cfg: serde_json::Value =
-        serde_json::from_slice(&fs::read(s.bundle.join("config.json")).unwrap()).unwrap();
-    cfg["root"]["path"] = s.bundle.join("rootfs").to_str().unwrap().into();
     let missing = s.dir.path().join("no-such-dir");
-    cfg["mounts"]
-        .as_array_mut()
-        .unwrap()
-        .push(serde_json::json!(
-            {"destination": "/mnt", "type": "bind", "source": missing, "options": ["bind"]}
-        ));
-    fs::write(
-        unbuildable.join("config.json"),
-        serde_json::to_vec(&cfg).unwrap(),
-    )
-    .unwrap();
+    let unbuildable = bundle_copy(&s, "unbuildable", |cfg| {
+        cfg["mounts"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!(
+                {"destination": "/mnt", "type": "bind", "source": missing, "options": ["bind"]}
+            ))
+    });
     let unbuildable_id = format!("{}-nomount", s.id);
-    let err = template
-        .fork(
-            &rt,
-            &unbuildable_id,
-            ForkSpec {
-                bundle: Some(unbuildable),
-                ..Default::default()
-            },
-        )
-        .unwrap_err();
+    let err = fork_error(&template, &rt, &unbuildable_id, unbuildable);
     assert!(
         matches!(err, TemplateError::Rootfs { .. }) && err.to_string().contains("/mnt"),
         "the error names the mount: {err}"
@@ -202,12 +176,7 @@ fn instances_outlive_their_template_and_bad_forks_are_refused() {
     s.assert_clean(&unbuildable_id);
 
     // The same bundle content at another path is fine.
-    let copy = s.dir.path().join("copy");
-    fs::create_dir_all(&copy).unwrap();
-    let mut cfg2: serde_json::Value =
-        serde_json::from_slice(&fs::read(s.bundle.join("config.json")).unwrap()).unwrap();
-    cfg2["root"]["path"] = s.bundle.join("rootfs").to_str().unwrap().into();
-    fs::write(copy.join("config.json"), serde_json::to_vec(&cfg2).unwrap()).unwrap();
+    let copy = bundle_copy(&s, "copy", |_| {});
     let ok_id = format!("{}-copy", s.id);
     let mut spec = stdio_to(&f);
     spec.bundle = Some(copy);
@@ -251,6 +220,28 @@ fn instances_outlive_their_template_and_bad_forks_are_refused() {
         "{:?}",
         cgroup_leftovers(&s.id)
     );
+}
+
+/// A bundle directory `name` whose config is `s`'s, with the rootfs by
+/// absolute path, edited by `edit`.
+fn bundle_copy(s: &Sandbox, name: &str, edit: impl FnOnce(&mut serde_json::Value)) -> PathBuf {
+    let dir = s.dir.path().join(name);
+    fs::create_dir_all(&dir).unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_slice(&fs::read(s.bundle.join("config.json")).unwrap()).unwrap();
+    cfg["root"]["path"] = s.bundle.join("rootfs").to_str().unwrap().into();
+    edit(&mut cfg);
+    fs::write(dir.join("config.json"), serde_json::to_vec(&cfg).unwrap()).unwrap();
+    dir
+}
+
+/// Forks `id` from `template` with `bundle`, expecting an error.
+fn fork_error(template: &Template, rt: &Runtime, id: &str, bundle: PathBuf) -> TemplateError {
+    let spec = ForkSpec {
+        bundle: Some(bundle),
+        ..Default::default()
+    };
+    template.fork(rt, id, spec).unwrap_err()
 }
 
 /// Runs `args` in `s` until `out` has a line starting with `ready`
