@@ -701,3 +701,55 @@ fn a_graceful_stop_right_after_a_function_removal_leaves_nothing() {
     assert_eq!(holders_left(&d), Vec::<String>::new(), "{}", d.log_text());
     assert_clean(&s, &d);
 }
+
+#[test]
+fn a_function_removed_right_after_a_drain_has_no_pool_instance_left() {
+    // The demo's ending: claims each followed by a refill, then a drain
+    // and the removal at once. The reconciler may still be destroying an
+    // instance it unloaded when the drain answers; the drain waits for
+    // it, so the removal never finds one (it answered 409 before).
+    let mut s = Sandbox::new("pool-drain-remove");
+    s.set_args(&["sleep", "1000"]);
+    let d = Sproutd::start(&s);
+    let c = d.client();
+    for round in 0..6 {
+        c.add_function(&function("py", &s)).unwrap();
+        ok(
+            &c,
+            &d,
+            "PUT",
+            "/functions/py/pool/policy",
+            Some(json!({"strategy": "none"})),
+            200,
+        );
+        prewarm(&c, &d, 1);
+        for _ in 0..3 {
+            assert!(wait_until(TIMEOUT, || pool_ids(&c, &d, "py", "frozen")
+                .len()
+                == 1));
+            let claimed = ok(&c, &d, "POST", "/functions/py/claim", Some(json!({})), 201);
+            let id = claimed["id"].as_str().unwrap();
+            ok(
+                &c,
+                &d,
+                "POST",
+                &format!("/instances/{id}/release"),
+                None,
+                200,
+            );
+        }
+        ok(
+            &c,
+            &d,
+            "POST",
+            "/functions/py/pool/drain",
+            Some(json!({"force": true})),
+            200,
+        );
+        c.remove_function("py")
+            .unwrap_or_else(|e| panic!("round {round}: {e}\n{}", d.log_text()));
+        assert!(c.instances().unwrap().is_empty(), "round {round}");
+    }
+    assert_holders_gone(&d);
+    assert_clean(&s, &d);
+}

@@ -134,6 +134,11 @@ struct FunctionPool {
     drained: bool,
     /// Pool forks of this function in flight (a drain waits for them).
     forking: u32,
+    /// Reconciles of this function under way (the reconciler's, a
+    /// pre-warm's), e.g. destroying the instances they unload: a drain
+    /// waits for them, so that when it answers no pool instance of the
+    /// function is left, not even a dying one.
+    reconciling: u32,
     /// End of the last request while none is in flight.
     last_finish: Option<Timestamp>,
     idle_history: VecDeque<f64>,
@@ -258,6 +263,7 @@ impl FunctionPool {
                 .unwrap_or(DEFAULT_FORK_COST),
             drained: false,
             forking: 0,
+            reconciling: 0,
             last_finish: None,
             idle_history,
             review_at: None,
@@ -520,6 +526,31 @@ impl WarmPool {
                 ..
             })
         )
+    }
+}
+
+/// Counts a reconcile of a function while it lives.
+struct Reconciling<'a> {
+    daemon: &'a Daemon,
+    name: &'a str,
+}
+
+impl<'a> Reconciling<'a> {
+    fn start(daemon: &'a Daemon, name: &'a str) -> Self {
+        Self::count(daemon, name, 1);
+        Reconciling { daemon, name }
+    }
+
+    fn count(daemon: &Daemon, name: &str, delta: i32) {
+        if let Some(f) = lock(&daemon.warm.state).functions.get_mut(name) {
+            f.reconciling = f.reconciling.saturating_add_signed(delta);
+        }
+    }
+}
+
+impl Drop for Reconciling<'_> {
+    fn drop(&mut self) {
+        Self::count(self.daemon, self.name, -1);
     }
 }
 
@@ -864,12 +895,13 @@ impl Daemon {
             fp.drained = true;
         }
         // A pool fork already under way ends in the pool: wait for it, so
-        // the drain sees it.
+        // the drain sees it; and for instances the reconciler is
+        // destroying, so that none is left once the drain answers.
         let deadline = Instant::now() + DRAIN_FORKS_TIMEOUT;
         while lock(&self.warm.state)
             .functions
             .get(name)
-            .is_some_and(|f| f.forking > 0)
+            .is_some_and(|f| f.forking > 0 || f.reconciling > 0)
             && Instant::now() < deadline
         {
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -1540,20 +1572,26 @@ impl Daemon {
 
     /// Forks one pool instance of `name` if the budget admits it; counted
     /// in the function's `forking` while under way (a drain waits for it).
+    /// A pre-warm fork of a drained function does not start (`None`).
     async fn fork_pool_instance(
         self: &Arc<Self>,
         name: &str,
         purpose: Purpose,
         frozen: bool,
     ) -> Result<Option<String>, ApiError> {
-        let count = |delta: i32| {
-            if let Some(f) = lock(&self.warm.state).functions.get_mut(name) {
-                f.forking = f.forking.saturating_add_signed(delta);
+        // Checked and counted under one lock: a drain either sees this
+        // fork under way and waits for it, or this fork sees the drain.
+        // (A refill decides to fork before it gets here, across awaits.)
+        if let Some(f) = lock(&self.warm.state).functions.get_mut(name) {
+            if purpose == Purpose::PreWarm && f.drained {
+                return Ok(None);
             }
-        };
-        count(1);
+            f.forking += 1;
+        }
         let r = self.fork_pool_instance_counted(name, purpose, frozen).await;
-        count(-1);
+        if let Some(f) = lock(&self.warm.state).functions.get_mut(name) {
+            f.forking = f.forking.saturating_sub(1);
+        }
         r
     }
 
@@ -1825,6 +1863,7 @@ impl Daemon {
         if self.warm.stopping.load(Ordering::Acquire) {
             return Ok(0);
         }
+        let _reconciling = Reconciling::start(self, name);
         let (to_fork, victims, to_freeze) = {
             let mut st = lock(&self.warm.state);
             let now = self.warm.now();
