@@ -197,27 +197,28 @@ fn pages_index(p: &PagesIndex) -> Result<()> {
         ));
     }
     aligned("pages.size", p.size)?;
-    if !p.chunk_size.is_power_of_two()
-        || !(MIN_CHUNK_BYTES..=MAX_CHUNK_BYTES).contains(&p.chunk_size)
-    {
+    chunking("pages", p.size, p.chunk_size, p.chunks.len())
+}
+
+/// The chunking of a checksummed file (`pages.img`, `working-set.img`) of
+/// `size` bytes, its fields named `{prefix}.chunk_size` and
+/// `{prefix}.chunks`: a chunk size that is a power of two within
+/// [`MIN_CHUNK_BYTES`]..=[`MAX_CHUNK_BYTES`], at most [`MAX_CHUNKS`]
+/// checksums, one per chunk.
+pub(super) fn chunking(prefix: &str, size: u64, chunk_size: u64, chunks: usize) -> Result<()> {
+    if !chunk_size.is_power_of_two() || !(MIN_CHUNK_BYTES..=MAX_CHUNK_BYTES).contains(&chunk_size) {
         return Err(invalid(
-            "pages.chunk_size",
-            format!(
-                "{} is not a power of two in {MIN_CHUNK_BYTES}..={MAX_CHUNK_BYTES}",
-                p.chunk_size
-            ),
+            format!("{prefix}.chunk_size"),
+            format!("{chunk_size} is not a power of two in {MIN_CHUNK_BYTES}..={MAX_CHUNK_BYTES}"),
         ));
     }
-    count("pages.chunks", p.chunks.len(), MAX_CHUNKS)?;
-    let want = p.size.div_ceil(p.chunk_size);
-    if p.chunks.len() as u64 != want {
+    count(format!("{prefix}.chunks"), chunks, MAX_CHUNKS)?;
+    let want = size.div_ceil(chunk_size);
+    if chunks as u64 != want {
         return Err(invalid(
-            "pages.chunks",
+            format!("{prefix}.chunks"),
             format!(
-                "{} checksums for {} bytes in {}-byte chunks (expected {want})",
-                p.chunks.len(),
-                p.size,
-                p.chunk_size
+                "{chunks} checksums for {size} bytes in {chunk_size}-byte chunks (expected {want})"
             ),
         ));
     }

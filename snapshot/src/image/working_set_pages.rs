@@ -63,7 +63,7 @@ use serde::{Deserialize, Serialize};
 use super::arena::Arena;
 use super::encoding::ChunkHash;
 use super::error::{ImageError, Result};
-use super::limits::{MAX_CHUNK_BYTES, MAX_CHUNKS, MIN_CHUNK_BYTES, PAGE_SIZE, PAGES_FILE};
+use super::limits::{PAGE_SIZE, PAGES_FILE};
 use super::manifest::ChunkHashKind;
 use super::reader::Image;
 use super::working_set::{MAX_WORKING_SET_RANGES, WORKING_SET_FILE, WorkingSet};
@@ -110,7 +110,8 @@ pub struct WorkingSetPages {
     /// Exact size of the file in bytes: the extents' total.
     pub size: u64,
     /// Chunk size in bytes: a power of two within
-    /// [`MIN_CHUNK_BYTES`]..=[`MAX_CHUNK_BYTES`].
+    /// [`MIN_CHUNK_BYTES`](super::limits::MIN_CHUNK_BYTES)..=
+    /// [`MAX_CHUNK_BYTES`](super::limits::MAX_CHUNK_BYTES).
     pub chunk_size: u64,
     /// Hash function of `chunks`.
     pub hash: ChunkHashKind,
@@ -142,36 +143,12 @@ impl WorkingSetPages {
                 format!("{} is not a whole number of pages", self.size),
             ));
         }
-        if !self.chunk_size.is_power_of_two()
-            || !(MIN_CHUNK_BYTES..=MAX_CHUNK_BYTES).contains(&self.chunk_size)
-        {
-            return Err(invalid(
-                "chunk_size",
-                format!(
-                    "{} is not a power of two in {MIN_CHUNK_BYTES}..={MAX_CHUNK_BYTES}",
-                    self.chunk_size
-                ),
-            ));
-        }
-        if self.chunks.len() > MAX_CHUNKS {
-            return Err(ImageError::limit(
-                format!("{WORKING_SET_FILE} pages.chunks"),
-                self.chunks.len() as u64,
-                MAX_CHUNKS as u64,
-            ));
-        }
-        let want = self.size.div_ceil(self.chunk_size);
-        if self.chunks.len() as u64 != want {
-            return Err(invalid(
-                "chunks",
-                format!(
-                    "{} checksums for {} bytes in {}-byte chunks (expected {want})",
-                    self.chunks.len(),
-                    self.size,
-                    self.chunk_size
-                ),
-            ));
-        }
+        super::validate::chunking(
+            &format!("{WORKING_SET_FILE} pages"),
+            self.size,
+            self.chunk_size,
+            self.chunks.len(),
+        )?;
         if self.extents.len() > MAX_WORKING_SET_RANGES {
             return Err(ImageError::limit(
                 format!("{WORKING_SET_FILE} pages.extents"),
