@@ -58,21 +58,10 @@ fn namespaced_fstype(fstype: Option<&str>) -> bool {
 
 /// Builds `cfg`'s rootfs (its mounts, devices and /dev links, pivoted
 /// into; the masks and read-only paths are the instance's) as a mount
-/// namespace. sysfs is mounted inside `netns` when given.
-pub fn build(
-    cfg: &RootfsConfig,
-    netns: Option<BorrowedFd<'_>>,
-) -> Result<RootfsNamespace, RootfsError> {
-    std::thread::scope(|scope| {
-        spawn_build(scope, cfg, netns, |built| built)
-            .join()
-            .unwrap_or_else(|_| Err(builder_panicked()))
-    })
-}
-
-/// Starts [`build`] on a new thread of `scope` and gives its result to
-/// `then` on that thread, so the tree can be handed on as soon as it
-/// exists while the caller does other work. Joining the handle returns
+/// namespace, on a new thread of `scope` (whose namespaces are never the
+/// caller's), and gives the result to `then` on that thread, so it can be
+/// handed on as soon as it exists while the caller does other work.
+/// sysfs is mounted inside `netns` when given. Joining the handle returns
 /// what `then` returned; report a panic of the thread with
 /// [`builder_panicked`].
 pub fn spawn_build<'scope, 'env, R, F>(
@@ -96,8 +85,9 @@ pub fn builder_panicked() -> RootfsError {
     }
 }
 
-/// Runs on a thread of its own: the mount and network namespaces it
-/// enters die with it.
+/// Runs on a thread of its own, which unshares its mount namespace and
+/// joins `netns`: the caller's stay as they are, and the mount namespace
+/// outlives the thread only through the fd returned.
 fn build_on_this_thread(
     cfg: &RootfsConfig,
     netns: Option<BorrowedFd<'_>>,
