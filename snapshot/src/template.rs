@@ -602,7 +602,6 @@ impl Template {
         drop(sent);
         drop(fds);
 
-        let (deferred_tx, deferred_rx) = std::sync::mpsc::channel();
         let held = self.held.clone();
         let name = self.name.clone();
         let writable = self.writable.clone();
@@ -611,13 +610,13 @@ impl Template {
         let (cloned, built) = std::thread::scope(|scope| {
             let builder = detached::spawn_build(scope, &rootfs_cfg, Some(netns.as_fd()), {
                 let bundle_dir = bundle_dir.clone();
-                move |built| -> Result<(), TemplateError> {
+                move |built| -> Result<Vec<DeferredMount>, TemplateError> {
                     let rootfs = built.map_err(|source| TemplateError::Rootfs {
                         bundle: bundle_dir,
                         source,
                     })?;
-                    let _ = deferred_tx.send(rootfs.deferred);
-                    send_fds(&rootfs_ours, &[rootfs.mnt_ns.as_fd()])
+                    send_fds(&rootfs_ours, &[rootfs.mnt_ns.as_fd()])?;
+                    Ok(rootfs.deferred)
                 }
             });
             // First half, on the tracer while the rootfs is built: the
@@ -697,8 +696,11 @@ impl Template {
         });
         // A failed build explains a child that got no rootfs; a rootfs built
         // for a child that failed otherwise goes with the socketpair.
-        let mut cloned = match (cloned, built) {
-            (Ok(c), Ok(())) => c,
+        let cloned = match (cloned, built) {
+            (Ok(mut c), Ok(deferred)) => {
+                c.state.plan.deferred = deferred;
+                c
+            }
             (Ok(c), Err(e)) => {
                 let child = c.child;
                 self.tracer.run(move |ctx| {
@@ -710,9 +712,6 @@ impl Template {
         };
         stages.append(&cloned.stages);
         stages.mark("rootfs wait");
-        cloned.state.plan.deferred = deferred_rx
-            .recv()
-            .map_err(|_| RestoreError::Incompatible("the rootfs builder sent no mounts".into()))?;
 
         // Second half: the rootfs (already in the socket), the process's
         // own state, the sandbox's credentials, release.
