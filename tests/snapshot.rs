@@ -698,6 +698,123 @@ fn restore_applies_the_bundles_sandbox_not_the_images() {
     s.assert_clean(&rid);
 }
 
+/// What a restored container's sandbox is, as seen from inside and from
+/// the host: mounts (target, fs type, read-only), hostname, cgroups,
+/// namespaces unshared from the host's, oom_score_adj, pid.
+fn sandbox_facts(s: &Sandbox, rid: &str) -> Vec<String> {
+    let pid = s.state(rid)["pid"].as_i64().unwrap();
+    let mut facts: Vec<String> = s
+        .ok(&["exec", rid, "cat", "/proc/1/mountinfo"])
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let sep = f.iter().position(|x| *x == "-").unwrap();
+            let ro = f[5].split(',').any(|o| o == "ro");
+            format!("mount {} {} ro={ro}", f[4], f[sep + 1])
+        })
+        .collect();
+    facts.sort();
+    facts.push(format!(
+        "hostname {}",
+        s.ok(&["exec", rid, "hostname"]).trim()
+    ));
+    let cgroups = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    facts.extend(cgroups.lines().map(|l| format!("cgroup {l}")));
+    for ns in ["pid", "ipc", "uts", "mnt", "net", "cgroup"] {
+        let theirs = fs::read_link(format!("/proc/{pid}/ns/{ns}")).unwrap();
+        let ours = fs::read_link(format!("/proc/self/ns/{ns}")).unwrap();
+        facts.push(format!("ns {ns} own={}", theirs != ours));
+    }
+    let adj = fs::read_to_string(format!("/proc/{pid}/oom_score_adj")).unwrap();
+    facts.push(format!("oom_score_adj {}", adj.trim()));
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    facts.push(format!(
+        "nspid {}",
+        status_field(&status, "NSpid")
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+    ));
+    facts
+}
+
+#[test]
+fn a_sandbox_made_without_the_init_helper_is_the_one_it_makes() {
+    let mut s = probe_sandbox("snapdirect");
+    let (img, _) = probe_image(&s);
+    s.config()["root"]["readonly"] = true.into();
+    s.config()["process"]["oomScoreAdj"] = 300.into();
+    s.write_config();
+    let restore_timed = |s: &Sandbox, rid: &str, out: &str| -> (Vec<String>, String) {
+        let out = s.dir.path().join(out);
+        let st = sprout_to(s, &restore_args(s, &img, rid, &["--timings"]), &out);
+        assert!(st.success(), "{}", stderr_of(&out));
+        let facts = sandbox_facts(s, rid);
+        s.ok(&["delete", "--force", rid]);
+        s.assert_clean(rid);
+        (facts, stderr_of(&out))
+    };
+    // This bundle needs nothing of the helper's: made directly.
+    let (direct, timings) = restore_timed(&s, &unique_id("snapdirect-d"), "out-d");
+    assert!(
+        timings.contains(" sandbox ") && !timings.contains("exec stub"),
+        "{timings}"
+    );
+    // A sysctl is the init helper's to write: the same sandbox through it.
+    s.config()["linux"]["sysctl"] = serde_json::json!({"kernel.msgmax": "9000"});
+    s.write_config();
+    let (helper, timings) = restore_timed(&s, &unique_id("snapdirect-h"), "out-h");
+    assert!(timings.contains("exec stub"), "{timings}");
+    assert_eq!(direct, helper);
+    // What both must be, not only alike.
+    let has = |p: &dyn Fn(&str) -> bool| direct.iter().any(|f| p(f));
+    assert!(
+        has(&|f| f.starts_with("mount / ") && f.ends_with("ro=true")),
+        "{direct:#?}"
+    );
+    assert!(has(&|f| f == "mount /proc/sys proc ro=true"), "{direct:#?}");
+    assert!(has(&|f| f.starts_with("mount /proc/keys ")), "{direct:#?}");
+    for fact in [
+        "hostname sprout-test",
+        "ns pid own=true",
+        "ns mnt own=true",
+        "ns net own=true",
+        "ns cgroup own=true",
+        "oom_score_adj 300",
+        "nspid 1",
+    ] {
+        assert!(
+            direct.iter().any(|f| f == fact),
+            "no {fact:?} in {direct:#?}"
+        );
+    }
+}
+
+#[test]
+fn a_restore_whose_rootfs_cannot_be_built_leaves_nothing() {
+    let mut s = probe_sandbox("snapnoroot");
+    let (img, _) = probe_image(&s);
+    let missing = s.dir.path().join("no-such-dir");
+    s.config()["mounts"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({
+            "destination": "/data", "type": "bind",
+            "source": missing.to_str().unwrap(), "options": ["bind"]
+        }));
+    s.write_config();
+    let rid = unique_id("snapnoroot-r");
+    let out = s.dir.path().join("out-r");
+    let st = restore_detached(&s, &img, &rid, &out);
+    let err = stderr_of(&out);
+    assert!(!st.success(), "{err}");
+    assert!(
+        err.contains("rootfs") && err.contains("no-such-dir"),
+        "{err}"
+    );
+    s.assert_clean(&rid);
+}
+
 #[test]
 fn process_and_thread_state_survive_restore() {
     let s = probe_sandbox("snapstate");
@@ -790,10 +907,14 @@ fn foreground_restore_waits_passes_the_exit_code_and_deletes() {
         .lines()
         .find(|l| l.starts_with("restore: "))
         .unwrap_or_else(|| panic!("no timings in {timings:?}"));
+    // The sandbox needs nothing of the init helper's: it is made directly.
     for stage in [
-        "open image",
         "prepare sandbox",
-        "exec stub",
+        "clone",
+        "open image",
+        "rootfs wait",
+        "exec stop",
+        "sandbox",
         "check files",
         "map memory",
         "fill memory",

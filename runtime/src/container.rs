@@ -331,7 +331,7 @@ fn effective_resources(spec: &Spec) -> LinuxResources {
     res
 }
 
-pub(crate) fn write_pid_file(path: &Path, pid: i32) -> Result<()> {
+pub fn write_pid_file(path: &Path, pid: i32) -> Result<()> {
     let tmp = path.with_file_name(format!(
         ".{}.tmp",
         path.file_name().unwrap_or_default().to_string_lossy()
@@ -340,7 +340,7 @@ pub(crate) fn write_pid_file(path: &Path, pid: i32) -> Result<()> {
     fs::rename(&tmp, path).map_err(Error::io(format!("pid file {}", path.display())))
 }
 
-fn oom_score_adj(pid: i32, value: i32) -> Result<()> {
+pub(crate) fn oom_score_adj(pid: i32, value: i32) -> Result<()> {
     match fs::write(format!("/proc/{pid}/oom_score_adj"), value.to_string()) {
         Ok(()) => Ok(()),
         Err(e) if matches!(e.raw_os_error(), Some(libc::EACCES) | Some(libc::EPERM)) => {

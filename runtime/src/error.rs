@@ -60,6 +60,8 @@ pub enum Error {
     },
     #[error("unknown signal {0:?}")]
     UnknownSignal(String),
+    #[error("container process: {0}")]
+    Process(#[from] crate::init::process::ProcessError),
     #[error("{what}: {source}")]
     Io {
         what: String,

@@ -10,6 +10,7 @@ pub mod cgroups;
 pub mod channel;
 pub mod console;
 pub mod container;
+pub mod direct;
 pub mod error;
 pub mod exec;
 pub mod hooks;

@@ -2,7 +2,7 @@
 //! unshared later by the init (cgroup, time), or joined by path.
 
 use std::fs::File;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 
 use oci_spec::runtime::{LinuxNamespace, LinuxNamespaceType};
 
@@ -103,6 +103,47 @@ pub fn id_map_text(maps: &[oci_spec::runtime::LinuxIdMapping]) -> String {
     maps.iter()
         .map(|m| format!("{} {} {}\n", m.container_id(), m.host_id(), m.size()))
         .collect()
+}
+
+/// A new network namespace, made on a short-lived thread (the caller's
+/// stays as it is), with its loopback interface up if `lo_up`.
+pub fn new_network_namespace(lo_up: bool) -> std::io::Result<OwnedFd> {
+    std::thread::spawn(move || -> std::io::Result<OwnedFd> {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)?;
+        let ns: OwnedFd = File::open("/proc/thread-self/ns/net")?.into();
+        if lo_up {
+            loopback_up()?;
+        }
+        Ok(ns)
+    })
+    .join()
+    .map_err(|_| std::io::Error::other("netns thread panicked"))?
+}
+
+/// Brings `lo` of the calling thread's network namespace up.
+fn loopback_up() -> std::io::Result<()> {
+    let sock = nix::sys::socket::socket(
+        nix::sys::socket::AddressFamily::Inet,
+        nix::sys::socket::SockType::Datagram,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    // SAFETY: an all-zero ifreq is valid; SIOCGIFFLAGS/SIOCSIFFLAGS on a
+    // socket with a NUL-terminated interface name.
+    unsafe {
+        let mut req: libc::ifreq = std::mem::zeroed();
+        for (i, b) in b"lo\0".iter().enumerate() {
+            req.ifr_name[i] = *b as libc::c_char;
+        }
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

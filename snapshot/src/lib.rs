@@ -36,4 +36,5 @@ pub mod proc;
 pub mod profile;
 pub mod ptrace;
 pub mod restore;
+mod sandbox;
 pub mod template;

@@ -26,13 +26,12 @@
 //! last. Memory is never copied: the child shares the template's pages.
 
 use std::collections::HashMap;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use nix::mount::MsFlags;
 use oci_spec::runtime::{LinuxNamespaceType, LinuxResources};
 use sprout_runtime::rootfs::RootfsConfig;
 use sprout_runtime::rootfs::detached::{self, DeferredMount};
@@ -44,6 +43,7 @@ use crate::image::{Backing, Image};
 use crate::profile::{Populated, WritableLayout, WriteSet};
 use crate::ptrace::{Entry, Gadget, Options, Stop, Tid, TraceCtx, Tracer};
 use crate::restore::{self, RestoreError, SandboxRules};
+use crate::sandbox::{self, RootfsPlan, enter_rootfs, receive_fds, send_fds};
 
 /// The template's end of its control socket (fd 3 in the template).
 const CONTROL_FD: i32 = 3;
@@ -260,37 +260,10 @@ fn set_cgroups_path(bundle: &mut Bundle, path: &Path) {
     bundle.spec.set_linux(Some(linux));
 }
 
-/// A new network namespace with `lo` up, made on a short-lived thread so
-/// the caller's own namespace never changes.
+/// A fresh network namespace with `lo` up, for an instance that names
+/// none.
 pub fn fresh_netns() -> std::io::Result<OwnedFd> {
-    std::thread::spawn(|| -> std::io::Result<OwnedFd> {
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)?;
-        let ns: OwnedFd = std::fs::File::open("/proc/thread-self/ns/net")?.into();
-        let sock = nix::sys::socket::socket(
-            nix::sys::socket::AddressFamily::Inet,
-            nix::sys::socket::SockType::Datagram,
-            nix::sys::socket::SockFlag::SOCK_CLOEXEC,
-            None,
-        )?;
-        // SAFETY: an all-zero ifreq is valid; SIOCGIFFLAGS/SIOCSIFFLAGS on
-        // a socket with a NUL-terminated interface name.
-        unsafe {
-            let mut req: libc::ifreq = std::mem::zeroed();
-            for (i, b) in b"lo\0".iter().enumerate() {
-                req.ifr_name[i] = *b as libc::c_char;
-            }
-            if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
-            if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-        }
-        Ok(ns)
-    })
-    .join()
-    .map_err(|_| std::io::Error::other("netns thread panicked"))?
+    sprout_runtime::namespaces::new_network_namespace(true)
 }
 
 fn dev_null() -> Result<OwnedFd, TemplateError> {
@@ -698,7 +671,7 @@ impl Template {
         // for a child that failed otherwise goes with the socketpair.
         let cloned = match (cloned, built) {
             (Ok(mut c), Ok(deferred)) => {
-                c.state.plan.deferred = deferred;
+                c.state.plan.rootfs.deferred = deferred;
                 c
             }
             (Ok(c), Err(e)) => {
@@ -730,7 +703,16 @@ impl Template {
                 let g = &mut gadget;
                 let r = (|| -> Result<(), TemplateError> {
                     let mnt_ns = receive_fds(ctx, g, child, received.rootfs_socket(), 1)?[0];
-                    enter_rootfs(ctx, child, g, &plan, mnt_ns, &received)?;
+                    enter_rootfs(
+                        ctx,
+                        child,
+                        g,
+                        &plan.rootfs,
+                        mnt_ns,
+                        received.stdio(),
+                        &received.0,
+                    )?;
+                    g.release_thread(child);
                     restore::check_files(child, image.manifest())?;
                     inner.mark("sandbox");
                     let rules = SandboxRules {
@@ -848,71 +830,6 @@ fn pidfd_open(pid: Tid) -> std::io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
-/// Sends `fds` over `sock` (one message).
-fn send_fds(sock: &UnixStream, fds: &[BorrowedFd<'_>]) -> Result<(), TemplateError> {
-    use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
-    let raw: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();
-    let cmsg = [ControlMessage::ScmRights(&raw)];
-    let iov = [std::io::IoSlice::new(b"f")];
-    // No SIGPIPE if the receiver is gone (a child killed before it took
-    // its rootfs): the error is enough.
-    sendmsg::<()>(sock.as_raw_fd(), &iov, &cmsg, MsgFlags::MSG_NOSIGNAL, None).map_err(|e| {
-        TemplateError::Io {
-            what: "passing fds to the template or an instance",
-            source: e.into(),
-        }
-    })?;
-    Ok(())
-}
-
-/// `recvmsg` of `n` fds from socket `sock`, injected into `pid` (the
-/// template, or a child it forked): returns the fd numbers it got.
-fn receive_fds(
-    ctx: &mut TraceCtx,
-    g: &mut Gadget,
-    pid: Tid,
-    sock: i32,
-    n: usize,
-) -> Result<Vec<i32>, TemplateError> {
-    let buf = g.data_zeroed(8)?;
-    let iov = g.data(&[buf.to_le_bytes(), 8u64.to_le_bytes()].concat())?;
-    // CMSG_SPACE(n * 4): a 16-byte header and the ints, aligned to 8.
-    let control_len = 16 + (n * 4).next_multiple_of(8);
-    let control = g.data_zeroed(control_len)?;
-    // struct msghdr: name, namelen, iov, iovlen, control, controllen, flags.
-    let mut hdr = Vec::new();
-    hdr.extend(0u64.to_le_bytes());
-    hdr.extend(0u64.to_le_bytes());
-    hdr.extend(iov.to_le_bytes());
-    hdr.extend(1u64.to_le_bytes());
-    hdr.extend(control.to_le_bytes());
-    hdr.extend((control_len as u64).to_le_bytes());
-    hdr.extend(0u64.to_le_bytes());
-    let msg = g.data(&hdr)?;
-    let rs = g.run(
-        ctx,
-        pid,
-        &[Entry::new(
-            libc::SYS_recvmsg,
-            [sock as u64, msg, libc::MSG_CMSG_CLOEXEC as u64, 0, 0, 0],
-        )],
-    )?;
-    let _ = rs;
-    let c = g.read(control, control_len)?;
-    let len = u64::from_le_bytes(c[0..8].try_into().unwrap()) as usize;
-    let level = i32::from_le_bytes(c[8..12].try_into().unwrap());
-    let typ = i32::from_le_bytes(c[12..16].try_into().unwrap());
-    if level != libc::SOL_SOCKET || typ != libc::SCM_RIGHTS || len < 16 + n * 4 {
-        return Err(RestoreError::Incompatible(format!(
-            "process {pid} received no fds (cmsg level {level} type {typ} len {len})"
-        ))
-        .into());
-    }
-    Ok((0..n)
-        .map(|i| i32::from_le_bytes(c[16 + i * 4..20 + i * 4].try_into().unwrap()))
-        .collect())
-}
-
 /// The first half of a fork, done: the stopped child and what its second
 /// half needs.
 struct Cloned {
@@ -972,13 +889,7 @@ struct ChildPlan {
     clone_flags: u64,
     new_cgroup_ns: bool,
     hostname: Option<String>,
-    /// From the rootfs builder, once it is done.
-    deferred: Vec<DeferredMount>,
-    masked: Vec<String>,
-    readonly: Vec<String>,
-    readonly_root: bool,
-    /// The image's working directory, entered again inside the new root.
-    cwd: String,
+    rootfs: RootfsPlan,
 }
 
 impl ChildPlan {
@@ -1006,11 +917,7 @@ impl ChildPlan {
             clone_flags: flags & !(libc::CLONE_NEWNS as u64),
             new_cgroup_ns: cfg.cgroup_namespace,
             hostname: bundle.spec.hostname().clone().filter(|h| !h.is_empty()),
-            deferred: Vec::new(),
-            masked: cfg.masked_paths.clone(),
-            readonly: cfg.readonly_paths.clone(),
-            readonly_root: cfg.readonly,
-            cwd: image.manifest().process.cwd.clone(),
+            rootfs: RootfsPlan::new(cfg, &image.manifest().process.cwd),
         })
     }
 }
@@ -1055,17 +962,8 @@ fn clone_instance(
     }
 }
 
-fn cstr(s: &str) -> Vec<u8> {
-    let mut v = s.as_bytes().to_vec();
-    v.push(0);
-    v
-}
-
 fn batch_error(what: &'static str) -> impl FnOnce(crate::ptrace::GadgetError) -> TemplateError {
-    move |err| match err {
-        crate::ptrace::GadgetError::Failed(b) => RestoreError::Batch { what, error: b }.into(),
-        other => TemplateError::from(other),
-    }
+    move |err| sandbox::batch_error(what)(err).into()
 }
 
 /// The first part of the instance's sandbox, injected into the stopped
@@ -1111,108 +1009,6 @@ fn join_namespaces(
     }
     g.run(ctx, child, &e)
         .map_err(batch_error("joining the instance's cgroups and namespaces"))?;
-    Ok(())
-}
-
-/// The rest of the sandbox, once the child has its rootfs, `mnt_ns` (an
-/// fd number in the child of a mount namespace whose root is the rootfs,
-/// built and pivoted into by the rootfs builder): joined, which leaves the
-/// template's mount namespace and with it every path of the template's;
-/// the deferred mounts (proc, mqueue, cgroupfs: they take the child's
-/// namespaces); stdio; then the masked and read-only paths and the working
-/// directory.
-fn enter_rootfs(
-    ctx: &mut TraceCtx,
-    child: Tid,
-    g: &mut Gadget,
-    plan: &ChildPlan,
-    mnt_ns: i32,
-    received: &Received,
-) -> Result<(), TemplateError> {
-    let mut e = Vec::new();
-    // setns puts the root and working directory at the namespace's root.
-    e.push(Entry::new(
-        libc::SYS_setns,
-        [mnt_ns as u64, libc::CLONE_NEWNS as u64, 0, 0, 0, 0],
-    ));
-    for m in &plan.deferred {
-        let s = match &m.source {
-            Some(s) => g.data(&cstr(s))?,
-            None => 0,
-        };
-        let d = g.data(&cstr(&m.target.to_string_lossy()))?;
-        let t = match &m.fstype {
-            Some(t) => g.data(&cstr(t))?,
-            None => 0,
-        };
-        let dp = match &m.data {
-            Some(x) => g.data(&cstr(x))?,
-            None => 0,
-        };
-        e.push(Entry::new(
-            libc::SYS_mount,
-            [s, d, t, m.flags.bits(), dp, 0],
-        ));
-    }
-    for (i, &fd) in received.stdio().iter().enumerate() {
-        e.push(Entry::new(
-            libc::SYS_dup3,
-            [fd as u64, i as u64, 0, 0, 0, 0],
-        ));
-    }
-    for &fd in received.0.iter().chain([&mnt_ns]) {
-        e.push(Entry::new(libc::SYS_close, [fd as u64, 0, 0, 0, 0, 0]));
-    }
-    g.run(ctx, child, &e)
-        .map_err(batch_error("entering the instance's rootfs"))?;
-
-    // Now that the instance's proc and sys are in place: masks (a file
-    // or a directory, as the instance sees it), read-only paths, a
-    // read-only root, and the working directory.
-    // A new batch reuses the data area: strings of the first are gone.
-    let mut e = Vec::new();
-    let slash = g.data(b"/\0")?;
-    let null = g.data(b"/dev/null\0")?;
-    let tmpfs = g.data(b"tmpfs\0")?;
-    for p in &plan.masked {
-        let Ok(meta) = std::fs::metadata(format!("/proc/{child}/root{p}")) else {
-            continue;
-        };
-        let d = g.data(&cstr(p))?;
-        if meta.is_dir() {
-            e.push(Entry::new(
-                libc::SYS_mount,
-                [tmpfs, d, tmpfs, MsFlags::MS_RDONLY.bits(), 0, 0],
-            ));
-        } else {
-            e.push(Entry::new(
-                libc::SYS_mount,
-                [null, d, 0, MsFlags::MS_BIND.bits(), 0, 0],
-            ));
-        }
-    }
-    let bind = MsFlags::MS_BIND | MsFlags::MS_REC;
-    let ro = bind | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
-    for p in &plan.readonly {
-        if std::fs::symlink_metadata(format!("/proc/{child}/root{p}")).is_err() {
-            continue;
-        }
-        let d = g.data(&cstr(p))?;
-        e.push(Entry::new(libc::SYS_mount, [d, d, 0, bind.bits(), 0, 0]));
-        e.push(Entry::new(libc::SYS_mount, [0, d, 0, ro.bits(), 0, 0]));
-    }
-    if plan.readonly_root {
-        let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
-        e.push(Entry::new(
-            libc::SYS_mount,
-            [0, slash, 0, flags.bits(), 0, 0],
-        ));
-    }
-    let cwd = g.data(&cstr(&plan.cwd))?;
-    e.push(Entry::new(libc::SYS_chdir, [cwd, 0, 0, 0, 0, 0]));
-    g.run(ctx, child, &e)
-        .map_err(batch_error("masking paths of the instance"))?;
-    g.release_thread(child);
     Ok(())
 }
 

@@ -79,16 +79,48 @@ pub fn rlimit_resource(t: PosixRlimitType) -> (i32, &'static str) {
 /// Sets the process's rlimits. Without CAP_SYS_RESOURCE a hard limit can
 /// only go down: say so instead of a bare EPERM.
 pub fn apply_rlimits(sys: &dyn Syscall, rlimits: &[PosixRlimit]) -> Result<(), ProcessError> {
+    set_rlimits(rlimits, 0, |resource, soft, hard| {
+        sys.setrlimit(resource, soft, hard)
+    })
+}
+
+/// [`apply_rlimits`] on process `pid` (`prlimit`), from outside.
+pub fn apply_rlimits_of(pid: i32, rlimits: &[PosixRlimit]) -> Result<(), ProcessError> {
+    set_rlimits(rlimits, pid, |resource, soft, hard| {
+        set_rlimit_of(pid, resource, soft, hard)
+    })
+}
+
+/// `prlimit(pid, resource, {soft, hard})`.
+pub fn set_rlimit_of(pid: i32, resource: i32, soft: u64, hard: u64) -> io::Result<()> {
+    let lim = libc::rlimit64 {
+        rlim_cur: soft,
+        rlim_max: hard,
+    };
+    // SAFETY: prlimit64 setting a limit from a valid struct, reading none.
+    if unsafe { libc::prlimit64(pid, resource as _, &lim, std::ptr::null_mut()) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Sets each limit with `set`, explaining an EPERM by the hard limit
+/// `pid` (0: this process) has now.
+fn set_rlimits(
+    rlimits: &[PosixRlimit],
+    pid: i32,
+    set: impl Fn(i32, u64, u64) -> io::Result<()>,
+) -> Result<(), ProcessError> {
     for rl in rlimits {
         let (resource, name) = rlimit_resource(rl.typ());
-        if let Err(source) = sys.setrlimit(resource, rl.soft(), rl.hard()) {
+        if let Err(source) = set(resource, rl.soft(), rl.hard()) {
             if source.raw_os_error() == Some(libc::EPERM) {
-                let mut cur = libc::rlimit {
+                let mut cur = libc::rlimit64 {
                     rlim_cur: 0,
                     rlim_max: 0,
                 };
-                // SAFETY: getrlimit writes into a valid rlimit.
-                unsafe { libc::getrlimit(resource as _, &mut cur) };
+                // SAFETY: prlimit64 reading a limit into a valid struct.
+                unsafe { libc::prlimit64(pid, resource as _, std::ptr::null(), &mut cur) };
                 if rl.hard() > cur.rlim_max {
                     return Err(ProcessError::RlimitAboveHard {
                         name,

@@ -28,6 +28,7 @@
 //! lazy restore still loading ([`Restored`]).
 
 mod creds;
+mod direct;
 pub mod lazy;
 mod memory;
 pub mod stub;
@@ -89,6 +90,16 @@ pub enum RestoreError {
     /// The bundle's process section cannot be applied.
     #[error("sandbox: {0}")]
     Sandbox(String),
+    /// The sandbox's rootfs could not be built (a sandbox made without
+    /// the init helper).
+    #[error("bundle {bundle}: building the sandbox's rootfs: {source}")]
+    Rootfs {
+        /// The bundle.
+        bundle: PathBuf,
+        /// Why.
+        #[source]
+        source: sprout_runtime::rootfs::RootfsError,
+    },
     /// The sandbox's init exited before it handed over.
     #[error("the sandbox's init exited before the restore: {0}")]
     InitExited(String),
@@ -124,6 +135,10 @@ pub struct RestoreOptions {
     /// How the process's memory is loaded (default: all of it before the
     /// process runs).
     pub memory: MemoryLoading,
+    /// Make the sandbox with the init helper, as a created container's,
+    /// even where the bundle does not need it (see
+    /// [`sprout_runtime::direct`]): for comparisons.
+    pub init_helper: bool,
 }
 
 /// Stage timings and sizes of one restore.
@@ -282,6 +297,12 @@ pub fn restore_bundle_with_loader(
     image_dir: &Path,
     opts: RestoreOptions,
 ) -> Result<Restored, RestoreError> {
+    if !opts.init_helper
+        && opts.console_socket.is_none()
+        && sprout_runtime::direct::helper_needed(&bundle).is_none()
+    {
+        return direct::restore(rt, tracer, id, bundle, image_dir, opts);
+    }
     let stack_hard = bundle_stack_hard(&bundle);
     restore_with(tracer, image_dir, opts, stack_hard, |o| {
         rt.create_from_bundle(id, bundle, o)
@@ -297,20 +318,8 @@ fn restore_with(
 ) -> Result<Restored, RestoreError> {
     let mut stages = Stages::new();
     let mut opts = opts;
-    let image = Image::open(image_dir)?;
-    image.check_host(host()?)?;
-    match &opts.memory {
-        MemoryLoading::Lazy {
-            working_set: Some(ws),
-        } => ws.check_against(&image)?,
-        MemoryLoading::LazyWithImageWorkingSet => {
-            opts.memory = MemoryLoading::Lazy {
-                working_set: WorkingSet::load(&image)?,
-            }
-        }
-        _ => {}
-    }
-    let prepared = lazy::prepare(&image, &opts.memory)?;
+    let (image, memory, prepared) = open_image(image_dir, std::mem::take(&mut opts.memory))?;
+    opts.memory = memory;
     stages.mark("open image");
     let m = image.manifest();
     let rlimit_stack = exec_stack_limit(m, bundle_stack_hard);
@@ -357,6 +366,33 @@ fn restore_with(
             Err(e)
         }
     }
+}
+
+/// Opens and checks the image at `image_dir` against this host and the
+/// working set `memory` names, and starts reading what a lazy restore
+/// loads first.
+fn open_image(
+    image_dir: &Path,
+    memory: MemoryLoading,
+) -> Result<(Image, MemoryLoading, lazy::Prepared), RestoreError> {
+    let image = Image::open(image_dir)?;
+    image.check_host(host()?)?;
+    let memory = match memory {
+        MemoryLoading::Lazy {
+            working_set: Some(ws),
+        } => {
+            ws.check_against(&image)?;
+            MemoryLoading::Lazy {
+                working_set: Some(ws),
+            }
+        }
+        MemoryLoading::LazyWithImageWorkingSet => MemoryLoading::Lazy {
+            working_set: WorkingSet::load(&image)?,
+        },
+        other => other,
+    };
+    let prepared = lazy::prepare(&image, &memory)?;
+    Ok((image, memory, prepared))
 }
 
 /// The (soft, hard) RLIMIT_STACK the spec gives its process, if it sets one.
@@ -422,7 +458,7 @@ fn restore_into(
     container: &mut Container,
     image: Image,
     loading: MemoryLoading,
-    mut prepared: lazy::Prepared,
+    prepared: lazy::Prepared,
     stages: &mut Stages,
 ) -> Result<(u64, MemoryReport, Option<Loader>), RestoreError> {
     let pid = container
@@ -458,37 +494,91 @@ fn restore_into(
     // The init execs the stub: the exec stop waits for us on the tracer.
     container.release()?;
     stages.mark("exec stub");
-    let image = Arc::new(image);
-    let (rebuilt, inner) = tracer.run(move |ctx| {
-        let mut inner = Stages::new();
-        let mut started = None;
-        let r = rebuild(
-            ctx,
+    let job = RebuildJob {
+        pid,
+        image: Arc::new(image),
+        process,
+        seccomp,
+        stack_limit,
+        loading,
+        prepared,
+        rootfs: None,
+    };
+    job.run(tracer, stages)
+}
+
+/// What the tracer does from the stub's exec to the running process.
+struct RebuildJob {
+    pid: Tid,
+    image: Arc<Image>,
+    process: Process,
+    seccomp: Option<SeccompProgram>,
+    stack_limit: Option<(u64, u64)>,
+    loading: MemoryLoading,
+    prepared: lazy::Prepared,
+    /// For a sandbox made without the init helper: its rootfs, entered
+    /// first.
+    rootfs: Option<EnterRootfs>,
+}
+
+/// A rootfs built beside the stub (see `sprout_runtime::direct`): the
+/// stub receives it from `socket` (its fd number) and enters it.
+pub(crate) struct EnterRootfs {
+    pub socket: i32,
+    pub plan: crate::sandbox::RootfsPlan,
+}
+
+impl RebuildJob {
+    /// Runs on `tracer`; a failure kills the process.
+    fn run(
+        self,
+        tracer: &Tracer,
+        stages: &mut Stages,
+    ) -> Result<(u64, MemoryReport, Option<Loader>), RestoreError> {
+        let RebuildJob {
             pid,
-            &image,
-            &process,
-            seccomp.as_ref(),
+            image,
+            process,
+            seccomp,
             stack_limit,
-            &loading,
-            &mut prepared,
-            &mut started,
-            &mut inner,
-        );
-        if let Err(e) = r {
-            let _ = ctx.kill(pid);
-            // The loader ends with the process; if it failed, its failure
-            // (a corrupt chunk met by a fault) is what broke the restore.
-            if let Some(s) = started
-                && let Err(cause) = s.loader.wait()
-            {
-                return Err(cause);
+            loading,
+            mut prepared,
+            rootfs,
+        } = self;
+        let (rebuilt, inner) = tracer.run(move |ctx| {
+            let mut inner = Stages::new();
+            let mut started = None;
+            let r = rebuild(
+                ctx,
+                pid,
+                &image,
+                &SandboxRules {
+                    process: &process,
+                    seccomp: seccomp.as_ref(),
+                    stack_limit,
+                },
+                rootfs.as_ref(),
+                &loading,
+                &mut prepared,
+                &mut started,
+                &mut inner,
+            );
+            if let Err(e) = r {
+                let _ = ctx.kill(pid);
+                // The loader ends with the process; if it failed, its failure
+                // (a corrupt chunk met by a fault) is what broke the restore.
+                if let Some(s) = started
+                    && let Err(cause) = s.loader.wait()
+                {
+                    return Err(cause);
+                }
+                return Err(e);
             }
-            return Err(e);
-        }
-        r.map(|b| (b, inner.stages().to_vec()))
-    })?;
-    stages.append(&inner);
-    Ok(rebuilt)
+            r.map(|b| (b, inner.stages().to_vec()))
+        })?;
+        stages.append(&inner);
+        Ok(rebuilt)
+    }
 }
 
 /// Waits for the stub's exec, then lets `execve` finish: at the exec event
@@ -647,9 +737,8 @@ fn rebuild(
     ctx: &mut TraceCtx,
     pid: Tid,
     image: &Arc<Image>,
-    process: &Process,
-    seccomp: Option<&SeccompProgram>,
-    stack_limit: Option<(u64, u64)>,
+    rules: &SandboxRules<'_>,
+    rootfs: Option<&EnterRootfs>,
     loading: &MemoryLoading,
     prepared: &mut lazy::Prepared,
     started: &mut Option<lazy::Started>,
@@ -657,13 +746,17 @@ fn rebuild(
 ) -> Result<(u64, MemoryReport, Option<Loader>), RestoreError> {
     wait_for_exec(ctx, pid)?;
     stages.mark("exec stop");
-    let (mut gadget, mut bytes, memory) =
-        rebuild_memory_with(ctx, pid, image, seccomp, loading, prepared, started, stages)?;
-    let rules = SandboxRules {
-        process,
-        seccomp,
-        stack_limit,
-    };
+    let (mut gadget, mut bytes, memory) = rebuild_memory_with(
+        ctx,
+        pid,
+        image,
+        rules.seccomp,
+        rootfs,
+        loading,
+        prepared,
+        started,
+        stages,
+    )?;
     // From here the loader (if any) serves whatever the process, or the
     // kernel on its behalf, touches.
     let threads = release_until_resume(
@@ -671,7 +764,7 @@ fn rebuild(
         pid,
         &mut gadget,
         image,
-        &rules,
+        rules,
         &crate::fds::RestoreOptions::default(),
         stages,
     )?;
@@ -700,7 +793,7 @@ pub(crate) fn rebuild_memory(
     seccomp: Option<&SeccompProgram>,
     stages: &mut Stages,
 ) -> Result<(Gadget, u64), RestoreError> {
-    let (gadget, opened) = rebuild_layout(ctx, pid, image, seccomp, false, stages)?;
+    let (gadget, opened) = rebuild_layout(ctx, pid, image, seccomp, None, false, stages)?;
     let bytes = memory::fill(pid, image, &opened, |_| false, None)?;
     stages.mark("fill memory");
     let gadget = finish_memory(ctx, pid, gadget, image, &opened, None, stages)?;
@@ -716,12 +809,14 @@ fn rebuild_memory_with(
     pid: Tid,
     image: &Arc<Image>,
     seccomp: Option<&SeccompProgram>,
+    rootfs: Option<&EnterRootfs>,
     loading: &MemoryLoading,
     prepared: &mut lazy::Prepared,
     started: &mut Option<lazy::Started>,
     stages: &mut Stages,
 ) -> Result<(Gadget, u64, MemoryReport), RestoreError> {
-    let (gadget, opened) = rebuild_layout(ctx, pid, image, seccomp, loading.is_lazy(), stages)?;
+    let (gadget, opened) =
+        rebuild_layout(ctx, pid, image, seccomp, rootfs, loading.is_lazy(), stages)?;
     let reading = prepared.has_pages();
     let prefetched = prepared.take_pages()?;
     if reading {
@@ -762,7 +857,8 @@ fn rebuild_memory_with(
     Ok((gadget, bytes, report))
 }
 
-/// Up to the mapped layout: files checked, gadget installed, fds opened in
+/// Up to the mapped layout: gadget installed, the rootfs entered (a
+/// sandbox made without the init helper), files checked, fds opened in
 /// the target (and a userfaultfd asked for, with `uffd`), the stub's
 /// mappings replaced by the image's.
 fn rebuild_layout(
@@ -770,12 +866,11 @@ fn rebuild_layout(
     pid: Tid,
     image: &Image,
     seccomp: Option<&SeccompProgram>,
+    rootfs: Option<&EnterRootfs>,
     uffd: bool,
     stages: &mut Stages,
 ) -> Result<(Gadget, memory::Opened), RestoreError> {
     let m = image.manifest();
-    check_files(pid, m)?;
-    stages.mark("check files");
     let stub_maps = crate::ptrace::procfs::read_maps(pid)?;
     let config = gadget_config(m, seccomp);
     let at = crate::ptrace::find_hole(&stub_maps, &memory::as_maps(&m.vmas), config.size())
@@ -785,6 +880,13 @@ fn rebuild_layout(
             )
         })?;
     let mut gadget = Gadget::install(ctx, pid, at, config)?;
+    if let Some(r) = rootfs {
+        let mnt_ns = crate::sandbox::receive_fds(ctx, &mut gadget, pid, r.socket, 1)?[0];
+        crate::sandbox::enter_rootfs(ctx, pid, &mut gadget, &r.plan, mnt_ns, &[], &[r.socket])?;
+        stages.mark("sandbox");
+    }
+    check_files(pid, m)?;
+    stages.mark("check files");
     let opened = memory::open_files(ctx, pid, &mut gadget, image, uffd)?;
     memory::rebuild_layout(ctx, pid, &mut gadget, image, &opened, &stub_maps)?;
     stages.mark("map memory");

@@ -16,6 +16,13 @@
 //!
 //! Failures before the exec come back over a close-on-exec pipe as
 //! (step, errno) records; EOF means the exec happened.
+//!
+//! [`gated`] is the direct shape without the init helper, for a program a
+//! tracer takes over (see [`crate::direct`]).
+
+pub mod gated;
+
+pub use gated::{Gated, GatedSteps, spawn_gated};
 
 use std::ffi::CString;
 use std::io;
@@ -37,6 +44,10 @@ pub enum SpawnStep {
     PassFd = 5,
     CloneInit = 6,
     Exec = 7,
+    JoinCgroup = 8,
+    UnshareCgroupNs = 9,
+    SetNames = 10,
+    ExecProgram = 11,
 }
 
 impl SpawnStep {
@@ -49,6 +60,10 @@ impl SpawnStep {
             5 => Self::PassFd,
             6 => Self::CloneInit,
             7 => Self::Exec,
+            8 => Self::JoinCgroup,
+            9 => Self::UnshareCgroupNs,
+            10 => Self::SetNames,
+            11 => Self::ExecProgram,
             _ => return None,
         })
     }
@@ -62,12 +77,18 @@ impl SpawnStep {
             Self::PassFd => "passing descriptors",
             Self::CloneInit => "cloning the init into the joined pid namespace",
             Self::Exec => "executing the init helper",
+            Self::JoinCgroup => "joining the container's cgroups",
+            Self::UnshareCgroupNs => "unsharing the cgroup namespace",
+            Self::SetNames => "setting the hostname or domainname",
+            Self::ExecProgram => "executing the program",
         }
     }
 }
 
 /// Record tag for "the init's pid" from the intermediate.
 const TAG_PID: i32 = 100;
+/// Record tag for "set up, waiting at the gate" from a gated child.
+pub(crate) const TAG_AT_GATE: i32 = 101;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpawnError {
@@ -141,7 +162,7 @@ pub struct Spawned {
 // visible here rather than depending on which libc target defines it.
 #[repr(C)]
 #[derive(Default)]
-struct CloneArgs {
+pub(crate) struct CloneArgs {
     flags: u64,
     pidfd: u64,
     child_tid: u64,
@@ -155,9 +176,9 @@ struct CloneArgs {
     cgroup: u64,
 }
 
-const CLONE_PIDFD: u64 = 0x1000;
+pub(crate) const CLONE_PIDFD: u64 = 0x1000;
 const CLONE_PARENT: u64 = 0x8000;
-const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+pub(crate) const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 
 /// Everything the child touches, as plain numbers and pointers into
 /// storage owned by the parent's stack frame.
@@ -205,7 +226,7 @@ pub fn prepare_fds(req: &mut SpawnRequest) -> io::Result<Vec<RawFd>> {
     Ok(numbers)
 }
 
-fn pipe_cloexec() -> io::Result<(OwnedFd, OwnedFd)> {
+pub(crate) fn pipe_cloexec() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0; 2];
     // SAFETY: pipe2 writes two fds into the array on success.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
@@ -313,7 +334,8 @@ pub fn spawn(
         via_intermediate,
         &mut req,
         idmap_pipe,
-        report_r,
+        &mut std::fs::File::from(report_r),
+        false,
     );
     if result.is_err() {
         // The child failed before or at exec; reap it so nothing is left.
@@ -323,13 +345,17 @@ pub fn spawn(
     result
 }
 
-fn finish_spawn(
+/// Reads the child's records: until EOF (it exec'd), or with `gated` until
+/// it waits at its gate (the report pipe is then kept in the returned
+/// file, to read the exec's outcome later).
+pub(crate) fn finish_spawn(
     child: Pid,
     pidfd: RawFd,
     via_intermediate: bool,
     req: &mut SpawnRequest,
     idmap_pipe: Option<(OwnedFd, OwnedFd)>,
-    report_r: OwnedFd,
+    file: &mut std::fs::File,
+    gated: bool,
 ) -> Result<Spawned, SpawnError> {
     // SAFETY: with CLONE_PIDFD the kernel stored a new pidfd here; without
     // it `pidfd` is still -1 and we open one below.
@@ -339,11 +365,12 @@ fn finish_spawn(
         write_id_maps(child.as_raw(), maps_uid, maps_gid)?;
         nix::unistd::write(&w, &[1]).map_err(|e| SpawnError::Prepare(e.into()))?;
     }
-    let mut file = std::fs::File::from(report_r);
     let mut init_pid = child;
     loop {
         let mut rec = [0u8; 8];
-        match read_full(&mut file, &mut rec) {
+        match read_full(file, &mut rec) {
+            // A gated child cannot have exec'd yet: it died.
+            Ok(0) if gated => return Err(SpawnError::Protocol),
             Ok(0) => break,
             Ok(8) => {}
             Ok(_) => return Err(SpawnError::Protocol),
@@ -353,6 +380,8 @@ fn finish_spawn(
         let value = i32::from_le_bytes(rec[4..].try_into().unwrap());
         if tag == TAG_PID && via_intermediate {
             init_pid = Pid::from_raw(value);
+        } else if tag == TAG_AT_GATE && gated {
+            break;
         } else {
             let step = SpawnStep::from_code(tag).ok_or(SpawnError::Protocol)?;
             return Err(SpawnError::Child { step, errno: value });
@@ -373,7 +402,7 @@ fn finish_spawn(
     })
 }
 
-fn read_full(f: &mut std::fs::File, buf: &mut [u8]) -> io::Result<usize> {
+pub(crate) fn read_full(f: &mut std::fs::File, buf: &mut [u8]) -> io::Result<usize> {
     use std::io::Read;
     let mut n = 0;
     while n < buf.len() {
