@@ -297,7 +297,8 @@ mod tests {
     fn only_what_the_helper_alone_does_needs_it() {
         assert_eq!(helper_needed(&bundle(|_| {})), None);
         assert_eq!(helper_needed(&bundle(|v| v["hostname"] = "h".into())), None);
-        let cases: [(&str, fn(&mut serde_json::Value)); 7] = [
+        type Edit = fn(&mut serde_json::Value);
+        let cases: [(&str, Edit); 7] = [
             ("hooks", |v| {
                 v["hooks"] = serde_json::json!({"poststart": [{"path": "/bin/true"}]})
             }),
