@@ -4,8 +4,12 @@
 //! image; what the sandbox is (namespaces, cgroup, mounts, user,
 //! capabilities, seccomp, rlimits) comes from the bundle. In order:
 //! 1. the image is opened, validated and checked against this host;
-//! 2. the runtime prepares the sandbox as for a fresh start, but hands it
-//!    over at `start` to a tiny static [`stub`] exec'd from a memfd;
+//! 2. the runtime makes the sandbox, and its first process execs a tiny
+//!    static [`stub`] from a memfd. Where the bundle allows ([`direct`]),
+//!    without the init helper: the process is cloned into its namespaces
+//!    and cgroup while the image is read and the rootfs is built as a
+//!    mount namespace beside it, which the tracer then moves it into.
+//!    Otherwise as for a fresh start, the helper handing over at `start`;
 //! 3. on the tracer thread, the stub is caught at its exec stop (before it
 //!    runs an instruction), the files it will map are checked by content
 //!    through its own root, a batch gadget is placed in a hole of both
@@ -144,9 +148,14 @@ pub struct RestoreOptions {
 /// Stage timings and sizes of one restore.
 #[derive(Debug, Clone)]
 pub struct RestoreReport {
-    /// open image, prepare sandbox, exec stub, check files, map memory,
-    /// fill memory, process state, threads, fds, timers+signals,
-    /// credentials+seccomp, resume.
+    /// In a sandbox made without the init helper: prepare sandbox (id,
+    /// cgroup, network namespace), clone, open image (what is left of it
+    /// to wait for), rootfs wait, exec stop, sandbox (the rootfs entered),
+    /// check files, map memory, fill memory, process state, threads,
+    /// fds, timers and signals, credentials (and seccomp), resume. With
+    /// the helper: open image, prepare sandbox, exec stub, exec stop, then
+    /// the same from check files. A lazy restore adds read working set,
+    /// userfaultfd and working set.
     pub stages: Vec<(&'static str, Duration)>,
     /// Bytes of page data copied in before the process ran (a lazy
     /// restore's working set included).
