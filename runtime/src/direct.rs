@@ -120,17 +120,18 @@ pub struct DirectInit {
 }
 
 /// The network namespace of `bundle`'s sandbox: the one it names by
-/// path, or a new one (its `lo` down, as a fresh clone's would be).
+/// path, a new one (its `lo` down, as a fresh clone's would be) if it
+/// names one without a path, else the caller's own.
 pub fn network_namespace(bundle: &Bundle) -> Result<OwnedFd> {
     let linux = bundle.spec.linux().clone().unwrap_or_default();
-    let joined = linux
+    let entry = linux
         .namespaces()
         .iter()
         .flatten()
         .find(|n| n.typ() == LinuxNamespaceType::Network)
-        .and_then(|n| n.path().clone());
-    match joined {
-        Some(path) => std::fs::File::open(&path)
+        .cloned();
+    let open = |path: std::path::PathBuf| {
+        std::fs::File::open(&path)
             .map(OwnedFd::from)
             .map_err(|source| {
                 Error::Spawn(spawn::SpawnError::OpenNamespace {
@@ -138,9 +139,15 @@ pub fn network_namespace(bundle: &Bundle) -> Result<OwnedFd> {
                     path,
                     source,
                 })
-            }),
-        None => namespaces::new_network_namespace(false)
-            .map_err(Error::io("making a network namespace")),
+            })
+    };
+    match entry {
+        None => open("/proc/thread-self/ns/net".into()),
+        Some(n) => match n.path() {
+            Some(path) => open(path.clone()),
+            None => namespaces::new_network_namespace(false)
+                .map_err(Error::io("making a network namespace")),
+        },
     }
 }
 
@@ -291,6 +298,35 @@ mod tests {
             rootfs: "/b/rootfs".into(),
             spec: serde_json::from_value(v).unwrap(),
         }
+    }
+
+    #[test]
+    fn the_network_namespace_is_the_one_the_bundle_says() {
+        use std::os::unix::fs::MetadataExt;
+        let ino = |fd: &OwnedFd| {
+            std::fs::metadata(format!(
+                "/proc/self/fd/{}",
+                std::os::fd::AsRawFd::as_raw_fd(fd)
+            ))
+            .unwrap()
+            .ino()
+        };
+        let ours = std::fs::metadata("/proc/thread-self/ns/net").unwrap().ino();
+        // Not listed: the caller's; listed with a path: that one.
+        let none = network_namespace(&bundle(|v| {
+            v["linux"]["namespaces"].as_array_mut().unwrap().remove(4);
+        }))
+        .unwrap();
+        assert_eq!(ino(&none), ours);
+        let by_path = network_namespace(&bundle(|v| {
+            v["linux"]["namespaces"][4] =
+                serde_json::json!({"type": "network", "path": "/proc/self/ns/net"})
+        }))
+        .unwrap();
+        assert_eq!(ino(&by_path), ours);
+        // Listed without a path: a new one.
+        let new = network_namespace(&bundle(|_| {})).unwrap();
+        assert_ne!(ino(&new), ours);
     }
 
     #[test]
