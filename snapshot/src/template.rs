@@ -550,13 +550,7 @@ impl Template {
                 bundle: bundle.dir.clone(),
                 reason: "no process section".into(),
             })?;
-        let seccomp = restore::compile_seccomp(
-            bundle
-                .spec
-                .linux()
-                .as_ref()
-                .and_then(|l| l.seccomp().as_ref()),
-        )?;
+        let seccomp = restore::bundle_seccomp(bundle)?;
         let stack_limit = restore::stack_rlimit(&process);
 
         let passed = Passed {

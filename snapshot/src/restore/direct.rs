@@ -25,8 +25,8 @@ use sprout_runtime::timing::Stages;
 use sprout_runtime::{Adoption, Runtime};
 
 use super::{
-    EnterRootfs, RebuildJob, RestoreError, RestoreOptions, RestoreReport, Restored,
-    bundle_stack_hard, compile_seccomp, exec_stack_limit, open_image, stack_rlimit, stub,
+    EnterRootfs, RebuildJob, RestoreError, RestoreOptions, Restored, bundle_seccomp,
+    bundle_stack_hard, exec_stack_limit, open_image, stack_rlimit, stub,
 };
 use crate::ptrace::{Options, Tracer};
 use crate::sandbox::RootfsPlan;
@@ -49,13 +49,7 @@ pub(super) fn restore(
         .process()
         .clone()
         .ok_or_else(|| RestoreError::Sandbox("the bundle has no process section".into()))?;
-    let seccomp = compile_seccomp(
-        bundle
-            .spec
-            .linux()
-            .as_ref()
-            .and_then(|l| l.seccomp().as_ref()),
-    )?;
+    let seccomp = bundle_seccomp(&bundle)?;
     let opening = {
         let dir = image_dir.to_path_buf();
         let memory = std::mem::take(&mut opts.memory);
@@ -188,15 +182,11 @@ pub(super) fn restore(
         }
         return Err(e.into());
     }
-    Ok(Restored {
+    Ok(Restored::new(
         container,
-        report: RestoreReport {
-            stages: stages.stages().to_vec(),
-            pages_bytes,
-            memory,
-        },
-        loader,
-    })
+        &stages,
+        (pages_bytes, memory, loader),
+    ))
 }
 
 /// The sandbox's first process, seized at its gate, then exec'ing the

@@ -197,6 +197,24 @@ pub struct Restored {
 }
 
 impl Restored {
+    /// The running `container`, with the `stages` of its restore and what
+    /// rebuilding it gave: bytes copied, how memory loads, the loader.
+    fn new(
+        container: Container,
+        stages: &Stages,
+        (pages_bytes, memory, loader): (u64, MemoryReport, Option<Loader>),
+    ) -> Restored {
+        Restored {
+            container,
+            report: RestoreReport {
+                stages: stages.stages().to_vec(),
+                pages_bytes,
+                memory,
+            },
+            loader,
+        }
+    }
+
     /// Waits until the process's memory is all loaded; `None` for an
     /// eager restore.
     pub fn wait_loaded(&mut self) -> Result<Option<LoadReport>, RestoreError> {
@@ -358,17 +376,9 @@ fn restore_with(
         &mut stages,
     );
     match result {
-        Ok((pages_bytes, memory, loader)) => {
+        Ok(rebuilt) => {
             container.finish_start();
-            Ok(Restored {
-                container,
-                report: RestoreReport {
-                    stages: stages.stages().to_vec(),
-                    pages_bytes,
-                    memory,
-                },
-                loader,
-            })
+            Ok(Restored::new(container, &stages, rebuilt))
         }
         Err(e) => {
             let _ = container.delete(true);
@@ -424,9 +434,20 @@ pub(crate) fn bundle_stack_hard(bundle: &Bundle) -> Option<u64> {
         .map(|(_, hard)| hard)
 }
 
+/// `bundle`'s seccomp profile as BPF ([`compile_seccomp`]).
+pub(crate) fn bundle_seccomp(bundle: &Bundle) -> Result<Option<SeccompProgram>, RestoreError> {
+    compile_seccomp(
+        bundle
+            .spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.seccomp().as_ref()),
+    )
+}
+
 /// The bundle's seccomp profile as BPF, applied last to a restored or
 /// forked process.
-pub(crate) fn compile_seccomp(
+fn compile_seccomp(
     profile: Option<&oci_spec::runtime::LinuxSeccomp>,
 ) -> Result<Option<SeccompProgram>, RestoreError> {
     profile
