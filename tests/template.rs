@@ -486,11 +486,25 @@ fn an_instance_is_a_container_like_any_other() {
     let tracer = Tracer::spawn("test-tracer").unwrap();
     let holder = format!("{}-holder", s.id);
     let (template, _) = Template::load(&rt, &tracer, "fn", &holder, &img, &s.bundle, None).unwrap();
+    // The instance's bundle asks for lower limits than the template's:
+    // it gets its own, not the ones it inherited.
+    s.config()["process"]["rlimits"][0] =
+        serde_json::json!({"type": "RLIMIT_NOFILE", "hard": 800, "soft": 512});
+    s.config()["process"]["oomScoreAdj"] = serde_json::json!(200);
+    s.write_config();
     let id = format!("{}-i", s.id);
-    let c = template
-        .fork(&rt, &id, ForkSpec::default())
-        .unwrap()
-        .container;
+    let spec = ForkSpec {
+        bundle: Some(s.bundle.clone()),
+        ..ForkSpec::default()
+    };
+    let c = template.fork(&rt, &id, spec).unwrap().container;
+    let pid = pid_of(&c);
+    assert_eq!(
+        fs::read_to_string(format!("/proc/{pid}/oom_score_adj"))
+            .unwrap()
+            .trim(),
+        "200"
+    );
     // The CLI sees it: state, exec (in its namespaces: its hostname, its
     // own pid namespace), pause and resume, kill and delete.
     let state: serde_json::Value = serde_json::from_str(&s.ok(&["state", &id])).unwrap();
@@ -511,6 +525,13 @@ fn an_instance_is_a_container_like_any_other() {
             .lines()
             .any(|l| l.split_whitespace().collect::<Vec<_>>()
                 == ["Max", "stack", "size", "4194304", "6291456", "bytes"]),
+        "{limits}"
+    );
+    assert!(
+        limits
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>()
+                == ["Max", "open", "files", "512", "800", "files"]),
         "{limits}"
     );
     // The spec's read-only root, masked and read-only paths hold in the

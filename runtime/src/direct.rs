@@ -151,6 +151,17 @@ pub fn network_namespace(bundle: &Bundle) -> Result<OwnedFd> {
     }
 }
 
+/// Sets `process`'s rlimits and oom_score_adj on process `pid` from
+/// outside (a sandbox's first process at its gate, a forked instance
+/// before it runs), as the init helper sets its own.
+pub fn apply_limits(pid: i32, process: &oci_spec::runtime::Process) -> Result<()> {
+    process::apply_rlimits_of(pid, process.rlimits().as_deref().unwrap_or_default())?;
+    if let Some(adj) = process.oom_score_adj() {
+        oom_score_adj(pid, adj)?;
+    }
+    Ok(())
+}
+
 /// Clones the first process of `adoption`'s sandbox into its namespaces
 /// and cgroup (see the module); it waits at the gate. The bundle must not
 /// need the helper ([`helper_needed`]).
@@ -258,21 +269,17 @@ impl DirectInit {
     pub fn open(self, bundle: &Bundle, rlimit_stack: Option<(u64, u64)>) -> Result<Spawned> {
         let pid = self.pid();
         if let Some(p) = bundle.spec.process() {
-            process::apply_rlimits_of(pid, p.rlimits().as_deref().unwrap_or_default())
-                .map_err(Error::Process)?;
-            if let Some((soft, hard)) = rlimit_stack {
-                process::set_rlimit_of(pid, libc::RLIMIT_STACK as i32, soft, hard).map_err(
-                    |source| {
-                        Error::Process(process::ProcessError::Rlimit {
-                            name: "RLIMIT_STACK",
-                            source,
-                        })
-                    },
-                )?;
-            }
-            if let Some(adj) = p.oom_score_adj() {
-                oom_score_adj(pid, adj)?;
-            }
+            apply_limits(pid, p)?;
+        }
+        if let Some((soft, hard)) = rlimit_stack {
+            process::set_rlimit_of(pid, libc::RLIMIT_STACK as i32, soft, hard).map_err(
+                |source| {
+                    Error::Process(process::ProcessError::Rlimit {
+                        name: "RLIMIT_STACK",
+                        source,
+                    })
+                },
+            )?;
         }
         Ok(self.gated.open()?)
     }

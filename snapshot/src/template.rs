@@ -679,6 +679,14 @@ impl Template {
         };
         stages.append(&cloned.stages);
         stages.mark("rootfs wait");
+        // The instance's own limits, not the template's it inherited.
+        if let Err(e) = sprout_runtime::direct::apply_limits(cloned.child, &process) {
+            let child = cloned.child;
+            self.tracer.run(move |ctx| {
+                let _ = ctx.kill(child);
+            });
+            return Err(e.into());
+        }
 
         // Second half: the rootfs (already in the socket), the process's
         // own state, the sandbox's credentials, release.
