@@ -171,8 +171,10 @@ impl Gated {
     }
 
     /// Kills and reaps the child; then its stack can go.
+    /// (Through the pidfd: a tracer may have reaped it already, and its
+    /// pid been reused.)
     fn kill(&mut self) {
-        let _ = nix::sys::signal::kill(self.pid, nix::sys::signal::Signal::SIGKILL);
+        let _ = crate::container::pidfd_kill(&self.pidfd, libc::SIGKILL);
         let _ = nix::sys::wait::waitpid(self.pid, None);
         self.shared = None;
     }

@@ -254,12 +254,22 @@ fn start_stub(
             Options::EXITKILL | Options::TRACEEXEC | Options::TRACECLONE,
         )
     });
-    let (image, memory, prepared) = opened()?;
-    seized?;
-    stages.mark("open image");
-    let rlimit_stack = exec_stack_limit(image.manifest(), bundle_hard);
-    init.open(adoption.bundle(), rlimit_stack)?;
-    Ok((pid, socket, image, memory, prepared))
+    let traced = seized.is_ok();
+    let started = (|| {
+        let (image, memory, prepared) = opened()?;
+        seized?;
+        stages.mark("open image");
+        let rlimit_stack = exec_stack_limit(image.manifest(), bundle_hard);
+        init.open(adoption.bundle(), rlimit_stack)?;
+        Ok((pid, socket, image, memory, prepared))
+    })();
+    if started.is_err() && traced {
+        // Its tracer kills and reaps it, and forgets it.
+        tracer.run(move |ctx| {
+            let _ = ctx.kill(pid);
+        });
+    }
+    started
 }
 
 /// Collects the exit of our child `pid`, killed by now.
