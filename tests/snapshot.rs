@@ -718,6 +718,8 @@ fn sandbox_facts(s: &Sandbox, rid: &str) -> Vec<String> {
         "hostname {}",
         s.ok(&["exec", rid, "hostname"]).trim()
     ));
+    let msgmax = s.ok(&["exec", rid, "cat", "/proc/sys/kernel/msgmax"]);
+    facts.push(format!("sysctl kernel.msgmax={}", msgmax.trim()));
     let cgroups = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
     facts.extend(cgroups.lines().map(|l| format!("cgroup {l}")));
     for ns in ["pid", "ipc", "uts", "mnt", "net", "cgroup"] {
@@ -744,6 +746,7 @@ fn a_sandbox_made_without_the_init_helper_is_the_one_it_makes() {
     let (img, _) = probe_image(&s);
     s.config()["root"]["readonly"] = true.into();
     s.config()["process"]["oomScoreAdj"] = 300.into();
+    s.config()["linux"]["sysctl"] = serde_json::json!({"kernel.msgmax": "9000"});
     s.write_config();
     let restore_timed = |s: &Sandbox, rid: &str, out: &str| -> (Vec<String>, String) {
         let out = s.dir.path().join(out);
@@ -760,8 +763,8 @@ fn a_sandbox_made_without_the_init_helper_is_the_one_it_makes() {
         timings.contains(" sandbox ") && !timings.contains("exec stub"),
         "{timings}"
     );
-    // A sysctl is the init helper's to write: the same sandbox through it.
-    s.config()["linux"]["sysctl"] = serde_json::json!({"kernel.msgmax": "9000"});
+    // Hooks are the init helper's to run: the same sandbox through it.
+    s.config()["hooks"] = serde_json::json!({"poststart": [{"path": "/bin/true"}]});
     s.write_config();
     let (helper, timings) = restore_timed(&s, &unique_id("snapdirect-h"), "out-h");
     assert!(timings.contains("exec stub"), "{timings}");
@@ -776,6 +779,7 @@ fn a_sandbox_made_without_the_init_helper_is_the_one_it_makes() {
     assert!(has(&|f| f.starts_with("mount /proc/keys ")), "{direct:#?}");
     for fact in [
         "hostname sprout-test",
+        "sysctl kernel.msgmax=9000",
         "ns pid own=true",
         "ns mnt own=true",
         "ns net own=true",

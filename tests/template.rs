@@ -491,6 +491,7 @@ fn an_instance_is_a_container_like_any_other() {
     s.config()["process"]["rlimits"][0] =
         serde_json::json!({"type": "RLIMIT_NOFILE", "hard": 800, "soft": 512});
     s.config()["process"]["oomScoreAdj"] = serde_json::json!(200);
+    s.config()["linux"]["sysctl"] = serde_json::json!({"kernel.msgmax": "9000"});
     s.write_config();
     let id = format!("{}-i", s.id);
     let spec = ForkSpec {
@@ -511,6 +512,12 @@ fn an_instance_is_a_container_like_any_other() {
     assert_eq!(state["status"], "running");
     assert_eq!(state["pid"], pid_of(&c));
     assert_eq!(s.ok(&["exec", &id, "hostname"]).trim(), "sprout-test");
+    // Its bundle's sysctl, in its own ipc namespace.
+    assert_eq!(
+        s.ok(&["exec", &id, "cat", "/proc/sys/kernel/msgmax"])
+            .trim(),
+        "9000"
+    );
     let ps = s.ok(&[
         "exec",
         &id,

@@ -17,7 +17,8 @@
 //!   namespace and applies the masks and read-only paths by injection.
 //!
 //! Bundles that need what only the helper does (hooks, a terminal, user or
-//! time namespaces, sysctls, LSM labels, ...) take the helper path:
+//! time namespaces, LSM labels, ...) take the helper path (sysctls are
+//! written by the tracer, from inside, like the masks):
 //! [`helper_needed`] says why.
 
 use std::ffi::CString;
@@ -73,8 +74,6 @@ pub fn helper_needed(bundle: &Bundle) -> Option<String> {
         "no new pid namespace"
     } else if !new(LinuxNamespaceType::Mount) {
         "no new mount namespace"
-    } else if linux.sysctl().as_ref().is_some_and(|s| !s.is_empty()) {
-        "sysctls"
     } else if linux.personality().is_some() {
         "a personality"
     } else if process.io_priority().is_some() {
@@ -339,9 +338,15 @@ mod tests {
     #[test]
     fn only_what_the_helper_alone_does_needs_it() {
         assert_eq!(helper_needed(&bundle(|_| {})), None);
+        assert_eq!(
+            helper_needed(&bundle(|v| {
+                v["linux"]["sysctl"] = serde_json::json!({"kernel.msgmax": "9000"})
+            })),
+            None
+        );
         assert_eq!(helper_needed(&bundle(|v| v["hostname"] = "h".into())), None);
         type Edit = fn(&mut serde_json::Value);
-        let cases: [(&str, Edit); 7] = [
+        let cases: [(&str, Edit); 6] = [
             ("hooks", |v| {
                 v["hooks"] = serde_json::json!({"poststart": [{"path": "/bin/true"}]})
             }),
@@ -362,9 +367,6 @@ mod tests {
                         serde_json::json!({"type": "mount", "path": "/proc/1/ns/mnt"})
                 },
             ),
-            ("sysctls", |v| {
-                v["linux"]["sysctl"] = serde_json::json!({"kernel.msgmax": "9000"})
-            }),
             ("an LSM label", |v| {
                 v["process"]["apparmorProfile"] = "p".into()
             }),

@@ -12,6 +12,7 @@ use std::os::unix::net::UnixStream;
 use nix::mount::MsFlags;
 use sprout_runtime::rootfs::RootfsConfig;
 use sprout_runtime::rootfs::detached::DeferredMount;
+use sprout_runtime::spec::Bundle;
 
 use crate::ptrace::{Entry, Gadget, GadgetError, Tid, TraceCtx};
 use crate::restore::RestoreError;
@@ -21,6 +22,9 @@ use crate::restore::RestoreError;
 pub(crate) struct RootfsPlan {
     /// From the rootfs builder, once it is done.
     pub deferred: Vec<DeferredMount>,
+    /// The bundle's sysctls (validated with it: names in namespaces the
+    /// sandbox owns), written once its /proc is in place.
+    pub sysctl: Vec<(String, String)>,
     pub masked: Vec<String>,
     pub readonly: Vec<String>,
     pub readonly_root: bool,
@@ -29,10 +33,18 @@ pub(crate) struct RootfsPlan {
 }
 
 impl RootfsPlan {
-    /// The plan of `cfg`; `deferred` comes from the builder later.
-    pub fn new(cfg: &RootfsConfig, cwd: &str) -> RootfsPlan {
+    /// The plan of `bundle`'s rootfs `cfg`; `deferred` comes from the
+    /// builder later.
+    pub fn new(bundle: &Bundle, cfg: &RootfsConfig, cwd: &str) -> RootfsPlan {
+        let linux = bundle.spec.linux().clone().unwrap_or_default();
         RootfsPlan {
             deferred: Vec::new(),
+            sysctl: linux
+                .sysctl()
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .collect(),
             masked: cfg.masked_paths.clone(),
             readonly: cfg.readonly_paths.clone(),
             readonly_root: cfg.readonly,
@@ -173,6 +185,7 @@ pub(crate) fn enter_rootfs(
     }
     g.run(ctx, pid, &e)
         .map_err(batch_error("entering the sandbox's rootfs"))?;
+    write_sysctls(ctx, pid, g, &plan.sysctl)?;
 
     // Now that the process's proc and sys are in place: masks (a file or
     // a directory, as the process sees it), read-only paths, a read-only
@@ -220,5 +233,44 @@ pub(crate) fn enter_rootfs(
     e.push(Entry::new(libc::SYS_chdir, [cwd, 0, 0, 0, 0, 0]));
     g.run(ctx, pid, &e)
         .map_err(batch_error("masking paths of the sandbox"))?;
+    Ok(())
+}
+
+/// Writes each sysctl from inside the process, where `/proc/sys` is its
+/// own and follows its network, ipc and uts namespaces (opened from
+/// outside, it would be the host's): an injected `openat`, then `write`
+/// and `close` of the fd it returned. Before the read-only paths, which
+/// usually include `/proc/sys`.
+fn write_sysctls(
+    ctx: &mut TraceCtx,
+    pid: Tid,
+    g: &mut Gadget,
+    sysctl: &[(String, String)],
+) -> Result<(), RestoreError> {
+    for (key, value) in sysctl {
+        let path = format!("/proc/sys/{}", key.replace('.', "/"));
+        let p = g.data(&cstr(&path))?;
+        let flags = (libc::O_WRONLY | libc::O_CLOEXEC) as u64;
+        let fd = g
+            .run(
+                ctx,
+                pid,
+                &[Entry::new(
+                    libc::SYS_openat,
+                    [libc::AT_FDCWD as u64, p, flags, 0, 0, 0],
+                )],
+            )
+            .map_err(|e| RestoreError::Sandbox(format!("sysctl {key}: {e}")))?[0];
+        let v = g.data(value.as_bytes())?;
+        g.run(
+            ctx,
+            pid,
+            &[
+                Entry::new(libc::SYS_write, [fd as u64, v, value.len() as u64, 0, 0, 0]),
+                Entry::new(libc::SYS_close, [fd as u64, 0, 0, 0, 0, 0]),
+            ],
+        )
+        .map_err(|e| RestoreError::Sandbox(format!("sysctl {key}={value:?}: {e}")))?;
+    }
     Ok(())
 }

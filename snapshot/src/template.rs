@@ -919,7 +919,7 @@ impl ChildPlan {
             clone_flags: flags & !(libc::CLONE_NEWNS as u64),
             new_cgroup_ns: cfg.cgroup_namespace,
             hostname: bundle.spec.hostname().clone().filter(|h| !h.is_empty()),
-            rootfs: RootfsPlan::new(cfg, &image.manifest().process.cwd),
+            rootfs: RootfsPlan::new(bundle, cfg, &image.manifest().process.cwd),
         })
     }
 }

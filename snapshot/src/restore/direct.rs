@@ -138,7 +138,7 @@ pub(super) fn restore(
         Ok((pid, socket, image, memory, prepared, deferred))
     });
     let (pid, socket, image, memory, prepared, deferred) = sandbox?;
-    let mut plan = RootfsPlan::new(&cfg, &image.manifest().process.cwd);
+    let mut plan = RootfsPlan::new(adoption.bundle(), &cfg, &image.manifest().process.cwd);
     plan.deferred = deferred;
     let job = RebuildJob {
         pid,
