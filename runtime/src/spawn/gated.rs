@@ -473,3 +473,101 @@ unsafe extern "C" fn child_entry(data: *const ChildData) -> ! {
         fail(report, SpawnStep::ExecProgram, r)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spawn::{NamespaceJoin, prepare_fds};
+
+    fn steps(program: &str) -> GatedSteps {
+        GatedSteps {
+            program: std::fs::File::open(program).unwrap().into(),
+            task_files: Vec::new(),
+            unshare_cgroup_ns: false,
+            hostname: None,
+            domainname: None,
+            keyring: None,
+        }
+    }
+
+    fn exit_status(pid: Pid) -> nix::sys::wait::WaitStatus {
+        nix::sys::wait::waitpid(pid, None).unwrap()
+    }
+
+    #[test]
+    fn a_gated_child_waits_then_execs_its_program() {
+        // A pipe passed in must be kept across the exec (no
+        // close-on-exec), which /proc shows while the child waits.
+        let (r, _w) = pipe_cloexec().unwrap();
+        let mut req = SpawnRequest {
+            pass: vec![r],
+            ..Default::default()
+        };
+        let passed = prepare_fds(&mut req).unwrap();
+        let gated = spawn_gated(req, steps("/bin/true")).unwrap();
+        let pid = gated.pid;
+        // At the gate: set up, not exec'd (still a copy of this program).
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+        assert_eq!(exe, std::fs::read_link("/proc/self/exe").unwrap());
+        let flags = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{}", passed[0])).unwrap();
+        let octal = flags
+            .lines()
+            .find_map(|l| l.strip_prefix("flags:"))
+            .unwrap()
+            .trim();
+        let cloexec = u32::from_str_radix(octal, 8).unwrap() & libc::O_CLOEXEC as u32;
+        assert_eq!(cloexec, 0, "a passed fd is kept across the exec");
+        let spawned = gated.open().unwrap();
+        assert_eq!(
+            exit_status(spawned.pid),
+            nix::sys::wait::WaitStatus::Exited(spawned.pid, 0)
+        );
+    }
+
+    #[test]
+    fn a_step_that_fails_is_reported_and_the_child_reaped() {
+        // setns on a file that is no namespace fails with EINVAL.
+        let not_a_namespace: OwnedFd = std::fs::File::open("/bin/true").unwrap().into();
+        let req = SpawnRequest {
+            joins: vec![NamespaceJoin {
+                fd: not_a_namespace,
+                nstype: libc::CLONE_NEWNET,
+            }],
+            ..Default::default()
+        };
+        match spawn_gated(req, steps("/bin/true")) {
+            Err(SpawnError::Child {
+                step: SpawnStep::JoinNamespace,
+                errno,
+            }) => assert_eq!(errno, libc::EINVAL),
+            other => panic!("expected a failed join, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_unopened_gate_kills_and_reaps_the_child() {
+        let gated = spawn_gated(SpawnRequest::default(), steps("/bin/true")).unwrap();
+        let pid = gated.pid;
+        drop(gated);
+        // Reaped: no such child any more.
+        assert_eq!(
+            nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG)),
+            Err(nix::errno::Errno::ECHILD)
+        );
+    }
+
+    #[test]
+    fn a_program_that_cannot_be_executed_is_reported() {
+        // A directory opened for reading is no program: execveat fails.
+        let mut s = steps("/bin/true");
+        s.program = std::fs::File::open("/").unwrap().into();
+        let gated = spawn_gated(SpawnRequest::default(), s).unwrap();
+        match gated.open() {
+            Err(SpawnError::Child {
+                step: SpawnStep::ExecProgram,
+                errno,
+            }) => assert_eq!(errno, libc::EACCES),
+            other => panic!("expected a failed exec, got {other:?}"),
+        }
+    }
+}
