@@ -420,9 +420,18 @@ pub(super) fn fill(
     let chunk = m.pages.chunk_size;
     let file = image.pages_file();
     let mut verified = vec![false; m.pages.chunks.len()];
-    // A window of whole chunks read from the file.
-    let window_chunks = ((4u64 << 20) / chunk).max(1);
-    let mut buf: Vec<u8> = Vec::new();
+    // A window of whole chunks read from the file, into one buffer
+    // populated up front (faulting it page by page as reads fill it costs
+    // as much as the reads) and small enough to stay in cache between the
+    // read, the check and the copy out.
+    let window_chunks = ((1u64 << 20) / chunk).max(1);
+    let mut arena =
+        crate::image::arena::Arena::new((window_chunks * chunk).min(m.pages.size) as usize)
+            .map_err(|source| RestoreError::Io {
+                what: "allocating the page window",
+                source,
+            })?;
+    let mut buf_len = 0usize;
     let mut buf_start = u64::MAX;
     let mut pending: Vec<(u64, usize, usize)> = Vec::new(); // (addr, buf offset, len)
     let flush = |pending: &mut Vec<(u64, usize, usize)>, buf: &[u8]| -> Result<(), RestoreError> {
@@ -437,9 +446,9 @@ pub(super) fn fill(
     for (i, &(mut off, mut dest, mut len)) in runs.iter().enumerate() {
         while len > 0 {
             let in_window =
-                buf_start != u64::MAX && off >= buf_start && off < buf_start + buf.len() as u64;
+                buf_start != u64::MAX && off >= buf_start && off < buf_start + buf_len as u64;
             if !in_window {
-                flush(&mut pending, &buf)?;
+                flush(&mut pending, arena.slice(0, buf_len))?;
                 let first_chunk = off / chunk;
                 buf_start = first_chunk * chunk;
                 // Through the runs that follow closely (within a chunk of
@@ -459,12 +468,13 @@ pub(super) fn fill(
                     .div_ceil(chunk)
                     .saturating_mul(chunk)
                     .min(m.pages.size);
-                buf.resize((end - buf_start) as usize, 0);
-                file.read_exact_at(&mut buf, buf_start)
+                buf_len = (end - buf_start) as usize;
+                file.read_exact_at(arena.slice_mut(0, buf_len), buf_start)
                     .map_err(|source| RestoreError::Io {
                         what: "reading pages.img",
                         source,
                     })?;
+                let buf = arena.slice(0, buf_len);
                 for c in first_chunk..first_chunk + (end - buf_start).div_ceil(chunk) {
                     let ci = c as usize;
                     if !verified[ci] {
@@ -486,13 +496,14 @@ pub(super) fn fill(
                     }
                 }
             }
+            let buf = arena.slice(0, buf_len);
             let bo = (off - buf_start) as usize;
             let n = len.min(buf.len() as u64 - bo as u64);
             match dest {
                 Dest::Memory(addr) => {
                     pending.push((addr, bo, n as usize));
                     if pending.len() >= mem::IOV_MAX {
-                        flush(&mut pending, &buf)?;
+                        flush(&mut pending, buf)?;
                     }
                 }
                 Dest::Object(o, at) => {
@@ -510,7 +521,7 @@ pub(super) fn fill(
             copied += n;
         }
     }
-    flush(&mut pending, &buf)?;
+    flush(&mut pending, arena.slice(0, buf_len))?;
     Ok(copied)
 }
 
