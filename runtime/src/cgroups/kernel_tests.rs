@@ -539,22 +539,7 @@ fn clone_into_cgroup_with_unified_fd() {
     let Some(fd) = g.cg.try_unified_dir_fd().unwrap() else {
         return;
     };
-    #[repr(C)]
-    #[derive(Default)]
-    struct CloneArgs {
-        flags: u64,
-        pidfd: u64,
-        child_tid: u64,
-        parent_tid: u64,
-        exit_signal: u64,
-        stack: u64,
-        stack_size: u64,
-        tls: u64,
-        set_tid: u64,
-        set_tid_size: u64,
-        cgroup: u64,
-    }
-    const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+    use crate::spawn::{CLONE_INTO_CGROUP, CloneArgs};
     use std::os::fd::AsRawFd;
     let mut args = CloneArgs {
         flags: CLONE_INTO_CGROUP,

@@ -29,7 +29,7 @@ use nix::unistd::Pid;
 
 use super::{
     CLONE_INTO_CGROUP, CLONE_PIDFD, CloneArgs, SpawnError, SpawnRequest, SpawnStep, Spawned,
-    TAG_AT_GATE, finish_spawn, pipe_cloexec, read_full,
+    TAG_AT_GATE, finish_spawn, kill_and_reap, pipe_cloexec, read_record, step_failed,
 };
 
 /// What a gated child does itself before its exec, in this order, after
@@ -143,24 +143,15 @@ impl Gated {
         }
         // EOF: the exec closed the child's end (close-on-exec), after it
         // left the shared memory. A record: the exec failed.
-        let mut rec = [0u8; 8];
-        let got = read_full(&mut self.report, &mut rec);
-        match got {
-            Ok(0) => {}
-            Ok(8) => {
+        match read_record(&mut self.report) {
+            Ok(None) => {}
+            Ok(Some((tag, errno))) => {
                 self.kill();
-                let tag = i32::from_le_bytes(rec[..4].try_into().unwrap());
-                let errno = i32::from_le_bytes(rec[4..].try_into().unwrap());
-                let step = SpawnStep::from_code(tag).ok_or(SpawnError::Protocol)?;
-                return Err(SpawnError::Child { step, errno });
-            }
-            Ok(_) => {
-                self.kill();
-                return Err(SpawnError::Protocol);
+                return Err(step_failed(tag, errno));
             }
             Err(e) => {
                 self.kill();
-                return Err(SpawnError::Prepare(e));
+                return Err(e);
             }
         }
         self.shared = None;
@@ -276,8 +267,7 @@ pub fn spawn_gated(mut req: SpawnRequest, steps: GatedSteps) -> Result<Gated, Sp
         }),
         Err(e) => {
             // It failed a step: reap it, then free what it used.
-            let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
-            let _ = nix::sys::wait::waitpid(child, None);
+            kill_and_reap(child);
             drop(shared);
             Err(e)
         }
@@ -345,17 +335,25 @@ unsafe fn raw(nr: libc::c_long, a: [usize; 5]) -> isize {
     ret
 }
 
-/// Reports `step` with the errno of `ret` (negative) and exits.
-unsafe fn fail(report: RawFd, step: SpawnStep, ret: isize) -> ! {
+/// Writes a (tag, value) record to the report pipe, from the child.
+unsafe fn report_record(report: RawFd, tag: i32, value: i32) {
     let mut rec = [0u8; 8];
-    rec[..4].copy_from_slice(&(step as i32).to_le_bytes());
-    rec[4..].copy_from_slice(&(-(ret as i32)).to_le_bytes());
-    // SAFETY: write from our stack buffer, then exit_group of the child.
+    rec[..4].copy_from_slice(&tag.to_le_bytes());
+    rec[4..].copy_from_slice(&value.to_le_bytes());
+    // SAFETY: a write from this stack's buffer.
     unsafe {
         raw(
             libc::SYS_write,
             [report as usize, rec.as_ptr() as usize, 8, 0, 0],
-        );
+        )
+    };
+}
+
+/// Reports `step` with the errno of `ret` (negative) and exits.
+unsafe fn fail(report: RawFd, step: SpawnStep, ret: isize) -> ! {
+    // SAFETY: a record from the child, then its exit_group.
+    unsafe {
+        report_record(report, step as i32, -(ret as i32));
         raw(libc::SYS_exit_group, [127, 0, 0, 0, 0]);
     }
     // exit_group does not return.
@@ -444,12 +442,7 @@ unsafe extern "C" fn child_entry(data: *const ChildData) -> ! {
             );
         }
         let (gate, program) = (d.gate, d.program);
-        let mut rec = [0u8; 8];
-        rec[..4].copy_from_slice(&TAG_AT_GATE.to_le_bytes());
-        raw(
-            libc::SYS_write,
-            [report as usize, rec.as_ptr() as usize, 8, 0, 0],
-        );
+        report_record(report, TAG_AT_GATE, 0);
         let mut b = 0u8;
         if raw(
             libc::SYS_read,

@@ -88,7 +88,7 @@ impl SpawnStep {
 /// Record tag for "the init's pid" from the intermediate.
 const TAG_PID: i32 = 100;
 /// Record tag for "set up, waiting at the gate" from a gated child.
-pub(crate) const TAG_AT_GATE: i32 = 101;
+const TAG_AT_GATE: i32 = 101;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpawnError {
@@ -163,20 +163,20 @@ pub struct Spawned {
 #[repr(C)]
 #[derive(Default)]
 pub(crate) struct CloneArgs {
-    flags: u64,
-    pidfd: u64,
-    child_tid: u64,
-    parent_tid: u64,
-    exit_signal: u64,
-    stack: u64,
-    stack_size: u64,
-    tls: u64,
-    set_tid: u64,
-    set_tid_size: u64,
-    cgroup: u64,
+    pub(crate) flags: u64,
+    pub(crate) pidfd: u64,
+    pub(crate) child_tid: u64,
+    pub(crate) parent_tid: u64,
+    pub(crate) exit_signal: u64,
+    pub(crate) stack: u64,
+    pub(crate) stack_size: u64,
+    pub(crate) tls: u64,
+    pub(crate) set_tid: u64,
+    pub(crate) set_tid_size: u64,
+    pub(crate) cgroup: u64,
 }
 
-pub(crate) const CLONE_PIDFD: u64 = 0x1000;
+const CLONE_PIDFD: u64 = 0x1000;
 const CLONE_PARENT: u64 = 0x8000;
 pub(crate) const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 
@@ -226,7 +226,7 @@ pub fn prepare_fds(req: &mut SpawnRequest) -> io::Result<Vec<RawFd>> {
     Ok(numbers)
 }
 
-pub(crate) fn pipe_cloexec() -> io::Result<(OwnedFd, OwnedFd)> {
+fn pipe_cloexec() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0; 2];
     // SAFETY: pipe2 writes two fds into the array on success.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
@@ -339,16 +339,43 @@ pub fn spawn(
     );
     if result.is_err() {
         // The child failed before or at exec; reap it so nothing is left.
-        let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
-        let _ = nix::sys::wait::waitpid(child, None);
+        kill_and_reap(child);
     }
     result
 }
 
-/// Reads the child's records: until EOF (it exec'd), or with `gated` until
-/// it waits at its gate (the report pipe is then kept in the returned
-/// file, to read the exec's outcome later).
-pub(crate) fn finish_spawn(
+/// Kills our child `child` and collects its exit.
+fn kill_and_reap(child: Pid) {
+    let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
+    let _ = nix::sys::wait::waitpid(child, None);
+}
+
+/// One (tag, value) record from the child's report pipe; `None` at EOF.
+fn read_record(file: &mut std::fs::File) -> Result<Option<(i32, i32)>, SpawnError> {
+    let mut rec = [0u8; 8];
+    match read_full(file, &mut rec) {
+        Ok(0) => Ok(None),
+        Ok(8) => Ok(Some((
+            i32::from_le_bytes(rec[..4].try_into().unwrap()),
+            i32::from_le_bytes(rec[4..].try_into().unwrap()),
+        ))),
+        Ok(_) => Err(SpawnError::Protocol),
+        Err(e) => Err(SpawnError::Prepare(e)),
+    }
+}
+
+/// A (step, errno) record: the child failed that step.
+fn step_failed(tag: i32, errno: i32) -> SpawnError {
+    match SpawnStep::from_code(tag) {
+        Some(step) => SpawnError::Child { step, errno },
+        None => SpawnError::Protocol,
+    }
+}
+
+/// Reads the child's records from its report pipe `file`: until EOF (it
+/// exec'd), or with `gated` until it waits at its gate (the caller keeps
+/// reading `file` for the exec's outcome).
+fn finish_spawn(
     child: Pid,
     pidfd: RawFd,
     via_intermediate: bool,
@@ -367,24 +394,18 @@ pub(crate) fn finish_spawn(
     }
     let mut init_pid = child;
     loop {
-        let mut rec = [0u8; 8];
-        match read_full(file, &mut rec) {
+        let (tag, value) = match read_record(file)? {
             // A gated child cannot have exec'd yet: it died.
-            Ok(0) if gated => return Err(SpawnError::Protocol),
-            Ok(0) => break,
-            Ok(8) => {}
-            Ok(_) => return Err(SpawnError::Protocol),
-            Err(e) => return Err(SpawnError::Prepare(e)),
-        }
-        let tag = i32::from_le_bytes(rec[..4].try_into().unwrap());
-        let value = i32::from_le_bytes(rec[4..].try_into().unwrap());
+            None if gated => return Err(SpawnError::Protocol),
+            None => break,
+            Some(r) => r,
+        };
         if tag == TAG_PID && via_intermediate {
             init_pid = Pid::from_raw(value);
         } else if tag == TAG_AT_GATE && gated {
             break;
         } else {
-            let step = SpawnStep::from_code(tag).ok_or(SpawnError::Protocol)?;
-            return Err(SpawnError::Child { step, errno: value });
+            return Err(step_failed(tag, value));
         }
     }
     if via_intermediate {
@@ -402,7 +423,7 @@ pub(crate) fn finish_spawn(
     })
 }
 
-pub(crate) fn read_full(f: &mut std::fs::File, buf: &mut [u8]) -> io::Result<usize> {
+fn read_full(f: &mut std::fs::File, buf: &mut [u8]) -> io::Result<usize> {
     use std::io::Read;
     let mut n = 0;
     while n < buf.len() {
