@@ -42,7 +42,7 @@ use sprout_runtime::{Adoption, Container, CreateOptions, Runtime, Takeover};
 use crate::image::{Backing, Image};
 use crate::profile::{Populated, WritableLayout, WriteSet};
 use crate::ptrace::{Entry, Gadget, Options, Stop, Tid, TraceCtx, Tracer};
-use crate::restore::{self, RestoreError, SandboxRules};
+use crate::restore::{self, RestoreError, SandboxSpec};
 use crate::sandbox::{self, RootfsPlan, enter_rootfs, receive_fds, send_fds};
 
 /// The template's end of its control socket (fd 3 in the template).
@@ -542,16 +542,7 @@ impl Template {
                 source: e,
             })?;
         let plan = ChildPlan::new(bundle, &rootfs_cfg, &self.image)?;
-        let process = bundle
-            .spec
-            .process()
-            .clone()
-            .ok_or_else(|| TemplateError::Bundle {
-                bundle: bundle.dir.clone(),
-                reason: "no process section".into(),
-            })?;
-        let seccomp = restore::bundle_seccomp(bundle)?;
-        let stack_limit = restore::stack_rlimit(&process);
+        let sandbox = SandboxSpec::of(&bundle.spec)?;
 
         let passed = Passed {
             has_unified: unified.is_some(),
@@ -669,10 +660,7 @@ impl Template {
                 c
             }
             (Ok(c), Err(e)) => {
-                let child = c.child;
-                self.tracer.run(move |ctx| {
-                    let _ = ctx.kill(child);
-                });
+                self.tracer.kill(c.child);
                 return Err(e);
             }
             (Err(_), Err(e @ TemplateError::Rootfs { .. })) | (Err(e), _) => return Err(e),
@@ -680,11 +668,8 @@ impl Template {
         stages.append(&cloned.stages);
         stages.mark("rootfs wait");
         // The instance's own limits, not the template's it inherited.
-        if let Err(e) = sprout_runtime::direct::apply_limits(cloned.child, &process) {
-            let child = cloned.child;
-            self.tracer.run(move |ctx| {
-                let _ = ctx.kill(child);
-            });
+        if let Err(e) = sprout_runtime::direct::apply_limits(cloned.child, sandbox.process()) {
+            self.tracer.kill(cloned.child);
             return Err(e.into());
         }
 
@@ -717,11 +702,7 @@ impl Template {
                     g.release_thread(child);
                     restore::check_files(child, image.manifest())?;
                     inner.mark("sandbox");
-                    let rules = SandboxRules {
-                        process: &process,
-                        seccomp: seccomp.as_ref(),
-                        stack_limit,
-                    };
+                    let rules = sandbox.rules();
                     let opts = crate::fds::RestoreOptions {
                         reserved: Vec::new(),
                         close_others: true,

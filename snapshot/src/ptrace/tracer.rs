@@ -153,6 +153,15 @@ impl Tracer {
         self.inner.tid
     }
 
+    /// Kills traced process `tid` and reaps it on the tracer thread, which
+    /// then forgets it; errors (it is gone already) are ignored. For
+    /// failure paths.
+    pub fn kill(&self, tid: Tid) {
+        self.run(move |ctx| {
+            let _ = ctx.kill(tid);
+        });
+    }
+
     /// Runs `f` on the tracer thread and returns its result. Calls from
     /// several threads are served one at a time, in order.
     ///

@@ -25,8 +25,8 @@ use sprout_runtime::timing::Stages;
 use sprout_runtime::{Adoption, Runtime};
 
 use super::{
-    EnterRootfs, RebuildJob, RestoreError, RestoreOptions, Restored, bundle_seccomp,
-    bundle_stack_hard, exec_stack_limit, open_image, stack_rlimit, stub,
+    EnterRootfs, RebuildJob, RestoreError, RestoreOptions, Restored, SandboxSpec,
+    bundle_stack_hard, exec_stack_limit, open_image, stub,
 };
 use crate::ptrace::{Options, Tracer};
 use crate::sandbox::RootfsPlan;
@@ -44,12 +44,7 @@ pub(super) fn restore(
 ) -> Result<Restored, RestoreError> {
     let mut stages = Stages::new();
     let bundle_hard = bundle_stack_hard(&bundle);
-    let process = bundle
-        .spec
-        .process()
-        .clone()
-        .ok_or_else(|| RestoreError::Sandbox("the bundle has no process section".into()))?;
-    let seccomp = bundle_seccomp(&bundle)?;
+    let sandbox = SandboxSpec::of(&bundle.spec)?;
     let opening = {
         let dir = image_dir.to_path_buf();
         let memory = std::mem::take(&mut opts.memory);
@@ -88,7 +83,7 @@ pub(super) fn restore(
     };
     stages.mark("prepare sandbox");
 
-    let sandbox = std::thread::scope(|scope| {
+    let made = std::thread::scope(|scope| {
         let (rootfs_ours, rootfs_theirs) =
             UnixStream::pair().map_err(|source| RestoreError::Io {
                 what: "making the rootfs socketpair",
@@ -127,9 +122,7 @@ pub(super) fn restore(
         let deferred = match built {
             Ok(d) => d,
             Err(e) => {
-                tracer.run(move |ctx| {
-                    let _ = ctx.kill(pid);
-                });
+                tracer.kill(pid);
                 reap(pid);
                 return Err(e);
             }
@@ -137,15 +130,13 @@ pub(super) fn restore(
         stages.mark("rootfs wait");
         Ok((pid, socket, image, memory, prepared, deferred))
     });
-    let (pid, socket, image, memory, prepared, deferred) = sandbox?;
+    let (pid, socket, image, memory, prepared, deferred) = made?;
     let mut plan = RootfsPlan::new(adoption.bundle(), &cfg, &image.manifest().process.cwd);
     plan.deferred = deferred;
     let job = RebuildJob {
         pid,
         image: Arc::new(image),
-        process,
-        seccomp,
-        stack_limit: stack_rlimit(adoption.bundle().spec.process().as_ref().expect("checked")),
+        sandbox,
         loading: memory,
         prepared,
         rootfs: Some(EnterRootfs { socket, plan }),
@@ -265,9 +256,7 @@ fn start_stub(
     })();
     if started.is_err() && traced {
         // Its tracer kills and reaps it, and forgets it.
-        tracer.run(move |ctx| {
-            let _ = ctx.kill(pid);
-        });
+        tracer.kill(pid);
     }
     started
 }

@@ -415,7 +415,7 @@ fn open_image(
 }
 
 /// The (soft, hard) RLIMIT_STACK the spec gives its process, if it sets one.
-pub(crate) fn stack_rlimit(process: &Process) -> Option<(u64, u64)> {
+fn stack_rlimit(process: &Process) -> Option<(u64, u64)> {
     process
         .rlimits()
         .iter()
@@ -434,15 +434,44 @@ pub(crate) fn bundle_stack_hard(bundle: &Bundle) -> Option<u64> {
         .map(|(_, hard)| hard)
 }
 
-/// `bundle`'s seccomp profile as BPF ([`compile_seccomp`]).
-pub(crate) fn bundle_seccomp(bundle: &Bundle) -> Result<Option<SeccompProgram>, RestoreError> {
-    compile_seccomp(
-        bundle
-            .spec
-            .linux()
-            .as_ref()
-            .and_then(|l| l.seccomp().as_ref()),
-    )
+/// What a sandbox imposes on the process released into it, from its
+/// spec: [`SandboxRules`], owned.
+pub(crate) struct SandboxSpec {
+    process: Process,
+    seccomp: Option<SeccompProgram>,
+    stack_limit: Option<(u64, u64)>,
+}
+
+impl SandboxSpec {
+    /// The process section (validated bundles have one), the seccomp
+    /// profile compiled, the stack limit.
+    pub(crate) fn of(spec: &oci_spec::runtime::Spec) -> Result<SandboxSpec, RestoreError> {
+        let process = spec
+            .process()
+            .clone()
+            .ok_or_else(|| RestoreError::Sandbox("the bundle has no process section".into()))?;
+        let seccomp = compile_seccomp(spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()))?;
+        let stack_limit = stack_rlimit(&process);
+        Ok(SandboxSpec {
+            process,
+            seccomp,
+            stack_limit,
+        })
+    }
+
+    /// The process section.
+    pub(crate) fn process(&self) -> &Process {
+        &self.process
+    }
+
+    /// As the release steps take it.
+    pub(crate) fn rules(&self) -> SandboxRules<'_> {
+        SandboxRules {
+            process: &self.process,
+            seccomp: self.seccomp.as_ref(),
+            stack_limit: self.stack_limit,
+        }
+    }
 }
 
 /// The bundle's seccomp profile as BPF, applied last to a restored or
@@ -495,10 +524,7 @@ fn restore_into(
         .pid()
         .ok_or_else(|| RestoreError::InitExited("no init process".into()))?;
     let spec = container.spec();
-    let process = spec
-        .process()
-        .clone()
-        .ok_or_else(|| RestoreError::Sandbox("the bundle has no process section".into()))?;
+    let sandbox = SandboxSpec::of(spec)?;
     let linux = spec.linux().clone().unwrap_or_default();
     let new_pid_ns = linux
         .namespaces()
@@ -512,8 +538,6 @@ fn restore_into(
             m.process.pid
         )));
     }
-    let seccomp = compile_seccomp(linux.seccomp().as_ref())?;
-    let stack_limit = stack_rlimit(&process);
 
     tracer.run(move |ctx| {
         ctx.seize(
@@ -527,9 +551,7 @@ fn restore_into(
     let job = RebuildJob {
         pid,
         image: Arc::new(image),
-        process,
-        seccomp,
-        stack_limit,
+        sandbox,
         loading,
         prepared,
         rootfs: None,
@@ -541,9 +563,7 @@ fn restore_into(
 struct RebuildJob {
     pid: Tid,
     image: Arc<Image>,
-    process: Process,
-    seccomp: Option<SeccompProgram>,
-    stack_limit: Option<(u64, u64)>,
+    sandbox: SandboxSpec,
     loading: MemoryLoading,
     prepared: lazy::Prepared,
     /// For a sandbox made without the init helper: its rootfs, entered
@@ -568,9 +588,7 @@ impl RebuildJob {
         let RebuildJob {
             pid,
             image,
-            process,
-            seccomp,
-            stack_limit,
+            sandbox,
             loading,
             mut prepared,
             rootfs,
@@ -582,11 +600,7 @@ impl RebuildJob {
                 ctx,
                 pid,
                 &image,
-                &SandboxRules {
-                    process: &process,
-                    seccomp: seccomp.as_ref(),
-                    stack_limit,
-                },
+                &sandbox.rules(),
                 rootfs.as_ref(),
                 &loading,
                 &mut prepared,
