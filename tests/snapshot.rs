@@ -795,6 +795,42 @@ fn a_sandbox_made_without_the_init_helper_is_the_one_it_makes() {
 }
 
 #[test]
+fn an_image_of_a_process_that_was_not_pid_1_is_refused_for_a_new_pid_namespace() {
+    let mut s = program_sandbox("snapnotone", "counter", &["20"]);
+    // Dumped from a container sharing the host's pid namespace: not pid 1.
+    let with_pid_ns = s.config()["linux"]["namespaces"].clone();
+    s.config()["linux"]["namespaces"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|n| n["type"] != "pid");
+    s.write_config();
+    let (img, _) = run_and_dump(&s, |out| has_lines(out, 3));
+    s.config()["linux"]["namespaces"] = with_pid_ns;
+    s.write_config();
+    // Refused both ways the sandbox can be made, nothing left behind.
+    for (what, hooks) in [
+        ("directly", serde_json::Value::Null),
+        (
+            "by the helper",
+            serde_json::json!({"poststart": [{"path": "/bin/true"}]}),
+        ),
+    ] {
+        s.config()["hooks"] = hooks;
+        s.write_config();
+        let rid = unique_id("snapnotone-r");
+        let out = s.dir.path().join(format!("out-{rid}"));
+        let st = restore_detached(&s, &img, &rid, &out);
+        let err = stderr_of(&out);
+        assert!(!st.success(), "{what}: {err}");
+        assert!(
+            err.contains("was pid") && err.contains("pid 1 of a new one"),
+            "{what}: {err}"
+        );
+        s.assert_clean(&rid);
+    }
+}
+
+#[test]
 fn a_restore_whose_rootfs_cannot_be_built_leaves_nothing() {
     let mut s = probe_sandbox("snapnoroot");
     let (img, _) = probe_image(&s);

@@ -434,6 +434,26 @@ pub(crate) fn bundle_stack_hard(bundle: &Bundle) -> Option<u64> {
         .map(|(_, hard)| hard)
 }
 
+/// A process restored into a new pid namespace is its pid 1: the image's
+/// process must have been pid 1 of its own, or its pid is wrong and
+/// anything that kept it (a pid file, `getpid()` cached) lies.
+fn check_pid(spec: &oci_spec::runtime::Spec, m: &ManifestBody) -> Result<(), RestoreError> {
+    let new_pid_ns = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .into_iter()
+        .flatten()
+        .any(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::Pid && n.path().is_none());
+    if new_pid_ns && m.process.pid != 1 {
+        return Err(RestoreError::Incompatible(format!(
+            "the image's process was pid {} of its pid namespace; a restored process is pid 1 of a new one",
+            m.process.pid
+        )));
+    }
+    Ok(())
+}
+
 /// What a sandbox imposes on the process released into it, from its
 /// spec: [`SandboxRules`], owned.
 pub(crate) struct SandboxSpec {
@@ -525,19 +545,7 @@ fn restore_into(
         .ok_or_else(|| RestoreError::InitExited("no init process".into()))?;
     let spec = container.spec();
     let sandbox = SandboxSpec::of(spec)?;
-    let linux = spec.linux().clone().unwrap_or_default();
-    let new_pid_ns = linux
-        .namespaces()
-        .iter()
-        .flatten()
-        .any(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::Pid && n.path().is_none());
-    let m = image.manifest();
-    if new_pid_ns && m.process.pid != 1 {
-        return Err(RestoreError::Incompatible(format!(
-            "the image's process was pid {} of its pid namespace; a restored process is pid 1 of a new one",
-            m.process.pid
-        )));
-    }
+    check_pid(spec, image.manifest())?;
 
     tracer.run(move |ctx| {
         ctx.seize(
