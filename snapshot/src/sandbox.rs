@@ -14,7 +14,7 @@ use sprout_runtime::rootfs::RootfsConfig;
 use sprout_runtime::rootfs::detached::DeferredMount;
 use sprout_runtime::spec::Bundle;
 
-use crate::ptrace::{Entry, Gadget, GadgetError, Tid, TraceCtx};
+use crate::ptrace::{Entry, Gadget, GadgetError, Tid, TraceCtx, cstring};
 use crate::restore::RestoreError;
 
 /// What is left of the rootfs for the process itself to do.
@@ -51,12 +51,6 @@ impl RootfsPlan {
             cwd: cwd.to_string(),
         }
     }
-}
-
-pub(crate) fn cstr(s: &str) -> Vec<u8> {
-    let mut v = s.as_bytes().to_vec();
-    v.push(0);
-    v
 }
 
 /// A failed batch, named by its step.
@@ -157,16 +151,16 @@ pub(crate) fn enter_rootfs(
     ));
     for m in &plan.deferred {
         let s = match &m.source {
-            Some(s) => g.data(&cstr(s))?,
+            Some(s) => g.data(&cstring(s))?,
             None => 0,
         };
-        let d = g.data(&cstr(&m.target.to_string_lossy()))?;
+        let d = g.data(&cstring(&m.target.to_string_lossy()))?;
         let t = match &m.fstype {
-            Some(t) => g.data(&cstr(t))?,
+            Some(t) => g.data(&cstring(t))?,
             None => 0,
         };
         let dp = match &m.data {
-            Some(x) => g.data(&cstr(x))?,
+            Some(x) => g.data(&cstring(x))?,
             None => 0,
         };
         e.push(Entry::new(
@@ -199,7 +193,7 @@ pub(crate) fn enter_rootfs(
         let Ok(meta) = std::fs::metadata(format!("/proc/{pid}/root{p}")) else {
             continue;
         };
-        let d = g.data(&cstr(p))?;
+        let d = g.data(&cstring(p))?;
         if meta.is_dir() {
             e.push(Entry::new(
                 libc::SYS_mount,
@@ -218,7 +212,7 @@ pub(crate) fn enter_rootfs(
         if std::fs::symlink_metadata(format!("/proc/{pid}/root{p}")).is_err() {
             continue;
         }
-        let d = g.data(&cstr(p))?;
+        let d = g.data(&cstring(p))?;
         e.push(Entry::new(libc::SYS_mount, [d, d, 0, bind.bits(), 0, 0]));
         e.push(Entry::new(libc::SYS_mount, [0, d, 0, ro.bits(), 0, 0]));
     }
@@ -229,7 +223,7 @@ pub(crate) fn enter_rootfs(
             [0, slash, 0, flags.bits(), 0, 0],
         ));
     }
-    let cwd = g.data(&cstr(&plan.cwd))?;
+    let cwd = g.data(&cstring(&plan.cwd))?;
     e.push(Entry::new(libc::SYS_chdir, [cwd, 0, 0, 0, 0, 0]));
     g.run(ctx, pid, &e)
         .map_err(batch_error("masking paths of the sandbox"))?;
@@ -249,7 +243,7 @@ fn write_sysctls(
 ) -> Result<(), RestoreError> {
     for (key, value) in sysctl {
         let path = format!("/proc/sys/{}", key.replace('.', "/"));
-        let p = g.data(&cstr(&path))?;
+        let p = g.data(&cstring(&path))?;
         let flags = (libc::O_WRONLY | libc::O_CLOEXEC) as u64;
         let fd = g
             .run(

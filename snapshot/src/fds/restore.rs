@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use crate::image::{
     CharDevice, Fd, FdObject, PipeEnd, SockAddr, SocketFamily, SocketState, SocketType, StdStream,
 };
-use crate::ptrace::{Gadget, Tid, TraceCtx};
+use crate::ptrace::{Gadget, Tid, TraceCtx, cstring};
 
 use super::FdError;
 use super::batch::{Batch, Out, Res};
@@ -60,13 +60,6 @@ const AT_FDCWD: u64 = libc::AT_FDCWD as i64 as u64;
 /// Offset of `st_mode` in x86_64's `struct stat` (144 bytes).
 const STAT_SIZE: usize = 144;
 const STAT_MODE_OFF: usize = 24;
-
-fn cstr(s: &str) -> Vec<u8> {
-    let mut v = Vec::with_capacity(s.len() + 1);
-    v.extend_from_slice(s.as_bytes());
-    v.push(0);
-    v
-}
 
 fn device_path(d: CharDevice) -> &'static str {
     match d {
@@ -278,7 +271,7 @@ pub fn restore_fds_with(
                         b.push(
                             fd,
                             format!("open {path}"),
-                            &[&cstr(path)],
+                            &[&cstring(path)],
                             &[],
                             false,
                             |a| (libc::SYS_openat, [AT_FDCWD, a[0], flags as u64, 0, 0, 0]),
@@ -291,7 +284,7 @@ pub fn restore_fds_with(
                         b.push(
                             fd,
                             format!("open {path}"),
-                            &[&cstr(path)],
+                            &[&cstring(path)],
                             &[],
                             false,
                             |a| (libc::SYS_openat, [AT_FDCWD, a[0], flags as u64, 0, 0, 0]),
@@ -325,7 +318,7 @@ pub fn restore_fds_with(
                             let (st, outs) = b.push(
                                 fd,
                                 format!("lstat {path}"),
-                                &[&cstr(path)],
+                                &[&cstring(path)],
                                 &[STAT_SIZE],
                                 true,
                                 |a| {
@@ -574,7 +567,7 @@ pub fn restore_fds_with(
                             b.push(
                                 fd,
                                 format!("unlink the stale socket file {path}"),
-                                &[&cstr(path)],
+                                &[&cstring(path)],
                                 &[],
                                 false,
                                 |a| (libc::SYS_unlinkat, [AT_FDCWD, a[0], 0, 0, 0, 0]),

@@ -631,6 +631,15 @@ impl Gadget {
     }
 }
 
+/// `s` with its terminating NUL, as a path or name passed to an injected
+/// syscall.
+pub fn cstring(s: &str) -> Vec<u8> {
+    let mut v = Vec::with_capacity(s.len() + 1);
+    v.extend_from_slice(s.as_bytes());
+    v.push(0);
+    v
+}
+
 /// The lowest page-aligned address ≥ 4 GiB (else ≥ 64 KiB) where `size`
 /// bytes, plus a free page on each side, are unmapped in **both** layouts
 /// (the stub's and the dumped one, restore-pitfalls §10.7).

@@ -49,7 +49,8 @@ mod tracer;
 
 pub use error::PtraceError;
 pub use gadget::{
-    BatchError, ENTRY_SIZE, Entry, Gadget, GadgetConfig, GadgetError, GadgetLayout, find_hole,
+    BatchError, ENTRY_SIZE, Entry, Gadget, GadgetConfig, GadgetError, GadgetLayout, cstring,
+    find_hole,
 };
 pub use inject::InjectMode;
 pub use regs::{

@@ -20,7 +20,7 @@ use std::os::unix::fs::FileExt;
 use crate::image::working_set_pages::PrefetchedPages;
 use crate::image::{Backing, ChunkHash, Image, VmFlag, Vma};
 use crate::ptrace::procfs::{MapEntry, MapKind};
-use crate::ptrace::{Entry, Gadget, Tid, TraceCtx, mem};
+use crate::ptrace::{Entry, Gadget, Tid, TraceCtx, cstring, mem};
 
 use super::RestoreError;
 
@@ -144,12 +144,6 @@ pub(super) fn open_files(
             if r >= 0 { Ok(r as i32) } else { Err(-r as i32) }
         }),
     })
-}
-
-pub(super) fn cstring(s: &str) -> Vec<u8> {
-    let mut v = s.as_bytes().to_vec();
-    v.push(0);
-    v
 }
 
 /// Whether page data will be written into the VMA through its addresses

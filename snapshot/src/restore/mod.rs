@@ -749,7 +749,7 @@ fn process_entries(
         [p.personality as u64, 0, 0, 0, 0, 0],
     ));
     e.push(Entry::new(libc::SYS_umask, [p.umask as u64, 0, 0, 0, 0, 0]));
-    let cwd = gadget.data(&memory::cstring(&p.cwd))?;
+    let cwd = gadget.data(&crate::ptrace::cstring(&p.cwd))?;
     e.push(Entry::new(libc::SYS_chdir, [cwd, 0, 0, 0, 0, 0]));
     for a in &p.sigactions {
         let act = gadget.data(&le(&[a.handler, a.flags, a.restorer, a.mask]))?;
