@@ -877,6 +877,46 @@ fn real_engine_forks_python_instances_that_survive_a_sproutd_crash() {
     assert_clean(&s, &d);
 }
 
+#[test]
+fn a_template_killed_from_outside_is_loaded_again_at_the_next_fork() {
+    let s = python_sandbox("sd-tdead");
+    let (image, warm) = python_image(&s);
+    let d = Sproutd::start_real(&s);
+    let c = d.client();
+    let mut f = function("py", &s);
+    f.image = image;
+    c.add_function(&f).unwrap();
+    let first = c.fork("py", &fork_body("t0")).unwrap();
+    let dead = c.function("py").unwrap().template.expect("loaded").pid;
+    // SAFETY: kill(2) of the template sproutd made for this test.
+    assert_eq!(unsafe { libc::kill(dead, libc::SIGKILL) }, 0);
+    assert!(wait_until(TIMEOUT, || !pid_alive(dead)));
+
+    // The next fork loads a new template; the instance of the dead one
+    // runs on.
+    let next = c
+        .fork("py", &fork_body("t1"))
+        .unwrap_or_else(|e| panic!("fork after the template died: {e}\n{}", d.log_text()));
+    let again = c.function("py").unwrap().template.expect("loaded again");
+    assert_ne!(again.pid, dead);
+    for (pid, path) in [(first.pid, "/first"), (next.pid, "/next")] {
+        let r = json_body(&http_get_in_netns(pid, 8080, path).unwrap());
+        assert_eq!(r["digest"], warm["digest"]);
+    }
+
+    // Killed again, then dropped and removed: both work.
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(again.pid, libc::SIGKILL) }, 0);
+    assert!(wait_until(TIMEOUT, || !pid_alive(again.pid)));
+    for id in ["t0", "t1"] {
+        c.delete(id, true).unwrap();
+    }
+    c.remove_function("py")
+        .unwrap_or_else(|e| panic!("removing after the template died: {e}\n{}", d.log_text()));
+    assert_holders_gone(&d);
+    assert_clean(&s, &d);
+}
+
 // ---- VPCs and the after-fork hook ----------------------------------------
 
 /// netplug of a sproutd's runtime root, where its VPCs live.

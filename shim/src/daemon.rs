@@ -527,11 +527,12 @@ impl Daemon {
         lock(&self.registry).list().cloned().collect()
     }
 
-    /// The loaded template of a function, if any (and not being loaded
-    /// or dropped right now).
+    /// The loaded template of a function, if any (alive, and not being
+    /// loaded or dropped right now).
     pub fn template(&self, name: &str) -> Option<TemplateInfo> {
         let slot = lock(&self.templates).get(name).cloned()?;
-        slot.try_read().ok().and_then(|g| g.clone())
+        let info = slot.try_read().ok().and_then(|g| g.clone())?;
+        self.engine.has_template(name).then_some(info)
     }
 
     /// Instance ids of a function.
@@ -565,9 +566,7 @@ impl Daemon {
             )));
         }
         if tmpl.is_some() {
-            let engine = self.engine.clone();
-            let n = name.to_string();
-            blocking(move || Ok(engine.drop_template(&n)?)).await?;
+            self.engine_drop_template(name).await?;
             *tmpl = None;
         }
         lock(&self.registry).remove(name)?;
@@ -593,9 +592,13 @@ impl Daemon {
         let f = self.function(name)?;
         let slot = self.template_slot(name);
         let mut g = slot.write().await;
-        if let Some(t) = &*g {
+        if let Some(t) = &*g
+            && self.engine.has_template(name)
+        {
             return Ok(t.clone());
         }
+        // Not loaded, or it died (killed from outside): the engine forgets
+        // a dead one and restores a new one.
         let engine = self.engine.clone();
         let started = Instant::now();
         let info = blocking(move || Ok(engine.load_template(&f)?)).await?;
@@ -614,12 +617,22 @@ impl Daemon {
                 "function {name:?} has no loaded template"
             )));
         }
-        let engine = self.engine.clone();
-        let n = name.to_string();
-        blocking(move || Ok(engine.drop_template(&n)?)).await?;
+        self.engine_drop_template(name).await?;
         *g = None;
         tracing::info!(function = %name, "template dropped");
         Ok(())
+    }
+
+    /// Drops the function's template in the engine; one the engine has
+    /// already forgotten (it died) is dropped too.
+    async fn engine_drop_template(&self, name: &str) -> Result<(), ApiError> {
+        let engine = self.engine.clone();
+        let n = name.to_string();
+        blocking(move || match engine.drop_template(&n) {
+            Ok(()) | Err(EngineError::NoTemplate(_)) => Ok(()),
+            Err(e) => Err(e.into()),
+        })
+        .await
     }
 
     /// A read guard on a loaded template: held across a fork so the
@@ -629,14 +642,20 @@ impl Daemon {
         f: &FunctionSpec,
     ) -> Result<OwnedRwLockReadGuard<Option<TemplateInfo>>, ApiError> {
         let slot = self.template_slot(&f.name);
-        loop {
+        // Loaded, or loaded now; a template that dies as soon as it is
+        // loaded is not loaded again forever.
+        for _ in 0..3 {
             let g = slot.clone().read_owned().await;
-            if g.is_some() {
+            if g.is_some() && self.engine.has_template(&f.name) {
                 return Ok(g);
             }
             drop(g);
             self.load_template(&f.name).await?;
         }
+        Err(ApiError::conflict(format!(
+            "the template of function {:?} keeps dying as it is loaded",
+            f.name
+        )))
     }
 
     // ---- instances -------------------------------------------------

@@ -98,8 +98,14 @@ pub trait Engine: Send + Sync + 'static {
     }
 
     /// Restores the function's image into a template (once per node and
-    /// function). Blocking; may take as long as a restore.
+    /// function; again if the one loaded has died). Blocking; may take as
+    /// long as a restore.
     fn load_template(&self, f: &FunctionSpec) -> Result<TemplateInfo, EngineError>;
+
+    /// Whether the function's template is loaded and its process alive
+    /// (one killed from outside is not). Cheap and non-blocking: sproutd
+    /// asks before every fork, and loads the template again when not.
+    fn has_template(&self, function: &str) -> bool;
 
     /// Drops the function's template. Its instances live on.
     fn drop_template(&self, function: &str) -> Result<(), EngineError>;

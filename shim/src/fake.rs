@@ -157,6 +157,10 @@ impl Engine for FakeEngine {
         })
     }
 
+    fn has_template(&self, function: &str) -> bool {
+        self.loaded().contains(function)
+    }
+
     fn drop_template(&self, function: &str) -> Result<(), EngineError> {
         if self.loaded().remove(function) {
             Ok(())

@@ -111,6 +111,22 @@ impl SforkEngine {
     fn template(&self, function: &str) -> Option<Arc<Template>> {
         lock(&self.inner.templates).get(function).cloned()
     }
+
+    /// Forgets `template` (dead: killed from outside) if it is still the
+    /// function's, so the next load restores a new one; its holder is
+    /// retired like a dropped template's.
+    fn forget_dead(&self, template: &Arc<Template>) {
+        let mut templates = lock(&self.inner.templates);
+        if templates
+            .get(template.name())
+            .is_some_and(|t| Arc::ptr_eq(t, template))
+        {
+            templates.remove(template.name());
+            drop(templates);
+            tracing::warn!(function = %template.name(), "the template died; it is loaded again at the next fork");
+            self.inner.retire(template);
+        }
+    }
 }
 
 impl Inner {
@@ -204,11 +220,14 @@ impl Engine for SforkEngine {
 
     fn load_template(&self, f: &FunctionSpec) -> Result<TemplateInfo, EngineError> {
         if let Some(t) = self.template(&f.name) {
-            return Ok(TemplateInfo {
-                function: f.name.clone(),
-                pid: t.pid().unwrap_or(0),
-                load_time: Duration::ZERO,
-            });
+            if t.is_alive() {
+                return Ok(TemplateInfo {
+                    function: f.name.clone(),
+                    pid: t.pid().unwrap_or(0),
+                    load_time: Duration::ZERO,
+                });
+            }
+            self.forget_dead(&t);
         }
         let holder_id = format!("{}-{}", f.name, generation());
         let cgroups_path = derived_cgroups_path(&f.bundle, &holder_id)?;
@@ -228,6 +247,10 @@ impl Engine for SforkEngine {
         };
         lock(&self.inner.templates).insert(f.name.clone(), Arc::new(template));
         Ok(info)
+    }
+
+    fn has_template(&self, function: &str) -> bool {
+        self.template(function).is_some_and(|t| t.is_alive())
     }
 
     fn drop_template(&self, function: &str) -> Result<(), EngineError> {
@@ -273,17 +296,9 @@ impl Engine for SforkEngine {
         let forked = match template.fork(&self.inner.instances, &req.id, spec) {
             Ok(forked) => forked,
             Err(TemplateError::Gone(name)) => {
-                // The template died (killed from outside): forget it, so
-                // the next fork loads it again.
-                let mut templates = lock(&self.inner.templates);
-                if templates
-                    .get(&name)
-                    .is_some_and(|t| Arc::ptr_eq(t, &template))
-                {
-                    templates.remove(&name);
-                    drop(templates);
-                    self.inner.retire(&template);
-                }
+                // Died since sproutd asked (`has_template`): the next
+                // fork loads it again.
+                self.forget_dead(&template);
                 return Err(EngineError::NoTemplate(name));
             }
             Err(e) => return Err(e.into()),

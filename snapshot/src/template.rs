@@ -26,7 +26,7 @@
 //! last. Memory is never copied: the child shares the template's pages.
 
 use std::collections::HashMap;
-use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -184,6 +184,9 @@ impl Timings {
 
 struct Held {
     pid: Tid,
+    /// Readable once the template has exited (killed from outside): it
+    /// stays a zombie, unreaped, until its tracer collects it.
+    pidfd: OwnedFd,
     gadget: Gadget,
 }
 
@@ -374,12 +377,21 @@ impl Template {
             let traced = tracer.run(move |ctx| -> Result<_, TemplateError> {
                 let mut inner = Stages::new();
                 let pid = catch_template(ctx, init)?;
-                let r = restore::rebuild_memory(ctx, pid, &img, None, &mut inner);
+                let r = pidfd_open(pid)
+                    .map_err(|source| TemplateError::Io {
+                        what: "opening a pidfd of the template",
+                        source,
+                    })
+                    .and_then(|pidfd| {
+                        let (gadget, _) =
+                            restore::rebuild_memory(ctx, pid, &img, None, &mut inner)?;
+                        Ok(Held { pid, pidfd, gadget })
+                    });
                 match r {
-                    Ok((gadget, _)) => Ok((Held { pid, gadget }, inner.stages().to_vec())),
+                    Ok(held) => Ok((held, inner.stages().to_vec())),
                     Err(e) => {
                         let _ = ctx.kill(pid);
-                        Err(e.into())
+                        Err(e)
                     }
                 }
             });
@@ -421,9 +433,26 @@ impl Template {
         ))
     }
 
+    /// Whether the template process still exists: not dropped, and not
+    /// killed from outside (a dead template stays an unreaped zombie
+    /// until [`Template::drop_template`] collects it). Cheap: no ptrace.
+    pub fn is_alive(&self) -> bool {
+        let held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(h) = held.as_ref() else {
+            return false;
+        };
+        let mut pfd = libc::pollfd {
+            fd: h.pidfd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: poll of one valid pollfd, without waiting.
+        unsafe { libc::poll(&mut pfd, 1, 0) == 0 }
+    }
+
     /// Forks an instance as container `id` of `rt`.
     pub fn fork(&self, rt: &Runtime, id: &str, spec: ForkSpec) -> Result<Forked, TemplateError> {
-        if self.pid().is_none() {
+        if !self.is_alive() {
             return Err(TemplateError::Gone(self.name.clone()));
         }
         let mut stages = Stages::new();
