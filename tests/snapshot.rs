@@ -624,7 +624,6 @@ fn restore_applies_the_bundles_sandbox_not_the_images() {
         "inheritable": ["CAP_KILL"],
         "ambient": ["CAP_KILL"]
     });
-    p["noNewPrivileges"] = true.into();
     p["rlimits"] = serde_json::json!([
         {"type": "RLIMIT_NOFILE", "soft": 200, "hard": 300},
         {"type": "RLIMIT_STACK", "soft": 4u64 << 20, "hard": 6u64 << 20}
@@ -637,65 +636,72 @@ fn restore_applies_the_bundles_sandbox_not_the_images() {
     });
     s.write_config();
 
-    let rid = unique_id("snapsbx-r");
-    let out = restored(&s, &img, &rid, "out-r");
-    let pid = s.state(&rid)["pid"].as_i64().unwrap() as i32;
-    let threads = tasks(pid);
-    assert_eq!(threads.len(), 2, "{threads:?}");
-    // Credentials are per thread: every thread has the bundle's.
-    for t in &threads {
-        let st = fs::read_to_string(format!("/proc/{pid}/task/{t}/status")).unwrap();
-        let f = |k| status_field(&st, k);
-        assert_eq!(f("Uid"), "65534 65534 65534 65534", "thread {t}");
-        assert_eq!(f("Gid"), "65534 65534 65534 65534", "thread {t}");
-        assert_eq!(f("Groups"), "5", "thread {t}");
-        // CAP_KILL = bit 5, CAP_NET_BIND_SERVICE = bit 10.
-        assert_eq!(f("CapEff"), "0000000000000020", "thread {t}");
-        assert_eq!(f("CapPrm"), "0000000000000020", "thread {t}");
-        assert_eq!(f("CapInh"), "0000000000000020", "thread {t}");
-        assert_eq!(f("CapAmb"), "0000000000000020", "thread {t}");
-        assert_eq!(f("CapBnd"), "0000000000000420", "thread {t}");
-        assert_eq!(f("NoNewPrivs"), "1", "thread {t}");
-        assert_eq!(f("Seccomp"), "2", "thread {t}");
-    }
-    // pid 1 of its own pid namespace, as when dumped.
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    assert_eq!(status_field(&status, "NSpid"), format!("{pid} 1"));
-    let limits = fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
-    let limit = |name: &str| -> Vec<String> {
-        let l = limits
-            .lines()
-            .find(|l| l.starts_with(name))
-            .unwrap_or_else(|| panic!("{name} in {limits}"));
-        l[name.len()..]
-            .split_whitespace()
-            .map(str::to_string)
-            .collect()
-    };
-    assert_eq!(limit("Max open files")[..2], ["200", "300"], "{limits}");
-    assert_eq!(
-        limit("Max stack size")[..2],
-        [(4u64 << 20).to_string(), (6u64 << 20).to_string()],
-        "{limits}"
-    );
-    // The image's command line and environment, not the bundle's.
-    let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap();
-    assert_eq!(cmdline, b"/bin/stateprobe\0");
-    let environ =
-        String::from_utf8_lossy(&fs::read(format!("/proc/{pid}/environ")).unwrap()).into_owned();
-    assert!(environ.contains("FROM_IMAGE=1"), "{environ:?}");
-    assert!(!environ.contains("FROM_BUNDLE"), "{environ:?}");
+    // Without no_new_privs (Docker's default), the filter must go in
+    // while the process still has CAP_SYS_ADMIN, before its capabilities
+    // are dropped, as runc does: the kernel refuses it afterwards.
+    for nnp in [true, false] {
+        s.config()["process"]["noNewPrivileges"] = nnp.into();
+        s.write_config();
+        let rid = unique_id(if nnp { "snapsbx-r" } else { "snapsbx-p" });
+        let out = restored(&s, &img, &rid, if nnp { "out-r" } else { "out-p" });
+        let pid = s.state(&rid)["pid"].as_i64().unwrap() as i32;
+        let threads = tasks(pid);
+        assert_eq!(threads.len(), 2, "{threads:?}");
+        // Credentials are per thread: every thread has the bundle's.
+        for t in &threads {
+            let st = fs::read_to_string(format!("/proc/{pid}/task/{t}/status")).unwrap();
+            let f = |k| status_field(&st, k);
+            assert_eq!(f("Uid"), "65534 65534 65534 65534", "thread {t}");
+            assert_eq!(f("Gid"), "65534 65534 65534 65534", "thread {t}");
+            assert_eq!(f("Groups"), "5", "thread {t}");
+            // CAP_KILL = bit 5, CAP_NET_BIND_SERVICE = bit 10.
+            assert_eq!(f("CapEff"), "0000000000000020", "thread {t}");
+            assert_eq!(f("CapPrm"), "0000000000000020", "thread {t}");
+            assert_eq!(f("CapInh"), "0000000000000020", "thread {t}");
+            assert_eq!(f("CapAmb"), "0000000000000020", "thread {t}");
+            assert_eq!(f("CapBnd"), "0000000000000420", "thread {t}");
+            assert_eq!(f("NoNewPrivs"), if nnp { "1" } else { "0" }, "thread {t}");
+            assert_eq!(f("Seccomp"), "2", "thread {t}");
+        }
+        // pid 1 of its own pid namespace, as when dumped.
+        let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        assert_eq!(status_field(&status, "NSpid"), format!("{pid} 1"));
+        let limits = fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+        let limit = |name: &str| -> Vec<String> {
+            let l = limits
+                .lines()
+                .find(|l| l.starts_with(name))
+                .unwrap_or_else(|| panic!("{name} in {limits}"));
+            l[name.len()..]
+                .split_whitespace()
+                .map(str::to_string)
+                .collect()
+        };
+        assert_eq!(limit("Max open files")[..2], ["200", "300"], "{limits}");
+        assert_eq!(
+            limit("Max stack size")[..2],
+            [(4u64 << 20).to_string(), (6u64 << 20).to_string()],
+            "{limits}"
+        );
+        // The image's command line and environment, not the bundle's.
+        let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+        assert_eq!(cmdline, b"/bin/stateprobe\0");
+        let environ = String::from_utf8_lossy(&fs::read(format!("/proc/{pid}/environ")).unwrap())
+            .into_owned();
+        assert!(environ.contains("FROM_IMAGE=1"), "{environ:?}");
+        assert!(!environ.contains("FROM_BUNDLE"), "{environ:?}");
 
-    // The filter is the bundle's and holds on both threads (TSYNC); the
-    // process runs on under it.
-    let after = finish_probe(&s, &rid, &out);
-    assert_eq!(fields(&after, "after")["prio_errno"], "13", "{after:?}");
-    assert_eq!(fields(&after, "after")["pid"], "1", "{after:?}");
-    let thread = fields(&after, "after-thread");
-    assert_eq!(thread["accept"], "ok", "{after:?}");
-    assert_eq!(thread["prio_errno"], "13", "{after:?}");
-    s.ok(&["delete", &rid]);
-    s.assert_clean(&rid);
+        // The filter is the bundle's and holds on both threads (TSYNC); the
+        // process runs on under it.
+        let after = finish_probe(&s, &rid, &out);
+        assert_eq!(fields(&after, "after")["prio_errno"], "13", "{after:?}");
+        assert_eq!(fields(&after, "after")["pid"], "1", "{after:?}");
+        let thread = fields(&after, "after-thread");
+        assert_eq!(thread["accept"], "ok", "{after:?}");
+        assert_eq!(thread["prio_errno"], "13", "{after:?}");
+        s.ok(&["delete", &rid]);
+        s.assert_clean(&rid);
+    }
 }
 
 /// What a restored container's sandbox is, as seen from inside and from

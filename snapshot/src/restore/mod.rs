@@ -995,6 +995,26 @@ fn resume(ctx: &mut TraceCtx, host_tids: &[Tid], stages: &mut Stages) -> Result<
     Ok(())
 }
 
+/// Installs the sandbox's seccomp filter on every thread (TSYNC, from
+/// `pid`). The filter applies to every syscall from then on, ours
+/// included: it is suspended for the tracees until they are released
+/// (pitfalls §9.1b), so the credentials and the gadget's removal still go
+/// through.
+fn install_seccomp(
+    ctx: &mut TraceCtx,
+    gadget: &mut Gadget,
+    pid: Tid,
+    host_tids: &[Tid],
+    program: &SeccompProgram,
+) -> Result<(), RestoreError> {
+    for &h in host_tids {
+        let opts = ctx.options(h).unwrap_or(Options::NONE);
+        ctx.set_options(h, Options(opts.0 | Options::SUSPEND_SECCOMP.0))?;
+    }
+    let e = creds::seccomp_entries(gadget, program)?;
+    run_checked(ctx, gadget, pid, &e, "installing the seccomp filter")
+}
+
 /// [`release`] but the detach: returns the host tids of the threads, each
 /// stopped with its final state installed.
 fn release_until_resume(
@@ -1036,20 +1056,20 @@ fn release_until_resume(
             });
         }
     }
+    // With no_new_privs the filter goes in last, as late as possible.
+    // Without it the kernel wants CAP_SYS_ADMIN for a filter, which the
+    // sandbox's capabilities usually lack: then it goes in first, while
+    // the process still has ours (runc's order).
+    let nnp = rules.process.no_new_privileges().unwrap_or(false);
+    if !nnp && let Some(program) = rules.seccomp {
+        install_seccomp(ctx, gadget, pid, &host_tids, program)?;
+    }
     for &h in &host_tids {
         let e = creds::entries(gadget, rules.process)?;
         run_checked(ctx, gadget, h, &e, "applying the sandbox's credentials")?;
     }
-    if let Some(program) = rules.seccomp {
-        // The filter applies to every syscall from here on, ours included:
-        // suspend it for the tracees until they are released (pitfalls
-        // §9.1b), so the gadget can still be removed.
-        for &h in &host_tids {
-            let opts = ctx.options(h).unwrap_or(Options::NONE);
-            ctx.set_options(h, Options(opts.0 | Options::SUSPEND_SECCOMP.0))?;
-        }
-        let e = creds::seccomp_entries(gadget, program)?;
-        run_checked(ctx, gadget, pid, &e, "installing the seccomp filter")?;
+    if nnp && let Some(program) = rules.seccomp {
+        install_seccomp(ctx, gadget, pid, &host_tids, program)?;
     }
     stages.mark("credentials");
     let g = std::mem::replace(gadget, gadget.for_child(pid));
