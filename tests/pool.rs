@@ -753,3 +753,88 @@ fn a_function_removed_right_after_a_drain_has_no_pool_instance_left() {
     assert_holders_gone(&d);
     assert_clean(&s, &d);
 }
+
+#[test]
+fn bad_claims_and_refused_removals_leave_the_pool_as_it_was_and_requests_end() {
+    let s = python_sandbox("pool-keep");
+    let d = Sproutd::start_real(&s);
+    let c = d.client();
+    py_function(&s, &c, &d, 1);
+    prewarm(&c, &d, 2);
+    let warm = pool_ids(&c, &d, "py", "frozen");
+    assert_eq!(warm.len(), 2);
+    let in_flight = || pool_of(&c, &d, "py")["in_flight"].as_u64().unwrap();
+
+    // Output files that cannot be opened are the claim's fault: a 400
+    // naming them, and every warm instance is still there.
+    let missing = s.dir.path().join("no-such-dir").join("out");
+    for stdout in [json!("relative/out"), json!(missing)] {
+        let (st, v) = call(
+            &c,
+            "POST",
+            "/functions/py/claim",
+            Some(json!({ "stdout": stdout })),
+        );
+        assert_eq!(st, 400, "{v}");
+        let mut left = pool_ids(&c, &d, "py", "frozen");
+        left.sort();
+        assert_eq!(left, warm, "{v}\n{}", d.log_text());
+        assert_eq!(in_flight(), 0);
+    }
+
+    // A lease whose instance dies ends its request.
+    let lease = ok(&c, &d, "POST", "/functions/py/leases", None, 201);
+    assert_eq!(in_flight(), 1);
+    let leased = lease["instance"].as_str().unwrap().to_string();
+    // SAFETY: kill(2) of an instance sproutd forked for this test.
+    assert_eq!(
+        unsafe { libc::kill(lease["pid"].as_i64().unwrap() as i32, libc::SIGKILL) },
+        0
+    );
+    assert!(
+        wait_until(TIMEOUT, || in_flight() == 0),
+        "the dead instance's lease still counts: {}",
+        pool_of(&c, &d, "py")
+    );
+    let gone = format!("/leases/{}", lease["lease"].as_str().unwrap());
+    assert_eq!(call(&c, "DELETE", &gone, None).0, 404);
+    assert!(wait_until(TIMEOUT, || {
+        let v = pool_of(&c, &d, "py");
+        v["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["id"] != leased.as_str())
+    }));
+
+    // Removing a function that has a claimed instance is refused, and
+    // leaves its pool and settings alone.
+    let claimed = ok(&c, &d, "POST", "/functions/py/claim", Some(json!({})), 201);
+    assert_eq!(in_flight(), 1);
+    assert!(wait_until(TIMEOUT, || pool_ids(&c, &d, "py", "frozen")
+        .len()
+        == 2));
+    let before = pool_of(&c, &d, "py");
+    let (st, v) = call(&c, "DELETE", "/functions/py", None);
+    assert_eq!(st, 409, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains(claimed["id"].as_str().unwrap()),
+        "{v}"
+    );
+    let after = pool_of(&c, &d, "py");
+    assert_eq!(after["policy"], before["policy"], "{after}");
+    assert_eq!(after["warm"], 2, "{after}");
+    ok(
+        &c,
+        &d,
+        "POST",
+        &format!("/instances/{}/release", claimed["id"].as_str().unwrap()),
+        None,
+        200,
+    );
+    assert_eq!(in_flight(), 0);
+    teardown(&s, &c, &d);
+}

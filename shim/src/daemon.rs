@@ -554,17 +554,24 @@ impl Daemon {
     pub async fn remove_function(self: &Arc<Self>, name: &str) -> Result<(), ApiError> {
         let _op = self.op()?;
         self.function(name)?;
-        self.drain_pool(name, false).await?;
-        let slot = self.template_slot(name);
-        let mut tmpl = slot.write().await;
-        let ids = self.instances_of(name);
-        if !ids.is_empty() {
-            return Err(ApiError::conflict(format!(
+        let in_use = |ids: Vec<String>| {
+            if ids.is_empty() {
+                return Ok(());
+            }
+            Err(ApiError::conflict(format!(
                 "function {name:?} has {} instance(s) ({}): delete them first",
                 ids.len(),
                 ids.join(", ")
-            )));
-        }
+            )))
+        };
+        // Refused before the pool is drained: a refusal changes nothing.
+        let mut ids = self.instances_of(name);
+        ids.retain(|id| !self.warm.is_idle_pool_member(id));
+        in_use(ids)?;
+        self.drain_pool(name, false).await?;
+        let slot = self.template_slot(name);
+        let mut tmpl = slot.write().await;
+        in_use(self.instances_of(name))?;
         if tmpl.is_some() {
             self.engine_drop_template(name).await?;
             *tmpl = None;

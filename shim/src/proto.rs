@@ -551,6 +551,10 @@ pub struct FunctionPoolView {
     pub warm: u32,
     /// Leases held on the function's instances.
     pub leases: u32,
+    /// Requests in flight as the policy counts them: claimed instances
+    /// not yet given back, and leases.
+    #[serde(default)]
+    pub in_flight: u32,
     pub starts: StartCounts,
     /// The memory the budget books per instance.
     pub bytes_per_instance: u64,

@@ -517,6 +517,19 @@ impl WarmPool {
         format!("{function}-w{n:x}")
     }
 
+    /// Is `id` an idle pool instance: not claimed, serving no lease (one
+    /// being forked for the pool included)?
+    pub(crate) fn is_idle_pool_member(&self, id: &str) -> bool {
+        let st = lock(&self.state);
+        matches!(
+            st.members.get(id),
+            Some(Member {
+                role: Role::Pool { .. },
+                ..
+            })
+        ) && st.slots.get(&id.to_string()).is_none_or(|s| s.leased == 0)
+    }
+
     /// Is `id` a pool instance (not claimed)?
     pub(crate) fn is_pool_member(&self, id: &str) -> bool {
         matches!(
@@ -618,6 +631,7 @@ impl Daemon {
             },
             warm: st.warm_count(name),
             leases: instances.iter().map(|i| i.leases).sum(),
+            in_flight: fp.policy.in_flight(&name.to_string()).unwrap_or(0),
             instances,
             starts: fp.starts.clone(),
             bytes_per_instance: fp.bytes_per_instance,
@@ -948,16 +962,51 @@ impl Daemon {
     ) -> Result<Claimed, ApiError> {
         let _op = self.op()?;
         let started = Instant::now();
-        let f = self.function(name)?;
+        self.function(name)?;
         let own_cgroup = match &body.bundle {
             Some(b) => bundle_names_cgroup(b)?,
             None => false,
+        };
+        // The claimant's output files, opened before anything leaves the
+        // pool: one that cannot be opened is the request's fault, not an
+        // instance's. Off the async workers: a FIFO's open waits for its
+        // reader.
+        let outputs = if stdio.is_none() && (body.stdout.is_some() || body.stderr.is_some()) {
+            let (out, err) = (body.stdout.clone(), body.stderr.clone());
+            Some(
+                blocking(move || Ok([open_output(out.as_ref())?, open_output(err.as_ref())?]))
+                    .await?,
+            )
+        } else {
+            None
         };
         {
             let mut st = lock(&self.warm.state);
             let now = self.warm.now();
             st.function(name)?.arrive(name, now).map_err(pool_error)?;
         }
+        let claimed = self
+            .claim_arrived(name, own_cgroup, &body, stdio, outputs, started)
+            .await;
+        if claimed.is_err() {
+            // The arrival did not become a request.
+            self.finish_request(name, Duration::ZERO);
+        }
+        claimed
+    }
+
+    /// [`Daemon::claim`] once the request is counted: a pool hit, else a
+    /// fork. `outputs` are the claimant's stdout and stderr files when it
+    /// named them (and passed no fds).
+    async fn claim_arrived(
+        self: &Arc<Self>,
+        name: &str,
+        own_cgroup: bool,
+        body: &ClaimBody,
+        stdio: Option<[OwnedFd; 3]>,
+        outputs: Option<[OwnedFd; 2]>,
+        started: Instant,
+    ) -> Result<Claimed, ApiError> {
         if !own_cgroup && body.bundle.is_none() {
             let mut dead = Vec::new();
             let picked = self.pick_for_claim(name, &mut dead);
@@ -968,10 +1017,8 @@ impl Daemon {
             while let Some((id, frozen)) = next.take() {
                 let mut steps = Steps::since(started);
                 steps.done("pick");
-                match self
-                    .hand_out(&id, frozen, &body, stdio_clone(&stdio)?, steps)
-                    .await
-                {
+                let output = outputs_clone(&stdio, &outputs)?;
+                match self.hand_out(&id, frozen, body, output, steps).await {
                     Ok(steps) => {
                         let claimed = self.claimed(&id, StartPath::PoolHit, started, steps)?;
                         self.record_claim(&id, body.resources.clone(), body.annotations.clone());
@@ -979,8 +1026,17 @@ impl Daemon {
                         return Ok(claimed);
                     }
                     Err(e) => {
-                        tracing::warn!(container = %id, "a warm instance could not be handed out, trying another: {}", e.message);
+                        // Half handed out: it goes, without ending the
+                        // claim's request, which goes on.
+                        lock(&self.warm.state).members.remove(&id);
                         self.destroy_pool_instance(&id, "failed to hand out").await;
+                        if e.status < 500 {
+                            // The request's fault (limits the kernel
+                            // refuses): another instance would fare no
+                            // better.
+                            return Err(e);
+                        }
+                        tracing::warn!(container = %id, "a warm instance could not be handed out, trying another: {}", e.message);
                         let mut dead = Vec::new();
                         next = self.pick_for_claim(name, &mut dead);
                         for id in dead {
@@ -992,13 +1048,10 @@ impl Daemon {
         }
         // A miss: a fork of the caller's own, with its stdio directly.
         let id = self.warm.new_id(name);
-        let [stdin, stdout, stderr] = match stdio {
-            Some(fds) => fds.map(Some),
-            None => [
-                None,
-                Some(open_output(body.stdout.as_ref())?),
-                Some(open_output(body.stderr.as_ref())?),
-            ],
+        let [stdin, stdout, stderr] = match (stdio, outputs) {
+            (Some(fds), _) => fds.map(Some),
+            (None, Some([out, err])) => [None, Some(out), Some(err)],
+            (None, None) => [None, Some(open_output(None)?), Some(open_output(None)?)],
         };
         let path = self.start_path(name);
         let req = ForkRequest {
@@ -1014,14 +1067,7 @@ impl Daemon {
             },
             ..Default::default()
         };
-        let inst = match self.fork(name, req, None).await {
-            Ok(i) => i,
-            Err(e) => {
-                // The arrival did not become a request.
-                self.finish_request(name, Duration::ZERO);
-                return Err(e);
-            }
-        };
+        let inst = self.fork(name, req, None).await?;
         {
             let mut st = lock(&self.warm.state);
             let record = st
@@ -1031,7 +1077,7 @@ impl Daemon {
             st.members.insert(
                 id.clone(),
                 Member {
-                    function: f.name.clone(),
+                    function: name.to_string(),
                     role: Role::Claimed {
                         since: Instant::now(),
                         reusable: false,
@@ -1090,21 +1136,25 @@ impl Daemon {
         Some((id, frozen))
     }
 
-    /// The claim's steps on a picked instance: limits, thaw, output.
+    /// The claim's steps on a picked instance: limits, thaw, output
+    /// (`output`: the claimant's stdout and stderr, if it gave any).
     /// The limits are only written to the cgroup here; the instance's
     /// state records them after the answer ([`Daemon::record_limits`]).
+    /// A 4xx error is the request's fault.
     async fn hand_out(
         self: &Arc<Self>,
         id: &str,
         frozen: bool,
         body: &ClaimBody,
-        stdio: Option<[OwnedFd; 3]>,
+        output: Option<[OwnedFd; 2]>,
         mut steps: Steps,
     ) -> Result<Steps, ApiError> {
         let inst = self.instance(id)?;
         let c = self.runtime.container(id)?;
         if let Some(r) = &body.resources {
-            c.apply_resources(r)?;
+            c.apply_resources(r).map_err(|e| {
+                ApiError::bad_request(format!("the claim's limits cannot be applied: {e}"))
+            })?;
             steps.done("limits");
         }
         if frozen {
@@ -1116,16 +1166,8 @@ impl Daemon {
         lock(&inst.claim_annotations).clone_from(&body.annotations);
         let relay = lock(&inst.relay).clone();
         if let Some(relay) = relay {
-            match stdio {
-                Some([_stdin, out, err]) => relay.redirect(out, err),
-                None => {
-                    if body.stdout.is_some() || body.stderr.is_some() {
-                        relay.redirect(
-                            open_output(body.stdout.as_ref())?,
-                            open_output(body.stderr.as_ref())?,
-                        );
-                    }
-                }
+            if let Some([out, err]) = output {
+                relay.redirect(out, err);
             }
             steps.done("stdio");
         }
@@ -1745,16 +1787,21 @@ impl Daemon {
     pub(super) fn forget_pool_instance(&self, id: &str) -> Option<String> {
         let mut st = lock(&self.warm.state);
         let m = st.members.remove(id)?;
+        // Requests that end with it: its claim, or the leases it served
+        // (void now; their holders' give-back finds nothing).
+        let mut ended: Vec<Instant> = Vec::new();
         if let Ok(void) = st.slots.remove_gone(&id.to_string()) {
             for l in void {
-                st.leases.remove(&l);
+                ended.extend(st.leases.remove(&l).map(|r| r.since));
             }
         }
         let _ = st.budget.remove(&id.to_string());
         if let Role::Claimed { since, .. } = m.role {
-            // A claimed instance that exits or is deleted ends its request.
-            let now = self.warm.now();
-            if let Ok(fp) = st.function(&m.function) {
+            ended.push(since);
+        }
+        let now = self.warm.now();
+        if let Ok(fp) = st.function(&m.function) {
+            for since in ended {
                 let _ = fp.finish(&m.function, now, since.elapsed());
             }
         }
@@ -2082,13 +2129,19 @@ fn open_output(path: Option<&PathBuf>) -> Result<OwnedFd, ApiError> {
         .map_err(|e| ApiError::bad_request(format!("opening an output file: {e}")))
 }
 
-/// A copy of the claimant's fds for one hand-out attempt (a failed
-/// attempt drops its copy, the next gets another).
-fn stdio_clone(stdio: &Option<[OwnedFd; 3]>) -> Result<Option<[OwnedFd; 3]>, ApiError> {
-    let Some(fds) = stdio else { return Ok(None) };
+/// A copy of the claimant's stdout and stderr (passed fds, or the files
+/// it named) for one hand-out attempt: a failed attempt drops its copy,
+/// the next gets another.
+fn outputs_clone(
+    stdio: &Option<[OwnedFd; 3]>,
+    files: &Option<[OwnedFd; 2]>,
+) -> Result<Option<[OwnedFd; 2]>, ApiError> {
     let dup = |fd: &OwnedFd| {
         fd.try_clone()
             .map_err(|e| ApiError::internal(format!("duplicating a stdio fd: {e}")))
     };
-    Ok(Some([dup(&fds[0])?, dup(&fds[1])?, dup(&fds[2])?]))
+    Ok(match (stdio, files) {
+        (Some([_, out, err]), _) | (None, Some([out, err])) => Some([dup(out)?, dup(err)?]),
+        (None, None) => None,
+    })
 }
