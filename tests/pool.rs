@@ -786,11 +786,10 @@ fn bad_claims_and_refused_removals_leave_the_pool_as_it_was_and_requests_end() {
     let lease = ok(&c, &d, "POST", "/functions/py/leases", None, 201);
     assert_eq!(in_flight(), 1);
     let leased = lease["instance"].as_str().unwrap().to_string();
+    let leased_pid = lease["pid"].as_i64().unwrap() as i32;
     // SAFETY: kill(2) of an instance sproutd forked for this test.
-    assert_eq!(
-        unsafe { libc::kill(lease["pid"].as_i64().unwrap() as i32, libc::SIGKILL) },
-        0
-    );
+    let killed = unsafe { libc::kill(leased_pid, libc::SIGKILL) };
+    assert_eq!(killed, 0);
     assert!(
         wait_until(TIMEOUT, || in_flight() == 0),
         "the dead instance's lease still counts: {}",

@@ -444,15 +444,21 @@ pub fn parse_timers(text: &str) -> Result<Vec<PosixTimer>, String> {
             }
             "notify" => {
                 if let Some(t) = cur.as_mut() {
-                    // "signal/pid.1" or "thread/tid.123" or "none/pid.1"
+                    // "signal/pid.1", "signal/tid.123", "none/pid.1": the
+                    // kernel prints sigev_notify without SIGEV_THREAD_ID,
+                    // then "tid" for a thread-directed timer (glibc's
+                    // SIGEV_THREAD is SIGEV_SIGNAL | SIGEV_THREAD_ID) and
+                    // "pid" for a process-wide one (a raw SIGEV_THREAD
+                    // included, which the kernel treats as SIGEV_SIGNAL).
                     let (kind, target) = v.split_once('/').unwrap_or((v, ""));
-                    t.notify = kind.to_string();
-                    t.notify_tid = target
-                        .rsplit('.')
-                        .next()
-                        .unwrap_or("0")
-                        .parse()
-                        .unwrap_or(0);
+                    let (who, id) = target.split_once('.').unwrap_or(("", "0"));
+                    t.notify = match (kind, who) {
+                        ("none", _) => "none",
+                        (_, "tid") => "thread",
+                        _ => "signal",
+                    }
+                    .to_string();
+                    t.notify_tid = id.parse().unwrap_or(0);
                 }
             }
             "ClockID" => {
@@ -594,12 +600,40 @@ mod tests {
 
     #[test]
     fn timers_file() {
-        let text = "ID: 0\nsignal: 34/0000000000000000\nnotify: signal/pid.12\nClockID: 1\nID: 3\nsignal: 14/00007f0000000000\nnotify: thread/tid.15\nClockID: 0\n";
+        let text = "ID: 0\nsignal: 34/0000000000000000\nnotify: signal/pid.12\nClockID: 1\nID: 3\nsignal: 14/00007f0000000000\nnotify: signal/tid.15\nClockID: 0\nID: 4\nsignal: 10/0000000000000000\nnotify: thread/pid.12\nClockID: 1\nID: 5\nsignal: 0/0000000000000000\nnotify: none/pid.12\nClockID: 1\n";
         let t = parse_timers(text).unwrap();
-        assert_eq!(t.len(), 2);
+        assert_eq!(t.len(), 4);
         assert_eq!((t[0].id, t[0].signal, t[0].clock), (0, 34, 1));
-        assert_eq!(t[1].notify, "thread");
-        assert_eq!(t[1].notify_tid, 15);
+        assert_eq!(t[0].notify, "signal");
+        assert_eq!((t[1].notify.as_str(), t[1].notify_tid), ("thread", 15));
+        assert_eq!(t[2].notify, "signal", "a raw SIGEV_THREAD is process-wide");
+        assert_eq!(t[3].notify, "none");
+    }
+
+    /// What this kernel prints for a thread-directed timer of our own.
+    #[test]
+    fn timers_file_of_a_thread_directed_timer() {
+        // SAFETY: plain syscall; returns the calling thread's id.
+        let tid = unsafe { libc::syscall(libc::SYS_gettid) } as i32;
+        // SAFETY: an all-zero sigevent is valid; fields set below.
+        let mut sev: libc::sigevent = unsafe { std::mem::zeroed() };
+        sev.sigev_notify = libc::SIGEV_THREAD_ID;
+        sev.sigev_signo = libc::SIGURG;
+        sev.sigev_notify_thread_id = tid;
+        let mut timer: libc::timer_t = std::ptr::null_mut();
+        // SAFETY: valid sigevent and out pointer; the timer is never armed
+        // and is deleted below.
+        let created = unsafe { libc::timer_create(libc::CLOCK_MONOTONIC, &mut sev, &mut timer) };
+        assert_eq!(created, 0);
+        let text = std::fs::read_to_string("/proc/self/timers").unwrap();
+        // SAFETY: the timer created above.
+        unsafe { libc::timer_delete(timer) };
+        let t = parse_timers(&text).unwrap();
+        assert!(
+            t.iter()
+                .any(|t| t.notify == "thread" && t.notify_tid == tid && t.signal == libc::SIGURG),
+            "{text}"
+        );
     }
 
     #[test]
