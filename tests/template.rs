@@ -470,6 +470,27 @@ fn a_process_with_shared_memory_cannot_be_a_template() {
 }
 
 #[test]
+fn a_process_with_memory_kept_from_fork_cannot_be_a_template() {
+    let mut s = python_sandbox("tpldf");
+    s.set_args(&[
+        "/usr/bin/python3",
+        "-c",
+        "import mmap, time\nm = mmap.mmap(-1, 1 << 16)\nm.madvise(mmap.MADV_DONTFORK)\nprint('dontfork ready', flush=True)\ntime.sleep(3600)",
+    ]);
+    let img = program_image(&mut s, |l| l.iter().any(|l| l == "dontfork ready"));
+    let rt = runtime(&s);
+    let tracer = Tracer::spawn("test-tracer").unwrap();
+    let holder = format!("{}-holder", s.id);
+    match Template::load(&rt, &tracer, "df", &holder, &img, &s.bundle, None) {
+        Err(e @ TemplateError::DontFork { .. }) => {
+            assert!(e.to_string().contains("MADV_DONTFORK"), "{e}");
+        }
+        other => panic!("expected DontFork, got {other:?}"),
+    }
+    s.assert_clean(&holder);
+}
+
+#[test]
 fn an_instance_is_a_container_like_any_other() {
     let mut s = python_sandbox("tplctr");
     let (img, warm) = python_template_image(&mut s);

@@ -85,7 +85,7 @@ fn template_status(e: &sprout_snapshot::template::TemplateError) -> u16 {
     use sprout_snapshot::restore::RestoreError;
     use sprout_snapshot::template::TemplateError as T;
     match e {
-        T::Bundle { .. } | T::SharedMemory { .. } | T::Rootfs { .. } => 400,
+        T::Bundle { .. } | T::SharedMemory { .. } | T::DontFork { .. } | T::Rootfs { .. } => 400,
         T::Gone(_) => 409,
         T::Runtime(r) => runtime_status(r),
         T::Restore(RestoreError::Image(_)) => 400,

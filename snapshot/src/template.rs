@@ -39,7 +39,7 @@ use sprout_runtime::spec::{Bundle, load_bundle};
 use sprout_runtime::timing::Stages;
 use sprout_runtime::{Adoption, Container, CreateOptions, Runtime, Takeover};
 
-use crate::image::{Backing, Image};
+use crate::image::{Backing, Image, VmFlag};
 use crate::profile::{Populated, WritableLayout, WriteSet};
 use crate::ptrace::{Entry, Gadget, Options, Stop, Tid, TraceCtx, Tracer};
 use crate::restore::{self, RestoreError, SandboxSpec};
@@ -69,6 +69,17 @@ pub enum TemplateError {
         start: u64,
         /// What it is.
         what: String,
+    },
+    /// The process kept memory from fork (`MADV_DONTFORK`): instances
+    /// would not have it.
+    #[error(
+        "image {image}: the process marked memory at {start:#x} MADV_DONTFORK; instances forked from it would lack it, so it cannot be a template"
+    )]
+    DontFork {
+        /// The image.
+        image: PathBuf,
+        /// The mapping.
+        start: u64,
     },
     /// The bundle does not ask for what a template or instance needs.
     #[error("bundle {bundle}: {reason}")]
@@ -216,9 +227,16 @@ impl std::fmt::Debug for Template {
     }
 }
 
-/// Refuses images whose memory fork would share between instances.
+/// Refuses images whose memory fork would share between instances, or
+/// not copy into them at all.
 fn check_forkable(image: &Image, dir: &Path) -> Result<(), TemplateError> {
     for v in &image.manifest().vmas {
+        if v.flags.contains(&VmFlag::DontCopy) {
+            return Err(TemplateError::DontFork {
+                image: dir.to_path_buf(),
+                start: v.start,
+            });
+        }
         let shared_mem = matches!(v.backing, Backing::SharedMemory { .. });
         if shared_mem || (v.shared && v.prot.write) {
             return Err(TemplateError::SharedMemory {
