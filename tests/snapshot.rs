@@ -138,7 +138,8 @@ fn threads_sandbox(name: &str) -> Sandbox {
 /// The threads program restored with output `after` continues from its
 /// last line before the dump, `last_before`: t, a, b, c continue from
 /// their dumped values and keep growing (every thread runs and the timer
-/// fires); the blocked SIGUSR2 is still pending.
+/// fires); the blocked SIGUSR2 is still pending, on the process and on
+/// worker C (sent to that thread alone).
 fn assert_threads_continue(last_before: &str, after: &[String]) {
     let last_before = counters(last_before);
     let (first, last) = (counters(&after[0]), counters(after.last().unwrap()));
@@ -153,6 +154,7 @@ fn assert_threads_continue(last_before: &str, after: &[String]) {
         );
     }
     assert_eq!(last[4], 1, "the pending blocked signal was lost: {after:?}");
+    assert_eq!(last[5], 1, "worker C's pending signal was lost: {after:?}");
 }
 
 /// Releases the restored `rid` (SIGUSR1), which then prints the one line
@@ -1573,5 +1575,57 @@ fn a_corrupt_chunk_found_while_loading_lazily_kills_the_container() {
     );
     loader_exits((loader > 0).then_some(loader));
     s.ok(&["delete", &rid]);
+    s.assert_clean(&rid);
+}
+
+/// Hundreds of threads, each counting on its own; the main thread prints
+/// the smallest count.
+const MANY_THREADS: &str = "import threading, time
+counts = [0] * 600
+def run(i):
+    while True:
+        time.sleep(0.02)
+        counts[i] += 1
+for i in range(600):
+    threading.Thread(target=run, args=(i,), daemon=True).start()
+while True:
+    time.sleep(0.1)
+    print('least', min(counts), flush=True)
+";
+
+#[test]
+fn a_process_with_hundreds_of_threads_restores_them_all() {
+    let mut s = python_sandbox("snapmany");
+    s.set_args(&["/usr/bin/python3", "-c", MANY_THREADS]);
+    let id = unique_id("snapmany");
+    let out = s.dir.path().join("out");
+    assert!(
+        sprout_to(&s, &["run", "-d", "--bundle", s.bundle_str(), &id], &out).success(),
+        "{}",
+        stderr_of(&out)
+    );
+    let least = |out: &Path| -> u64 {
+        lines(out)
+            .iter()
+            .filter_map(|l| l.strip_prefix("least ")?.parse().ok())
+            .max()
+            .unwrap_or(0)
+    };
+    assert!(wait_until(Duration::from_secs(30), || least(&out) > 0));
+    let img = checkpoint(&s, &id);
+    let before = least(&out);
+    s.ok(&["delete", "--force", &id]);
+
+    let rid = unique_id("snapmany-r");
+    let out_r = restored(&s, &img, &rid, "out-r");
+    let pid = s.state(&rid)["pid"].as_i64().unwrap() as i32;
+    assert_eq!(tasks(pid).len(), 601);
+    // Every thread runs on: the least count passes the dumped one.
+    assert!(
+        wait_until(Duration::from_secs(30), || least(&out_r) > before + 2),
+        "before {before}, after {:?}",
+        lines(&out_r)
+    );
+    s.ok(&["delete", "--force", &rid]);
     s.assert_clean(&rid);
 }

@@ -317,6 +317,7 @@ fn threaded_template_forks_with_its_threads_in_blocking_syscalls() {
             );
         }
         assert_eq!(last[4], 1, "{}: the pending signal was lost", c.id());
+        assert_eq!(last[5], 1, "{}: worker C's pending signal was lost", c.id());
         let tasks = fs::read_dir(format!("/proc/{}/task", pid_of(c)))
             .unwrap()
             .count();

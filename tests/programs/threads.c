@@ -5,9 +5,11 @@
  *  - worker B: nanosleep loop with thread-local state;
  *  - worker C: read() on a pipe that main writes to.
  * A POSIX timer (SIGRTMIN) fires every 10 ms; SIGUSR2 is blocked and
- * raised once, so a pending signal exists at dump time. After restore all
- * threads must make progress and the timer must keep firing: the program
- * prints "alive t=<timer> a=<A> b=<B> c=<C> pending=<0|1>" lines. */
+ * raised once, so a pending signal exists at dump time; SIGUSR2 is also
+ * sent to worker C alone (pthread_kill), pending on that thread. After
+ * restore all threads must make progress and the timer must keep firing:
+ * the program prints
+ * "alive t=<timer> a=<A> b=<B> c=<C> pending=<0|1> cpending=<0|1>" lines. */
 #define _GNU_SOURCE
 #include <pthread.h>
 #include <signal.h>
@@ -19,7 +21,7 @@
 
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t cv = PTHREAD_COND_INITIALIZER;
-static unsigned long gen, a_count, b_count, c_count;
+static unsigned long gen, a_count, b_count, c_count, c_pending;
 static __thread unsigned long tls_counter;
 static int pipefd[2];
 
@@ -52,6 +54,9 @@ static void *worker_c(void *arg) {
     for (;;) {
         ssize_t n = read(pipefd[0], buf, sizeof buf);
         if (n > 0) __atomic_add_fetch(&c_count, (unsigned long)n, __ATOMIC_RELAXED);
+        sigset_t pend;
+        sigpending(&pend); /* this thread's and the process's */
+        __atomic_store_n(&c_pending, (unsigned long)sigismember(&pend, SIGUSR2), __ATOMIC_RELAXED);
     }
     return NULL;
 }
@@ -64,10 +69,11 @@ int main(void) {
     sigaddset(&set, SIGRTMIN);
     sigaddset(&set, SIGUSR2);
     pthread_sigmask(SIG_BLOCK, &set, NULL); /* inherited by the workers */
-    pthread_t t;
+    pthread_t t, tc;
     pthread_create(&t, NULL, worker_a, NULL);
     pthread_create(&t, NULL, worker_b, NULL);
-    pthread_create(&t, NULL, worker_c, NULL);
+    pthread_create(&tc, NULL, worker_c, NULL);
+    pthread_kill(tc, SIGUSR2); /* pending on worker C: blocked there too */
 
     timer_t timer;
     struct sigevent sev;
@@ -95,9 +101,10 @@ int main(void) {
         if (ticks % 10 == 0) {
             sigset_t pend;
             sigpending(&pend);
-            printf("alive t=%lu a=%lu b=%lu c=%lu pending=%d\n", ticks, a_count,
+            printf("alive t=%lu a=%lu b=%lu c=%lu pending=%d cpending=%lu\n", ticks, a_count,
                    __atomic_load_n(&b_count, __ATOMIC_RELAXED),
-                   __atomic_load_n(&c_count, __ATOMIC_RELAXED), sigismember(&pend, SIGUSR2));
+                   __atomic_load_n(&c_count, __ATOMIC_RELAXED), sigismember(&pend, SIGUSR2),
+                   __atomic_load_n(&c_pending, __ATOMIC_RELAXED));
         }
     }
 }

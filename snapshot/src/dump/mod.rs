@@ -14,7 +14,7 @@
 
 mod memory;
 mod process;
-mod threads;
+pub(crate) mod threads;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -12,7 +12,7 @@ const RSEQ_CS_SIZE: usize = 32;
 /// Offset of `rseq_cs` in `struct rseq`.
 const RSEQ_CS_OFFSET: u64 = 8;
 
-pub(super) fn regs_to_image(r: &Regs) -> UserRegs {
+pub(crate) fn regs_to_image(r: &Regs) -> UserRegs {
     UserRegs {
         r15: r.r15,
         r14: r.r14,
@@ -124,14 +124,17 @@ pub(super) fn dump_thread(
 
     let restart = ptrace::prepare_for_resume(&mut regs);
     let syscall = match restart {
-        Restart::Rewind { nr, .. } => SyscallRestart::Restart { nr: nr as u64 },
+        Restart::Rewind { nr, code } => SyscallRestart::Restart {
+            nr: nr as u64,
+            code: Some(code),
+        },
         Restart::Eintr { nr } => SyscallRestart::Eintr { nr: nr as u64 },
         Restart::NotInSyscall | Restart::Done { .. } => SyscallRestart::NotInSyscall,
     };
     // The image keeps orig_rax = the interrupted syscall (its validator
     // checks it); prepare_for_resume set it to -1 for a live resume.
     regs.orig_rax = match syscall {
-        SyscallRestart::Restart { nr } | SyscallRestart::Eintr { nr } => nr,
+        SyscallRestart::Restart { nr, .. } | SyscallRestart::Eintr { nr } => nr,
         SyscallRestart::NotInSyscall => u64::MAX,
     };
     let comm = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"))

@@ -97,9 +97,13 @@
 //!   flags}` or `null`), `rseq` (`{ptr, len, sig}` or `null`),
 //!   `robust_list` (`{head, len}` or `null`), `clear_child_tid`, and
 //!   `syscall` ([`SyscallRestart`]: `{"state":"none"}`,
-//!   `{"state":"restart","nr":N}` with `rax = nr` and `rip` on the
-//!   `syscall` instruction, or `{"state":"eintr","nr":N}` with
-//!   `rax = -EINTR`; `orig_rax` = `nr` in both; the restorer installs
+//!   `{"state":"restart","nr":N,"code":C}` with `rax = nr` and `rip` on
+//!   the `syscall` instruction (`C`, the -ERESTART* code found, is
+//!   optional: with it the restorer installs the registers as the kernel
+//!   left them, `rax = C`, `orig_rax = nr`, `rip + 2`, so a signal that
+//!   comes first is handled as the kernel would; without it, the call
+//!   re-executes), or `{"state":"eintr","nr":N}` with `rax = -EINTR`;
+//!   `orig_rax` = `nr` in both; otherwise the restorer installs
 //!   `orig_rax = -1`).
 //! - `vmas` ([`Vma`], sorted, non-overlapping, page aligned, inside
 //!   `[4096, 0x7fff_ffff_f000)`): `start`, `end`, `prot` (`"r-x"`), `shared`,

@@ -132,6 +132,16 @@ pub enum SyscallRestart {
     Restart {
         /// Syscall number (`orig_rax` at dump; equals the stored `rax`).
         nr: u64,
+        /// The restart code the kernel left in `rax`. The restorer puts
+        /// the thread back as it was (`rax = code`, `orig_rax = nr`, `rip`
+        /// after the instruction), so that the kernel decides as it would
+        /// have: a signal that arrives first runs its handler and the call
+        /// returns -EINTR or restarts by the code and `SA_RESTART`, else
+        /// it restarts. Without it (older images) the call re-executes
+        /// directly, and a signal handled before it re-enters is not seen
+        /// by it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        code: Option<i64>,
     },
     /// Interrupted with -ERESTART_RESTARTBLOCK (relative sleeps, timed
     /// futex waits, poll), or -EINTR outright: the dumper set

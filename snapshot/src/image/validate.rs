@@ -15,6 +15,7 @@ use super::manifest::{ManifestBody, PagesIndex};
 use super::memory::{Backing, PageRun, PageSpan, VmFlag};
 use super::process::{PendingSignal, TimerNotify};
 use super::thread::{SyscallRestart, Thread, USER_CS, USER_SS};
+use crate::ptrace::{ERESTARTNOHAND, ERESTARTNOINTR, ERESTARTSYS};
 
 fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ImageError {
     ImageError::invalid(field, reason)
@@ -391,8 +392,16 @@ fn thread(f: &str, t: &Thread, h: &Host) -> Result<()> {
     };
     match t.syscall {
         SyscallRestart::NotInSyscall => {}
-        SyscallRestart::Restart { nr } => {
+        SyscallRestart::Restart { nr, code } => {
             syscall_nr(nr)?;
+            if let Some(c) = code
+                && ![ERESTARTSYS, ERESTARTNOINTR, ERESTARTNOHAND].contains(&c)
+            {
+                return Err(invalid(
+                    format!("{f}.syscall.code"),
+                    format!("{c}: not -ERESTARTSYS, -ERESTARTNOINTR or -ERESTARTNOHAND"),
+                ));
+            }
             if r.rax != nr {
                 return Err(invalid(
                     format!("{f}.regs.rax"),

@@ -697,7 +697,12 @@ fn gadget_config(m: &ManifestBody, seccomp: Option<&SeccompProgram>) -> GadgetCo
         .map(|t| t.pending.len() * 128)
         .sum::<usize>()
         + m.process.pending.len() * 128;
-    let need = paths + filters + signals + m.process.sigactions.len() * 32 + 16 * 1024;
+    // One tid and one clone_args per created thread (one batch); a
+    // sigevent, an id and an itimerspec per POSIX timer.
+    let threads = m.threads.len().saturating_sub(1) * 112;
+    let timers = m.process.posix_timers.len() * 112;
+    let need =
+        paths + filters + signals + threads + timers + m.process.sigactions.len() * 32 + 16 * 1024;
     GadgetConfig {
         entries: 1024,
         data_size: need.max(64 * 1024).next_multiple_of(4096),
@@ -1038,6 +1043,12 @@ fn release_until_resume(
     let mut e = threads::timer_entries(gadget, m)?;
     e.extend(threads::queue_signals(gadget, m)?);
     run_checked(ctx, gadget, pid, &e, "restoring timers and pending signals")?;
+    for (t, &h) in m.threads.iter().zip(&host_tids) {
+        if !t.pending.is_empty() {
+            let e = threads::queue_thread_signals(gadget, m, t)?;
+            run_checked(ctx, gadget, h, &e, "restoring a thread's pending signals")?;
+        }
+    }
     stages.mark("timers and signals");
 
     // While the process still has our ids: once it has the sandbox's, a

@@ -1,6 +1,6 @@
 //! Threads, per-thread kernel state, signals and timers (pitfalls §6, §7).
 
-use crate::image::{ManifestBody, Thread, TimerNotify, UserRegs};
+use crate::image::{ManifestBody, SyscallRestart, Thread, TimerNotify, UserRegs};
 use crate::ptrace::{Entry, Gadget, GadgetError, Regs, Stop, Tid, TraceCtx, Xstate};
 
 use super::RestoreError;
@@ -165,33 +165,48 @@ pub(super) fn run_on(
     }
 }
 
-/// Re-queues the dumped pending signals from inside the process (a forged
-/// `si_code` is accepted only from the process itself, pitfalls §7.1).
-/// They stay pending: the gadget runs with every signal but SIGTRAP
-/// blocked, and the final masks are the dumped ones.
+/// Re-queues the dumped process-wide pending signals from inside the
+/// process, on its main thread (a forged `si_code` is accepted only from
+/// the process itself, pitfalls §7.1; see [`queue_thread_signals`] for
+/// each thread's own). They stay pending: the gadget runs with every
+/// signal but SIGTRAP blocked, and the final masks are the dumped ones.
 pub(super) fn queue_signals(
     gadget: &mut Gadget,
     m: &ManifestBody,
 ) -> Result<Vec<Entry>, RestoreError> {
-    let mut e = Vec::new();
     let tgid = m.process.pid as u64;
-    for p in &m.process.pending {
-        let info = gadget.data(&p.siginfo)?;
-        e.push(Entry::new(
-            libc::SYS_rt_sigqueueinfo,
-            [tgid, p.signo as u64, info, 0, 0, 0],
-        ));
-    }
-    for t in &m.threads {
-        for p in &t.pending {
+    m.process
+        .pending
+        .iter()
+        .map(|p| {
             let info = gadget.data(&p.siginfo)?;
-            e.push(Entry::new(
+            Ok(Entry::new(
+                libc::SYS_rt_sigqueueinfo,
+                [tgid, p.signo as u64, info, 0, 0, 0],
+            ))
+        })
+        .collect()
+}
+
+/// Thread `t`'s own pending signals, to run on that thread: the kernel
+/// lets a thread queue a signal with the siginfo of a `tgkill` or of the
+/// kernel (`si_code` ≥ 0 or `SI_TKILL`) only to itself.
+pub(super) fn queue_thread_signals(
+    gadget: &mut Gadget,
+    m: &ManifestBody,
+    t: &Thread,
+) -> Result<Vec<Entry>, RestoreError> {
+    let tgid = m.process.pid as u64;
+    t.pending
+        .iter()
+        .map(|p| {
+            let info = gadget.data(&p.siginfo)?;
+            Ok(Entry::new(
                 libc::SYS_rt_tgsigqueueinfo,
                 [tgid, t.tid as u64, p.signo as u64, info, 0, 0],
-            ));
-        }
-    }
-    Ok(e)
+            ))
+        })
+        .collect()
 }
 
 fn timespec(ns: u64) -> [u64; 2] {
@@ -263,7 +278,29 @@ pub(super) fn timer_entries(
     Ok(e)
 }
 
-fn regs_from_image(r: &UserRegs) -> Regs {
+/// The registers a thread resumes with. One interrupted in a syscall the
+/// kernel would restart is put back as the kernel left it (the -ERESTART*
+/// code in `rax`, the call in `orig_rax`, `rip` after the instruction):
+/// on its way back to user mode the kernel restarts the call, or, if a
+/// signal comes first, handles it and returns -EINTR or restarts by the
+/// code and `SA_RESTART`, as it would have. Re-executing the call
+/// directly would run a handler first and then block again, missing the
+/// signal (a `while (!flag) pause();` would hang).
+fn regs_from_image(r: &UserRegs, syscall: SyscallRestart) -> Regs {
+    let mut regs = plain_regs(r);
+    if let SyscallRestart::Restart {
+        nr,
+        code: Some(code),
+    } = syscall
+    {
+        regs.rip = r.rip.wrapping_add(2);
+        regs.rax = code as u64;
+        regs.orig_rax = nr;
+    }
+    regs
+}
+
+fn plain_regs(r: &UserRegs) -> Regs {
     Regs {
         r15: r.r15,
         r14: r.r14,
@@ -280,8 +317,8 @@ fn regs_from_image(r: &UserRegs) -> Regs {
         rdx: r.rdx,
         rsi: r.rsi,
         rdi: r.rdi,
-        // Never resume "inside" a syscall: the dump already rewound or
-        // turned it into EINTR (pitfalls §1.2, §1.4).
+        // Not "inside" a syscall: the dump already rewound it or turned
+        // it into EINTR (pitfalls §1.2, §1.4); see `regs_from_image`.
         orig_rax: u64::MAX,
         rip: r.rip,
         cs: r.cs,
@@ -305,7 +342,98 @@ pub(super) fn install_final_state(
     t: &Thread,
 ) -> Result<(), RestoreError> {
     ctx.set_xstate(tid, &Xstate::from_bytes(t.xsave.clone())?)?;
-    ctx.set_regs(tid, &regs_from_image(&t.regs))?;
+    ctx.set_regs(tid, &regs_from_image(&t.regs, t.syscall))?;
     ctx.set_sigmask(tid, t.sigmask)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::ptrace::{Options, Restart, Tracer, interrupted_syscall, prepare_for_resume};
+
+    static GO: AtomicBool = AtomicBool::new(false);
+
+    extern "C" fn on_usr1(_: libc::c_int) {
+        GO.store(true, Ordering::SeqCst);
+    }
+
+    /// A thread put back into its interrupted `pause()` with a signal
+    /// already pending when it resumes: the handler runs and the call
+    /// returns -EINTR, as the kernel does, so `while (!go) pause();` ends.
+    /// (Re-executing the call instead would block again after the
+    /// handler, with the signal spent.)
+    #[test]
+    fn a_signal_that_comes_before_the_restarted_call_interrupts_it() {
+        // SAFETY: the child only installs a handler, loops on pause() and
+        // exits: async-signal-safe calls only.
+        let child = unsafe { libc::fork() };
+        assert!(child >= 0);
+        if child == 0 {
+            // SAFETY: a zeroed sigaction with our handler; no SA_RESTART.
+            unsafe {
+                let mut sa: libc::sigaction = std::mem::zeroed();
+                sa.sa_sigaction = on_usr1 as *const () as usize;
+                libc::sigaction(libc::SIGUSR1, &sa, std::ptr::null_mut());
+                while !GO.load(Ordering::SeqCst) {
+                    libc::pause();
+                }
+                libc::_exit(7);
+            }
+        }
+        let in_pause = || {
+            std::fs::read_to_string(format!("/proc/{child}/syscall"))
+                .is_ok_and(|s| s.starts_with(&format!("{} ", libc::SYS_pause)))
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !in_pause() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let tracer = Tracer::spawn("test-restart").unwrap();
+        let resumed = tracer.run(move |ctx| -> crate::ptrace::Result<Restart> {
+            ctx.seize(child, Options::NONE)?;
+            ctx.interrupt(child)?;
+            ctx.wait(child)?;
+            let mut regs = ctx.get_regs(child)?;
+            let found = interrupted_syscall(&regs);
+            // As the dump stores it, then as the restore installs it.
+            let restart = prepare_for_resume(&mut regs);
+            let Restart::Rewind { nr, code } = restart else {
+                return Ok(found);
+            };
+            let stored = crate::dump::threads::regs_to_image(&regs);
+            let syscall = SyscallRestart::Restart {
+                nr: nr as u64,
+                code: Some(code),
+            };
+            ctx.set_regs(child, &regs_from_image(&stored, syscall))?;
+            // SAFETY: kill(2) of our own child, stopped under ptrace.
+            unsafe { libc::kill(child, libc::SIGUSR1) };
+            ctx.detach(child, 0)?;
+            Ok(found)
+        });
+        let found = resumed.unwrap();
+        let mut status = 0;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        // SAFETY: waitpid of our own child, without blocking.
+        while unsafe { libc::waitpid(child, &mut status, libc::WNOHANG) } == 0 {
+            if Instant::now() > deadline {
+                // SAFETY: as above; the child hangs in pause().
+                unsafe {
+                    libc::kill(child, libc::SIGKILL);
+                    libc::waitpid(child, &mut status, 0);
+                }
+                panic!("the child missed its signal ({found:?})");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(
+            matches!(found, Restart::Rewind { code, .. } if code == crate::ptrace::ERESTARTNOHAND),
+            "{found:?}"
+        );
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 7);
+    }
 }

@@ -253,7 +253,10 @@ pub fn write_sample_with(
     futex.comm = "worker".into();
     futex.regs.rax = 202;
     futex.regs.orig_rax = 202;
-    futex.syscall = SyscallRestart::Restart { nr: 202 };
+    futex.syscall = SyscallRestart::Restart {
+        nr: 202,
+        code: Some(-512),
+    };
     futex.pending.clear();
     let mut sleeper = futex.clone();
     sleeper.tid = 3;

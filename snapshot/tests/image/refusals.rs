@@ -426,6 +426,19 @@ fn registers_and_syscall_state_are_checked() {
     b.threads[2].syscall = SyscallRestart::Eintr { nr: 5000 };
     assert_invalid(&b, "threads[2].syscall.nr");
     let mut b = f.body.clone();
+    b.threads[1].syscall = SyscallRestart::Restart {
+        nr: 202,
+        code: Some(-4), // -EINTR is a result, not a restart code
+    };
+    assert_invalid(&b, "threads[1].syscall.code");
+    // An image from before the restart code was recorded still loads.
+    let mut b = f.body.clone();
+    b.threads[1].syscall = SyscallRestart::Restart {
+        nr: 202,
+        code: None,
+    };
+    parse_manifest(&manifest_of(&b)).unwrap();
+    let mut b = f.body.clone();
     b.threads[1].tid = b.threads[0].tid;
     assert_invalid(&b, "threads[1].tid");
     let mut b = f.body.clone();
