@@ -712,7 +712,7 @@ fn remove_function(s: &Sandbox, d: &Sproutd, function: &str) {
 #[test]
 fn a_function_annotation_starts_a_fork_of_the_template_through_sproutd() {
     let s = python_sandbox("ctr-fn");
-    let d = Sproutd::start_real(&s);
+    let mut d = Sproutd::start_real(&s);
     let (function, warm) = python_function(&s, &d);
     let c = Containerd::start_with_env(&sproutd_env(&d));
     c.import(&function_image());
@@ -794,7 +794,29 @@ fn a_function_annotation_starts_a_fork_of_the_template_through_sproutd() {
     assert!(d.client().instances().unwrap().is_empty());
     // The template lives on for the next fork.
     assert!(d.client().function(&function).unwrap().template.is_some());
-    assert_clean(&c, &[&cg, &cg2, &cg3]);
+
+    // sproutd crashes and restarts under a running template container:
+    // the instance runs on (the new sproutd adopts it), the task stays
+    // running in containerd, and its real exit status arrives when it
+    // ends.
+    let (id4, cg4) = c.names("fn-restart");
+    run_template(&c, &function, &[], &cg4, &id4);
+    let (pid4, _) = c.task(&id4).unwrap();
+    d.kill9();
+    d.spawn();
+    assert!(wait_until(STATE_TIMEOUT, || d
+        .client()
+        .instance(&instance_of(&c, &id4))
+        .is_ok_and(|v| v.adopted)));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(c.task(&id4), Some((pid4, "RUNNING".to_string())));
+    assert_eq!(ask(pid4, "/after-restart")["digest"], warm["digest"]);
+    c.kill_until_stopped(&["-s", "KILL"], &id4);
+    let out = c.ctr(&["task", "delete", &id4]);
+    assert!(out.stderr.contains("exit code 137"), "{}", out.stderr);
+    c.ok(&["container", "delete", &id4]);
+    assert!(d.client().instances().unwrap().is_empty());
+    assert_clean(&c, &[&cg, &cg2, &cg3, &cg4]);
     remove_function(&s, &d, &function);
 }
 

@@ -496,10 +496,12 @@ impl Task {
         }
         if let Some(t) = &self.template {
             // Mapped once started (a start that failed after the claim
-            // removed its instance already).
+            // removed its instance already). It has exited: forced, in case
+            // sproutd has not seen that yet (a restarted sproutd learns it
+            // from its own watch, a moment after the shim's pidfd).
             if let Ok(instance) = t.instance(&self.id) {
                 let sproutd = t.sproutd.clone();
-                blocking(move || sproutd.delete(&instance, false)).await?;
+                blocking(move || sproutd.delete(&instance, true)).await?;
             }
         } else {
             let c = self.container()?;

@@ -53,7 +53,7 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -64,6 +64,7 @@ use sprout_runtime::Runtime;
 use super::error::{Result, ShimError};
 use super::events::Exit;
 use crate::client::{self, Client, SideConnection};
+use crate::engine::ExitStatus;
 use crate::proto::{
     FdRole, InstanceView, KillBody, SideMessage, SideRequest, SignalArg, StageView, StartPath,
 };
@@ -233,6 +234,10 @@ pub struct Started {
     /// sproutd's stages: a pool hit's claim steps, else the fork's.
     pub stages: Vec<StageView>,
     connection: SideConnection,
+    /// The instance's pidfd, opened when it started: if sproutd goes away
+    /// (a restart adopts the instance, which runs on), the exit comes
+    /// from the kernel instead.
+    pidfd: Option<OwnedFd>,
 }
 
 impl Started {
@@ -245,18 +250,64 @@ impl Started {
             .join(",")
     }
 
-    /// Blocks until the instance exits (sproutd's last line); a dropped
-    /// connection (sproutd gone) is an unknown status.
+    /// Blocks until the instance exits: sproutd's last line, or, if
+    /// sproutd went away first (crashed or restarted: the instance runs
+    /// on and a new sproutd adopts it), the kernel's word through the
+    /// pidfd (`PIDFD_INFO_EXIT`) once the instance has exited. 255 when
+    /// neither can tell.
     pub fn wait(self) -> Exit {
         let status = match self.connection.wait() {
             Ok(SideMessage::Exited { exit, .. }) => exit.exit_code.unwrap_or(255),
-            _ => 255,
+            other => {
+                tracing::info!(
+                    instance = %self.link.instance,
+                    "sproutd's connection ended without the exit ({}): waiting on the process",
+                    match &other {
+                        Ok(m) => format!("{m:?}"),
+                        Err(e) => e.to_string(),
+                    }
+                );
+                self.pidfd
+                    .as_ref()
+                    .and_then(exit_of_process)
+                    .and_then(ExitStatus::code)
+                    .unwrap_or(255)
+            }
         };
         Exit {
             status: status.max(0) as u32,
             at: SystemTime::now(),
         }
     }
+}
+
+/// Blocks until the process of `pidfd` has exited and been reaped (by its
+/// reaper: not our child), then reads its status (`PIDFD_INFO_EXIT`).
+fn exit_of_process(pidfd: &OwnedFd) -> Option<ExitStatus> {
+    let mut pfd = libc::pollfd {
+        fd: pidfd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    loop {
+        // SAFETY: poll of one valid pollfd.
+        let r = unsafe { libc::poll(&mut pfd, 1, -1) };
+        if r == 1 {
+            break;
+        }
+        if r < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            return None;
+        }
+    }
+    // Readable at exit; the status is there once its reaper has reaped
+    // it, a moment later.
+    for _ in 0..200 {
+        if let Some(status) = crate::pidfd::exit_info(pidfd) {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    None
 }
 
 impl Sproutd {
@@ -313,6 +364,7 @@ impl Sproutd {
                 req.fds = roles;
                 let sent = Instant::now();
                 let (forked, connection) = client::side_fork(&self.side, &req, &fds)?;
+                let pidfd = crate::pidfd::pidfd_open(forked.pid).ok();
                 Ok(Started {
                     link: InstanceLink {
                         instance: forked.id,
@@ -324,6 +376,7 @@ impl Sproutd {
                     sproutd_us: None,
                     stages: forked.stages,
                     connection,
+                    pidfd,
                 })
             }
             StartRequest::ClaimInBundle | StartRequest::ClaimFromPool { .. } => {
@@ -338,6 +391,7 @@ impl Sproutd {
                 }
                 let sent = Instant::now();
                 let (claimed, connection) = client::side_claim(&self.side, &req, &fds)?;
+                let pidfd = crate::pidfd::pidfd_open(claimed.pid).ok();
                 Ok(Started {
                     link: InstanceLink {
                         instance: claimed.id,
@@ -349,6 +403,7 @@ impl Sproutd {
                     sproutd_us: Some(claimed.claim_us),
                     stages: claimed.stages,
                     connection,
+                    pidfd,
                 })
             }
         }
