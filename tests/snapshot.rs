@@ -836,6 +836,23 @@ fn an_image_of_a_process_that_was_not_pid_1_is_refused_for_a_new_pid_namespace()
         );
         s.assert_clean(&rid);
     }
+    // Nor can it be a template, whose instances are each pid 1 of a new
+    // pid namespace.
+    s.config()["hooks"] = serde_json::Value::Null;
+    s.write_config();
+    let rt = sprout::runtime::Runtime::builder()
+        .root(&s.root)
+        .init_binary(init_bin())
+        .build()
+        .unwrap();
+    let tracer = sprout::snapshot::ptrace::Tracer::spawn("test-tracer").unwrap();
+    let holder = unique_id("snapnotone-h");
+    let loaded = sprout::snapshot::template::Template::load(
+        &rt, &tracer, "notone", &holder, &img, &s.bundle, None,
+    );
+    let err = loaded.map(|_| ()).unwrap_err().to_string();
+    assert!(err.contains("pid 1 of a new one"), "{err}");
+    s.assert_clean(&holder);
 }
 
 #[test]

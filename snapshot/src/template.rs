@@ -349,6 +349,9 @@ impl Template {
                 reason: "a template needs a new pid namespace".into(),
             });
         }
+        // Each instance is pid 1 of a new pid namespace, its threads at
+        // their dumped tids: the image's process must have been pid 1.
+        restore::check_pid(&bundle.spec, image.manifest())?;
         stages.mark("open image");
         let (ours, theirs) = UnixStream::pair().map_err(|source| TemplateError::Io {
             what: "control socketpair",

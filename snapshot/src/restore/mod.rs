@@ -437,7 +437,10 @@ pub(crate) fn bundle_stack_hard(bundle: &Bundle) -> Option<u64> {
 /// A process restored into a new pid namespace is its pid 1: the image's
 /// process must have been pid 1 of its own, or its pid is wrong and
 /// anything that kept it (a pid file, `getpid()` cached) lies.
-fn check_pid(spec: &oci_spec::runtime::Spec, m: &ManifestBody) -> Result<(), RestoreError> {
+pub(crate) fn check_pid(
+    spec: &oci_spec::runtime::Spec,
+    m: &ManifestBody,
+) -> Result<(), RestoreError> {
     let new_pid_ns = spec
         .linux()
         .as_ref()
