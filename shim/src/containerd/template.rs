@@ -53,7 +53,7 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -284,21 +284,7 @@ impl Started {
 /// Blocks until the process of `pidfd` has exited and been reaped (by its
 /// reaper: not our child), then reads its status (`PIDFD_INFO_EXIT`).
 fn exit_of_process(pidfd: &OwnedFd) -> Option<ExitStatus> {
-    let mut pfd = libc::pollfd {
-        fd: pidfd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    loop {
-        // SAFETY: poll of one valid pollfd.
-        let r = unsafe { libc::poll(&mut pfd, 1, -1) };
-        if r == 1 {
-            break;
-        }
-        if r < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
-            return None;
-        }
-    }
+    crate::pidfd::block_until_exited(pidfd);
     // Readable at exit; the status is there once its reaper has reaped
     // it, a moment later.
     for _ in 0..200 {
