@@ -456,9 +456,17 @@ impl Template {
 
     /// Whether the template process still exists: not dropped, and not
     /// killed from outside (a dead template stays an unreaped zombie
-    /// until [`Template::drop_template`] collects it). Cheap: no ptrace.
+    /// until [`Template::drop_template`] collects it). Cheap: no ptrace,
+    /// no waiting.
     pub fn is_alive(&self) -> bool {
-        let held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let held = match self.held.try_lock() {
+            Ok(h) => h,
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+            // A fork is using it right now; if it has died, that fork
+            // finds out (TemplateError::Gone). Never wait here: sproutd
+            // asks on its async path.
+            Err(std::sync::TryLockError::WouldBlock) => return true,
+        };
         let Some(h) = held.as_ref() else {
             return false;
         };
