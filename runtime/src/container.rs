@@ -777,8 +777,9 @@ fn owner_name() -> String {
 /// How long `delete --force` and `kill` waiters give a dying process.
 const DEATH_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Waits until the process behind `pidfd` has exited (POLLIN on a pidfd).
-pub(crate) fn wait_pidfd(pidfd: &OwnedFd, timeout: Option<Duration>) -> io::Result<bool> {
+/// Waits until the process behind `pidfd` has exited (POLLIN on a pidfd),
+/// up to `timeout` (`None`: for ever): `Ok(true)` once it has exited.
+pub fn wait_pidfd(pidfd: &OwnedFd, timeout: Option<Duration>) -> io::Result<bool> {
     let deadline = timeout.map(|t| Instant::now() + t);
     loop {
         let ms = match deadline {

@@ -10,6 +10,7 @@ use tokio::io::unix::AsyncFd;
 
 use crate::engine::ExitStatus;
 
+pub use sprout_runtime::container::wait_pidfd;
 pub use sprout_runtime::spawn::pidfd_open;
 
 /// Waits until the process behind `pidfd` has exited (or is a zombie).
@@ -37,24 +38,7 @@ pub async fn exited(pidfd: &OwnedFd) {
 
 async fn wait_on_thread(pidfd: &OwnedFd) {
     let Ok(fd) = pidfd.try_clone() else { return };
-    let _ = tokio::task::spawn_blocking(move || block_until_exited(&fd)).await;
-}
-
-/// Blocks the calling thread until the process of `pidfd` has exited
-/// (or polling it fails).
-pub fn block_until_exited(pidfd: &OwnedFd) {
-    let mut pfd = libc::pollfd {
-        fd: pidfd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    loop {
-        // SAFETY: poll on one valid pollfd that outlives the call.
-        let r = unsafe { libc::poll(&mut pfd, 1, -1) };
-        if r >= 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
-            break;
-        }
-    }
+    let _ = tokio::task::spawn_blocking(move || wait_pidfd(&fd, None)).await;
 }
 
 /// Reaps our own exited child: `Ok(Some)` with its status, `Ok(None)` if

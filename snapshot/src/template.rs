@@ -26,15 +26,17 @@
 //! last. Memory is never copied: the child shares the template's pages.
 
 use std::collections::HashMap;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use oci_spec::runtime::{LinuxNamespaceType, LinuxResources};
+use sprout_runtime::container::wait_pidfd;
 use sprout_runtime::rootfs::RootfsConfig;
 use sprout_runtime::rootfs::detached::{self, DeferredMount};
+use sprout_runtime::spawn::pidfd_open;
 use sprout_runtime::spec::{Bundle, load_bundle};
 use sprout_runtime::timing::Stages;
 use sprout_runtime::{Adoption, Container, CreateOptions, Runtime, Takeover};
@@ -470,13 +472,7 @@ impl Template {
         let Some(h) = held.as_ref() else {
             return false;
         };
-        let mut pfd = libc::pollfd {
-            fd: h.pidfd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: poll of one valid pollfd, without waiting.
-        unsafe { libc::poll(&mut pfd, 1, 0) == 0 }
+        !wait_pidfd(&h.pidfd, Some(Duration::ZERO)).unwrap_or(false)
     }
 
     /// Forks an instance as container `id` of `rt`.
@@ -859,16 +855,6 @@ fn catch_template(ctx: &mut TraceCtx, init: Tid) -> Result<Tid, TemplateError> {
         ))
         .into()),
     }
-}
-
-fn pidfd_open(pid: Tid) -> std::io::Result<OwnedFd> {
-    // SAFETY: pidfd_open with plain integers; returns a new fd or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: a fresh fd from the kernel, owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 /// The first half of a fork, done: the stopped child and what its second

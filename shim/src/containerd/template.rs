@@ -284,7 +284,7 @@ impl Started {
 /// Blocks until the process of `pidfd` has exited and been reaped (by its
 /// reaper: not our child), then reads its status (`PIDFD_INFO_EXIT`).
 fn exit_of_process(pidfd: &OwnedFd) -> Option<ExitStatus> {
-    crate::pidfd::block_until_exited(pidfd);
+    crate::pidfd::wait_pidfd(pidfd, None).ok()?;
     // Readable at exit; the status is there once its reaper has reaped
     // it, a moment later.
     for _ in 0..200 {

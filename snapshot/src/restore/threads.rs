@@ -1,6 +1,6 @@
 //! Threads, per-thread kernel state, signals and timers (pitfalls §6, §7).
 
-use crate::image::{ManifestBody, SyscallRestart, Thread, TimerNotify, UserRegs};
+use crate::image::{ManifestBody, PendingSignal, SyscallRestart, Thread, TimerNotify, UserRegs};
 use crate::ptrace::{Entry, Gadget, GadgetError, Regs, Stop, Tid, TraceCtx, Xstate};
 
 use super::RestoreError;
@@ -175,17 +175,9 @@ pub(super) fn queue_signals(
     m: &ManifestBody,
 ) -> Result<Vec<Entry>, RestoreError> {
     let tgid = m.process.pid as u64;
-    m.process
-        .pending
-        .iter()
-        .map(|p| {
-            let info = gadget.data(&p.siginfo)?;
-            Ok(Entry::new(
-                libc::SYS_rt_sigqueueinfo,
-                [tgid, p.signo as u64, info, 0, 0, 0],
-            ))
-        })
-        .collect()
+    queue_entries(gadget, &m.process.pending, |signo, info| {
+        Entry::new(libc::SYS_rt_sigqueueinfo, [tgid, signo, info, 0, 0, 0])
+    })
 }
 
 /// Thread `t`'s own pending signals, to run on that thread: the kernel
@@ -196,16 +188,22 @@ pub(super) fn queue_thread_signals(
     m: &ManifestBody,
     t: &Thread,
 ) -> Result<Vec<Entry>, RestoreError> {
-    let tgid = m.process.pid as u64;
-    t.pending
+    let (tgid, tid) = (m.process.pid as u64, t.tid as u64);
+    queue_entries(gadget, &t.pending, |signo, info| {
+        Entry::new(libc::SYS_rt_tgsigqueueinfo, [tgid, tid, signo, info, 0, 0])
+    })
+}
+
+/// One queueing entry per signal of `pending`, its siginfo in the
+/// gadget's data: `entry(signo, siginfo address)`.
+fn queue_entries(
+    gadget: &mut Gadget,
+    pending: &[PendingSignal],
+    entry: impl Fn(u64, u64) -> Entry,
+) -> Result<Vec<Entry>, RestoreError> {
+    pending
         .iter()
-        .map(|p| {
-            let info = gadget.data(&p.siginfo)?;
-            Ok(Entry::new(
-                libc::SYS_rt_tgsigqueueinfo,
-                [tgid, t.tid as u64, p.signo as u64, info, 0, 0],
-            ))
-        })
+        .map(|p| Ok(entry(p.signo as u64, gadget.data(&p.siginfo)?)))
         .collect()
 }
 
