@@ -1007,42 +1007,35 @@ impl Daemon {
         outputs: Option<[OwnedFd; 2]>,
         started: Instant,
     ) -> Result<Claimed, ApiError> {
-        if !own_cgroup && body.bundle.is_none() {
+        // Warm instances, one after another, until one is handed out.
+        while !own_cgroup && body.bundle.is_none() {
             let mut dead = Vec::new();
             let picked = self.pick_for_claim(name, &mut dead);
             for id in dead {
                 self.destroy_pool_instance(&id, "killed while warm").await;
             }
-            let mut next = picked;
-            while let Some((id, frozen)) = next.take() {
-                let mut steps = Steps::since(started);
-                steps.done("pick");
-                let output = outputs_clone(&stdio, &outputs)?;
-                match self.hand_out(&id, frozen, body, output, steps).await {
-                    Ok(steps) => {
-                        let claimed = self.claimed(&id, StartPath::PoolHit, started, steps)?;
-                        self.record_claim(&id, body.resources.clone(), body.annotations.clone());
-                        self.warm.wake_after_claim(name);
-                        return Ok(claimed);
+            let Some((id, frozen)) = picked else { break };
+            let mut steps = Steps::since(started);
+            steps.done("pick");
+            let output = outputs_clone(&stdio, &outputs)?;
+            match self.hand_out(&id, frozen, body, output, steps).await {
+                Ok(steps) => {
+                    let claimed = self.claimed(&id, StartPath::PoolHit, started, steps)?;
+                    self.record_claim(&id, body.resources.clone(), body.annotations.clone());
+                    self.warm.wake_after_claim(name);
+                    return Ok(claimed);
+                }
+                Err(e) => {
+                    // Half handed out: it goes, without ending the claim's
+                    // request, which goes on.
+                    lock(&self.warm.state).members.remove(&id);
+                    self.destroy_pool_instance(&id, "failed to hand out").await;
+                    if e.status < 500 {
+                        // The request's fault (limits the kernel refuses):
+                        // another instance would fare no better.
+                        return Err(e);
                     }
-                    Err(e) => {
-                        // Half handed out: it goes, without ending the
-                        // claim's request, which goes on.
-                        lock(&self.warm.state).members.remove(&id);
-                        self.destroy_pool_instance(&id, "failed to hand out").await;
-                        if e.status < 500 {
-                            // The request's fault (limits the kernel
-                            // refuses): another instance would fare no
-                            // better.
-                            return Err(e);
-                        }
-                        tracing::warn!(container = %id, "a warm instance could not be handed out, trying another: {}", e.message);
-                        let mut dead = Vec::new();
-                        next = self.pick_for_claim(name, &mut dead);
-                        for id in dead {
-                            self.destroy_pool_instance(&id, "killed while warm").await;
-                        }
-                    }
+                    tracing::warn!(container = %id, "a warm instance could not be handed out, trying another: {}", e.message);
                 }
             }
         }
