@@ -12,7 +12,7 @@ build:
 
 install: build
 	install -d $(DESTDIR)$(BINDIR)
-	for b in $(BINARIES); do install -m 0755 target/release/$$b $(DESTDIR)$(BINDIR)/$$b; done
+	for b in $(BINARIES); do install -m 0755 target/x86_64-unknown-linux-gnu/release/$$b $(DESTDIR)$(BINDIR)/$$b; done
 
 uninstall:
 	for b in $(BINARIES); do rm -f $(DESTDIR)$(BINDIR)/$$b; done

@@ -26,7 +26,7 @@ struct Fixture {
 }
 
 fn bin(name: &str) -> PathBuf {
-    // benches run from target/release/deps; the binaries sit one level up.
+    // benches run from target/<triple>/release/deps; the binaries sit one level up.
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().unwrap().parent().unwrap();
     let p = dir.join(name);

@@ -16,8 +16,8 @@ cd "$(dirname "$0")/.."
 runs=${RUNS:-20}
 echo "building (release)..." >&2
 cargo build --release --quiet -p sprout -p sprout-shim --bins
-sprout=$PWD/target/release/sprout
-sproutd=$PWD/target/release/sproutd
+sprout=$PWD/target/x86_64-unknown-linux-gnu/release/sprout
+sproutd=$PWD/target/x86_64-unknown-linux-gnu/release/sproutd
 
 work=$(mktemp -d /tmp/sprout-demo.XXXXXX)
 netns=sprout-demo-$$
