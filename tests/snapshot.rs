@@ -280,6 +280,50 @@ fn leave_running_keeps_the_process_going() {
     s.assert_clean(&id);
 }
 
+/// The `aborts=<n>` counts of tests/programs/rseqspin.c's output lines.
+fn abort_counts(out: &[String]) -> Vec<u64> {
+    out.iter()
+        .filter_map(|l| l.strip_prefix("aborts=")?.parse().ok())
+        .collect()
+}
+
+#[test]
+fn a_thread_caught_inside_an_rseq_critical_section_is_aborted_live_and_restored() {
+    // The main thread spins in a critical section only an abort leaves;
+    // every 2 ms a signal aborts it, and the count of aborts grows.
+    let s = program_sandbox("snaprseq", "rseqspin", &[]);
+    let (id, out1) = run_detached(&s, "out1");
+    assert!(has_lines(&out1, 3), "{}", stderr_of(&out1));
+    let img = s.dir.path().join("image");
+    s.ok(&[
+        "checkpoint",
+        "--leave-running",
+        "--image-path",
+        img.to_str().unwrap(),
+        &id,
+    ]);
+    let n = lines(&out1).len();
+    assert!(has_lines(&out1, n + 5), "{}", stderr_of(&out1));
+    let live = abort_counts(&lines(&out1)[n..]);
+    assert!(
+        live.last() > live.first(),
+        "the process left running resumed inside the section: {live:?}"
+    );
+    s.ok(&["delete", "--force", &id]);
+    s.assert_clean(&id);
+
+    let id2 = unique_id("snaprseq-r");
+    let out2 = restored(&s, &img, &id2, "out2");
+    assert!(has_lines(&out2, 5), "{}", stderr_of(&out2));
+    let restored = abort_counts(&lines(&out2));
+    assert!(
+        restored.last() > restored.first(),
+        "the restored process resumed inside the section: {restored:?}"
+    );
+    s.ok(&["delete", "--force", &id2]);
+    s.assert_clean(&id2);
+}
+
 #[test]
 fn threaded_dynamic_program_resumes_all_threads() {
     let s = threads_sandbox("snapthr");

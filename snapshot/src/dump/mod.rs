@@ -322,6 +322,7 @@ fn dump_stopped(
             }
         }
     }
+    threads::abort_rseq_critical_sections(ctx, pid, seized.iter().map(|t| t.tid))?;
     // Memory first: nothing injected yet, so the maps are exactly the
     // process's own.
     let maps = ptrace::procfs::read_maps(pid)?;

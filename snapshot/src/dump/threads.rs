@@ -54,24 +54,50 @@ fn pending(infos: Vec<SigInfo>) -> Vec<PendingSignal> {
         .collect()
 }
 
-/// If the thread stopped inside an rseq critical section, moves it to the
-/// section's abort handler, as the kernel would on preemption (pitfalls
-/// §3.3). Must run before anything is injected into the thread: running
-/// code there makes the kernel clear `rseq_cs`.
-fn fix_rseq_critical_section(pid: Tid, rseq_ptr: u64, regs: &mut Regs) -> Result<(), DumpError> {
-    let mut word = [0u8; 8];
-    ptrace::mem::read_mem(pid, rseq_ptr + RSEQ_CS_OFFSET, &mut word)?;
-    let cs = u64::from_le_bytes(word);
-    if cs == 0 {
-        return Ok(());
-    }
-    let mut desc = [0u8; RSEQ_CS_SIZE];
-    ptrace::mem::read_mem(pid, cs, &mut desc)?;
-    let start_ip = u64::from_le_bytes(desc[8..16].try_into().unwrap());
-    let post_commit = u64::from_le_bytes(desc[16..24].try_into().unwrap());
-    let abort_ip = u64::from_le_bytes(desc[24..32].try_into().unwrap());
-    if regs.rip >= start_ip && regs.rip - start_ip < post_commit {
-        regs.rip = abort_ip;
+/// Where the kernel would send a thread whose instruction pointer is `rip`
+/// and whose `struct rseq`'s `rseq_cs` points at the descriptor `desc`
+/// (uapi `struct rseq_cs`: version, flags, start_ip, post_commit_offset,
+/// abort_ip): the abort handler if `rip` is inside the section, else
+/// nowhere. A descriptor the kernel would reject (version not 0) is left
+/// for the kernel to reject (it kills the thread on resume).
+fn rseq_abort_ip(rip: u64, desc: &[u8; RSEQ_CS_SIZE]) -> Option<u64> {
+    let word = |i: usize| u64::from_le_bytes(desc[i..i + 8].try_into().unwrap());
+    let version = u32::from_le_bytes(desc[0..4].try_into().unwrap());
+    let (start_ip, post_commit, abort_ip) = (word(8), word(16), word(24));
+    (version == 0 && rip >= start_ip && rip - start_ip < post_commit).then_some(abort_ip)
+}
+
+/// Moves every thread stopped inside an rseq critical section to the
+/// section's abort handler, in the live process, as the kernel would have
+/// on its way back to user mode (pitfalls §3.3). This must come before
+/// anything is injected: an injected syscall returns to user mode outside
+/// the section, where the kernel merely clears `rseq_cs`, and the thread
+/// would later resume mid-section with nothing left to abort it. Both the
+/// image (registers read afterwards) and a process left running get the
+/// abort.
+pub(super) fn abort_rseq_critical_sections(
+    ctx: &mut TraceCtx,
+    pid: Tid,
+    tids: impl IntoIterator<Item = Tid>,
+) -> Result<(), DumpError> {
+    for tid in tids {
+        let rseq = ctx.rseq_configuration(tid)?.rseq_abi_pointer;
+        if rseq == 0 {
+            continue;
+        }
+        let mut word = [0u8; 8];
+        ptrace::mem::read_mem(pid, rseq + RSEQ_CS_OFFSET, &mut word)?;
+        let cs = u64::from_le_bytes(word);
+        if cs == 0 {
+            continue;
+        }
+        let mut desc = [0u8; RSEQ_CS_SIZE];
+        ptrace::mem::read_mem(pid, cs, &mut desc)?;
+        let mut regs = ctx.get_regs(tid)?;
+        if let Some(abort_ip) = rseq_abort_ip(regs.rip, &desc) {
+            regs.rip = abort_ip;
+            ctx.set_regs(tid, &regs)?;
+        }
     }
     Ok(())
 }
@@ -89,9 +115,6 @@ pub(super) fn dump_thread(
 ) -> Result<Thread, DumpError> {
     let mut regs = ctx.get_regs(tid)?;
     let rseq_cfg = ctx.rseq_configuration(tid)?;
-    if rseq_cfg.rseq_abi_pointer != 0 {
-        fix_rseq_critical_section(pid, rseq_cfg.rseq_abi_pointer, &mut regs)?;
-    }
     let xsave = ctx.get_xstate(tid)?.into_vec();
     let sigmask = ctx.get_sigmask(tid)?;
     let mut queued = ctx.peek_siginfo(tid, false)?;
@@ -169,4 +192,30 @@ pub(super) fn shared_pending(
     tid: Tid,
 ) -> Result<Vec<PendingSignal>, DumpError> {
     Ok(pending(ctx.peek_siginfo(tid, true)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn desc(version: u32, start: u64, len: u64, abort: u64) -> [u8; RSEQ_CS_SIZE] {
+        let mut d = [0u8; RSEQ_CS_SIZE];
+        d[0..4].copy_from_slice(&version.to_le_bytes());
+        d[8..16].copy_from_slice(&start.to_le_bytes());
+        d[16..24].copy_from_slice(&len.to_le_bytes());
+        d[24..32].copy_from_slice(&abort.to_le_bytes());
+        d
+    }
+
+    #[test]
+    fn only_an_instruction_pointer_inside_the_section_goes_to_abort() {
+        let d = desc(0, 0x1000, 0x10, 0x2000);
+        assert_eq!(rseq_abort_ip(0x1000, &d), Some(0x2000));
+        assert_eq!(rseq_abort_ip(0x100f, &d), Some(0x2000));
+        // The post-commit instruction is past the section.
+        assert_eq!(rseq_abort_ip(0x1010, &d), None);
+        assert_eq!(rseq_abort_ip(0xfff, &d), None);
+        // A descriptor the kernel refuses is left to the kernel.
+        assert_eq!(rseq_abort_ip(0x1000, &desc(1, 0x1000, 0x10, 0x2000)), None);
+    }
 }
