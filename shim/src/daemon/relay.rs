@@ -14,9 +14,11 @@ use std::sync::{Arc, Mutex};
 use super::{lock, open_stdio};
 
 /// Where the output goes now; `None` drops it (the claimant went away).
+/// Shared so that the copy writes outside the lock: a write into a fifo
+/// nobody reads blocks, and must not block a switch to new sinks.
 struct Sinks {
-    out: Option<fs::File>,
-    err: Option<fs::File>,
+    out: Option<Arc<fs::File>>,
+    err: Option<Arc<fs::File>>,
 }
 
 /// A running relay; dropping it does not stop the copy (the thread ends
@@ -53,8 +55,8 @@ impl Relay {
         let (err_r, err_w) = pipe()?;
         let stdin = open_stdio(None, false)?;
         let sinks = Arc::new(Mutex::new(Sinks {
-            out: Some(out_log),
-            err: Some(err_log),
+            out: Some(Arc::new(out_log)),
+            err: Some(Arc::new(err_log)),
         }));
         let s = sinks.clone();
         let name = format!("relay-{id}");
@@ -65,12 +67,18 @@ impl Relay {
         Ok((Relay { sinks }, [stdin, out_w, err_w]))
     }
 
-    /// Sends the output to `out` and `err` from now on.
+    /// Sends the output to `out` and `err` from now on. Never waits for
+    /// a write to the old sinks.
     pub(crate) fn redirect(&self, out: OwnedFd, err: OwnedFd) {
         let mut s = lock(&self.sinks);
-        s.out = Some(fs::File::from(out));
-        s.err = Some(fs::File::from(err));
+        s.out = Some(Arc::new(fs::File::from(out)));
+        s.err = Some(Arc::new(fs::File::from(err)));
     }
+}
+
+/// The sink of pipe `i`: 0 stdout, 1 stderr.
+fn sink_of(s: &mut Sinks, i: usize) -> &mut Option<Arc<fs::File>> {
+    if i == 0 { &mut s.out } else { &mut s.err }
 }
 
 /// Copies both pipes to the current sinks until both are closed.
@@ -105,14 +113,18 @@ fn copy_until_closed(out: OwnedFd, err: OwnedFd, sinks: &Mutex<Sinks>) {
             match pipe.read(&mut buf) {
                 Ok(0) => pipes[i] = None,
                 Ok(n) => {
-                    let mut s = lock(sinks);
-                    let sink = if i == 0 { &mut s.out } else { &mut s.err };
+                    let Some(f) = sink_of(&mut lock(sinks), i).clone() else {
+                        continue;
+                    };
                     // A sink that fails (a claimant's fifo nobody reads
-                    // any more) is dropped rather than retried forever.
-                    if let Some(f) = sink.as_mut()
-                        && f.write_all(&buf[..n]).is_err()
-                    {
-                        *sink = None;
+                    // any more) is dropped rather than retried forever,
+                    // unless it was replaced meanwhile.
+                    if (&*f).write_all(&buf[..n]).is_err() {
+                        let mut s = lock(sinks);
+                        let sink = sink_of(&mut s, i);
+                        if sink.as_ref().is_some_and(|now| Arc::ptr_eq(now, &f)) {
+                            *sink = None;
+                        }
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -158,6 +170,64 @@ mod tests {
         wait_for(&claimed_err, "err to the claimant");
         assert!(!fs::read_to_string(&log).unwrap().contains("claimant"));
         drop((out_w, err_w));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+    #[test]
+    fn a_sink_nobody_reads_does_not_hold_up_a_redirect() {
+        let dir = std::env::temp_dir().join(format!("sprout-relay-b-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let (relay, [_stdin, out_w, _err_w]) = Relay::start("b", &dir.join("b.log")).unwrap();
+        // A claimant's pipe that is open but never read: once its buffer
+        // is full the relay's write to it blocks.
+        let (stuck_r, stuck_w) = pipe().unwrap();
+        relay.redirect(stuck_w.try_clone().unwrap(), stuck_w);
+        let writer = std::thread::spawn(move || {
+            let mut out_w = fs::File::from(out_w);
+            let chunk = [b'x'; 4096];
+            // Four times the pipe's buffer: more than the stuck sink takes.
+            for _ in 0..64 {
+                if out_w.write_all(&chunk).is_err() {
+                    break;
+                }
+            }
+            out_w
+        });
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let r = relay.clone();
+        let log = dir.join("back.log");
+        let log2 = log.clone();
+        std::thread::spawn(move || {
+            r.redirect(
+                open_stdio(Some(&log2), true).unwrap(),
+                open_stdio(Some(&log2), true).unwrap(),
+            );
+            done_tx.send(()).unwrap();
+        });
+        assert!(
+            done_rx
+                .recv_timeout(std::time::Duration::from_secs(20))
+                .is_ok(),
+            "redirect waited for a write into a pipe nobody reads"
+        );
+        // Reading the stuck pipe lets the blocked write finish; the rest
+        // goes to the new sink.
+        let drain = std::thread::spawn(move || {
+            let mut r = fs::File::from(stuck_r);
+            let mut sink = Vec::new();
+            let _ = r.read_to_end(&mut sink);
+        });
+        let out_w = writer.join().unwrap();
+        drop(out_w);
+        drop(relay);
+        for _ in 0..2000 {
+            if fs::metadata(&log).map(|m| m.len()).unwrap_or(0) > 0 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(fs::metadata(&log).unwrap().len() > 0);
+        drop(drain);
         fs::remove_dir_all(&dir).unwrap();
     }
 }
