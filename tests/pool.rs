@@ -620,7 +620,12 @@ fn settings_and_history_survive_a_restart_and_stale_pool_instances_are_replaced(
     }
     for id in &old_warm {
         assert_eq!(call(&c, "GET", &format!("/instances/{id}"), None).0, 404);
-        assert!(cgroup_leftovers(id).is_empty(), "{id}'s cgroup is gone");
+        let left = cgroup_leftovers(id);
+        assert!(
+            left.is_empty(),
+            "{id}'s cgroup is left: {left:?}\n{}",
+            d.log_text()
+        );
     }
     // The claimed instance was adopted and still serves.
     let v = c.instance(&claimed_id).unwrap();
@@ -675,7 +680,12 @@ fn a_graceful_stop_deletes_the_pool_but_not_claimed_instances() {
         "only the claimed instance outlives sproutd"
     );
     for id in &warm {
-        assert!(cgroup_leftovers(id).is_empty(), "{id}'s cgroup is gone");
+        let left = cgroup_leftovers(id);
+        assert!(
+            left.is_empty(),
+            "{id}'s cgroup is left: {left:?}\n{}",
+            d.log_text()
+        );
     }
     d.spawn();
     let v = c.instance(&claimed_id).unwrap();
@@ -835,5 +845,41 @@ fn bad_claims_and_refused_removals_leave_the_pool_as_it_was_and_requests_end() {
         200,
     );
     assert_eq!(in_flight(), 0);
+
+    // Two releases of one claimed, reusable instance at once: one puts
+    // it back, the other is refused; the request ends once, and the pool's
+    // books hold the instance exactly once, alive and frozen.
+    ok(
+        &c,
+        &d,
+        "PUT",
+        "/functions/py/pool/policy",
+        Some(json!({"reuse": true})),
+        200,
+    );
+    for _ in 0..5 {
+        let claimed = ok(&c, &d, "POST", "/functions/py/claim", Some(json!({})), 201);
+        let id = claimed["id"].as_str().unwrap().to_string();
+        let path = format!("/instances/{id}/release");
+        let mut statuses: Vec<u16> = thread::scope(|sc| {
+            let racers: Vec<_> = (0..2)
+                .map(|_| sc.spawn(|| call(&d.client(), "POST", &path, None).0))
+                .collect();
+            racers.into_iter().map(|r| r.join().unwrap()).collect()
+        });
+        statuses.sort();
+        assert_eq!(statuses, [200, 409], "{}", d.log_text());
+        assert_eq!(in_flight(), 0, "{}", pool_of(&c, &d, "py"));
+        let view = pool_of(&c, &d, "py");
+        let listed: Vec<&str> = view["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|i| i["id"].as_str())
+            .filter(|i| *i == id)
+            .collect();
+        assert_eq!(listed, [id.as_str()], "{view}");
+        assert_eq!(runtime_status(&d, &id), "paused", "{view}");
+    }
     teardown(&s, &c, &d);
 }

@@ -163,6 +163,9 @@ enum Role {
     Pool { idle_since: Option<Instant> },
     /// Handed out by a claim; `reusable` if it can go back to the pool.
     Claimed { since: Instant, reusable: bool },
+    /// Its claim has ended and a release is putting it back or deleting
+    /// it: a second release of it is refused, not run twice.
+    Releasing,
 }
 
 #[derive(Clone, Debug)]
@@ -1249,17 +1252,25 @@ impl Daemon {
     pub async fn release(self: &Arc<Self>, id: &str) -> Result<Released, ApiError> {
         let _op = self.op()?;
         let inst = self.instance(id)?;
-        let (function, since, reusable) = match lock(&self.warm.state).members.get(id) {
-            Some(Member {
-                function,
-                role: Role::Claimed { since, reusable },
-                ..
-            }) => (function.clone(), *since, *reusable),
-            Some(_) => {
-                return Err(ApiError::conflict(format!(
-                    "instance {id:?} is in the pool, not claimed"
-                )));
-            }
+        // Claimed -> Releasing in one step: of two releases racing, one
+        // ends the claim and the other is refused.
+        let (function, since, reusable) = match lock(&self.warm.state).members.get_mut(id) {
+            Some(m) => match m.role {
+                Role::Claimed { since, reusable } => {
+                    m.role = Role::Releasing;
+                    (m.function.clone(), since, reusable)
+                }
+                Role::Releasing => {
+                    return Err(ApiError::conflict(format!(
+                        "instance {id:?} is being released already"
+                    )));
+                }
+                Role::Pool { .. } => {
+                    return Err(ApiError::conflict(format!(
+                        "instance {id:?} is in the pool, not claimed"
+                    )));
+                }
+            },
             None => {
                 return Err(ApiError::conflict(format!(
                     "instance {id:?} was not claimed (fork it and delete it instead)"
