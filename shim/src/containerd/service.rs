@@ -3,7 +3,7 @@
 //! shim serves one containerd address and namespace (its socket is keyed
 //! by both, see [`super::start`]), so the container id is a safe key.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -52,11 +52,26 @@ pub struct Shim {
     namespace: String,
     events: Arc<Events>,
     tasks: Mutex<HashMap<String, Arc<Task>>>,
+    /// Ids whose `Create` is under way: not tasks yet, but the shim must
+    /// not exit under them, nor create one twice.
+    creating: Mutex<HashSet<String>>,
     /// Where console sockets are made.
     console_dir: PathBuf,
     tracer: OnceLock<Arc<Tracer>>,
     exit: Notify,
     exiting: AtomicBool,
+}
+
+/// A `Create` under way (see [`Shim::begin_create`]).
+struct Creating<'a> {
+    shim: &'a Shim,
+    id: String,
+}
+
+impl Drop for Creating<'_> {
+    fn drop(&mut self) {
+        self.shim.creating.lock().unwrap().remove(&self.id);
+    }
 }
 
 impl Shim {
@@ -66,6 +81,7 @@ impl Shim {
             namespace: namespace.to_string(),
             events: Arc::new(events),
             tasks: Mutex::new(HashMap::new()),
+            creating: Mutex::new(HashSet::new()),
             console_dir: state_root.join("console"),
             tracer: OnceLock::new(),
             exit: Notify::new(),
@@ -84,9 +100,24 @@ impl Shim {
         }
     }
 
-    /// Whether any task is left (a `Create` may race a last `Shutdown`).
+    /// Whether no task is left and none is being created (a `Create` may
+    /// race a last `Shutdown`).
     pub fn is_idle(&self) -> bool {
-        self.tasks.lock().unwrap().is_empty()
+        let tasks = self.tasks.lock().unwrap();
+        tasks.is_empty() && self.creating.lock().unwrap().is_empty()
+    }
+
+    /// Marks `id` as being created until the guard drops; refuses an id
+    /// that is a task or being created already.
+    fn begin_create(&self, id: &str) -> Result<Creating<'_>> {
+        let tasks = self.tasks.lock().unwrap();
+        if tasks.contains_key(id) || !self.creating.lock().unwrap().insert(id.to_string()) {
+            return Err(ShimError::AlreadyExists(format!("task {id:?}")));
+        }
+        Ok(Creating {
+            shim: self,
+            id: id.to_string(),
+        })
     }
 
     fn task(&self, id: &str) -> Result<Arc<Task>> {
@@ -111,9 +142,7 @@ impl Shim {
 
     async fn create(&self, req: CreateTaskRequest) -> Result<u32> {
         let id = req.id.clone();
-        if self.tasks.lock().unwrap().contains_key(&id) {
-            return Err(ShimError::AlreadyExists(format!("task {id:?}")));
-        }
+        let _creating = self.begin_create(&id)?;
         let bundle = PathBuf::from(&req.bundle);
         let rootfs: Vec<RootfsMount> = req
             .rootfs
@@ -570,5 +599,36 @@ impl TaskService for Service {
             self.0.exit.notify_waiters();
         }
         Ok(Empty::new())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_create_under_way_keeps_the_shim_and_its_id() {
+        let dir = std::env::temp_dir().join(format!("sprout-shim-idle-{}", std::process::id()));
+        // Any existing file will do as the init helper: nothing is started.
+        let runtime = Runtime::builder()
+            .root(dir.join("runtime"))
+            .init_binary("/bin/true")
+            .build()
+            .unwrap();
+        let shim = Shim::new(runtime, "default", Events::new(None, "default"), &dir);
+        assert!(shim.is_idle());
+        let creating = shim.begin_create("c1").unwrap();
+        assert!(
+            !shim.is_idle(),
+            "a Shutdown now would exit under the Create"
+        );
+        assert!(matches!(
+            shim.begin_create("c1"),
+            Err(ShimError::AlreadyExists(_))
+        ));
+        shim.begin_create("c2").unwrap();
+        drop(creating);
+        assert!(shim.is_idle());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
