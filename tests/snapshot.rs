@@ -325,6 +325,34 @@ fn a_thread_caught_inside_an_rseq_critical_section_is_aborted_live_and_restored(
 }
 
 #[test]
+fn a_restore_whose_state_cannot_be_saved_leaves_nothing_behind() {
+    let s = program_sandbox("snapfull", "counter", &["20"]);
+    let (img, _) = run_and_dump(&s, |out| has_lines(out, 2));
+    let full = FullStateRoot::new(s.dir.path().join("full-root"));
+    let rid = unique_id("snapfull-r");
+    let args = restore_args(&s, &img, &rid, &[]);
+    let out = run_to_files(
+        std::process::Command::new(sprout_bin())
+            .arg("--root")
+            .arg(&full.0)
+            .args(&args),
+        s.dir.path(),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("No space left on device") && err.contains(&rid),
+        "{err}"
+    );
+    // The restored process was stopped before its cgroup was removed.
+    let cg = cgroup_leftovers(&s.cgroup);
+    assert!(cg.is_empty(), "cgroups left behind: {cg:?}");
+    let procs = processes_in_cgroup_named(&s.cgroup);
+    assert!(procs.is_empty(), "processes left behind: {procs:?}");
+    assert!(!full.0.join(&rid).exists(), "state dir left behind");
+}
+
+#[test]
 fn threaded_dynamic_program_resumes_all_threads() {
     let s = threads_sandbox("snapthr");
     let (img, out1) = run_and_dump(&s, |out| has_lines(out, 3));

@@ -175,6 +175,22 @@ fn instances_outlive_their_template_and_bad_forks_are_refused() {
     );
     s.assert_clean(&unbuildable_id);
 
+    // An instance whose state cannot be saved (a full state root) is
+    // killed before its cgroup is removed: nothing is left.
+    let full = FullStateRoot::new(s.dir.path().join("full-root"));
+    let full_rt = Runtime::builder()
+        .root(&full.0)
+        .init_binary(init_bin())
+        .build()
+        .unwrap();
+    let full_id = format!("{}-full", s.id);
+    let err = template.fork(&full_rt, &full_id, stdio_to(&f)).unwrap_err();
+    assert!(err.to_string().contains("No space left on device"), "{err}");
+    let cg = cgroup_leftovers(&full_id);
+    assert!(cg.is_empty(), "cgroups left behind: {cg:?}");
+    assert!(!full.0.join(&full_id).exists(), "state dir left behind");
+    drop(full);
+
     // The same bundle content at another path is fine.
     let copy = bundle_copy(&s, "copy", |_| {});
     let ok_id = format!("{}-copy", s.id);

@@ -240,8 +240,11 @@ impl Adoption {
     }
 
     /// Records running process `pid` as the container, so that state,
-    /// kill, pause, exec and delete work on it like on any other.
-    pub fn finish(mut self, pid: i32) -> Result<Container> {
+    /// kill, pause, exec and delete work on it like on any other. On an
+    /// error the reservation is kept: the caller stops the process first,
+    /// then drops the adoption, which removes the cgroup (a cgroup with a
+    /// live process cannot be) and the state directory.
+    pub fn finish(&mut self, pid: i32) -> Result<Container> {
         let dir = self.dir.as_ref().expect("present until finish");
         let cgroup = self.cgroup.as_ref().expect("present until finish");
         let saved = SavedState {

@@ -512,12 +512,16 @@ impl Template {
             a.extend(spec.annotations.iter().map(|(k, v)| (k.clone(), v.clone())));
             bundle.spec.set_annotations(Some(a));
         }
-        let adoption = rt.adopt(id, bundle)?;
+        let mut adoption = rt.adopt(id, bundle)?;
         let (child, pidfd, populated) = self.fork_into(&adoption, spec, &mut stages)?;
         let container = match adoption.finish(child) {
             Ok(c) => c,
             Err(e) => {
+                // Dead before the adoption drops: its cgroup must be empty
+                // to be removed. (Its parent, the holder's reaper, reaps it.)
                 let _ = sprout_runtime::container::pidfd_kill(&pidfd, libc::SIGKILL);
+                let _ = sprout_runtime::container::wait_pidfd(&pidfd, Some(Duration::from_secs(5)));
+                drop(adoption);
                 return Err(e.into());
             }
         };

@@ -683,3 +683,29 @@ pub fn delete_all_in(root: &Path) {
             .status();
     }
 }
+
+/// A 64 KiB tmpfs filled to the brim, unmounted on drop: a state root in
+/// which a container's directory can be made but its state not written.
+pub struct FullStateRoot(pub PathBuf);
+
+impl FullStateRoot {
+    pub fn new(dir: PathBuf) -> Self {
+        fs::create_dir(&dir).unwrap();
+        let st = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs"])
+            .arg(&dir)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let root = FullStateRoot(dir);
+        // ENOSPC once full: that is the point.
+        let _ = fs::write(root.0.join("fill"), vec![0u8; 128 * 1024]);
+        root
+    }
+}
+
+impl Drop for FullStateRoot {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}

@@ -64,7 +64,7 @@ pub(super) fn restore(
             })
         })
     };
-    let adoption = match rt.adopt(id, bundle) {
+    let mut adoption = match rt.adopt(id, bundle) {
         Ok(a) => a,
         Err(e) => {
             // Its reader may hold the working set's pages: let it end.
