@@ -55,6 +55,13 @@ fn lifecycle_create_start_state_kill_delete() {
     assert!(err.contains("already exists"), "{err}");
     // Not yet running: the process is the init, waiting.
     assert!(pid_alive(pid));
+    // Frozen at its exec fifo it could never start: pause is refused.
+    let err = s.fails(&["pause", &id]);
+    assert!(
+        err.contains("created") && err.contains("not running"),
+        "{err}"
+    );
+    assert_eq!(s.status(&id), "created");
     s.ok(&["start", &id]);
     assert_eq!(s.status(&id), "running");
     let err = s.fails(&["start", &id]);

@@ -1086,11 +1086,15 @@ impl Container {
         Ok(())
     }
 
+    /// Freezes a running container. A created one is refused: its init
+    /// waits on the exec fifo, and frozen there it could neither be
+    /// started (start would wait forever for the fifo) nor resumed (its
+    /// status stays `created`).
     pub fn pause(&self) -> Result<()> {
         let _dir = self.lock()?;
         let status = self.status();
-        if status != Status::Running && status != Status::Created {
-            return Err(self.wrong(status, "pause it"));
+        if status != Status::Running {
+            return Err(self.wrong(status, "pause it (it is not running)"));
         }
         self.cgroup().freeze().map_err(cgroup_err(&self.state.id))
     }
