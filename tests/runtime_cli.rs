@@ -113,6 +113,39 @@ fn delete_force_and_kill_all() {
 }
 
 #[test]
+fn deleting_a_container_leaves_a_shared_parent_cgroup_and_its_sibling_alone() {
+    // a makes the parent cgroup, b is made below it too; deleting a must
+    // neither wait on nor touch b's cgroup.
+    let mut s = Sandbox::new("cgpar");
+    s.set_args(&["sleep", "1000"]);
+    let parent = format!("{}-grp", s.cgroup);
+    let ids = [format!("{}-a", s.id), format!("{}-b", s.id)];
+    for id in &ids {
+        s.config()["linux"]["cgroupsPath"] = format!("{parent}/{id}").into();
+        s.write_config();
+        s.ok(&["run", "-d", "--bundle", s.bundle_str(), id]);
+    }
+    s.ok(&["delete", "--force", &ids[0]]);
+    assert!(
+        cgroup_leftovers(&ids[0]).is_empty(),
+        "{:?}",
+        cgroup_leftovers(&ids[0])
+    );
+    assert_eq!(s.status(&ids[1]), "running");
+    let pid = s.state(&ids[1])["pid"].as_i64().unwrap();
+    let memory = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    assert!(memory.contains(&format!("{parent}/{}", ids[1])), "{memory}");
+    s.ok(&["delete", "--force", &ids[1]]);
+    // The parent was a's, busy when a went: left, like runc leaves parents.
+    for dir in cgroup_leftovers(&parent) {
+        fs::remove_dir(&dir).unwrap();
+    }
+    for id in &ids {
+        s.assert_clean(id);
+    }
+}
+
+#[test]
 fn namespaces_are_isolated() {
     let mut s = Sandbox::new("ns");
     s.config()["linux"]["namespaces"]

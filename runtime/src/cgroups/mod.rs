@@ -327,19 +327,30 @@ impl Cgroup {
         }
     }
 
-    /// Removes every directory this cgroup created, children first, then
-    /// created parents. A busy directory (processes still leaving, or child
-    /// cgroups the container made inside its own) is retried until a short
-    /// deadline; child cgroups below a directory we created are ours and are
-    /// removed too. Directories that existed before are left alone.
+    /// Removes the container's own directories, then the parents it
+    /// created on the way. An own directory that is busy (processes still
+    /// leaving, or child cgroups the container made inside it) is retried
+    /// until a short deadline, its child cgroups removed too. A created
+    /// parent is shared with every container made below it since (two ids
+    /// under a new `/grp/`): it is removed only if already empty, never
+    /// recursed into. Directories that existed before are left alone.
     pub fn destroy(self) -> Result<()> {
         self.remove_created(DESTROY_TIMEOUT)
     }
 
     fn remove_created(&self, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
+        let own: Vec<&Path> = (self.s.v1.iter().map(|d| d.dir.as_path()))
+            .chain(self.s.unified.as_deref())
+            .collect();
         let mut first_err = None;
         for dir in self.s.created.iter().rev() {
+            if !own.contains(&dir.as_path()) {
+                // Busy or not empty: a sibling's, and the sibling's delete
+                // does not remove what it did not create either.
+                let _ = std::fs::remove_dir(dir);
+                continue;
+            }
             if let Err(e) = rmdir_tree(dir, deadline)
                 && first_err.is_none()
             {
