@@ -248,6 +248,47 @@ fn user_namespace_with_id_maps() {
 }
 
 #[test]
+fn rro_makes_submounts_read_only_too() {
+    // A host directory with a tmpfs mounted inside it, bound with rbind:
+    // `ro` leaves the submount writable (as in runc), `rro` does not.
+    let mut s = Sandbox::new("rro");
+    let host_dir = s.dir.path().join("tree");
+    let sub = host_dir.join("sub");
+    fs::create_dir_all(&sub).unwrap();
+    nix::mount::mount(
+        Some("tmpfs"),
+        &sub,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("size=64k"),
+    )
+    .unwrap();
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+    let sub_mount = Unmount(sub);
+    s.config()["mounts"].as_array_mut().unwrap().extend([
+        serde_json::json!({"destination": "/ro", "type": "bind", "source": host_dir, "options": ["rbind", "ro"]}),
+        serde_json::json!({"destination": "/rro", "type": "bind", "source": host_dir, "options": ["rbind", "rro"]}),
+    ]);
+    let script = "for d in /ro /ro/sub /rro /rro/sub; do \
+        (touch $d/f) 2>/dev/null && echo $d=rw || echo $d=ro; done";
+    let (code, out, err) = run_with(&mut s, &["sh", "-c", script]);
+    assert_eq!(code, 0, "{err}");
+    let got: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        got,
+        ["/ro=ro", "/ro/sub=rw", "/rro=ro", "/rro/sub=ro"],
+        "{err}"
+    );
+    drop(sub_mount);
+    s.assert_clean(&s.id.clone());
+}
+
+#[test]
 fn mounts_masked_and_readonly_paths() {
     let mut s = Sandbox::new("mounts");
     let host_dir = s.dir.path().join("shared");

@@ -248,6 +248,19 @@ impl Syscall for Deferring {
     fn mount_flags(&self, path: &Path) -> io::Result<MsFlags> {
         self.inner.mount_flags(path)
     }
+
+    fn set_recursive_readonly(&self, path: &Path) -> io::Result<()> {
+        // A deferred mount is not there yet: the attribute would land on
+        // the mount below it.
+        let inside = self.inside(path)?;
+        if self.deferred.borrow().iter().any(|d| d.target == inside) {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "rro on proc, mqueue or cgroup mounts of a forked instance",
+            ));
+        }
+        self.inner.set_recursive_readonly(path)
+    }
 }
 
 #[cfg(test)]

@@ -294,6 +294,9 @@ fn mount_one(sys: &dyn Syscall, cfg: &RootfsConfig, m: &Mount) -> Result<(), Roo
                     .map_err(err("setting propagation"))?;
             }
         }
+        if opts.recursive_readonly {
+            recursive_readonly(sys, cfg, dest).map_err(err("making it read-only recursively"))?;
+        }
         return Ok(());
     }
     let target = sys
@@ -315,7 +318,17 @@ fn mount_one(sys: &dyn Syscall, cfg: &RootfsConfig, m: &Mount) -> Result<(), Roo
                 .map_err(err("setting propagation"))?;
         }
     }
+    if opts.recursive_readonly {
+        recursive_readonly(sys, cfg, dest).map_err(err("making it read-only recursively"))?;
+    }
     Ok(())
+}
+
+/// `rro`: the mount now at `dest` and every mount below it read-only.
+fn recursive_readonly(sys: &dyn Syscall, cfg: &RootfsConfig, dest: &Path) -> io::Result<()> {
+    // The mount itself, not the directory it covers: look it up again.
+    let mounted = sys.resolve_in_root(&cfg.rootfs, dest, CreateKind::Nothing)?;
+    sys.set_recursive_readonly(&mounted.path)
 }
 
 /// `tmpcopyup`: a tmpfs that starts with what the image had at that path.
