@@ -342,6 +342,47 @@ fn fifty_concurrent_takes_get_unique_addresses() {
 }
 
 #[test]
+fn a_stale_give_back_leaves_a_retaken_namespace_to_its_new_holder() {
+    // Container x gives its namespace back; y takes the same one (the
+    // same taking process: its lease file has the same name as x's had).
+    // A second give-back on behalf of x (a delete racing the first) must be
+    // refused and leave y's lease and owner record as they are.
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    let _vpcs = VpcGuard(root.clone());
+    let np = open_netplug(&root);
+    np.create_vpc(native_vpc("r", "198.18.27.0/29", 1)).unwrap();
+    assert_eq!(np.fill().unwrap(), 1);
+    let as_container = |c: &str| Owner {
+        container: Some(c.into()),
+        ..Owner::this_process()
+    };
+    let first = np.take("r", &as_container("x")).unwrap();
+    let id = first.id.clone();
+    drop(first);
+    np.give_back_from(&id, "x").unwrap();
+    let owners = root.join(".netplug/owners");
+    let again = np.take("r", &as_container("y")).unwrap();
+    assert_eq!(again.id, id, "the pool's one namespace, reused");
+    let owner_file = owners.join(format!("{id}.json"));
+    let owner_before = fs::read_to_string(&owner_file).unwrap();
+    assert!(owner_before.contains("\"y\""), "{owner_before}");
+    match np.give_back_from(&id, "x") {
+        Err(NpError::NotOwner { .. }) => {}
+        other => panic!("a stale give-back took y's namespace: {other:?}"),
+    }
+    assert_eq!(fs::read_to_string(&owner_file).unwrap(), owner_before);
+    assert_eq!(state_files(&root, "leases").len(), 1);
+    assert_eq!(np.status().unwrap().pools[0].leased, 1);
+    // Given back to the pool, it has no owner record left.
+    np.give_back_from(&id, "y").unwrap();
+    assert!(!owner_file.exists());
+    drop(again);
+    np.delete_vpc("r", false).unwrap();
+    assert_no_netplug_leftovers(&root);
+}
+
+#[test]
 fn exhausted_subnet_is_a_clear_error_and_leaves_nothing() {
     let mut s = Sandbox::new("np-full");
     let _vpcs = VpcGuard(s.root.clone());

@@ -826,9 +826,26 @@ impl Netplug {
     /// Gives lease `id` back: scrubbed and returned to its pool, or
     /// destroyed (policy, or if it cannot be scrubbed).
     pub async fn give_back(&self, id: &str) -> Result<()> {
+        self.give_back_checked(id, None).await
+    }
+
+    /// [`give_back`](Self::give_back) of a lease that must be held by
+    /// `container`, checked under the lock: a give-back that waited for
+    /// the lock while the namespace went back and was taken again must not
+    /// take it from its new holder.
+    async fn give_back_checked(&self, id: &str, container: Option<&str>) -> Result<()> {
         let _l = self.lock().await?;
         let lease: LeaseRecord = state::read_lease(&self.layout, id)?
             .ok_or_else(|| Error::NoSuchLease(id.to_string()))?;
+        if let Some(container) = container
+            && lease.owner.container.as_deref() != Some(container)
+        {
+            return Err(Error::NotOwner {
+                lease: id.to_string(),
+                holder: lease.owner.to_string(),
+                claimed: format!("container {container}"),
+            });
+        }
         self.count(&lease.ns.vpc, |c| c.give_backs += 1);
         self.reclaim(lease).await?;
         self.wake.notify_one();
@@ -842,8 +859,7 @@ impl Netplug {
         let _l = self.lock().await?;
         let rec: LeaseRecord = state::read_lease(&self.layout, &lease.id)?
             .ok_or_else(|| Error::NoSuchLease(lease.id.clone()))?;
-        state::write_json(&self.layout.ready(&rec.ns.vpc, &rec.ns.id), &rec.ns)?;
-        state::remove_lease(&self.layout, &rec.ns.id)?;
+        state::lease_to_ready(&self.layout, &rec)?;
         self.pools
             .lock()
             .expect("poisoned")
@@ -859,21 +875,12 @@ impl Netplug {
     /// [`give_back`](Self::give_back), checking that the lease is held by
     /// container `container` (as recorded when it was taken).
     pub async fn give_back_from(&self, id: &str, container: &str) -> Result<()> {
-        let lease: LeaseRecord = state::read_lease(&self.layout, id)?
-            .ok_or_else(|| Error::NoSuchLease(id.to_string()))?;
-        if lease.owner.container.as_deref() != Some(container) {
-            return Err(Error::NotOwner {
-                lease: id.to_string(),
-                holder: lease.owner.to_string(),
-                claimed: format!("container {container}"),
-            });
-        }
-        self.give_back(id).await
+        self.give_back_checked(id, Some(container)).await
     }
 
     /// Reuses or destroys a leased namespace; caller holds the lock.
     async fn reclaim(&self, lease: LeaseRecord) -> Result<()> {
-        let rec = lease.ns;
+        let rec = lease.ns.clone();
         let vpc: Option<Vpc> = state::read_json_opt(&self.layout.vpc(&rec.vpc))?;
         let hub = self.hub(false)?;
         let reuse = self.opts.give_back == GiveBackPolicy::Reuse
@@ -881,8 +888,7 @@ impl Netplug {
                 .as_ref()
                 .is_some_and(|v| v.give_back == GiveBackPolicy::Reuse);
         if reuse && let Some(fd) = self.scrubbed(&rec).await {
-            state::write_json(&self.layout.ready(&rec.vpc, &rec.id), &rec)?;
-            state::remove_lease(&self.layout, &rec.id)?;
+            state::lease_to_ready(&self.layout, &lease)?;
             self.count(&rec.vpc, |c| c.reused += 1);
             self.pools
                 .lock()
