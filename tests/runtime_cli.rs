@@ -635,6 +635,22 @@ fn pause_resume_and_exec() {
     assert!(pid_alive(exec_pid));
     let pids: Vec<i32> = serde_json::from_str(&s.ok(&["ps", "--format", "json", &id])).unwrap();
     assert!(pids.contains(&exec_pid), "{pids:?} lacks {exec_pid}");
+    // A pid file that cannot be written fails the exec and stops the
+    // process it started: nothing untracked keeps running.
+    let bad = s.dir.path().join("no-such-dir").join("exec.pid");
+    let err = s.fails(&[
+        "exec",
+        "-d",
+        "--pid-file",
+        bad.to_str().unwrap(),
+        &id,
+        "sleep",
+        "999",
+    ]);
+    assert!(err.contains("no-such-dir"), "{err}");
+    let pids_after: Vec<i32> =
+        serde_json::from_str(&s.ok(&["ps", "--format", "json", &id])).unwrap();
+    assert_eq!(pids_after, pids, "the failed exec's process runs on");
 
     s.ok(&["pause", &id]);
     assert_eq!(s.status(&id), "paused");

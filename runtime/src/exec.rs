@@ -200,7 +200,9 @@ impl Container {
             Err(e) => return Err(kill_spawned(e.into())),
         }
         if let Some(p) = &opts.pid_file {
-            crate::container::write_pid_file(p, pid)?;
+            // No pid file, no process: the caller could not track it (runc
+            // stops it too).
+            crate::container::write_pid_file(p, pid).map_err(kill_spawned)?;
         }
         Ok(ExecProcess {
             pid,
