@@ -353,6 +353,14 @@ fn a_stale_give_back_leaves_a_retaken_namespace_to_its_new_holder() {
     let np = open_netplug(&root);
     np.create_vpc(native_vpc("r", "198.18.27.0/29", 1)).unwrap();
     assert_eq!(np.fill().unwrap(), 1);
+    // A VPC name is a path component of the records: one that climbs out
+    // is refused before it can reach another VPC's ready namespaces.
+    for bad in ["../ready/r", "r/..", ""] {
+        match np.take(bad, &Owner::this_process()) {
+            Err(NpError::InvalidName { .. }) => {}
+            other => panic!("take from VPC {bad:?}: {other:?}"),
+        }
+    }
     let as_container = |c: &str| Owner {
         container: Some(c.into()),
         ..Owner::this_process()

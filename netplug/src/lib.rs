@@ -795,6 +795,9 @@ impl Netplug {
     /// The non-blocking part of [`take`](Self::take): `None` if no ready
     /// namespace could be claimed.
     pub fn try_take(&self, vpc: &str, owner: &Owner) -> Result<Option<Lease>> {
+        // The name becomes a path (ready/<vpc>/): "../ready/other" would
+        // hand out another VPC's namespace.
+        validate_name(vpc)?;
         loop {
             let next = self
                 .pools
