@@ -391,6 +391,37 @@ fn a_stale_give_back_leaves_a_retaken_namespace_to_its_new_holder() {
 }
 
 #[test]
+fn a_state_root_whose_namespace_mounts_are_gone_recovers_at_gc() {
+    // As after a reboot: the records are there, the namespaces and their
+    // mounts are not (the mount points are plain files again).
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    let _vpcs = VpcGuard(root.clone());
+    let np = open_netplug(&root);
+    np.create_vpc(native_vpc("boot", "198.18.28.0/29", 2))
+        .unwrap();
+    assert_eq!(np.fill().unwrap(), 2);
+    drop(np);
+    let ns_dir = root.join(".netplug/ns");
+    nix::mount::umount2(&ns_dir, nix::mount::MntFlags::MNT_DETACH).unwrap();
+    assert!(ns_dir.join("hub").exists(), "the hub's mount point stays");
+
+    let np = open_netplug(&root);
+    let report = np.gc().unwrap();
+    assert!(!report.destroyed.is_empty(), "{report:?}");
+    // The pool works again: a new hub, a fresh namespace, plugged.
+    let lease = np.take("boot", &Owner::this_process()).unwrap();
+    let inside = in_ns(&lease.fd, || {
+        links_in(Path::new("/proc/thread-self/ns/net"))
+    });
+    assert!(inside.contains(&"eth0".to_string()), "{inside:?}");
+    np.give_back(&lease.id).unwrap();
+    drop(lease);
+    np.delete_vpc("boot", false).unwrap();
+    assert_no_netplug_leftovers(&root);
+}
+
+#[test]
 fn exhausted_subnet_is_a_clear_error_and_leaves_nothing() {
     let mut s = Sandbox::new("np-full");
     let _vpcs = VpcGuard(s.root.clone());

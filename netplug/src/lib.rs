@@ -315,6 +315,10 @@ impl Netplug {
         } else if create {
             state::mkdirs(&self.layout.ns_dir())?;
             netns::prepare_ns_dir(&self.layout.ns_dir())?;
+            // A mount point left by a hub that is gone (the node rebooted,
+            // or the mount namespace that held the mounts ended): an empty
+            // file that would make every create fail with EEXIST.
+            state::remove_file(&path)?;
             let forwarding = if self.hub_config()?.forwarding {
                 "1"
             } else {

@@ -103,12 +103,28 @@ pub fn ns_inode(fd: BorrowedFd<'_>) -> io::Result<u64> {
     }
 }
 
+/// Opens the network namespace mounted at `path`. A plain file there (the
+/// mount point of a namespace that is gone, e.g. after a reboot) is an
+/// error, not a namespace.
 pub fn open_ns(path: &Path) -> Result<OwnedFd> {
+    let what = || format!("opening namespace {}", path.display());
     let f = fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_CLOEXEC)
         .open(path)
-        .map_err(Error::sys(format!("opening namespace {}", path.display())))?;
+        .map_err(Error::sys(what()))?;
+    // SAFETY: fstatfs fills the zeroed struct for a valid fd.
+    let fs_type = unsafe {
+        let mut st: libc::statfs = std::mem::zeroed();
+        check(libc::fstatfs(f.as_raw_fd(), &mut st)).map_err(Error::sys(what()))?;
+        st.f_type as i64
+    };
+    if fs_type != NSFS_MAGIC {
+        return Err(Error::sys(what())(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "not a namespace (its mount is gone)",
+        )));
+    }
     Ok(f.into())
 }
 
