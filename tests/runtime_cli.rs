@@ -97,7 +97,14 @@ fn delete_force_and_kill_all() {
     let table = s.ok(&["ps", &id]);
     assert!(table.lines().next().unwrap().contains("PID"));
     assert!(table.lines().count() >= 4, "{table}");
+    // Signalled while paused (kill --all freezes around its signals, but
+    // must not thaw a container the user paused), the processes get the
+    // signal once resumed.
+    s.ok(&["pause", &id]);
     s.ok(&["kill", "--all", &id, "TERM"]);
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(s.status(&id), "paused");
+    s.ok(&["resume", &id]);
     assert!(wait_until(Duration::from_secs(5), || s.status(&id) == "stopped"));
     s.ok(&["delete", &id]);
     s.assert_clean(&id);

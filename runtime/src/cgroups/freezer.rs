@@ -87,6 +87,10 @@ impl Cgroup {
     /// `cgroup.kill` where a cgroup2 directory exists; otherwise the cgroup
     /// is frozen, each process signalled, and thawed, so no process can fork
     /// past the kill. Processes leave the cgroup asynchronously afterwards.
+    /// Other signals are sent with the cgroup frozen too (as runc does): no
+    /// process forks past them, and none can exit, so no pid read from
+    /// `cgroup.procs` is reused by someone else's process before its
+    /// signal. A cgroup the user paused stays paused.
     pub fn kill_all(&self, signal: i32) -> Result<()> {
         if signal == libc::SIGKILL {
             if let Some(u) = self.s.unified.as_deref()
@@ -111,14 +115,24 @@ impl Cgroup {
                 }
             }
             if let Some(fz) = self.v1_dir("freezer") {
-                v1_set(fz, true)?;
-                let sent = self.signal_each(signal);
-                let thawed = v1_set(fz, false);
-                sent?;
-                return thawed;
+                return self.signal_each_frozen(fz, signal);
             }
         }
+        if let Some(fz) = self.v1_dir("freezer")
+            && !self.is_frozen()?
+        {
+            return self.signal_each_frozen(fz, signal);
+        }
         self.signal_each(signal)
+    }
+
+    /// Freezes the v1 freezer cgroup `fz`, signals each process, thaws.
+    fn signal_each_frozen(&self, fz: &Path, signal: i32) -> Result<()> {
+        v1_set(fz, true)?;
+        let sent = self.signal_each(signal);
+        let thawed = v1_set(fz, false);
+        sent?;
+        thawed
     }
 
     fn signal_each(&self, signal: i32) -> Result<()> {
