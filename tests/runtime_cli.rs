@@ -295,6 +295,66 @@ fn rro_makes_submounts_read_only_too() {
     s.assert_clean(&s.id.clone());
 }
 
+/// Entries of the host's temporary directory named like tmpcopyup's
+/// staging directories.
+fn copyup_staging_dirs() -> Vec<String> {
+    fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".sprout-copyup-"))
+        .collect()
+}
+
+#[test]
+fn tmpcopyup_copies_the_image_and_a_failed_one_leaves_nothing() {
+    let mut s = Sandbox::new("copyup");
+    let etc = s.bundle.join("rootfs/etc");
+    fs::create_dir_all(&etc).unwrap();
+    fs::write(etc.join("from-image"), "image\n").unwrap();
+    fs::write(etc.join("big"), vec![b'x'; 256 * 1024]).unwrap();
+    let base = s.config()["mounts"].clone();
+    let with_etc = |s: &mut Sandbox, size: &str| {
+        let mut mounts = base.clone();
+        mounts.as_array_mut().unwrap().push(serde_json::json!(
+            {"destination": "/etc", "type": "tmpfs", "source": "tmpfs",
+             "options": ["tmpcopyup", "nosuid", format!("size={size}")]}
+        ));
+        s.config()["mounts"] = mounts;
+    };
+    with_etc(&mut s, "1m");
+    let (code, out, err) = run_with(
+        &mut s,
+        &[
+            "sh",
+            "-c",
+            "cat /etc/from-image; echo new > /etc/from-image && cat /etc/from-image",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "image\nnew\n");
+    // Written on the tmpfs, not through to the image.
+    assert_eq!(
+        fs::read_to_string(etc.join("from-image")).unwrap(),
+        "image\n"
+    );
+    s.assert_clean(&s.id.clone());
+
+    // Too small for the image's /etc: the create fails, naming the mount,
+    // and its staging directory in the host's /tmp is gone too.
+    let before = copyup_staging_dirs();
+    with_etc(&mut s, "16k");
+    let (code, _, err) = run_with(&mut s, &["true"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("/etc") && err.contains("tmpcopyup"), "{err}");
+    let left: Vec<String> = copyup_staging_dirs()
+        .into_iter()
+        .filter(|d| !before.contains(d))
+        .collect();
+    assert!(left.is_empty(), "staging directories left: {left:?}");
+    s.assert_clean(&s.id.clone());
+}
+
 #[test]
 fn mounts_masked_and_readonly_paths() {
     let mut s = Sandbox::new("mounts");

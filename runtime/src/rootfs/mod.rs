@@ -8,7 +8,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use nix::mount::MsFlags;
+use nix::mount::{MntFlags, MsFlags};
 use nix::sys::stat::{Mode, SFlag};
 use oci_spec::runtime::{LinuxDevice, LinuxDeviceType, Mount};
 use serde::{Deserialize, Serialize};
@@ -349,15 +349,18 @@ fn tmpfs_copyup(
         }
     };
     let staging = tempfile_dir().map_err(err("tmpcopyup staging dir"))?;
+    sys.mount(
+        Some(Path::new("tmpfs")),
+        &staging,
+        Some("tmpfs"),
+        flags,
+        data,
+    )
+    .map_err(err("tmpfs"))
+    .inspect_err(|_| {
+        let _ = std::fs::remove_dir(&staging);
+    })?;
     let result = (|| {
-        sys.mount(
-            Some(Path::new("tmpfs")),
-            &staging,
-            Some("tmpfs"),
-            flags,
-            data,
-        )
-        .map_err(err("tmpfs"))?;
         copy_tree(target, &staging).map_err(err("tmpcopyup copy"))?;
         let mounted = sys
             .resolve_in_root(&cfg.rootfs, dest, CreateKind::Nothing)
@@ -365,14 +368,28 @@ fn tmpfs_copyup(
         sys.mount(Some(&staging), &mounted.path, None, MsFlags::MS_MOVE, None)
             .map_err(err("moving tmpfs into place"))
     })();
+    if result.is_err() {
+        // Still mounted on the staging directory, which lives in the
+        // host's temporary directory: it could not be removed, and would
+        // outlive the container.
+        let _ = sys.umount(&staging, MntFlags::MNT_DETACH);
+    }
     let _ = std::fs::remove_dir(&staging);
     result
 }
 
+/// A fresh staging directory. Its name cannot rely on the pid: the
+/// container's helper is pid 1 of its namespace, like every other one.
 fn tempfile_dir() -> io::Result<PathBuf> {
     let base = std::env::temp_dir();
-    for n in 0..100u32 {
-        let p = base.join(format!(".sprout-copyup-{}-{n}", std::process::id()));
+    for _ in 0..100u32 {
+        let mut nonce = [0u8; 8];
+        // SAFETY: getrandom writes at most nonce.len() bytes into nonce.
+        let got = unsafe { libc::getrandom(nonce.as_mut_ptr().cast(), nonce.len(), 0) };
+        if got != nonce.len() as isize {
+            return Err(io::Error::last_os_error());
+        }
+        let p = base.join(format!(".sprout-copyup-{:016x}", u64::from_ne_bytes(nonce)));
         match std::fs::create_dir(&p) {
             Ok(()) => return Ok(p),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
