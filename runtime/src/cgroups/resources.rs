@@ -239,11 +239,15 @@ fn memory_v1(fs: &dyn CgroupFs, cg: &SavedCgroup, m: &LinuxMemory) -> Result<()>
             "memory.kernel / memory.kernelTCP are deprecated and ignored (as runc does)"
         );
     }
-    let limit = m.limit();
-    let mut swap = m.swap();
+    // 0 means "not set" for these, as in runc (whose specs and callers
+    // use it so): writing it would OOM-kill the init at once (limit) or
+    // refuse the container (swap below the limit).
+    let limit = m.limit().filter(|&v| v != 0);
+    let mut swap = m.swap().filter(|&v| v != 0);
+    let reservation = m.reservation().filter(|&v| v != 0);
     check_mem_value("memory.limit", limit)?;
     check_mem_value("memory.swap", swap)?;
-    check_mem_value("memory.reservation", m.reservation())?;
+    check_mem_value("memory.reservation", reservation)?;
     if let Some(s) = m.swappiness()
         && s > 100
     {
@@ -254,7 +258,7 @@ fn memory_v1(fs: &dyn CgroupFs, cg: &SavedCgroup, m: &LinuxMemory) -> Result<()>
     }
     if limit.is_none()
         && swap.is_none()
-        && m.reservation().is_none()
+        && reservation.is_none()
         && m.swappiness().is_none()
         && m.disable_oom_killer() != Some(true)
         && m.use_hierarchy().is_none()
@@ -314,7 +318,7 @@ fn memory_v1(fs: &dyn CgroupFs, cg: &SavedCgroup, m: &LinuxMemory) -> Result<()>
         (None, Some(s)) => fsio::write(fs, dir, MEMSW_LIMIT, &v1_bytes(s))?,
         (None, None) => {}
     }
-    if let Some(r) = m.reservation() {
+    if let Some(r) = reservation {
         fsio::write(fs, dir, "memory.soft_limit_in_bytes", &v1_bytes(r))?;
     }
     if let Some(s) = m.swappiness() {
@@ -1085,6 +1089,22 @@ mod tests {
             "{err}"
         );
         assert!(fs.taken().is_empty());
+    }
+
+    #[test]
+    fn v1_memory_zero_means_unset() {
+        // A limit with swap 0: only the limit, even without swap
+        // accounting (runc's reading of 0).
+        let fs = RecordingFs::default().without("/cg/memory/x/memory.memsw.limit_in_bytes");
+        apply(&fs, &v1_cg(false), &mem(Some(64 << 20), Some(0))).unwrap();
+        assert_eq!(
+            fs.taken(),
+            w(&[("/cg/memory/x/memory.limit_in_bytes", "67108864")])
+        );
+        // A limit of 0 is no limit, not an instant OOM kill.
+        let fs = RecordingFs::default();
+        apply(&fs, &v1_cg(false), &mem(Some(0), Some(0))).unwrap();
+        assert!(fs.taken().is_empty(), "{:?}", fs.taken());
     }
 
     #[test]
