@@ -120,6 +120,42 @@ fn delete_force_and_kill_all() {
 }
 
 #[test]
+fn processes_in_a_cgroup_below_the_containers_are_listed_and_signalled() {
+    // A container that made a cgroup of its own inside its cgroup (as
+    // systemd does): here the test moves the container's sleep there, in
+    // the freezer hierarchy the runtime lists processes from.
+    let mut s = Sandbox::new("nestcg");
+    s.set_args(&["sh", "-c", "sleep 1000 & wait"]);
+    let id = s.id.clone();
+    s.ok(&["run", "-d", "--bundle", s.bundle_str(), &id]);
+    let pids =
+        || -> Vec<i32> { serde_json::from_str(&s.ok(&["ps", "--format", "json", &id])).unwrap() };
+    assert!(wait_until(Duration::from_secs(5), || pids().len() == 2));
+    let init = s.state(&id)["pid"].as_i64().unwrap() as i32;
+    let sleep = *pids().iter().find(|&&p| p != init).unwrap();
+    let cg = fs::read_to_string(format!("/proc/{sleep}/cgroup")).unwrap();
+    let freezer = cg
+        .lines()
+        .find_map(|l| l.split_once(":freezer:").map(|(_, p)| p.to_string()))
+        .expect("a v1 freezer line");
+    let sub = std::path::PathBuf::from(format!("/sys/fs/cgroup/freezer{freezer}/sub"));
+    fs::create_dir(&sub).unwrap();
+    fs::write(sub.join("cgroup.procs"), sleep.to_string()).unwrap();
+    let listed = pids();
+    assert!(listed.contains(&sleep), "{listed:?} lacks {sleep}");
+    // kill --all reaches it (the init, pid 1 of its namespace, ignores
+    // TERM: it has no handler).
+    s.ok(&["kill", "--all", &id, "TERM"]);
+    assert!(
+        wait_until(Duration::from_secs(5), || !pids().contains(&sleep)),
+        "{:?}",
+        pids()
+    );
+    s.ok(&["delete", "--force", &id]);
+    s.assert_clean(&id);
+}
+
+#[test]
 fn deleting_a_container_leaves_a_shared_parent_cgroup_and_its_sibling_alone() {
     // a makes the parent cgroup, b is made below it too; deleting a must
     // neither wait on nor touch b's cgroup.

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use super::error::{CgroupError, Result};
 use super::fsio::{self, RealFs};
-use super::{Cgroup, Layout, read_procs};
+use super::{Cgroup, Layout, read_procs_tree};
 
 /// How long a freeze or thaw may take to settle.
 const FREEZE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -102,11 +102,11 @@ impl Cgroup {
                 }
                 // Hybrid: anything in the v1 cgroup that never joined the
                 // unified one (moved in by someone else) still needs it.
-                let unified: Vec<i32> = read_procs(u)?;
+                let unified: Vec<i32> = read_procs_tree(u)?;
                 let Some(v1) = self.procs_dir() else {
                     return Ok(());
                 };
-                let rest: Vec<i32> = read_procs(v1)?
+                let rest: Vec<i32> = read_procs_tree(v1)?
                     .into_iter()
                     .filter(|p| !unified.contains(p))
                     .collect();
@@ -139,7 +139,7 @@ impl Cgroup {
         let Some(dir) = self.procs_dir() else {
             return Ok(());
         };
-        for pid in read_procs(dir)? {
+        for pid in read_procs_tree(dir)? {
             if pid <= 0 {
                 continue; // not visible in our pid namespace
             }

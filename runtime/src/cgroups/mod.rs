@@ -319,10 +319,11 @@ impl Cgroup {
             .or(self.s.unified.as_deref())
     }
 
-    /// The processes in this cgroup (`cgroup.procs`).
+    /// The processes in this cgroup and in any cgroup below it (one the
+    /// container made for itself, as systemd does), as runc lists them.
     pub fn procs(&self) -> Result<Vec<i32>> {
         match self.procs_dir() {
-            Some(dir) => read_procs(dir),
+            Some(dir) => read_procs_tree(dir),
             None => Ok(Vec::new()),
         }
     }
@@ -490,6 +491,25 @@ pub(crate) fn read_procs(dir: &Path) -> Result<Vec<i32>> {
                 .map_err(|_| fsio::parse_err(dir, "cgroup.procs", format!("bad pid {l:?}")))
         })
         .collect()
+}
+
+/// `cgroup.procs` of `dir` and of every cgroup below it. A child cgroup
+/// removed while it is read is skipped.
+pub(crate) fn read_procs_tree(dir: &Path) -> Result<Vec<i32>> {
+    let mut pids = read_procs(dir)?;
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            match read_procs_tree(&entry.path()) {
+                Ok(more) => pids.extend(more),
+                Err(_) if !entry.path().exists() => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(pids)
 }
 
 /// Removes `dir` (and any child cgroups below it), retrying EBUSY until
