@@ -8,7 +8,7 @@
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::Spec;
@@ -230,8 +230,13 @@ impl ContainerDir {
         if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } < 0 {
             return Err(io(io::Error::last_os_error()));
         }
-        // The directory may have been deleted while we waited for the lock.
-        if !path.exists() {
+        // The directory may have been deleted while we waited for the lock,
+        // and even made again for a new container of the same id: the
+        // lock is good only if the path still names the locked directory.
+        let locked = lock.metadata().map_err(io)?;
+        let same = fs::metadata(&path)
+            .is_ok_and(|now| (now.dev(), now.ino()) == (locked.dev(), locked.ino()));
+        if !same {
             return Err(StateError::NotFound(id.to_string()));
         }
         Ok(Self {
@@ -330,6 +335,28 @@ pub fn rfc3339(t: std::time::SystemTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lock_waited_for_across_a_delete_and_recreate_is_not_granted() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = StateStore::open(dir.path()).unwrap();
+        let first = root.create("c").unwrap();
+        fs::write(dir.path().join("c").join(STATE_FILE), "{}").unwrap();
+        let waiting = std::thread::spawn({
+            let root = root.clone();
+            move || root.open_container("c").map(|_| ())
+        });
+        // Let the other thread block on the lock of the old directory.
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        fs::remove_dir_all(dir.path().join("c")).unwrap();
+        let second = root.create("c").unwrap();
+        drop(first);
+        assert!(matches!(
+            waiting.join().unwrap(),
+            Err(StateError::NotFound(_))
+        ));
+        drop(second);
+    }
 
     #[test]
     fn stat_parsing_survives_odd_names() {
