@@ -66,6 +66,19 @@ fn checkpoint(s: &Sandbox, id: &str) -> PathBuf {
     img
 }
 
+/// `checkpoint --leave-running` of `id` to `<dir>/image`; returns the image.
+fn checkpoint_leave_running(s: &Sandbox, id: &str) -> PathBuf {
+    let img = s.dir.path().join("image");
+    s.ok(&[
+        "checkpoint",
+        "--leave-running",
+        "--image-path",
+        img.to_str().unwrap(),
+        id,
+    ]);
+    img
+}
+
 /// A checkpoint of `id` that must fail: it writes no image and leaves the
 /// container running. Returns the error.
 fn refused_checkpoint(s: &Sandbox, id: &str) -> String {
@@ -254,14 +267,7 @@ fn leave_running_keeps_the_process_going() {
     let s = program_sandbox("snapleave", "counter", &["10"]);
     let (id, out) = run_detached(&s, "out");
     assert!(wait_until(Duration::from_secs(10), || lines(&out).len() >= 3));
-    let img = s.dir.path().join("image");
-    s.ok(&[
-        "checkpoint",
-        "--leave-running",
-        "--image-path",
-        img.to_str().unwrap(),
-        &id,
-    ]);
+    checkpoint_leave_running(&s, &id);
     let n = lines(&out).len();
     assert!(
         wait_until(Duration::from_secs(10), || lines(&out).len() >= n + 5),
@@ -294,14 +300,7 @@ fn a_thread_caught_inside_an_rseq_critical_section_is_aborted_live_and_restored(
     let s = program_sandbox("snaprseq", "rseqspin", &[]);
     let (id, out1) = run_detached(&s, "out1");
     assert!(has_lines(&out1, 3), "{}", stderr_of(&out1));
-    let img = s.dir.path().join("image");
-    s.ok(&[
-        "checkpoint",
-        "--leave-running",
-        "--image-path",
-        img.to_str().unwrap(),
-        &id,
-    ]);
+    let img = checkpoint_leave_running(&s, &id);
     let n = lines(&out1).len();
     assert!(has_lines(&out1, n + 5), "{}", stderr_of(&out1));
     let live = abort_counts(&lines(&out1)[n..]);
