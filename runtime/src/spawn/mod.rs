@@ -393,20 +393,28 @@ fn finish_spawn(
         nix::unistd::write(&w, &[1]).map_err(|e| SpawnError::Prepare(e.into()))?;
     }
     let mut init_pid = child;
-    loop {
+    let read = (|| loop {
         let (tag, value) = match read_record(file)? {
             // A gated child cannot have exec'd yet: it died.
             None if gated => return Err(SpawnError::Protocol),
-            None => break,
+            None => return Ok(()),
             Some(r) => r,
         };
         if tag == TAG_PID && via_intermediate {
             init_pid = Pid::from_raw(value);
         } else if tag == TAG_AT_GATE && gated {
-            break;
+            return Ok(());
         } else {
             return Err(step_failed(tag, value));
         }
+    })();
+    if let Err(e) = read {
+        // The init the intermediate reported is our child too (cloned
+        // with CLONE_PARENT): the caller reaps only the intermediate.
+        if init_pid != child {
+            kill_and_reap(init_pid);
+        }
+        return Err(e);
     }
     if via_intermediate {
         // The intermediate exits right after reporting; the init, cloned
