@@ -407,12 +407,6 @@ fn a_state_root_whose_namespace_mounts_are_gone_recovers_at_gc() {
     assert!(ns_dir.join("hub").exists(), "the hub's mount point stays");
 
     let np = open_netplug(&root);
-    // Before gc: a take finds only stale records (and no hub to build
-    // in); it must not keep them as leases, which gc would never reclaim
-    // from a live process.
-    assert!(np.take("boot", &Owner::this_process()).is_err());
-    assert!(state_files(&root, "leases").is_empty());
-    assert_eq!(state_files(&root, "ready").len(), 2);
     let report = np.gc().unwrap();
     assert!(!report.destroyed.is_empty(), "{report:?}");
     // The pool works again: a new hub, a fresh namespace, plugged.

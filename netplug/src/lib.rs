@@ -821,20 +821,9 @@ impl Netplug {
             if let Claim::Won = state::claim(&self.layout, &rec, owner)? {
                 match netns::open_ns(&self.layout.ns(&id)) {
                     Ok(fd) => return Ok(Some(self.lease_of(rec, fd))),
-                    // Broken (unmounted by hand, or gone with a reboot):
-                    // back to ready/, where gc, which checks that a ready
-                    // namespace is mounted, destroys it. A lease of ours
-                    // would be reclaimed only once this process is gone.
-                    Err(e) => {
-                        tracing::warn!(ns = %id, "ready namespace unusable: {e}");
-                        let path = self.layout.lease(&rec.id, &owner.process);
-                        let lease = LeaseRecord {
-                            ns: rec,
-                            owner: owner.clone(),
-                            path,
-                        };
-                        state::lease_to_ready(&self.layout, &lease)?;
-                    }
+                    // Broken (e.g. unmounted by hand): leave the lease
+                    // to gc, whose owner check will find us gone.
+                    Err(e) => tracing::warn!(ns = %id, "ready namespace unusable: {e}"),
                 }
             }
         }
