@@ -350,14 +350,33 @@ fn tmpcopyup_copies_the_image_and_a_failed_one_leaves_nothing() {
     fs::write(etc.join("from-image"), "image\n").unwrap();
     fs::write(etc.join("big"), vec![b'x'; 256 * 1024]).unwrap();
     let base = s.config()["mounts"].clone();
-    let with_etc = |s: &mut Sandbox, size: &str| {
+    let with_etc_opts = |s: &mut Sandbox, size: &str, extra: &[&str]| {
         let mut mounts = base.clone();
+        let mut options = vec![
+            "tmpcopyup".to_string(),
+            "nosuid".into(),
+            format!("size={size}"),
+        ];
+        options.extend(extra.iter().map(|o| o.to_string()));
         mounts.as_array_mut().unwrap().push(serde_json::json!(
-            {"destination": "/etc", "type": "tmpfs", "source": "tmpfs",
-             "options": ["tmpcopyup", "nosuid", format!("size={size}")]}
+            {"destination": "/etc", "type": "tmpfs", "source": "tmpfs", "options": options}
         ));
         s.config()["mounts"] = mounts;
     };
+    let with_etc = |s: &mut Sandbox, size: &str| with_etc_opts(s, size, &[]);
+    // With rro too: copied, then read-only.
+    with_etc_opts(&mut s, "1m", &["rro"]);
+    let (code, out, err) = run_with(
+        &mut s,
+        &[
+            "sh",
+            "-c",
+            "cat /etc/from-image; (echo x > /etc/new) 2>/dev/null && echo rw || echo ro",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "image\nro\n");
+    s.assert_clean(&s.id.clone());
     with_etc(&mut s, "1m");
     let (code, out, err) = run_with(
         &mut s,

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 /// The port the function listens on.
 pub const PORT: u16 = 8080;
 
-/// A binary of this build (`target/<profile>/NAME`).
+/// A binary of this build (`target/<triple>/<profile>/NAME`).
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     exe.parent().unwrap().parent().unwrap().join(name)

@@ -87,10 +87,12 @@ impl Cgroup {
     /// `cgroup.kill` where a cgroup2 directory exists; otherwise the cgroup
     /// is frozen, each process signalled, and thawed, so no process can fork
     /// past the kill. Processes leave the cgroup asynchronously afterwards.
-    /// Other signals are sent with the cgroup frozen too (as runc does): no
-    /// process forks past them, and none can exit, so no pid read from
-    /// `cgroup.procs` is reused by someone else's process before its
-    /// signal. A cgroup the user paused stays paused.
+    /// With a v1 freezer, other signals are sent with the cgroup frozen
+    /// too (as runc does there): no process forks past them, and none can
+    /// exit, so no pid read from `cgroup.procs` is reused by someone else's
+    /// process before its signal. A cgroup the user paused stays paused.
+    /// (A pause racing this kill can be undone by its thaw: kill takes no
+    /// container lock.)
     pub fn kill_all(&self, signal: i32) -> Result<()> {
         if signal == libc::SIGKILL {
             if let Some(u) = self.s.unified.as_deref()

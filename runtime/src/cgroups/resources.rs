@@ -883,11 +883,14 @@ fn memory_v2(fs: &dyn CgroupFs, dir: &Path, m: &LinuxMemory) -> Result<()> {
             "memory.disableOOMKiller has no cgroup v2 equivalent; ignored (as runc does)"
         );
     }
-    check_mem_value("memory.limit", m.limit())?;
-    check_mem_value("memory.reservation", m.reservation())?;
-    let swap = swap_to_v2(m.swap(), m.limit())?;
+    // 0 is "not set", as on v1 (and in runc).
+    let limit = m.limit().filter(|&v| v != 0);
+    let reservation = m.reservation().filter(|&v| v != 0);
+    check_mem_value("memory.limit", limit)?;
+    check_mem_value("memory.reservation", reservation)?;
+    let swap = swap_to_v2(m.swap(), limit)?;
     if m.check_before_update() == Some(true) {
-        check_before_update(fs, dir, "memory.current", m.limit())?;
+        check_before_update(fs, dir, "memory.current", limit)?;
     }
     if let Some(s) = swap {
         if fs.exists(&dir.join("memory.swap.max")) {
@@ -899,10 +902,10 @@ fn memory_v2(fs: &dyn CgroupFs, dir: &Path, m: &LinuxMemory) -> Result<()> {
             });
         }
     }
-    if let Some(l) = m.limit() {
+    if let Some(l) = limit {
         fsio::write(fs, dir, "memory.max", &v2_bytes(l))?;
     }
-    if let Some(r) = m.reservation() {
+    if let Some(r) = reservation {
         fsio::write(fs, dir, "memory.low", &v2_bytes(r))?;
     }
     Ok(())

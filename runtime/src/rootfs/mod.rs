@@ -245,7 +245,11 @@ fn mount_one(sys: &dyn Syscall, cfg: &RootfsConfig, m: &Mount) -> Result<(), Roo
         move |source| RootfsError::Mount { what, dest, source }
     };
     if typ == "cgroup" || typ == "cgroup2" {
-        return mount_cgroups(sys, cfg, m, &opts.flags);
+        mount_cgroups(sys, cfg, m, &opts.flags)?;
+        if opts.recursive_readonly {
+            recursive_readonly(sys, cfg, dest).map_err(err("making it read-only recursively"))?;
+        }
+        return Ok(());
     }
     if opts.is_bind() || typ == "bind" {
         let source = match m.source() {
@@ -305,7 +309,11 @@ fn mount_one(sys: &dyn Syscall, cfg: &RootfsConfig, m: &Mount) -> Result<(), Roo
     let source = m.source().clone().unwrap_or_else(|| PathBuf::from(typ));
     let data = (!opts.data.is_empty()).then_some(opts.data.as_str());
     if opts.tmpcopyup && typ == "tmpfs" {
-        return tmpfs_copyup(sys, cfg, dest, &target.path, opts.flags, data);
+        tmpfs_copyup(sys, cfg, dest, &target.path, opts.flags, data)?;
+        if opts.recursive_readonly {
+            recursive_readonly(sys, cfg, dest).map_err(err("making it read-only recursively"))?;
+        }
+        return Ok(());
     }
     sys.mount(Some(&source), &target.path, Some(typ), opts.flags, data)
         .map_err(err(typ))?;

@@ -417,13 +417,21 @@ fn finish_spawn(
         return Err(e);
     }
     if via_intermediate {
-        // The intermediate exits right after reporting; the init, cloned
-        // with CLONE_PARENT, is our child too.
-        let _ = nix::sys::wait::waitpid(child, None);
+        // The init, cloned with CLONE_PARENT, is our child too. The
+        // intermediate exits right after reporting; it is reaped last, so
+        // that on an error here the caller still kills and reaps a pid of
+        // ours (a reaped one could be someone else's by then).
         if init_pid == child {
             return Err(SpawnError::Protocol);
         }
-        pidfd = Some(pidfd_open(init_pid.as_raw()).map_err(SpawnError::Prepare)?);
+        match pidfd_open(init_pid.as_raw()) {
+            Ok(fd) => pidfd = Some(fd),
+            Err(e) => {
+                kill_and_reap(init_pid);
+                return Err(SpawnError::Prepare(e));
+            }
+        }
+        let _ = nix::sys::wait::waitpid(child, None);
     }
     Ok(Spawned {
         pid: init_pid,

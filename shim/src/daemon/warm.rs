@@ -168,6 +168,14 @@ enum Role {
     Releasing,
 }
 
+impl Role {
+    /// Claimed, or on its way back from a claim: busy for the policy's
+    /// sizing (a reconcile must not replace it while it is released).
+    fn is_handed_out(&self) -> bool {
+        matches!(self, Role::Claimed { .. } | Role::Releasing)
+    }
+}
+
 #[derive(Clone, Debug)]
 struct LeaseRecord {
     function: String,
@@ -329,7 +337,7 @@ impl PoolState {
         let claimed = self
             .members
             .values()
-            .filter(|m| m.function == key && matches!(m.role, Role::Claimed { .. }))
+            .filter(|m| m.function == key && m.role.is_handed_out())
             .count() as u32;
         let busy = claimed + self.slots.busy_count(&key) as u32;
         let loaded = self.slots.instance_count(&key) as u32 + claimed;
@@ -697,7 +705,7 @@ impl Daemon {
                     g.busy += st
                         .members
                         .values()
-                        .filter(|m| &m.function == name && matches!(m.role, Role::Claimed { .. }))
+                        .filter(|m| &m.function == name && m.role.is_handed_out())
                         .count() as u64;
                     g
                 })

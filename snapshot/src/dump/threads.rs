@@ -58,8 +58,11 @@ fn pending(infos: Vec<SigInfo>) -> Vec<PendingSignal> {
 /// and whose `struct rseq`'s `rseq_cs` points at the descriptor `desc`
 /// (uapi `struct rseq_cs`: version, flags, start_ip, post_commit_offset,
 /// abort_ip): the abort handler if `rip` is inside the section, else
-/// nowhere. A descriptor the kernel would reject (version not 0) is left
-/// for the kernel to reject (it kills the thread on resume).
+/// nowhere. A descriptor whose version is not 0 is left alone (the kernel
+/// kills the thread on resume). The kernel's other checks (the signature
+/// before `abort_ip`, its bounds) are not repeated: a thread whose
+/// descriptor fails them is moved to `abort_ip`, where the kernel would
+/// have killed it.
 fn rseq_abort_ip(rip: u64, desc: &[u8; RSEQ_CS_SIZE]) -> Option<u64> {
     let word = |i: usize| u64::from_le_bytes(desc[i..i + 8].try_into().unwrap());
     let version = u32::from_le_bytes(desc[0..4].try_into().unwrap());
