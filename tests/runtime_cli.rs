@@ -163,11 +163,24 @@ fn deleting_a_container_leaves_a_shared_parent_cgroup_and_its_sibling_alone() {
     s.set_args(&["sleep", "1000"]);
     let parent = format!("{}-grp", s.cgroup);
     let ids = [format!("{}-a", s.id), format!("{}-b", s.id)];
+    /// On a failed assertion too: the containers, then the parent.
+    struct Cleanup<'a>(&'a Sandbox, &'a [String], &'a str);
+    impl Drop for Cleanup<'_> {
+        fn drop(&mut self) {
+            for id in self.1 {
+                let _ = self.0.sprout(&["delete", "--force", id]);
+            }
+            for dir in cgroup_leftovers(self.2) {
+                let _ = fs::remove_dir(&dir);
+            }
+        }
+    }
     for id in &ids {
         s.config()["linux"]["cgroupsPath"] = format!("{parent}/{id}").into();
         s.write_config();
         s.ok(&["run", "-d", "--bundle", s.bundle_str(), id]);
     }
+    let cleanup = Cleanup(&s, &ids, &parent);
     s.ok(&["delete", "--force", &ids[0]]);
     assert!(
         cgroup_leftovers(&ids[0]).is_empty(),
@@ -180,9 +193,7 @@ fn deleting_a_container_leaves_a_shared_parent_cgroup_and_its_sibling_alone() {
     assert!(memory.contains(&format!("{parent}/{}", ids[1])), "{memory}");
     s.ok(&["delete", "--force", &ids[1]]);
     // The parent was a's, busy when a went: left, like runc leaves parents.
-    for dir in cgroup_leftovers(&parent) {
-        fs::remove_dir(&dir).unwrap();
-    }
+    drop(cleanup);
     for id in &ids {
         s.assert_clean(id);
     }
