@@ -13,7 +13,7 @@ use nix::sys::stat::{Mode, SFlag};
 use oci_spec::runtime::{LinuxDevice, LinuxDeviceType, Mount};
 use serde::{Deserialize, Serialize};
 
-use crate::mount_options::parse_mount_options;
+use crate::mount_options::{MountOptions, parse_mount_options};
 use crate::mountinfo;
 use crate::syscall::{CreateKind, Syscall};
 
@@ -238,6 +238,26 @@ fn mount_one(sys: &dyn Syscall, cfg: &RootfsConfig, m: &Mount) -> Result<(), Roo
                 reason,
             }
         })?;
+    make_mount(sys, cfg, m, &opts)?;
+    // `rro`, whatever the mount: it and every mount below it read-only.
+    if opts.recursive_readonly {
+        recursive_readonly(sys, cfg, dest).map_err(|source| RootfsError::Mount {
+            what: "making it read-only recursively".into(),
+            dest: dest.clone(),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+/// Makes mount `m` (with its parsed options) at its destination.
+fn make_mount(
+    sys: &dyn Syscall,
+    cfg: &RootfsConfig,
+    m: &Mount,
+    opts: &MountOptions,
+) -> Result<(), RootfsError> {
+    let dest = m.destination();
     let typ = m.typ().as_deref().unwrap_or("");
     let err = |what: &str| {
         let what = what.to_string();
@@ -245,11 +265,7 @@ fn mount_one(sys: &dyn Syscall, cfg: &RootfsConfig, m: &Mount) -> Result<(), Roo
         move |source| RootfsError::Mount { what, dest, source }
     };
     if typ == "cgroup" || typ == "cgroup2" {
-        mount_cgroups(sys, cfg, m, &opts.flags)?;
-        if opts.recursive_readonly {
-            recursive_readonly(sys, cfg, dest).map_err(err("making it read-only recursively"))?;
-        }
-        return Ok(());
+        return mount_cgroups(sys, cfg, m, &opts.flags);
     }
     if opts.is_bind() || typ == "bind" {
         let source = match m.source() {
@@ -298,9 +314,6 @@ fn mount_one(sys: &dyn Syscall, cfg: &RootfsConfig, m: &Mount) -> Result<(), Roo
                     .map_err(err("setting propagation"))?;
             }
         }
-        if opts.recursive_readonly {
-            recursive_readonly(sys, cfg, dest).map_err(err("making it read-only recursively"))?;
-        }
         return Ok(());
     }
     let target = sys
@@ -309,11 +322,7 @@ fn mount_one(sys: &dyn Syscall, cfg: &RootfsConfig, m: &Mount) -> Result<(), Roo
     let source = m.source().clone().unwrap_or_else(|| PathBuf::from(typ));
     let data = (!opts.data.is_empty()).then_some(opts.data.as_str());
     if opts.tmpcopyup && typ == "tmpfs" {
-        tmpfs_copyup(sys, cfg, dest, &target.path, opts.flags, data)?;
-        if opts.recursive_readonly {
-            recursive_readonly(sys, cfg, dest).map_err(err("making it read-only recursively"))?;
-        }
-        return Ok(());
+        return tmpfs_copyup(sys, cfg, dest, &target.path, opts.flags, data);
     }
     sys.mount(Some(&source), &target.path, Some(typ), opts.flags, data)
         .map_err(err(typ))?;
@@ -325,9 +334,6 @@ fn mount_one(sys: &dyn Syscall, cfg: &RootfsConfig, m: &Mount) -> Result<(), Roo
             sys.mount(None, &mounted.path, None, *p, None)
                 .map_err(err("setting propagation"))?;
         }
-    }
-    if opts.recursive_readonly {
-        recursive_readonly(sys, cfg, dest).map_err(err("making it read-only recursively"))?;
     }
     Ok(())
 }
