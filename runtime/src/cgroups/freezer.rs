@@ -94,47 +94,40 @@ impl Cgroup {
     /// (A pause racing this kill can be undone by its thaw: kill takes no
     /// container lock.)
     pub fn kill_all(&self, signal: i32) -> Result<()> {
-        if signal == libc::SIGKILL {
-            if let Some(u) = self.s.unified.as_deref()
-                && u.join("cgroup.kill").exists()
-            {
-                fsio::write(&RealFs, u, "cgroup.kill", "1")?;
-                if self.s.layout == Layout::V2 {
-                    return Ok(());
-                }
-                // Hybrid: anything in the v1 cgroup that never joined the
-                // unified one (moved in by someone else) still needs it.
-                let unified: Vec<i32> = read_procs_tree(u)?;
-                let Some(v1) = self.procs_dir() else {
-                    return Ok(());
-                };
-                let rest: Vec<i32> = read_procs_tree(v1)?
-                    .into_iter()
-                    .filter(|p| !unified.contains(p))
-                    .collect();
-                if rest.is_empty() {
-                    return Ok(());
-                }
+        if signal == libc::SIGKILL
+            && let Some(u) = self.s.unified.as_deref()
+            && u.join("cgroup.kill").exists()
+        {
+            fsio::write(&RealFs, u, "cgroup.kill", "1")?;
+            if self.s.layout == Layout::V2 {
+                return Ok(());
             }
-            if let Some(fz) = self.v1_dir("freezer") {
-                return self.signal_each_frozen(fz, signal);
+            // Hybrid: anything in the v1 cgroup that never joined the
+            // unified one (moved in by someone else) still needs it.
+            let unified: Vec<i32> = read_procs_tree(u)?;
+            let Some(v1) = self.procs_dir() else {
+                return Ok(());
+            };
+            let rest: Vec<i32> = read_procs_tree(v1)?
+                .into_iter()
+                .filter(|p| !unified.contains(p))
+                .collect();
+            if rest.is_empty() {
+                return Ok(());
             }
         }
+        // SIGKILL thaws a paused cgroup too (its processes must die); any
+        // other signal leaves a paused one paused, and frozen already.
         if let Some(fz) = self.v1_dir("freezer")
-            && !self.is_frozen()?
+            && (signal == libc::SIGKILL || !self.is_frozen()?)
         {
-            return self.signal_each_frozen(fz, signal);
+            v1_set(fz, true)?;
+            let sent = self.signal_each(signal);
+            let thawed = v1_set(fz, false);
+            sent?;
+            return thawed;
         }
         self.signal_each(signal)
-    }
-
-    /// Freezes the v1 freezer cgroup `fz`, signals each process, thaws.
-    fn signal_each_frozen(&self, fz: &Path, signal: i32) -> Result<()> {
-        v1_set(fz, true)?;
-        let sent = self.signal_each(signal);
-        let thawed = v1_set(fz, false);
-        sent?;
-        thawed
     }
 
     fn signal_each(&self, signal: i32) -> Result<()> {
