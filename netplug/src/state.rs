@@ -335,12 +335,12 @@ pub fn read_lease(layout: &Layout, id: &str) -> Result<Option<LeaseRecord>> {
 
 /// Turns `lease` back into its namespace's ready record: the owner record
 /// goes first (the lease file still records the namespace), then the
-/// lease file is rewritten and renamed into `ready/` in one step. Once it
-/// is there another process may claim it at once; nothing here touches
-/// the files of that claim (the claimant's lease file can bear the same
-/// name as this one, and its owner record the same name too).
+/// lease file, which holds the ready record it was claimed from (see
+/// [`claim`]), is renamed back into `ready/` in one step. Once it is
+/// there another process may claim it at once; nothing here touches the
+/// files of that claim (the claimant's lease file can bear the same name
+/// as this one, and its owner record the same name too).
 pub fn lease_to_ready(layout: &Layout, lease: &LeaseRecord) -> Result<()> {
-    write_json(&lease.path, &lease.ns)?;
     remove_file(&layout.owner(&lease.ns.id))?;
     let to = layout.ready(&lease.ns.vpc, &lease.ns.id);
     fs::rename(&lease.path, &to).map_err(Error::io(&lease.path))
