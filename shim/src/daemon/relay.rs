@@ -13,13 +13,11 @@ use std::sync::{Arc, Mutex};
 
 use super::{lock, open_stdio};
 
-/// Where the output goes now; `None` drops it (the claimant went away).
-/// Shared so that the copy writes outside the lock: a write into a fifo
-/// nobody reads blocks, and must not block a switch to new sinks.
-struct Sinks {
-    out: Option<Arc<fs::File>>,
-    err: Option<Arc<fs::File>>,
-}
+/// Where stdout (0) and stderr (1) go now; `None` drops it (the claimant
+/// went away). Shared so that the copy writes outside the lock: a write
+/// into a fifo nobody reads blocks, and must not block a switch to new
+/// sinks.
+struct Sinks([Option<Arc<fs::File>>; 2]);
 
 /// A running relay; dropping it does not stop the copy (the thread ends
 /// when the instance closes its end of both pipes, i.e. when it is gone).
@@ -54,10 +52,10 @@ impl Relay {
         let (out_r, out_w) = pipe()?;
         let (err_r, err_w) = pipe()?;
         let stdin = open_stdio(None, false)?;
-        let sinks = Arc::new(Mutex::new(Sinks {
-            out: Some(Arc::new(out_log)),
-            err: Some(Arc::new(err_log)),
-        }));
+        let sinks = Arc::new(Mutex::new(Sinks([
+            Some(Arc::new(out_log)),
+            Some(Arc::new(err_log)),
+        ])));
         let s = sinks.clone();
         let name = format!("relay-{id}");
         std::thread::Builder::new()
@@ -70,15 +68,11 @@ impl Relay {
     /// Sends the output to `out` and `err` from now on. Never waits for
     /// a write to the old sinks.
     pub(crate) fn redirect(&self, out: OwnedFd, err: OwnedFd) {
-        let mut s = lock(&self.sinks);
-        s.out = Some(Arc::new(fs::File::from(out)));
-        s.err = Some(Arc::new(fs::File::from(err)));
+        lock(&self.sinks).0 = [
+            Some(Arc::new(fs::File::from(out))),
+            Some(Arc::new(fs::File::from(err))),
+        ];
     }
-}
-
-/// The sink of pipe `i`: 0 stdout, 1 stderr.
-fn sink_of(s: &mut Sinks, i: usize) -> &mut Option<Arc<fs::File>> {
-    if i == 0 { &mut s.out } else { &mut s.err }
 }
 
 /// Copies both pipes to the current sinks until both are closed.
@@ -113,15 +107,14 @@ fn copy_until_closed(out: OwnedFd, err: OwnedFd, sinks: &Mutex<Sinks>) {
             match pipe.read(&mut buf) {
                 Ok(0) => pipes[i] = None,
                 Ok(n) => {
-                    let Some(f) = sink_of(&mut lock(sinks), i).clone() else {
+                    let Some(f) = lock(sinks).0[i].clone() else {
                         continue;
                     };
                     // A sink that fails (a claimant's fifo nobody reads
                     // any more) is dropped rather than retried forever,
                     // unless it was replaced meanwhile.
                     if (&*f).write_all(&buf[..n]).is_err() {
-                        let mut s = lock(sinks);
-                        let sink = sink_of(&mut s, i);
+                        let sink = &mut lock(sinks).0[i];
                         if sink.as_ref().is_some_and(|now| Arc::ptr_eq(now, &f)) {
                             *sink = None;
                         }
