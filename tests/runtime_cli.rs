@@ -31,6 +31,32 @@ fn run_passes_exit_code_and_output_and_cleans_up() {
     s.assert_clean(&s.id.clone());
 }
 
+/// A spec without device rules still gets runc's: deny everything but
+/// the container's own /dev nodes. /dev/kmsg (c 1:11) opens write-only
+/// for anyone the device cgroup lets through, so it shows which it is.
+#[test]
+fn a_spec_without_device_rules_denies_other_devices() {
+    let mut s = Sandbox::new("nodevrules");
+    let caps = serde_json::json!(["CAP_MKNOD"]);
+    for set in ["bounding", "effective", "permitted"] {
+        s.config()["process"]["capabilities"][set] = caps.clone();
+    }
+    s.config()["linux"]["resources"] = serde_json::json!({});
+    let (code, out, err) = run_with(
+        &mut s,
+        &[
+            "sh",
+            "-c",
+            "mknod /dev/k c 1 11 && echo made; \
+             (: > /dev/k) 2>/dev/null && echo kmsg=open || echo kmsg=denied; \
+             (: > /dev/null) && echo null=open",
+        ],
+    );
+    assert_eq!(code, 0, "stderr: {err}");
+    assert_eq!(out, "made\nkmsg=denied\nnull=open\n", "stderr: {err}");
+    s.assert_clean(&s.id.clone());
+}
+
 #[test]
 fn lifecycle_create_start_state_kill_delete() {
     let mut s = Sandbox::new("life");

@@ -302,12 +302,13 @@ pub fn pidfd_kill(pidfd: &OwnedFd, sig: i32) -> io::Result<()> {
 
 /// Resources plus the device rules every container needs to work (its
 /// /dev nodes and ptys), appended after the spec's own, as runc does.
+/// Device access starts from deny-all whatever the spec says (runc's
+/// emulator does too): a spec with no rules gets only the defaults, never
+/// the host's every device.
 fn effective_resources(spec: &Spec) -> LinuxResources {
     let linux = spec.linux().clone().unwrap_or_default();
     let mut res = linux.resources().clone().unwrap_or_default();
-    let Some(mut devices) = res.devices().clone().filter(|d| !d.is_empty()) else {
-        return res;
-    };
+    let mut devices = res.devices().clone().unwrap_or_default();
     let rule =
         |typ: &str, major: Option<i64>, minor: Option<i64>, access: &str| -> LinuxDeviceCgroup {
             serde_json::from_value(serde_json::json!({
@@ -1277,13 +1278,20 @@ mod tests {
             d.iter()
                 .any(|r| r.allow() && r.major() == Some(1) && r.minor() == Some(3))
         );
+        // No rules at all: the defaults alone (apply_v1 and the v2
+        // program deny the rest).
         let spec: Spec =
             serde_json::from_value(serde_json::json!({"ociVersion": "1.0.2"})).unwrap();
+        let r = effective_resources(&spec);
+        let d = r.devices().as_ref().unwrap();
+        assert!(d.iter().all(|r| r.allow()));
         assert!(
-            effective_resources(&spec)
-                .devices()
-                .as_ref()
-                .is_none_or(|d| d.is_empty())
+            d.iter()
+                .any(|r| r.allow() && r.major() == Some(1) && r.minor() == Some(3))
+        );
+        assert!(
+            !d.iter()
+                .any(|r| r.major() == Some(1) && r.minor() == Some(11))
         );
     }
 }
