@@ -229,6 +229,49 @@ fn api_fork_exec_pause_stats_kill_delete_with_events() {
     assert_clean(&s, &d);
 }
 
+/// Two deletes of one running instance at once: one deletes it, the other
+/// waits for that and finds it gone; one Deleted event, and the
+/// namespace is given back once.
+#[test]
+fn concurrent_deletes_of_one_instance_delete_it_once() {
+    let mut s = Sandbox::new("sd-del2");
+    s.set_args(&["sh", "-c", "trap '' TERM; exec sleep 1000"]);
+    let d = Sproutd::start(&s);
+    let c = d.client();
+    c.add_function(&function("f", &s)).unwrap();
+    let mut ev = Events::subscribe(&c, "function=f");
+    c.fork("f", &fork_body("i1")).unwrap();
+    ev.expect(EventKind::Started, "i1");
+
+    let results: Vec<Result<(), _>> = std::thread::scope(|scope| {
+        let both: Vec<_> = (0..2)
+            .map(|_| {
+                let c = d.client();
+                scope.spawn(move || c.delete("i1", true))
+            })
+            .collect();
+        both.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(ok, 1, "{results:?}");
+    let failed = results.into_iter().find(|r| r.is_err()).unwrap();
+    assert_eq!(api_status(failed).0, 404);
+    ev.expect(EventKind::Deleted, "i1");
+    // A second Deleted would have been published before the second
+    // delete returned.
+    c.fork("f", &fork_body("marker")).unwrap();
+    ev.expect(EventKind::Created, "marker");
+    assert!(
+        !ev.seen
+            .iter()
+            .any(|e| e.kind == EventKind::Deleted && e.id == "i1"),
+        "{:?}",
+        ev.seen
+    );
+    c.delete("marker", true).unwrap();
+    assert_clean(&s, &d);
+}
+
 #[test]
 fn side_channel_passes_stdio_and_reports_the_exit() {
     let mut s = Sandbox::new("sd-side");

@@ -178,6 +178,10 @@ pub struct Instance {
     claim_annotations: Mutex<HashMap<String, String>>,
     /// `Some` once it exited.
     exit: watch::Sender<Option<ExitStatus>>,
+    /// Held for the whole of a delete; `true` once one succeeded. A
+    /// second delete waits for the first and then finds it gone, so the
+    /// namespace is given back and `Deleted` published once.
+    deletion: tokio::sync::Mutex<bool>,
 }
 
 impl Instance {
@@ -775,6 +779,7 @@ impl Daemon {
             relay: Mutex::new(None),
             claim_annotations: Mutex::default(),
             exit: watch::Sender::new(None),
+            deletion: tokio::sync::Mutex::new(false),
         });
         lock(&self.instances).insert(id.clone(), Slot::Live(inst.clone()));
         reservation.disarm();
@@ -1079,6 +1084,10 @@ impl Daemon {
     pub async fn delete(self: &Arc<Self>, id: &str, force: bool) -> Result<(), ApiError> {
         let _op = self.op()?;
         let inst = self.instance(id)?;
+        let mut deleted = inst.deletion.lock().await;
+        if *deleted {
+            return Err(ApiError::unknown_instance(id));
+        }
         if force {
             self.record_before_end(id).await;
         }
@@ -1133,6 +1142,7 @@ impl Daemon {
         let _ = fs::remove_file(self.log_path(id));
         lock(&self.instances).remove(id);
         lock(&self.reported).remove(id);
+        *deleted = true;
         self.events
             .publish(EventKind::Deleted, id, &inst.function, Some(inst.pid), None);
         Ok(())
@@ -1251,6 +1261,7 @@ impl Daemon {
             } else {
                 Some(ExitStatus::Unknown)
             }),
+            deletion: tokio::sync::Mutex::new(false),
         });
         tracing::info!(container = %inst.id, function = %inst.function, pid = inst.pid, alive = pidfd.is_some(), vpc = ?inst.network.as_ref().map(|a| &a.vpc), "adopted instance");
         lock(&self.instances).insert(inst.id.clone(), Slot::Live(inst.clone()));
