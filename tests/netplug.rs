@@ -421,6 +421,153 @@ fn a_state_root_whose_namespace_mounts_are_gone_recovers_at_gc() {
     assert_no_netplug_leftovers(&root);
 }
 
+/// A state root on a tmpfs of `size` bytes, unmounted when dropped.
+struct SmallStateRoot(PathBuf);
+
+impl SmallStateRoot {
+    fn new(dir: PathBuf, size: &str) -> Self {
+        fs::create_dir(&dir).unwrap();
+        let st = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(&dir)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        SmallStateRoot(dir)
+    }
+
+    /// Fills what is left of it.
+    fn fill(&self) -> PathBuf {
+        let path = self.0.join("filler");
+        let mut f = fs::File::create(&path).unwrap();
+        let chunk = vec![0u8; 4096];
+        while f.write_all(&chunk).is_ok() {}
+        path
+    }
+}
+
+impl Drop for SmallStateRoot {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+#[test]
+fn a_take_whose_owner_record_cannot_be_written_leaves_the_namespace_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = SmallStateRoot::new(dir.path().join("root"), "1m");
+    let root = small.0.clone();
+    let _vpcs = VpcGuard(root.clone());
+    let np = open_netplug(&root);
+    np.create_vpc(native_vpc("full", "198.18.43.0/29", 1))
+        .unwrap();
+    assert_eq!(np.fill().unwrap(), 1);
+    let filler = small.fill();
+    let as_container = Owner {
+        container: Some("c1".into()),
+        ..Owner::this_process()
+    };
+    match np.take("full", &as_container) {
+        Err(e) => assert!(e.to_string().contains("owners"), "{e}"),
+        Ok(l) => panic!(
+            "the owner record was written on a full state root: {}",
+            l.id
+        ),
+    }
+    // Back in the pool, not leased to this (live) process.
+    assert!(state_files(&root, "leases").is_empty(), "{:?}", walk(&root));
+    let st = np.status().unwrap();
+    assert_eq!((st.pools[0].leased, st.pools[0].ready), (0, 1), "{st:?}");
+    fs::remove_file(filler).unwrap();
+    let lease = np.take("full", &as_container).unwrap();
+    np.give_back_from(&lease.id, "c1").unwrap();
+    drop(lease);
+    np.delete_vpc("full", false).unwrap();
+    assert_no_netplug_leftovers(&root);
+}
+
+#[test]
+fn a_broken_ready_namespace_goes_to_gc_not_to_the_taker() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    let _vpcs = VpcGuard(root.clone());
+    let np = open_netplug(&root);
+    np.create_vpc(native_vpc("broken", "198.18.44.0/29", 1))
+        .unwrap();
+    assert_eq!(np.fill().unwrap(), 1);
+    drop(np);
+    let broken = state_files(&root, "ready")[0]
+        .file_stem()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    nix::mount::umount2(
+        &root.join(".netplug/ns").join(&broken),
+        nix::mount::MntFlags::MNT_DETACH,
+    )
+    .unwrap();
+    // A long-lived taker (sproutd) finds it unusable and makes one.
+    let np = open_netplug(&root);
+    let lease = np.take("broken", &Owner::this_process()).unwrap();
+    assert_ne!(lease.id, broken);
+    // gc in this same, living process tears the broken one down.
+    let report = np.gc().unwrap();
+    assert!(report.reclaimed.contains(&broken), "{report:?}");
+    assert!(report.failed.is_empty(), "{report:?}");
+    assert_eq!(np.status().unwrap().pools[0].leased, 1);
+    np.give_back(&lease.id).unwrap();
+    drop(lease);
+    np.delete_vpc("broken", false).unwrap();
+    assert_no_netplug_leftovers(&root);
+}
+
+#[test]
+fn gc_goes_on_past_what_it_cannot_clean_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    let _vpcs = VpcGuard(root.clone());
+    let np = open_netplug(&root);
+    np.create_vpc(native_vpc("gcfail", "198.18.45.0/29", 1))
+        .unwrap();
+    assert_eq!(np.fill().unwrap(), 1);
+    // Two orphans in the namespace directory: the first (a non-empty
+    // directory) cannot be removed, the second (a stray file) can.
+    let ns_dir = root.join(".netplug/ns");
+    let stuck = ns_dir.join("0000000000");
+    fs::create_dir(&stuck).unwrap();
+    fs::write(stuck.join("x"), "").unwrap();
+    let stray = ns_dir.join("ffffffffff");
+    fs::write(&stray, "").unwrap();
+    let report = np.gc().unwrap();
+    assert!(!stray.exists(), "{report:?}");
+    assert!(
+        report.orphans.contains(&"namespace ffffffffff".to_string()),
+        "{report:?}"
+    );
+    assert_eq!(report.failed.len(), 1, "{report:?}");
+    assert!(report.failed[0].contains("0000000000"), "{report:?}");
+    // The CLI names it and fails.
+    let out = Command::new(sprout_bin())
+        .arg("--root")
+        .arg(&root)
+        .args(["netplug", "gc"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("0000000000"), "{err}");
+    fs::remove_dir_all(&stuck).unwrap();
+    assert!(np.gc().unwrap().failed.is_empty());
+    np.delete_vpc("gcfail", false).unwrap();
+    assert_no_netplug_leftovers(&root);
+}
+
 #[test]
 fn exhausted_subnet_is_a_clear_error_and_leaves_nothing() {
     let mut s = Sandbox::new("np-full");

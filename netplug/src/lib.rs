@@ -141,6 +141,25 @@ pub struct GcReport {
     pub destroyed: Vec<String>,
     /// Leftovers with no record (namespace files, hub links, addresses).
     pub orphans: Vec<String>,
+    /// Items gc could not clean up, with why; it went on with the rest
+    /// and they stay for the next gc.
+    pub failed: Vec<String>,
+}
+
+impl GcReport {
+    /// Keeps `r`'s error in `failed` (what gc was doing first); whether
+    /// the step worked.
+    fn step(&mut self, what: impl FnOnce() -> String, r: Result<()>) -> bool {
+        match r {
+            Ok(()) => true,
+            Err(e) => {
+                let what = what();
+                tracing::warn!("gc: {what}: {e}");
+                self.failed.push(format!("{what}: {e}"));
+                false
+            }
+        }
+    }
 }
 
 struct Hub {
@@ -821,9 +840,13 @@ impl Netplug {
             if let Claim::Won = state::claim(&self.layout, &rec, owner)? {
                 match netns::open_ns(&self.layout.ns(&id)) {
                     Ok(fd) => return Ok(Some(self.lease_of(rec, fd))),
-                    // Broken (e.g. unmounted by hand): leave the lease
-                    // to gc, whose owner check will find us gone.
-                    Err(e) => tracing::warn!(ns = %id, "ready namespace unusable: {e}"),
+                    // Broken (e.g. unmounted by hand): out of the pool,
+                    // to the next gc, which tears it down. Still ours, it
+                    // would stay leased for as long as we live.
+                    Err(e) => {
+                        tracing::warn!(ns = %id, "ready namespace unusable, left to gc: {e}");
+                        state::abandon_lease(&self.layout, &id, &owner.process)?;
+                    }
                 }
             }
         }
@@ -977,10 +1000,15 @@ impl Netplug {
         // every building record seen here was left by a builder that died
         // or was cancelled.
         for b in self.building_records()? {
-            self.destroy(&vpc_or(&b.vpc), hub.as_deref(), &b.id, None)
-                .await?;
-            state::remove_file(&self.layout.building(&b.id))?;
-            report.destroyed.push(b.id);
+            let r = async {
+                self.destroy(&vpc_or(&b.vpc), hub.as_deref(), &b.id, None)
+                    .await?;
+                state::remove_file(&self.layout.building(&b.id))
+            }
+            .await;
+            if report.step(|| format!("half-built namespace {}", b.id), r) {
+                report.destroyed.push(b.id);
+            }
         }
         // Leases of dead owners.
         for l in state::list_leases(&self.layout)? {
@@ -988,8 +1016,10 @@ impl Netplug {
             if l.owner.is_alive(&self.layout) {
                 continue;
             }
-            self.reclaim(l).await?;
-            report.reclaimed.push(id);
+            let r = self.reclaim(l).await;
+            if report.step(|| format!("lease {id} of a gone owner"), r) {
+                report.reclaimed.push(id);
+            }
         }
         // Ready namespaces: still mounted and plugged? Of a live VPC?
         let links = match &hub {
@@ -1017,10 +1047,18 @@ impl Netplug {
                     continue;
                 }
                 if let Claim::Won = state::claim(&self.layout, &rec, &me)? {
-                    self.destroy(&vpc_or(&vpc_name), hub.as_deref(), &id, Some(&rec))
-                        .await?;
-                    state::remove_lease(&self.layout, &id)?;
-                    report.destroyed.push(id);
+                    let r = async {
+                        self.destroy(&vpc_or(&vpc_name), hub.as_deref(), &id, Some(&rec))
+                            .await?;
+                        state::remove_lease(&self.layout, &id)
+                    }
+                    .await;
+                    if report.step(|| format!("broken namespace {id}"), r) {
+                        report.destroyed.push(id);
+                    } else {
+                        // Not ours to keep: the next gc tries again.
+                        let _ = state::abandon_lease(&self.layout, &id, &me.process);
+                    }
                 }
             }
             if !vpcs.contains_key(&vpc_name) {
@@ -1053,8 +1091,10 @@ impl Netplug {
         }
         for id in state::list(&self.layout.ns_dir(), "")? {
             if id != "hub" && !known.contains(&id) {
-                netns::remove(&self.layout.ns(&id))?;
-                report.orphans.push(format!("namespace {id}"));
+                let r = netns::remove(&self.layout.ns(&id));
+                if report.step(|| format!("orphan namespace {id}"), r) {
+                    report.orphans.push(format!("namespace {id}"));
+                }
             }
         }
         if let Some(h) = &hub {
@@ -1069,8 +1109,10 @@ impl Netplug {
                         && l.name.starts_with("np")
                         && l.name[2..].bytes().all(|b| b.is_ascii_hexdigit()));
                 if ours && !veths.contains(&l.name) {
-                    link::delete_link(&h.nl, &l.name).await?;
-                    report.orphans.push(format!("hub link {}", l.name));
+                    let r = link::delete_link(&h.nl, &l.name).await;
+                    if report.step(|| format!("orphan hub link {}", l.name), r) {
+                        report.orphans.push(format!("hub link {}", l.name));
+                    }
                 }
             }
         }
@@ -1078,8 +1120,10 @@ impl Netplug {
             let ipam = ipam::Ipam::new(&self.layout.ipam_dir(&vpc_name));
             for (ip, holder) in ipam.allocations()? {
                 if !known.contains(&holder) {
-                    ipam.release(ip, &holder)?;
-                    report.orphans.push(format!("address {ip} of {vpc_name}"));
+                    let r = ipam.release(ip, &holder);
+                    if report.step(|| format!("orphan address {ip} of {vpc_name}"), r) {
+                        report.orphans.push(format!("address {ip} of {vpc_name}"));
+                    }
                 }
             }
         }

@@ -560,10 +560,28 @@ pub fn claim(layout: &Layout, rec: &NsRecord, owner: &Owner) -> Result<Claim> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Claim::Lost),
         Err(e) => return Err(Error::io(&from)(e)),
     }
-    if owner.container.is_some() {
-        set_owner(layout, &rec.id, owner)?;
+    if owner.container.is_some()
+        && let Err(e) = set_owner(layout, &rec.id, owner)
+    {
+        // Undone, or the namespace would stay leased to this (live)
+        // process with no container to give it back.
+        let _ = remove_file(&layout.owner(&rec.id));
+        if let Err(undo) = fs::rename(&to, &from) {
+            tracing::warn!(ns = %rec.id, "returning a half-claimed namespace: {undo}");
+        }
+        return Err(e);
     }
     Ok(Claim::Won)
+}
+
+/// Hands lease `id`, held by `taker`, over to gc: renamed to a taker that
+/// cannot be alive (pid 0) and stripped of its owner record, so the next
+/// gc reclaims it. For a claimed namespace that turned out unusable.
+pub fn abandon_lease(layout: &Layout, id: &str, taker: &ProcRef) -> Result<()> {
+    let from = layout.lease(id, taker);
+    let to = layout.lease(id, &ProcRef { pid: 0, start: 0 });
+    fs::rename(&from, &to).map_err(Error::io(&from))?;
+    remove_file(&layout.owner(id))
 }
 
 /// Records who holds lease `id` (the container, for liveness checks once

@@ -125,6 +125,9 @@ impl Network {
                 if !(r.reclaimed.is_empty() && r.destroyed.is_empty() && r.orphans.is_empty()) {
                     tracing::info!(reclaimed = ?r.reclaimed, destroyed = ?r.destroyed, orphans = ?r.orphans, "netplug reconciled");
                 }
+                if !r.failed.is_empty() {
+                    tracing::warn!(failed = ?r.failed, "netplug gc left what it could not clean up");
+                }
             }
             // Not fatal: functions without a VPC work regardless, and the
             // next gc (or `sprout netplug gc`) tries again.

@@ -236,7 +236,14 @@ pub fn netplug(g: &GlobalOpts, c: NetplugCommand) -> Result<u8> {
                 )?;
             }
         }
-        NetplugCommand::Gc => print_gc(&np.gc()?),
+        NetplugCommand::Gc => {
+            let r = np.gc()?;
+            print_gc(&r);
+            // Everything else was cleaned up; what failed is named above.
+            if !r.failed.is_empty() {
+                return Ok(1);
+            }
+        }
         NetplugCommand::Fill => {
             let n = np.fill()?;
             println!("made {n}");
@@ -266,6 +273,9 @@ fn print_gc(r: &netplug::GcReport) {
     }
     for o in &r.orphans {
         println!("removed {o}");
+    }
+    for f in &r.failed {
+        eprintln!("sprout: gc could not clean up {f}");
     }
 }
 

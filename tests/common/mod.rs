@@ -557,9 +557,10 @@ pub fn links_in(path: &Path) -> Vec<String> {
 /// No mount under netplug state root `root` (hub, namespaces, the shared
 /// ns directory) and no namespace file in it.
 pub fn netplug_namespaces_gone(root: &Path) -> bool {
-    let r = root.to_str().unwrap();
+    // Mounts below the root (the root may be a mount of its own).
+    let r = format!("{}/", root.to_str().unwrap());
     let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
-    !mounts.contains(r)
+    !mounts.contains(&r)
         && fs::read_dir(root.join(".netplug/ns"))
             .map(|d| d.count())
             .unwrap_or(0)
