@@ -714,6 +714,7 @@ fn orphaned_lease(np: &BlockingNetplug, vpc: &str) -> String {
             start: netplug::state::proc_start(pid).unwrap(),
         },
         container: None,
+        may_reconfigure: false,
     };
     let lease = np.take(vpc, &owner).unwrap();
     drop(owner_proc);
@@ -1291,6 +1292,98 @@ fn destroy_on_give_back_removes_the_namespace() {
     s.ok(&["vpc", "delete", "dr"]);
     assert_no_netplug_leftovers(&s.root);
     s.assert_clean(&id);
+}
+
+/// A container that may reconfigure its pooled namespace beyond what a
+/// scrub undoes (a rule, a route in another table) gets it destroyed at
+/// give-back, so the next container of the VPC never sees what it did:
+/// one holding CAP_NET_ADMIN, and one whose exec was given it.
+#[test]
+fn a_namespace_its_container_may_reconfigure_is_not_reused() {
+    let mut s = Sandbox::new("np-reach");
+    let _vpcs = VpcGuard(s.root.clone());
+    create_native_vpc(&s, "rc", "198.18.46.0/24", 1, &[]);
+    assert_eq!(s.ok(&["netplug", "fill"]).trim(), "made 1");
+    s.config()["linux"]["cgroupsPath"] = serde_json::json!(format!("{}-1", s.cgroup));
+    let lease_of = |s: &Sandbox, id: &str| {
+        s.state(id)["annotations"]["io.sprout.netplug.lease"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let counters = |s: &Sandbox| {
+        let st = status(s);
+        let c = &pool(&st, "rc")["counters"];
+        (
+            c["reused"].as_u64().unwrap(),
+            c["destroyed"].as_u64().unwrap(),
+        )
+    };
+    let leave_traces = "ip rule add from 198.18.46.77 table 100 && \
+                        ip route add 10.9.9.0/24 dev eth0 table 100";
+    let traces = "ip rule; ip route show table 100";
+
+    // A plain container: reused (what scrubbing covers is all it can do).
+    s.set_args(&["sleep", "60"]);
+    let plain = unique_id("np-reach-plain");
+    s.ok(&["run", "-b", s.bundle_str(), "-d", "--vpc", "rc", &plain]);
+    let first = lease_of(&s, &plain);
+    s.ok(&["delete", "--force", &plain]);
+    assert_eq!(counters(&s), (1, 0));
+
+    // CAP_NET_ADMIN: it leaves a rule and a route, and its namespace goes.
+    let admin = serde_json::json!(["CAP_NET_ADMIN"]);
+    for set in ["bounding", "effective", "permitted"] {
+        s.config()["process"]["capabilities"][set] = admin.clone();
+    }
+    s.set_args(&[
+        "sh",
+        "-c",
+        &format!("{leave_traces} && echo done && exec sleep 60"),
+    ]);
+    let holder = unique_id("np-reach-admin");
+    s.ok(&["run", "-b", s.bundle_str(), "-d", "--vpc", "rc", &holder]);
+    let taken = lease_of(&s, &holder);
+    assert_eq!(taken, first, "the pool's one namespace, reused");
+    s.ok(&["delete", "--force", &holder]);
+    assert_gone(&s.root, &taken);
+    assert_eq!(counters(&s), (1, 1));
+
+    // An exec given CAP_NET_ADMIN in a plain container: the same.
+    let plain_caps = serde_json::json!(["CAP_KILL"]);
+    for set in ["bounding", "effective", "permitted"] {
+        s.config()["process"]["capabilities"][set] = plain_caps.clone();
+    }
+    s.set_args(&["sleep", "60"]);
+    let execd = unique_id("np-reach-exec");
+    s.ok(&["run", "-b", s.bundle_str(), "-d", "--vpc", "rc", &execd]);
+    let taken = lease_of(&s, &execd);
+    s.ok(&[
+        "exec",
+        "--cap",
+        "CAP_NET_ADMIN",
+        &execd,
+        "sh",
+        "-c",
+        leave_traces,
+    ]);
+    s.ok(&["delete", "--force", &execd]);
+    assert_gone(&s.root, &taken);
+    assert_eq!(counters(&s), (1, 2));
+
+    // The next container sees none of it.
+    s.set_args(&["sh", "-c", traces]);
+    let next = unique_id("np-reach-next");
+    let out = s.ok(&["run", "-b", s.bundle_str(), "--vpc", "rc", &next]);
+    assert!(
+        !out.contains("198.18.46.77") && !out.contains("10.9.9.0"),
+        "{out}"
+    );
+    s.ok(&["vpc", "delete", "rc"]);
+    assert_no_netplug_leftovers(&s.root);
+    for id in [&plain, &holder, &execd, &next] {
+        s.assert_clean(id);
+    }
 }
 
 /// IPv4 forwarding in the hub of state root `root`.

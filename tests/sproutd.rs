@@ -28,7 +28,7 @@ use sprout::netplug::{self, BlockingNetplug, Owner, ProcRef};
 use sprout::shim::client::{Client, side_fork};
 use sprout::shim::events::{Event, EventKind};
 use sprout::shim::proto::{
-    ExecBody, FdRole, ForkBody, KillBody, SideMessage, SideRequest, SignalArg,
+    ExecBody, ExecUser, FdRole, ForkBody, KillBody, SideMessage, SideRequest, SignalArg,
 };
 
 /// Events of a `GET /events` stream, read on a thread.
@@ -995,6 +995,78 @@ fn assert_no_netplug_leftovers(root: &Path) {
     assert_no_netplug_links_on_host();
 }
 
+/// An instance that may reconfigure its pooled namespace beyond a scrub
+/// (CAP_NET_ADMIN in its bundle, or an exec as the host's root where
+/// /proc/sys is writable) holds a lease marked to be destroyed, not
+/// reused, when it is given back.
+#[test]
+fn leases_of_instances_that_may_reconfigure_their_namespace_are_not_reused() {
+    let mut s = Sandbox::new("sd-reach");
+    s.set_args(&["sleep", "1000"]);
+    s.config()["process"]["user"] = serde_json::json!({"uid": 1000, "gid": 1000});
+    s.config()["linux"]["readonlyPaths"] = serde_json::json!(["/proc/bus"]);
+    s.write_config();
+    let mut admin = Sandbox::new("sd-reach-admin");
+    admin.set_args(&["sleep", "1000"]);
+    for set in ["bounding", "effective", "permitted"] {
+        admin.config()["process"]["capabilities"][set] = serde_json::json!(["CAP_NET_ADMIN"]);
+    }
+    admin.write_config();
+    let root = s.dir.path().join("sproutd/runtime");
+    let _vpcs = VpcGuard(root.clone());
+    let np = open_netplug(&root);
+    np.create_vpc(native_vpc("rx", "198.18.47.0/24", 0))
+        .unwrap();
+    let mut d = Sproutd::start(&s);
+    assert_eq!(netplug_root(&d), root);
+    let c = d.client();
+    let mut f = function("f", &s);
+    f.vpc = Some("rx".into());
+    c.add_function(&f).unwrap();
+    let may_reconfigure = |id: &str| {
+        let lease = c.instance(id).unwrap().lease.unwrap();
+        netplug::state::list_leases(np.layout())
+            .unwrap()
+            .into_iter()
+            .find(|l| l.ns.id == lease)
+            .unwrap()
+            .owner
+            .may_reconfigure
+    };
+    c.fork("f", &fork_body("plain")).unwrap();
+    assert!(!may_reconfigure("plain"));
+    let as_root = ExecBody {
+        args: vec!["true".into()],
+        user: Some(ExecUser { uid: 0, gid: 0 }),
+        ..Default::default()
+    };
+    assert_eq!(c.exec("plain", &as_root).unwrap().exit_code, Some(0));
+    assert!(may_reconfigure("plain"));
+    let forked = ForkBody {
+        bundle: Some(admin.bundle.clone()),
+        ..fork_body("admin")
+    };
+    c.fork("f", &forked)
+        .unwrap_or_else(|e| panic!("{e}\n{}", d.log_text()));
+    assert!(may_reconfigure("admin"));
+    // Destroyed when given back, not returned to the pool.
+    for id in ["plain", "admin"] {
+        let lease = c.instance(id).unwrap().lease.unwrap();
+        c.delete(id, true).unwrap();
+        assert!(
+            !root.join(".netplug/ns").join(&lease).exists(),
+            "{id}: {lease} kept"
+        );
+    }
+    assert_eq!(np.status().unwrap().pools[0].ready, 0);
+    d.kill9();
+    np.delete_vpc("rx", false).unwrap();
+    drop(np);
+    assert_no_netplug_leftovers(&root);
+    assert_clean(&s, &d);
+    assert_clean(&admin, &d);
+}
+
 #[test]
 fn real_engine_instances_join_their_vpc_and_keep_their_leases_across_a_crash() {
     let s = python_sandbox("sd-vpc");
@@ -1078,6 +1150,7 @@ fn real_engine_instances_join_their_vpc_and_keep_their_leases_across_a_crash() {
             start: 1,
         },
         container: Some("never-forked".into()),
+        may_reconfigure: false,
     };
     let orphan = np.take("blue", &dead_taker).unwrap();
     assert!(leases(&np).contains_key(&orphan.id));
@@ -1351,11 +1424,23 @@ fn unknown_vpcs_and_bad_signals_are_clear_errors_that_leave_nothing() {
     assert_eq!(st, 400, "{m}");
     assert!(m.contains("not both"), "{m}");
 
-    // A fork that fails after its namespace was taken gives it back
-    // unused (the test engine cannot join one).
+    // A fork that fails after its namespace was taken (the sandbox is
+    // refused: a device rule of type p) gives it back unused.
     let ready_before = np.status().unwrap().pools[0].ready;
-    let (st, m) = fork_x_in("red");
-    assert_eq!(st, 501, "{m}");
+    let bad_devices: oci_spec::runtime::LinuxResources = serde_json::from_value(
+        serde_json::json!({"devices": [{"allow": true, "type": "p", "access": "rwm"}]}),
+    )
+    .unwrap();
+    let (st, m) = api_status(c.fork(
+        "f",
+        &ForkBody {
+            id: "x".into(),
+            vpc: Some("red".into()),
+            resources: Some(bad_devices),
+            ..Default::default()
+        },
+    ));
+    assert!(st >= 400 && m.contains("FIFO"), "{st} {m}");
     assert!(leases(&np).is_empty(), "{:?}", leases(&np));
     assert!(np.status().unwrap().pools[0].ready >= ready_before);
     assert!(c.instances().unwrap().is_empty());

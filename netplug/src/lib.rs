@@ -908,12 +908,34 @@ impl Netplug {
         self.give_back_checked(id, Some(container)).await
     }
 
+    /// Records that container `container`, holding lease `id`, now runs a
+    /// process that may reconfigure the namespace (an exec with more
+    /// privilege than its first process): it is destroyed, not reused,
+    /// when given back.
+    pub async fn note_may_reconfigure(&self, id: &str, container: &str) -> Result<()> {
+        let _l = self.lock().await?;
+        let lease: LeaseRecord = state::read_lease(&self.layout, id)?
+            .ok_or_else(|| Error::NoSuchLease(id.to_string()))?;
+        if lease.owner.container.as_deref() != Some(container) {
+            return Err(Error::NotOwner {
+                lease: id.to_string(),
+                holder: lease.owner.to_string(),
+                claimed: format!("container {container}"),
+            });
+        }
+        if lease.owner.may_reconfigure {
+            return Ok(());
+        }
+        state::set_owner(&self.layout, id, &lease.owner.reconfiguring(true))
+    }
+
     /// Reuses or destroys a leased namespace; caller holds the lock.
     async fn reclaim(&self, lease: LeaseRecord) -> Result<()> {
         let rec = lease.ns.clone();
         let vpc: Option<Vpc> = state::read_json_opt(&self.layout.vpc(&rec.vpc))?;
         let hub = self.hub(false)?;
         let reuse = self.opts.give_back == GiveBackPolicy::Reuse
+            && !lease.owner.may_reconfigure
             && vpc
                 .as_ref()
                 .is_some_and(|v| v.give_back == GiveBackPolicy::Reuse);
@@ -1359,6 +1381,10 @@ impl BlockingNetplug {
     }
     pub fn give_back_from(&self, id: &str, container: &str) -> Result<()> {
         self.rt.block_on(self.np.give_back_from(id, container))
+    }
+    pub fn note_may_reconfigure(&self, id: &str, container: &str) -> Result<()> {
+        self.rt
+            .block_on(self.np.note_may_reconfigure(id, container))
     }
     pub fn fill(&self) -> Result<usize> {
         self.rt.block_on(self.np.fill())

@@ -241,6 +241,11 @@ pub struct Building {
 pub struct Owner {
     pub process: ProcRef,
     pub container: Option<String>,
+    /// The holder can change the namespace's configuration beyond what a
+    /// scrub undoes (rules, other routing tables, neighbours, nftables,
+    /// sysctls): it is destroyed at give-back whatever the policy.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub may_reconfigure: bool,
 }
 
 impl Owner {
@@ -249,6 +254,7 @@ impl Owner {
         Owner {
             process: ProcRef::this_process(),
             container: None,
+            may_reconfigure: false,
         }
     }
 
@@ -257,7 +263,23 @@ impl Owner {
         Owner {
             process: ProcRef::this_process(),
             container: Some(id.to_string()),
+            may_reconfigure: false,
         }
+    }
+
+    /// The same owner, holding a namespace it may reconfigure (see
+    /// [`Owner::may_reconfigure`]).
+    pub fn reconfiguring(self, may_reconfigure: bool) -> Self {
+        Owner {
+            may_reconfigure,
+            ..self
+        }
+    }
+
+    /// Whether the owner record must be written: the lease file's name
+    /// says only which process took it.
+    fn needs_record(&self) -> bool {
+        self.container.is_some() || self.may_reconfigure
     }
 
     pub fn is_alive(&self, layout: &Layout) -> bool {
@@ -309,6 +331,7 @@ fn load_lease(layout: &Layout, name: &str) -> Result<Option<LeaseRecord>> {
         .unwrap_or(Owner {
             process: taker,
             container: None,
+            may_reconfigure: false,
         });
     Ok(Some(LeaseRecord { ns, owner, path }))
 }
@@ -560,7 +583,7 @@ pub fn claim(layout: &Layout, rec: &NsRecord, owner: &Owner) -> Result<Claim> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Claim::Lost),
         Err(e) => return Err(Error::io(&from)(e)),
     }
-    if owner.container.is_some()
+    if owner.needs_record()
         && let Err(e) = set_owner(layout, &rec.id, owner)
     {
         // Undone, or the namespace would stay leased to this (live)
@@ -719,6 +742,7 @@ mod tests {
                 start: 1,
             },
             container: Some("c1".into()),
+            may_reconfigure: false,
         };
         assert!(!dead.is_alive(&l));
         fs::create_dir_all(dir.path().join("c1")).unwrap();

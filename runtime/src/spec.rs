@@ -522,9 +522,131 @@ pub fn validate_id(id: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// Whether `process`, run in a sandbox of `spec` that joins a network
+/// namespace owned by the host's user namespace (a pooled one), could
+/// change that namespace's configuration beyond what a scrub undoes:
+/// routes of other tables, rules, neighbours, nftables, qdiscs, sysctls.
+/// True for CAP_NET_ADMIN or CAP_SYS_ADMIN in any of its capability sets
+/// (unless a user namespace of the sandbox's own makes them moot), for
+/// `net.*` entries of `linux.sysctl` (applied inside that namespace),
+/// and for a process that is the host's root where `/proc/sys` is
+/// mounted writable: `/proc/sys/net` files are 0644 and owned by it.
+pub fn may_reconfigure_network(spec: &Spec, process: &oci_spec::runtime::Process) -> bool {
+    use oci_spec::runtime::Capability;
+    let linux = spec.linux().as_ref();
+    let net_sysctl = linux.and_then(|l| l.sysctl().as_ref()).is_some_and(|s| {
+        s.keys()
+            .any(|k| k.starts_with("net.") || k.starts_with("net/"))
+    });
+    if net_sysctl {
+        return true;
+    }
+    let own_userns = linux
+        .and_then(|l| l.namespaces().as_ref())
+        .is_some_and(|ns| {
+            ns.iter()
+                .any(|n| n.typ() == LinuxNamespaceType::User && n.path().is_none())
+        });
+    if !own_userns {
+        let caps = process.capabilities().as_ref();
+        let held = caps.is_some_and(|c| {
+            [
+                c.bounding(),
+                c.effective(),
+                c.permitted(),
+                c.inheritable(),
+                c.ambient(),
+            ]
+            .into_iter()
+            .flatten()
+            .any(|set| set.contains(&Capability::NetAdmin) || set.contains(&Capability::SysAdmin))
+        });
+        if held {
+            return true;
+        }
+    }
+    // The host uid the process runs as.
+    let uid = process.user().uid();
+    let host_uid = if own_userns {
+        linux
+            .and_then(|l| l.uid_mappings().as_ref())
+            .and_then(|maps| {
+                maps.iter().find_map(|m| {
+                    let (inside, size) = (m.container_id(), m.size());
+                    (uid >= inside && uid - inside < size).then(|| m.host_id() + (uid - inside))
+                })
+            })
+    } else {
+        Some(uid)
+    };
+    if host_uid != Some(0) {
+        return false;
+    }
+    let proc_mounted = spec
+        .mounts()
+        .iter()
+        .flatten()
+        .any(|m| m.typ().as_deref() == Some("proc"));
+    let read_only = |paths: &Option<Vec<String>>| {
+        paths.iter().flatten().any(|p| {
+            let p = p.trim_end_matches('/');
+            p == "/proc/sys" || p == "/proc" || p == "/proc/sys/net"
+        })
+    };
+    let sys_protected =
+        linux.is_some_and(|l| read_only(l.readonly_paths()) || read_only(l.masked_paths()));
+    proc_mounted && !sys_protected
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn reach(spec: serde_json::Value) -> bool {
+        let spec: Spec = serde_json::from_value(spec).unwrap();
+        let p = spec.process().clone().unwrap();
+        may_reconfigure_network(&spec, &p)
+    }
+
+    #[test]
+    fn who_may_reconfigure_a_pooled_network_namespace() {
+        let mut s = serde_json::json!({
+            "ociVersion": "1.0.2",
+            "process": {"user": {"uid": 0, "gid": 0}, "args": ["true"], "cwd": "/",
+                "capabilities": {"bounding": ["CAP_KILL"], "effective": ["CAP_KILL"]}},
+            "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}],
+            "linux": {"readonlyPaths": ["/proc/sys"], "namespaces": [{"type": "pid"}]}
+        });
+        assert!(!reach(s.clone()), "root, /proc/sys read-only, no NET_ADMIN");
+        s["process"]["capabilities"]["bounding"] = serde_json::json!(["CAP_NET_ADMIN"]);
+        assert!(
+            reach(s.clone()),
+            "NET_ADMIN reachable through the bounding set"
+        );
+        s["process"]["capabilities"]["bounding"] = serde_json::json!(["CAP_SYS_ADMIN"]);
+        assert!(reach(s.clone()), "SYS_ADMIN can remount /proc/sys");
+        // In a user namespace of its own, capabilities do not reach the
+        // host's namespace; its root is host uid 100000.
+        s["linux"]["namespaces"] = serde_json::json!([{"type": "user"}]);
+        s["linux"]["uidMappings"] =
+            serde_json::json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+        s["linux"]["readonlyPaths"] = serde_json::json!([]);
+        assert!(!reach(s.clone()), "userns: neither caps nor root count");
+        s["linux"]["uidMappings"] = serde_json::json!([{"containerID": 0, "hostID": 0, "size": 1}]);
+        assert!(
+            reach(s.clone()),
+            "userns mapping root to the host's root, /proc/sys writable"
+        );
+        s["linux"]["namespaces"] = serde_json::json!([]);
+        s["process"]["capabilities"]["bounding"] = serde_json::json!([]);
+        assert!(reach(s.clone()), "host root with a writable /proc/sys");
+        s["process"]["user"]["uid"] = 1000.into();
+        assert!(!reach(s.clone()), "not root");
+        s["linux"]["sysctl"] = serde_json::json!({"net.ipv4.ip_forward": "1"});
+        assert!(reach(s.clone()), "net.* sysctls are set in the namespace");
+        s["linux"]["sysctl"] = serde_json::json!({"kernel.msgmax": "8192"});
+        assert!(!reach(s), "other sysctls are not the network's");
+    }
 
     fn base() -> serde_json::Value {
         serde_json::json!({

@@ -34,6 +34,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
+use oci_spec::runtime::Process;
 use serde::{Deserialize, Serialize};
 use sprout_runtime::{Container, ExecOptions, Runtime, Status};
 use tokio::io::Interest;
@@ -710,7 +711,20 @@ impl Daemon {
         req.annotations.remove(sprout_netplug::LEASE_ANNOTATION);
         let reservation = self.reserve(&id, function)?;
         let lease = match &vpc {
-            Some((v, unknown)) => Some(self.network.take(v, &id, *unknown).await?),
+            Some((v, unknown)) => {
+                let bundle = req.bundle.clone().unwrap_or_else(|| f.bundle.clone());
+                let may_reconfigure = blocking(move || {
+                    let b = sprout_runtime::spec::load_bundle(&bundle).map_err(|e| {
+                        ApiError::bad_request(format!("bundle {}: {e}", bundle.display()))
+                    })?;
+                    let process = b.spec.process().clone().unwrap_or_default();
+                    Ok(sprout_runtime::spec::may_reconfigure_network(
+                        &b.spec, &process,
+                    ))
+                })
+                .await?;
+                Some(self.network.take(v, &id, *unknown, may_reconfigure).await?)
+            }
             None => None,
         };
         let network = lease.as_ref().map(Attachment::of);
@@ -1165,9 +1179,19 @@ impl Daemon {
                 )));
             }
         }
-        let (_, c) = self.container(id)?;
+        let (inst, c) = self.container(id)?;
+        let process = exec_process(&c, &body);
+        // More privilege than the instance's own process, in a pooled
+        // namespace: it must not be reused after this.
+        if let Some(a) = &inst.network {
+            let base = c.spec().process().clone().unwrap_or_default();
+            let reach = |p| sprout_runtime::spec::may_reconfigure_network(c.spec(), p);
+            if reach(&process) && !reach(&base) {
+                self.network.note_may_reconfigure(a, id).await?;
+            }
+        }
         tracing::info!(container = %id, args = ?body.args, "exec");
-        blocking(move || exec_blocking(&c, body)).await
+        blocking(move || exec_blocking(&c, process, body)).await
     }
 
     // ---- restart ---------------------------------------------------
@@ -1399,13 +1423,14 @@ fn spawn_capture(mut r: fs::File, done: std::sync::mpsc::Sender<()>) -> Arc<Mute
     out
 }
 
-fn exec_blocking(c: &Container, body: ExecBody) -> Result<ExecResult, ApiError> {
+/// The process an exec runs: the instance's own, with what `body` sets.
+fn exec_process(c: &Container, body: &ExecBody) -> Process {
     let mut process = c.spec().process().clone().unwrap_or_default();
-    process.set_args(Some(body.args));
-    if let Some(env) = body.env {
-        process.set_env(Some(env));
+    process.set_args(Some(body.args.clone()));
+    if let Some(env) = &body.env {
+        process.set_env(Some(env.clone()));
     }
-    if let Some(cwd) = body.cwd {
+    if let Some(cwd) = &body.cwd {
         process.set_cwd(cwd.into());
     }
     if let Some(u) = body.user {
@@ -1417,7 +1442,10 @@ fn exec_blocking(c: &Container, body: ExecBody) -> Result<ExecResult, ApiError> 
     }
     process.set_terminal(Some(false));
     process.set_console_size(None);
+    process
+}
 
+fn exec_blocking(c: &Container, process: Process, body: ExecBody) -> Result<ExecResult, ApiError> {
     let stdio_err = |e: io::Error| ApiError::bad_request(format!("exec stdio: {e}"));
     let stdin = open_stdio(body.stdin.as_deref(), false).map_err(stdio_err)?;
     let mut readers: [Option<fs::File>; 2] = [None, None];

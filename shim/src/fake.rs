@@ -11,14 +11,15 @@
 //! none), with a bundle of its own at that bundle's `cgroupsPath`.
 //! Annotations and resources of the fork are written into a private copy
 //! of the bundle's config (under the engine directory, removed once the
-//! container is created). A netns or console socket is refused (so a
-//! function in a VPC cannot be forked by it). A function's
+//! container is created). A network namespace handed over (a VPC's) is
+//! joined by its path under sproutd's /proc/PID/fd; a console socket is
+//! refused. A function's
 //! `after_fork_signal` is not sent: a cold start runs the initializer in
 //! every instance, so there is nothing to re-seed.
 
 use std::collections::HashSet;
 use std::fs;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -110,6 +111,17 @@ impl FakeEngine {
             }
             linux.insert("resources".into(), new);
         }
+        if let Some(ns) = &req.netns {
+            // Opened by path while the fork holds the fd.
+            let path = format!("/proc/{}/fd/{}", std::process::id(), ns.as_raw_fd());
+            let namespaces = linux
+                .entry("namespaces")
+                .or_insert_with(|| serde_json::json!([]))
+                .as_array_mut()
+                .ok_or_else(|| invalid("linux.namespaces is not an array".into()))?;
+            namespaces.retain(|n| n["type"] != "network");
+            namespaces.push(serde_json::json!({"type": "network", "path": path}));
+        }
         if !req.annotations.is_empty() {
             let ann = obj
                 .entry("annotations")
@@ -172,11 +184,6 @@ impl Engine for FakeEngine {
     fn fork(&self, f: &FunctionSpec, req: ForkRequest) -> Result<InstanceInfo, EngineError> {
         if !self.loaded().contains(&f.name) {
             return Err(EngineError::NoTemplate(f.name.clone()));
-        }
-        if req.netns.is_some() {
-            return Err(EngineError::Unsupported(
-                "the fake engine cannot join a network namespace".into(),
-            ));
         }
         if req.console_socket.is_some() {
             return Err(EngineError::Unsupported(

@@ -164,13 +164,34 @@ impl Network {
 
     /// Takes a namespace of `vpc` for instance `id`. `unknown` is the
     /// status of a VPC that does not exist.
-    pub async fn take(&self, vpc: &str, id: &str, unknown: u16) -> Result<Lease, ApiError> {
+    /// `may_reconfigure`: the instance can change the namespace beyond
+    /// what a scrub undoes, so it is destroyed when given back.
+    pub async fn take(
+        &self,
+        vpc: &str,
+        id: &str,
+        unknown: u16,
+        may_reconfigure: bool,
+    ) -> Result<Lease, ApiError> {
         self.np
-            .take(vpc, &Owner::container(id))
+            .take(vpc, &Owner::container(id).reconfiguring(may_reconfigure))
             .await
             .map_err(|e| match status_of(&e, unknown) {
                 500 => ApiError::internal(format!("network namespace from VPC {vpc}: {e}")),
                 _ => self.unknown_vpc(e, unknown),
+            })
+    }
+
+    /// Records that instance `id` now runs a process that may reconfigure
+    /// its namespace (see [`Network::take`]).
+    pub async fn note_may_reconfigure(&self, a: &Attachment, id: &str) -> Result<(), ApiError> {
+        self.np
+            .note_may_reconfigure(&a.lease, id)
+            .await
+            .map_err(|e| {
+                ApiError::internal(format!(
+                    "recording that instance {id:?} may reconfigure its network namespace: {e}"
+                ))
             })
     }
 

@@ -141,6 +141,7 @@ pub fn exec(g: &GlobalOpts, a: ExecArgs) -> Result<u8> {
     let container = rt.container(&a.id)?;
     let base = container.spec().process().clone().unwrap_or_default();
     let process = build_process(&a, &base)?;
+    super::netplug::before_exec(g, &container, &process)?;
     let terminal = process.terminal().unwrap_or(false);
     let proxy = if terminal && a.console_socket.is_none() && !a.detach {
         Some(tty::ConsoleReceiver::new()?)

@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
-use oci_spec::runtime::{LinuxNamespaceBuilder, LinuxNamespaceType};
+use oci_spec::runtime::{LinuxNamespaceBuilder, LinuxNamespaceType, Process};
 
 use sprout::netplug::{
     self, BlockingNetplug, GiveBackPolicy, LEASE_ANNOTATION, Options, Owner, VPC_ANNOTATION,
@@ -323,8 +323,10 @@ pub fn with_vpc<T>(
     };
     let t0 = Instant::now();
     let np = open(g)?;
+    let process = bundle.spec.process().clone().unwrap_or_default();
+    let may_reconfigure = sprout::runtime::spec::may_reconfigure_network(&bundle.spec, &process);
     let lease = np
-        .take(&vpc, &Owner::container(id))
+        .take(&vpc, &Owner::container(id).reconfiguring(may_reconfigure))
         .with_context(|| format!("network namespace from VPC {vpc}"))?;
     tracing::debug!(container = id, vpc = %vpc, ns = %lease.id, address = %lease.address, "netplug take {}µs", t0.elapsed().as_micros());
     let joined = join_lease(&mut bundle, annotations, &vpc, &lease);
@@ -366,6 +368,29 @@ fn join_lease(
     );
     linux.set_namespaces(Some(namespaces));
     bundle.spec.set_linux(Some(linux));
+    Ok(())
+}
+
+/// Before container `c` runs `process`: if that process has more reach
+/// than the container's own over a pooled network namespace the container
+/// holds, the namespace is marked to be destroyed rather than reused when
+/// it is given back.
+pub fn before_exec(g: &GlobalOpts, c: &Container, process: &Process) -> Result<()> {
+    let Some(lease) = c
+        .spec()
+        .annotations()
+        .as_ref()
+        .and_then(|a| a.get(LEASE_ANNOTATION))
+    else {
+        return Ok(());
+    };
+    let base = c.spec().process().clone().unwrap_or_default();
+    let reach = |p| sprout::runtime::spec::may_reconfigure_network(c.spec(), p);
+    if reach(process) && !reach(&base) {
+        open(g)?
+            .note_may_reconfigure(lease, c.id())
+            .with_context(|| format!("marking network namespace {lease} as not reusable"))?;
+    }
     Ok(())
 }
 
