@@ -442,13 +442,23 @@ impl SmallStateRoot {
         SmallStateRoot(dir)
     }
 
-    /// Fills what is left of it.
-    fn fill(&self) -> PathBuf {
+    /// Fills what is left of it, until the filler is dropped.
+    fn fill(&self) -> Filler {
         let path = self.0.join("filler");
         let mut f = fs::File::create(&path).unwrap();
         let chunk = vec![0u8; 4096];
         while f.write_all(&chunk).is_ok() {}
-        path
+        Filler(path)
+    }
+}
+
+/// A file filling a [`SmallStateRoot`], removed when dropped (declared
+/// after the test's VpcGuard, it goes first, so that cleanup has room).
+struct Filler(PathBuf);
+
+impl Drop for Filler {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
     }
 }
 
@@ -484,7 +494,7 @@ fn a_take_whose_owner_record_cannot_be_written_leaves_the_namespace_ready() {
     assert!(state_files(&root, "leases").is_empty(), "{:?}", walk(&root));
     let st = np.status().unwrap();
     assert_eq!((st.pools[0].leased, st.pools[0].ready), (0, 1), "{st:?}");
-    fs::remove_file(filler).unwrap();
+    drop(filler);
     let lease = np.take("full", &as_container).unwrap();
     np.give_back_from(&lease.id, "c1").unwrap();
     drop(lease);

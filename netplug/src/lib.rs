@@ -146,6 +146,13 @@ pub struct GcReport {
     pub failed: Vec<String>,
 }
 
+/// Whether opening a pooled namespace failed because it is gone (its
+/// mount point left bare or removed), not for a reason of the opener's.
+fn is_gone(e: &Error) -> bool {
+    matches!(e, Error::Sys { source, .. }
+        if matches!(source.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::InvalidData))
+}
+
 impl GcReport {
     /// Keeps `r`'s error in `failed` (what gc was doing first); whether
     /// the step worked.
@@ -843,9 +850,19 @@ impl Netplug {
                     // Broken (e.g. unmounted by hand): out of the pool,
                     // to the next gc, which tears it down. Still ours, it
                     // would stay leased for as long as we live.
-                    Err(e) => {
+                    Err(e) if is_gone(&e) => {
                         tracing::warn!(ns = %id, "ready namespace unusable, left to gc: {e}");
-                        state::abandon_lease(&self.layout, &id, &owner.process)?;
+                        if let Err(e) = state::abandon_lease(&self.layout, &id, &owner.process) {
+                            tracing::warn!(ns = %id, "leaving it to gc: {e}");
+                        }
+                    }
+                    // Not the namespace's fault (e.g. out of fds): back to
+                    // ready, and the error to the taker.
+                    Err(e) => {
+                        let lease = state::read_lease(&self.layout, &id)?
+                            .ok_or_else(|| Error::NoSuchLease(id.clone()))?;
+                        state::lease_to_ready(&self.layout, &lease)?;
+                        return Err(e);
                     }
                 }
             }
@@ -889,6 +906,13 @@ impl Netplug {
         let _l = self.lock().await?;
         let rec: LeaseRecord = state::read_lease(&self.layout, &lease.id)?
             .ok_or_else(|| Error::NoSuchLease(lease.id.clone()))?;
+        if rec.owner.may_reconfigure {
+            // Whatever ran before the failure may have changed it.
+            drop(lease);
+            self.reclaim(rec).await?;
+            self.wake.notify_one();
+            return Ok(());
+        }
         state::lease_to_ready(&self.layout, &rec)?;
         self.pools
             .lock()
@@ -1018,6 +1042,7 @@ impl Netplug {
         };
         let vpc_or = |name: &str| vpcs.get(name).cloned().unwrap_or_else(|| placeholder(name));
 
+        let mut failed_builds: Vec<String> = Vec::new();
         // Builders hold the builds lock (shared) while they build, so
         // every building record seen here was left by a builder that died
         // or was cancelled.
@@ -1030,6 +1055,9 @@ impl Netplug {
             .await;
             if report.step(|| format!("half-built namespace {}", b.id), r) {
                 report.destroyed.push(b.id);
+            } else {
+                // Still recorded: what it has is not an orphan to sweep.
+                failed_builds.push(b.id);
             }
         }
         // Leases of dead owners.
@@ -1097,6 +1125,10 @@ impl Netplug {
         // from ready to leases (link, then unlink) while we look.
         let mut known: HashSet<String> = HashSet::new();
         let mut veths: HashSet<String> = HashSet::new();
+        for id in failed_builds {
+            veths.insert(state::hub_veth_name(&id));
+            known.insert(id);
+        }
         for vpc_name in state::list(&self.layout.dir().join("ready"), "")? {
             for id in state::list(&self.layout.ready_dir(&vpc_name), ".json")? {
                 if let Some(r) =

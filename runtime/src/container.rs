@@ -822,6 +822,11 @@ impl Container {
         &self.runtime.init_binary
     }
 
+    /// The state root of the runtime it belongs to.
+    pub fn runtime_root(&self) -> &Path {
+        self.runtime.root()
+    }
+
     pub fn saved(&self) -> &SavedState {
         &self.state
     }

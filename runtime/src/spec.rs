@@ -526,11 +526,16 @@ pub fn validate_id(id: &str) -> Result<(), &'static str> {
 /// namespace owned by the host's user namespace (a pooled one), could
 /// change that namespace's configuration beyond what a scrub undoes:
 /// routes of other tables, rules, neighbours, nftables, qdiscs, sysctls.
-/// True for CAP_NET_ADMIN or CAP_SYS_ADMIN in any of its capability sets
-/// (unless a user namespace of the sandbox's own makes them moot), for
-/// `net.*` entries of `linux.sysctl` (applied inside that namespace),
-/// and for a process that is the host's root where `/proc/sys` is
-/// mounted writable: `/proc/sys/net` files are 0644 and owned by it.
+/// Errs on the side of yes (the cost is a namespace not reused):
+/// - `net.*` entries of `linux.sysctl` (applied inside that namespace);
+/// - `createContainer`/`startContainer` hooks (run as root inside it);
+/// - CAP_NET_ADMIN, CAP_SYS_ADMIN or CAP_SYS_MODULE in any of its
+///   capability sets, unless a user namespace of the sandbox's own makes
+///   them moot;
+/// - a writable `/proc/sys` in any proc mount, unless a user namespace of
+///   its own maps no id to the host's root: `/proc/sys/net` files are
+///   0644 and owned by the host's root, whom a process can become
+///   (setuid binaries, CAP_SETUID) without being it at the start.
 pub fn may_reconfigure_network(spec: &Spec, process: &oci_spec::runtime::Process) -> bool {
     use oci_spec::runtime::Capability;
     let linux = spec.linux().as_ref();
@@ -538,7 +543,12 @@ pub fn may_reconfigure_network(spec: &Spec, process: &oci_spec::runtime::Process
         s.keys()
             .any(|k| k.starts_with("net.") || k.starts_with("net/"))
     });
-    if net_sysctl {
+    let hooks_inside = spec.hooks().as_ref().is_some_and(|h| {
+        [h.create_container(), h.start_container()]
+            .into_iter()
+            .any(|list| list.as_ref().is_some_and(|l| !l.is_empty()))
+    });
+    if net_sysctl || hooks_inside {
         return true;
     }
     let own_userns = linux
@@ -548,8 +558,12 @@ pub fn may_reconfigure_network(spec: &Spec, process: &oci_spec::runtime::Process
                 .any(|n| n.typ() == LinuxNamespaceType::User && n.path().is_none())
         });
     if !own_userns {
-        let caps = process.capabilities().as_ref();
-        let held = caps.is_some_and(|c| {
+        let reaching = [
+            Capability::NetAdmin,
+            Capability::SysAdmin,
+            Capability::SysModule,
+        ];
+        let held = process.capabilities().as_ref().is_some_and(|c| {
             [
                 c.bounding(),
                 c.effective(),
@@ -559,43 +573,66 @@ pub fn may_reconfigure_network(spec: &Spec, process: &oci_spec::runtime::Process
             ]
             .into_iter()
             .flatten()
-            .any(|set| set.contains(&Capability::NetAdmin) || set.contains(&Capability::SysAdmin))
+            .any(|set| reaching.iter().any(|cap| set.contains(cap)))
         });
         if held {
             return true;
         }
     }
-    // The host uid the process runs as.
-    let uid = process.user().uid();
-    let host_uid = if own_userns {
-        linux
+    let can_be_host_root = !own_userns
+        || linux
             .and_then(|l| l.uid_mappings().as_ref())
-            .and_then(|maps| {
-                maps.iter().find_map(|m| {
-                    let (inside, size) = (m.container_id(), m.size());
-                    (uid >= inside && uid - inside < size).then(|| m.host_id() + (uid - inside))
-                })
-            })
-    } else {
-        Some(uid)
-    };
-    if host_uid != Some(0) {
-        return false;
-    }
-    let proc_mounted = spec
-        .mounts()
-        .iter()
-        .flatten()
-        .any(|m| m.typ().as_deref() == Some("proc"));
-    let read_only = |paths: &Option<Vec<String>>| {
-        paths.iter().flatten().any(|p| {
-            let p = p.trim_end_matches('/');
-            p == "/proc/sys" || p == "/proc" || p == "/proc/sys/net"
+            .is_some_and(|maps| maps.iter().any(|m| m.host_id() == 0));
+    can_be_host_root && writable_proc_sys(spec)
+}
+
+/// Whether some mount of `spec` shows a writable `sys` of procfs: a proc
+/// mount, or a bind of the host's /proc, that is not read-only and whose
+/// `sys` (or `sys/net`) is neither in `readonlyPaths` nor masked.
+fn writable_proc_sys(spec: &Spec) -> bool {
+    let linux = spec.linux().as_ref();
+    let protected: Vec<PathBuf> = linux
+        .into_iter()
+        .flat_map(|l| {
+            l.readonly_paths()
+                .iter()
+                .flatten()
+                .chain(l.masked_paths().iter().flatten())
         })
-    };
-    let sys_protected =
-        linux.is_some_and(|l| read_only(l.readonly_paths()) || read_only(l.masked_paths()));
-    proc_mounted && !sys_protected
+        .map(|p| Path::new(p).components().collect())
+        .collect();
+    spec.mounts().iter().flatten().any(|m| {
+        let procfs = m.typ().as_deref() == Some("proc")
+            || m.source().as_ref().is_some_and(|s| s.starts_with("/proc"));
+        let read_only = m
+            .options()
+            .iter()
+            .flatten()
+            .any(|o| o == "ro" || o == "rro");
+        if !procfs || read_only {
+            return false;
+        }
+        let dest: PathBuf = m.destination().components().collect();
+        // What of the host's procfs this mount shows at its destination.
+        let sys_at = match m
+            .source()
+            .as_ref()
+            .and_then(|s| s.strip_prefix("/proc").ok())
+        {
+            Some(rest) if m.typ().as_deref() != Some("proc") => {
+                match Path::new("sys").strip_prefix(rest) {
+                    Ok(below) => dest.join(below),
+                    // A bind of /proc/sys/net or of something else.
+                    Err(_) if rest.starts_with("sys") => dest.clone(),
+                    Err(_) => return false,
+                }
+            }
+            _ => dest.join("sys"),
+        };
+        !protected
+            .iter()
+            .any(|p| sys_at.starts_with(p) || sys_at.join("net").starts_with(p))
+    })
 }
 
 #[cfg(test)]
@@ -641,11 +678,37 @@ mod tests {
         s["process"]["capabilities"]["bounding"] = serde_json::json!([]);
         assert!(reach(s.clone()), "host root with a writable /proc/sys");
         s["process"]["user"]["uid"] = 1000.into();
-        assert!(!reach(s.clone()), "not root");
+        s["linux"]["readonlyPaths"] = serde_json::json!(["/proc/sys/"]);
+        assert!(!reach(s.clone()), "/proc/sys read-only");
+        s["linux"]["readonlyPaths"] = serde_json::json!([]);
         s["linux"]["sysctl"] = serde_json::json!({"net.ipv4.ip_forward": "1"});
         assert!(reach(s.clone()), "net.* sysctls are set in the namespace");
         s["linux"]["sysctl"] = serde_json::json!({"kernel.msgmax": "8192"});
-        assert!(!reach(s), "other sysctls are not the network's");
+        assert!(
+            reach(s.clone()),
+            "not root, but may become it: /proc/sys is writable"
+        );
+        s["linux"]["readonlyPaths"] = serde_json::json!(["/proc/sys"]);
+        assert!(!reach(s.clone()), "other sysctls are not the network's");
+        // A second proc mount, or a bind of the host's /proc, elsewhere.
+        let mounts = s["mounts"].clone();
+        s["mounts"].as_array_mut().unwrap().push(
+            serde_json::json!({"destination": "/hostproc", "type": "proc", "source": "proc"}),
+        );
+        assert!(reach(s.clone()), "a writable /hostproc/sys");
+        s["mounts"] = mounts.clone();
+        s["mounts"].as_array_mut().unwrap().push(
+            serde_json::json!({"destination": "/p", "type": "bind", "source": "/proc", "options": ["rbind"]}),
+        );
+        assert!(reach(s.clone()), "a writable bind of /proc");
+        s["mounts"] = mounts.clone();
+        s["mounts"].as_array_mut().unwrap().push(
+            serde_json::json!({"destination": "/n", "type": "bind", "source": "/proc/sys/net", "options": ["rbind", "ro"]}),
+        );
+        assert!(!reach(s.clone()), "a read-only bind of /proc/sys/net");
+        s["mounts"] = mounts;
+        s["hooks"] = serde_json::json!({"startContainer": [{"path": "/bin/true"}]});
+        assert!(reach(s), "hooks run as root inside the namespace");
     }
 
     fn base() -> serde_json::Value {

@@ -1179,16 +1179,10 @@ impl Daemon {
                 )));
             }
         }
-        let (inst, c) = self.container(id)?;
+        let (_, c) = self.container(id)?;
         let process = exec_process(&c, &body);
-        // More privilege than the instance's own process, in a pooled
-        // namespace: it must not be reused after this.
-        if let Some(a) = &inst.network {
-            let base = c.spec().process().clone().unwrap_or_default();
-            let reach = |p| sprout_runtime::spec::may_reconfigure_network(c.spec(), p);
-            if reach(&process) && !reach(&base) {
-                self.network.note_may_reconfigure(a, id).await?;
-            }
+        if let Some(lease) = crate::network::lease_to_mark_before_exec(&c, &process) {
+            self.network.note_may_reconfigure(&lease, id).await?;
         }
         tracing::info!(container = %id, args = ?body.args, "exec");
         blocking(move || exec_blocking(&c, process, body)).await

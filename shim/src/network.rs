@@ -28,6 +28,24 @@ use sprout_netplug::{
 
 use crate::error::ApiError;
 
+/// The lease of the pooled network namespace container `c` holds, if
+/// running `process` in it means marking that lease not reusable:
+/// `process` could reconfigure the namespace beyond what a scrub undoes
+/// ([`sprout_runtime::spec::may_reconfigure_network`]). Every exec path
+/// (the CLI, sproutd, the containerd shim) asks this first and marks the
+/// lease with `note_may_reconfigure` before the process starts.
+pub fn lease_to_mark_before_exec(
+    c: &sprout_runtime::Container,
+    process: &oci_spec::runtime::Process,
+) -> Option<String> {
+    let lease = c
+        .spec()
+        .annotations()
+        .as_ref()?
+        .get(sprout_netplug::LEASE_ANNOTATION)?;
+    sprout_runtime::spec::may_reconfigure_network(c.spec(), process).then(|| lease.clone())
+}
+
 /// The annotation that records an instance's address (`ADDR/PREFIX`), as
 /// `sprout create --vpc` records it.
 pub const ADDRESS_ANNOTATION: &str = "io.sprout.netplug.address";
@@ -183,16 +201,13 @@ impl Network {
     }
 
     /// Records that instance `id` now runs a process that may reconfigure
-    /// its namespace (see [`Network::take`]).
-    pub async fn note_may_reconfigure(&self, a: &Attachment, id: &str) -> Result<(), ApiError> {
-        self.np
-            .note_may_reconfigure(&a.lease, id)
-            .await
-            .map_err(|e| {
-                ApiError::internal(format!(
-                    "recording that instance {id:?} may reconfigure its network namespace: {e}"
-                ))
-            })
+    /// its namespace `lease` (see [`Network::take`]).
+    pub async fn note_may_reconfigure(&self, lease: &str, id: &str) -> Result<(), ApiError> {
+        self.np.note_may_reconfigure(lease, id).await.map_err(|e| {
+            ApiError::internal(format!(
+                "recording that instance {id:?} may reconfigure its network namespace: {e}"
+            ))
+        })
     }
 
     /// Returns the lease of a fork that failed, unscrubbed (no instance

@@ -371,24 +371,14 @@ fn join_lease(
     Ok(())
 }
 
-/// Before container `c` runs `process`: if that process has more reach
-/// than the container's own over a pooled network namespace the container
-/// holds, the namespace is marked to be destroyed rather than reused when
-/// it is given back.
+/// Before container `c` runs `process`: if that process could
+/// reconfigure the pooled network namespace the container holds, the
+/// namespace is marked to be destroyed rather than reused when it is
+/// given back.
 pub fn before_exec(g: &GlobalOpts, c: &Container, process: &Process) -> Result<()> {
-    let Some(lease) = c
-        .spec()
-        .annotations()
-        .as_ref()
-        .and_then(|a| a.get(LEASE_ANNOTATION))
-    else {
-        return Ok(());
-    };
-    let base = c.spec().process().clone().unwrap_or_default();
-    let reach = |p| sprout::runtime::spec::may_reconfigure_network(c.spec(), p);
-    if reach(process) && !reach(&base) {
+    if let Some(lease) = sprout::shim::network::lease_to_mark_before_exec(c, process) {
         open(g)?
-            .note_may_reconfigure(lease, c.id())
+            .note_may_reconfigure(&lease, c.id())
             .with_context(|| format!("marking network namespace {lease} as not reusable"))?;
     }
     Ok(())

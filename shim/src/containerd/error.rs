@@ -30,6 +30,8 @@ pub enum ShimError {
     Restore(#[from] sprout_snapshot::restore::RestoreError),
     #[error("sproutd: {0}")]
     Sproutd(#[from] ClientError),
+    #[error("netplug: {0}")]
+    Netplug(#[from] sprout_netplug::Error),
     #[error("mounting {source_path} on {target} ({fstype}): {error}")]
     Mount {
         fstype: String,

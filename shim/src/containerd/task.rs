@@ -288,6 +288,14 @@ impl Task {
         let (prepared, stdio) = PreparedIo::new(&p.paths, console_dir)?;
         let c = self.container()?;
         let spawned = blocking(move || {
+            // An instance in a VPC namespace (the lease is in its
+            // annotations; netplug's state shares the runtime's root).
+            if let Some(lease) = crate::network::lease_to_mark_before_exec(&c, &spec) {
+                sprout_netplug::BlockingNetplug::open(sprout_netplug::Options::new(
+                    c.runtime_root(),
+                ))?
+                .note_may_reconfigure(&lease, c.id())?;
+            }
             let e = c.exec(
                 spec,
                 ExecOptions {
