@@ -363,6 +363,55 @@ fn threaded_dynamic_program_resumes_all_threads() {
     s.assert_clean(&id2);
 }
 
+/// Pending signals are queued to the restored process itself, whatever
+/// pid its image names: restored into a shared pid namespace, an image
+/// naming another process's pid must not get the restorer (root) to
+/// signal that process.
+#[test]
+fn pending_signals_reach_the_restored_process_not_the_pid_the_image_names() {
+    let mut s = threads_sandbox("snapsigpid");
+    s.config()["linux"]["namespaces"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|n| n["type"] != "pid");
+    s.write_config();
+    let (img, out1) = run_and_dump(&s, |out| has_lines(out, 3));
+    // SIGUSR2, pending on the image's process, would end it.
+    let mut victim = std::process::Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .unwrap();
+    let script = r#"
+import hashlib, json, sys
+p, pid = sys.argv[1], int(sys.argv[2])
+body = json.loads(open(p).read())["body"]
+body["process"]["pid"] = pid
+body["threads"][0]["tid"] = pid
+raw = json.dumps(body, separators=(",", ":"))
+doc = '{"format":"sprout-image","version":1,"checksum":"sha256:' + hashlib.sha256(raw.encode()).hexdigest() + '","body":' + raw + '}'
+open(p, "w").write(doc)
+"#;
+    let st = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", script])
+        .arg(img.join("manifest.json"))
+        .arg(victim.id().to_string())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let id2 = unique_id("snapsigpid-r");
+    let out2 = s.dir.path().join("out2");
+    let restored_ok = restore_detached(&s, &img, &id2, &out2).success();
+    let victim_alive = victim.try_wait().unwrap().is_none();
+    let _ = victim.kill();
+    let _ = victim.wait();
+    assert!(victim_alive, "the restorer signalled pid {}", victim.id());
+    assert!(restored_ok, "restore failed: {}", stderr_of(&out2));
+    assert!(has_lines(&out2, 3), "no progress: {}", stderr_of(&out2));
+    assert_threads_continue(lines(&out1).last().unwrap(), &lines(&out2));
+    s.ok(&["delete", "--force", &id2]);
+    s.assert_clean(&id2);
+}
+
 #[test]
 fn anonymous_memory_semantics_survive_restore() {
     let s = program_sandbox("snapmem", "memsem", &[]);

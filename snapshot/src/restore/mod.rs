@@ -1043,12 +1043,15 @@ fn release_until_resume(
     stages.mark("threads");
     crate::fds::restore_fds_with(ctx, pid, gadget, &m.fds, fd_opts)?;
     stages.mark("fds");
+    let own_pid = threads::ns_tid(pid, pid).ok_or_else(|| {
+        RestoreError::Incompatible(format!("no pid namespace pid for process {pid}"))
+    })?;
     let mut e = threads::timer_entries(gadget, m)?;
-    e.extend(threads::queue_signals(gadget, m)?);
+    e.extend(threads::queue_signals(gadget, m, own_pid)?);
     run_checked(ctx, gadget, pid, &e, "restoring timers and pending signals")?;
     for (t, &h) in m.threads.iter().zip(&host_tids) {
         if !t.pending.is_empty() {
-            let e = threads::queue_thread_signals(gadget, m, t)?;
+            let e = threads::queue_thread_signals(gadget, m, t, own_pid)?;
             run_checked(ctx, gadget, h, &e, "restoring a thread's pending signals")?;
         }
     }

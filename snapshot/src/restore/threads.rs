@@ -12,7 +12,7 @@ const PR_TIMER_CREATE_RESTORE_IDS: u64 = 77;
 const SIGEV_THREAD_ID: i32 = 4;
 
 /// The innermost pid-namespace tid of host thread `tid` of `pid`.
-fn ns_tid(pid: Tid, tid: Tid) -> Option<i32> {
+pub(super) fn ns_tid(pid: Tid, tid: Tid) -> Option<i32> {
     std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status"))
         .ok()?
         .lines()
@@ -170,11 +170,15 @@ pub(super) fn run_on(
 /// the process itself, pitfalls §7.1; see [`queue_thread_signals`] for
 /// each thread's own). They stay pending: the gadget runs with every
 /// signal but SIGTRAP blocked, and the final masks are the dumped ones.
+/// `own_pid` is the process's pid in its own pid namespace, never the
+/// image's: a forged `si_code` < 0 may be sent to any process, so an
+/// image naming another pid would have the restorer, as root, signal it.
 pub(super) fn queue_signals(
     gadget: &mut Gadget,
     m: &ManifestBody,
+    own_pid: i32,
 ) -> Result<Vec<Entry>, RestoreError> {
-    let tgid = m.process.pid as u64;
+    let tgid = own_pid as u64;
     queue_entries(gadget, &m.process.pending, |signo, info| {
         Entry::new(libc::SYS_rt_sigqueueinfo, [tgid, signo, info, 0, 0, 0])
     })
@@ -183,12 +187,17 @@ pub(super) fn queue_signals(
 /// Thread `t`'s own pending signals, to run on that thread: the kernel
 /// lets a thread queue a signal with the siginfo of a `tgkill` or of the
 /// kernel (`si_code` ≥ 0 or `SI_TKILL`) only to itself.
+/// `own_pid`: as for [`queue_signals`]; the main thread is that pid, the
+/// others were created at their dumped tids (checked).
 pub(super) fn queue_thread_signals(
     gadget: &mut Gadget,
     m: &ManifestBody,
     t: &Thread,
+    own_pid: i32,
 ) -> Result<Vec<Entry>, RestoreError> {
-    let (tgid, tid) = (m.process.pid as u64, t.tid as u64);
+    let main = m.threads.first().is_some_and(|first| first.tid == t.tid);
+    let tid = if main { own_pid } else { t.tid };
+    let (tgid, tid) = (own_pid as u64, tid as u64);
     queue_entries(gadget, &t.pending, |signo, info| {
         Entry::new(libc::SYS_rt_tgsigqueueinfo, [tgid, tid, signo, info, 0, 0])
     })
