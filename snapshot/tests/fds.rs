@@ -952,3 +952,73 @@ fn restore_over_existing_fds_keeping_reserved_ones() {
     assert_eq!(normalize(&after), want);
     verify(&mut stub, Path::new(&upath));
 }
+
+/// The image's regular files are opened beneath the process's root and
+/// never through a magic link (/proc/self/fd/N, /proc/PID/root: the
+/// opener is still root), and a FIFO at a file's path cannot hang the
+/// restore.
+#[test]
+fn regular_files_are_opened_without_magic_links_and_without_blocking() {
+    let dir = test_dir("inroot");
+    let (p, file, upath) = start_full(&dir);
+    let tracer = tracer();
+    let recs = dump(&tracer, p.pid).unwrap();
+    check_records(&recs, &file, &upath);
+    drop(p);
+    let files: Vec<Fd> = recs
+        .iter()
+        .filter(|f| matches!(f.object, FdObject::File { .. }))
+        .cloned()
+        .collect();
+    assert!(!files.is_empty());
+    let at = |path: &str, flags: i32| -> Vec<Fd> {
+        files
+            .iter()
+            .cloned()
+            .map(|mut f| {
+                if let FdObject::File { path: p, .. } = &mut f.object {
+                    *p = path.to_string();
+                }
+                f.flags = flags;
+                f
+            })
+            .collect()
+    };
+    let restore_in_stub = |records: Vec<Fd>| -> Result<(), FdError> {
+        let stub = Prog::spawn(&["stub"], None);
+        stub.ready();
+        let pid = stub.pid;
+        // An open that blocks ends with the stub, killed after a while.
+        let (done, wait) = mpsc::channel::<()>();
+        let watchdog = std::thread::spawn(move || {
+            if wait.recv_timeout(Duration::from_secs(10)).is_err() {
+                // SAFETY: kill of our own child's pid, still unreaped (the
+                // Prog owns it).
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        });
+        let r = tracer.run(move |ctx| {
+            stop(ctx, pid);
+            let mut g = install(ctx, pid);
+            let r = restore_fds(ctx, pid, &mut g, &records);
+            let _ = ctx.kill(pid);
+            r
+        });
+        let _ = done.send(());
+        watchdog.join().unwrap();
+        drop(stub);
+        r
+    };
+    let e = restore_in_stub(at("/proc/self/fd/0", libc::O_RDONLY)).unwrap_err();
+    assert!(e.to_string().contains("ELOOP"), "{e}");
+    let e = restore_in_stub(at("/proc/self/root/etc/hostname", libc::O_RDONLY)).unwrap_err();
+    assert!(e.to_string().contains("ELOOP"), "{e}");
+    // A FIFO read-only: opened at once (nonblocking); its offset cannot
+    // be set, which is the error.
+    let fifo = dir.join("fifo");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo with a valid C string.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let e = restore_in_stub(at(fifo.to_str().unwrap(), libc::O_RDONLY)).unwrap_err();
+    assert!(e.to_string().contains("lseek"), "{e}");
+}

@@ -8,7 +8,7 @@
 //! | kind | dump | restore (injected, *as the target*) |
 //! |---|---|---|
 //! | stdio (0-2: a pipe, tty, socket or file the runtime set up; a char device) | `Stdio {stream}` / `Tty` | nothing: the sandbox's own fd stays (a record at another number is a `dup3` of it) |
-//! | regular file | `File {path, offset}`, path relative to the process's root, checked to name the open file | `openat(AT_FDCWD, path, flags)`, `lseek(offset)` |
+//! | regular file | `File {path, offset}`, path relative to the process's root, checked to name the open file | `openat2` of the path beneath the process's root (`RESOLVE_IN_ROOT \| RESOLVE_NO_MAGICLINKS`, `O_NONBLOCK` until the dumped flags are set), `lseek(offset)` |
 //! | `/dev/null zero full random urandom` | `Device` | `openat("/dev/NAME", flags)` |
 //! | pipe with both ends in the process | `Pipe {pipe, end, capacity, data}`; bytes copied with `tee(2)` into a scratch pipe (never consumed) | `pipe2`, `F_SETPIPE_SZ`, `write` of the bytes |
 //! | unix socketpair (either end's peer is the other) | `Socket` in state `Pair {pair, queued}`; peer from `NETLINK_SOCK_DIAG` (unix_diag, in the target's netns); queued bytes with `MSG_PEEK` under a temporary `SO_PEEK_OFF` | `socketpair`, re-sent from the other end |

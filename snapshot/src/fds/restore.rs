@@ -49,6 +49,20 @@ const OPEN_FLAGS: i32 = libc::O_ACCMODE
     | libc::O_SYNC
     | libc::O_DSYNC
     | libc::O_LARGEFILE;
+/// openat2(2) and its `struct open_how` (flags, mode, resolve).
+const SYS_OPENAT2: i64 = 437;
+const OPEN_HOW_SIZE: u64 = 24;
+const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
+const RESOLVE_IN_ROOT: u64 = 0x10;
+
+fn open_how(flags: i32) -> Vec<u8> {
+    let mut how = Vec::with_capacity(OPEN_HOW_SIZE as usize);
+    how.extend_from_slice(&(flags as u32 as u64).to_le_bytes());
+    how.extend_from_slice(&0u64.to_le_bytes());
+    how.extend_from_slice(&(RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS).to_le_bytes());
+    how
+}
+
 /// What `F_SETFL` can change.
 const SETFL_MASK: i32 =
     libc::O_APPEND | libc::O_NONBLOCK | libc::O_DIRECT | libc::O_NOATIME | libc::O_ASYNC;
@@ -246,6 +260,33 @@ pub fn restore_fds_with(
 
     let mut b = Batch::new(ctx, tid, gadget);
 
+    // Regular files are opened beneath the process's root, never through
+    // a magic link (/proc/self/fd/N, /proc/PID/root): the image names the
+    // path and the opener is still root. O_NONBLOCK so that a FIFO at the
+    // path cannot hang the restore; phase 3 sets the dumped flags.
+    let has_files = objs
+        .iter()
+        .any(|o| matches!(o, Obj::Single(f) if matches!(f.object, FdObject::File { .. })));
+    let root_dir = if has_files {
+        let r = b
+            .push(
+                -1,
+                "open / to resolve the image's files in",
+                &[b"/\0"],
+                &[],
+                false,
+                |a| {
+                    let flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC;
+                    (libc::SYS_openat, [AT_FDCWD, a[0], flags as u64, 0, 0, 0])
+                },
+            )?
+            .0;
+        b.flush()?;
+        Some(b.result(r) as i32)
+    } else {
+        None
+    };
+
     // Phase 1: create.
     enum Made {
         One(Res),
@@ -267,14 +308,18 @@ pub fn restore_fds_with(
                                 format!("{path:?} is not a normalized absolute path"),
                             ));
                         }
-                        let flags = (f.flags & OPEN_FLAGS) | libc::O_CLOEXEC | libc::O_NOCTTY;
+                        let flags = (f.flags & OPEN_FLAGS)
+                            | libc::O_CLOEXEC
+                            | libc::O_NOCTTY
+                            | libc::O_NONBLOCK;
+                        let root = root_dir.expect("opened when there are files") as u64;
                         b.push(
                             fd,
-                            format!("open {path}"),
-                            &[&cstring(path)],
+                            format!("open {path} (in the rootfs, no magic links)"),
+                            &[&cstring(path), &open_how(flags)],
                             &[],
                             false,
-                            |a| (libc::SYS_openat, [AT_FDCWD, a[0], flags as u64, 0, 0, 0]),
+                            |a| (SYS_OPENAT2, [root, a[0], a[1], OPEN_HOW_SIZE, 0, 0]),
                         )?
                         .0
                     }
@@ -443,6 +488,15 @@ pub fn restore_fds_with(
         made.push(m);
     }
     b.flush()?;
+    if let Some(root) = root_dir {
+        // Before any fd is placed at its number (it may be root's).
+        b.call(
+            -1,
+            format!("close({root}), the rootfs resolver"),
+            libc::SYS_close,
+            [root as u64, 0, 0, 0, 0, 0],
+        )?;
+    }
     let temps: Vec<Temps> = made
         .iter()
         .map(|m| match m {
