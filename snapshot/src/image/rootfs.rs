@@ -43,7 +43,9 @@ pub fn open_in_root(root: impl AsFd, path: &str, flags: OFlag) -> Result<OwnedFd
         ));
     }
     let how = OpenHow::new()
-        .flags(flags | OFlag::O_CLOEXEC | OFlag::O_NOCTTY)
+        // Nonblocking: a FIFO at an image's path must not hang the
+        // restorer (regular files do not care).
+        .flags(flags | OFlag::O_CLOEXEC | OFlag::O_NOCTTY | OFlag::O_NONBLOCK)
         .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
     let root = root.as_fd();
     let mut tries = 0;

@@ -174,7 +174,10 @@ fn host(h: &Host) -> Result<()> {
                     format!("size {:#x} is not in 1 page..16 MiB", a.size),
                 ));
             }
-            next = a.offset + a.size;
+            next = a
+                .offset
+                .checked_add(a.size)
+                .ok_or_else(|| invalid(&f, format!("offset {:#x} overflows", a.offset)))?;
         }
         if !seen.contains(&VdsoAreaKind::Vdso) {
             return Err(invalid("host.vdso.areas", "no [vdso] area"));

@@ -835,3 +835,15 @@ fn bad_permissions_on_the_image() {
         Err(ImageError::BadPermissions { .. })
     ));
 }
+
+#[test]
+fn a_vdso_area_whose_end_overflows_is_invalid_not_a_panic() {
+    let f = fixture();
+    let mut body = f.body.clone();
+    let Some(v) = body.host.vdso.as_mut().filter(|v| v.areas.len() >= 2) else {
+        return; // a host without a vDSO family of two areas
+    };
+    v.areas[1].offset = 0u64.wrapping_sub(PAGE);
+    v.areas[1].size = PAGE;
+    assert_invalid(&body, "host.vdso.areas[1]");
+}
