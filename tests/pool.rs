@@ -694,6 +694,41 @@ fn a_graceful_stop_deletes_the_pool_but_not_claimed_instances() {
     teardown(&s, &c, &d);
 }
 
+/// sproutd stopped while a pre-warm forks: the fork under way ends
+/// before the pool is deleted, and nothing of the pool is left (no
+/// frozen instance, no cgroup); a claim meanwhile is refused.
+#[test]
+fn a_graceful_stop_during_a_prewarm_leaves_no_pool_instance() {
+    let mut s = Sandbox::new("pool-stop-fork");
+    s.set_args(&["sleep", "1000"]);
+    let mut d = Sproutd::start(&s);
+    let c = d.client();
+    c.add_function(&function("py", &s)).unwrap();
+    let prewarming = {
+        let c = d.client();
+        std::thread::spawn(move || {
+            call(
+                &c,
+                "POST",
+                "/functions/py/pool/prewarm",
+                Some(json!({"count": 40})),
+            )
+        })
+    };
+    assert!(wait_until(TIMEOUT, || !pool_of(&c, &d, "py")["instances"]
+        .as_array()
+        .unwrap()
+        .is_empty()));
+    d.stop();
+    let _ = prewarming.join().unwrap();
+    assert_eq!(d.runtime_ids(), Vec::<String>::new(), "{}", d.log_text());
+    let left = cgroup_leftovers(&d.pool_cgroup);
+    assert!(left.is_empty(), "{left:?}\n{}", d.log_text());
+    d.spawn();
+    c.remove_function("py").unwrap();
+    assert_clean(&s, &d);
+}
+
 #[test]
 fn a_graceful_stop_right_after_a_function_removal_leaves_nothing() {
     // A stop right after the removal must not leave the template's holder

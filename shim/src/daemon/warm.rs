@@ -972,6 +972,7 @@ impl Daemon {
         stdio: Option<[OwnedFd; 3]>,
     ) -> Result<Claimed, ApiError> {
         let _op = self.op()?;
+        self.refuse_when_stopping()?;
         let started = Instant::now();
         self.function(name)?;
         let own_cgroup = match &body.bundle {
@@ -1302,7 +1303,11 @@ impl Daemon {
             });
         }
         lock(&self.warm.state).members.remove(id);
-        self.delete(id, true).await?;
+        match self.delete(id, true).await {
+            // Deleted meanwhile by another caller: released all the same.
+            Err(e) if e.status == 404 => {}
+            r => r?,
+        }
         self.warm.wake(&function);
         Ok(Released {
             id: id.to_string(),
@@ -1357,6 +1362,7 @@ impl Daemon {
     /// room first, else a frozen one (thawed), else a new fork.
     pub async fn acquire_lease(self: &Arc<Self>, name: &str) -> Result<LeaseView, ApiError> {
         let _op = self.op()?;
+        self.refuse_when_stopping()?;
         let started = Instant::now();
         self.function(name)?;
         {
@@ -1658,9 +1664,7 @@ impl Daemon {
         purpose: Purpose,
         frozen: bool,
     ) -> Result<Option<String>, ApiError> {
-        if self.warm.stopping.load(Ordering::Acquire) {
-            return Err(ApiError::new(503, "sproutd is shutting down"));
-        }
+        self.refuse_when_stopping()?;
         let id = self.warm.new_id(name);
         let parent = self.warm.ensure_parent(name)?;
         // Made first: nothing to undo in the books if it fails (the
@@ -1781,6 +1785,15 @@ impl Daemon {
         crate::metrics::instance_usage(&c)
             .map(|u| u.memory_bytes)
             .filter(|b| *b > 0)
+    }
+
+    /// 503 once sproutd stops: its shutdown is deleting the pool, so
+    /// nothing may be taken from it or added to it.
+    fn refuse_when_stopping(&self) -> Result<(), ApiError> {
+        if self.warm.stopping.load(Ordering::Acquire) {
+            return Err(ApiError::new(503, "sproutd is shutting down"));
+        }
+        Ok(())
     }
 
     /// Deletes a pool instance and every trace of it in the pool.
@@ -2044,6 +2057,18 @@ impl Daemon {
     /// one), and the pool's cgroups with them. Claimed ones live on.
     pub async fn shutdown_pool(self: &Arc<Self>) {
         self.warm.stopping.store(true, Ordering::Release);
+        // No claim or lease starts from here (they check `stopping`);
+        // forks and reconciliations under way end first, so that what
+        // they add to the pool is seen below rather than left frozen.
+        let deadline = Instant::now() + DRAIN_FORKS_TIMEOUT;
+        while lock(&self.warm.state)
+            .functions
+            .values()
+            .any(|f| f.forking > 0 || f.reconciling > 0)
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         let ids: Vec<String> = lock(&self.warm.state)
             .members
             .iter()
@@ -2077,7 +2102,9 @@ impl Daemon {
         tokio::spawn(async move {
             for id in ids {
                 tracing::info!(container = %id, "deleting a pool instance of the previous sproutd");
-                if let Err(e) = d.delete(&id, true).await {
+                if let Err(e) = d.delete(&id, true).await
+                    && e.status != 404
+                {
                     tracing::warn!(container = %id, "deleting a stale pool instance: {}", e.message);
                 }
             }
