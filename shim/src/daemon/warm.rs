@@ -1021,6 +1021,9 @@ impl Daemon {
     ) -> Result<Claimed, ApiError> {
         // Warm instances, one after another, until one is handed out.
         while !own_cgroup && body.bundle.is_none() {
+            // Before anything leaves the pool: a failure here (out of fds)
+            // must not strand a picked instance.
+            let output = outputs_clone(&stdio, &outputs)?;
             let mut dead = Vec::new();
             let picked = self.pick_for_claim(name, &mut dead);
             for id in dead {
@@ -1029,10 +1032,15 @@ impl Daemon {
             let Some((id, frozen)) = picked else { break };
             let mut steps = Steps::since(started);
             steps.done("pick");
-            let output = outputs_clone(&stdio, &outputs)?;
             match self.hand_out(&id, frozen, body, output, steps).await {
                 Ok(steps) => {
-                    let claimed = self.claimed(&id, StartPath::PoolHit, started, steps)?;
+                    let claimed = match self.claimed(&id, StartPath::PoolHit, started, steps) {
+                        Ok(c) => c,
+                        Err(e) => {
+                            self.abandon_claimed(&id).await;
+                            return Err(e);
+                        }
+                    };
                     self.record_claim(&id, body.resources.clone(), body.annotations.clone());
                     self.warm.wake_after_claim(name);
                     return Ok(claimed);
@@ -1093,7 +1101,7 @@ impl Daemon {
         }
         self.note_fork(name, path, &inst);
         let stages = inst.stages.clone();
-        let claimed = self.claimed(
+        let claimed = match self.claimed(
             &id,
             path,
             started,
@@ -1101,9 +1109,26 @@ impl Daemon {
                 at: started,
                 stages,
             },
-        )?;
+        ) {
+            Ok(c) => c,
+            Err(e) => {
+                self.abandon_claimed(&id).await;
+                return Err(e);
+            }
+        };
         self.warm.wake_after_claim(name);
         Ok(claimed)
+    }
+
+    /// A claimed instance whose claim failed after all: out of the books
+    /// and deleted, never left claimed with no claimant.
+    async fn abandon_claimed(self: &Arc<Self>, id: &str) {
+        lock(&self.warm.state).members.remove(id);
+        if let Err(e) = self.delete(id, true).await
+            && e.status != 404
+        {
+            tracing::warn!(container = %id, "deleting an instance whose claim failed: {}", e.message);
+        }
     }
 
     /// Takes an idle pool instance of `name` out of the pool for a claim:
@@ -1327,6 +1352,18 @@ impl Daemon {
         blocking(move || Ok(c.pause()?)).await?;
         let mut st = lock(&self.warm.state);
         let st = &mut *st;
+        // Still this release's, and alive: it may have died during the
+        // pause (the exit watcher skips a releasing instance) or been
+        // deleted meanwhile; the caller then destroys it.
+        let releasing = st
+            .members
+            .get(&id)
+            .is_some_and(|m| matches!(m.role, Role::Releasing));
+        if !releasing || inst.exit_status().is_some() {
+            return Err(ApiError::conflict(format!(
+                "instance {id:?} exited or went while it was being returned"
+            )));
+        }
         let fp = st.function(&inst.function)?;
         let (bytes, cost, slots) = (fp.bytes_per_instance, fp.fork_cost, fp.concurrency);
         // Only free room takes a returned instance back: it evicts nobody.
@@ -1501,7 +1538,13 @@ impl Daemon {
                     idle_since: Some(now),
                 };
             }
-            (record, released.idle && drained, released.idle)
+            // Out of the pool in the same step, so that no lease taken
+            // while the write set is recorded lands on an instance about
+            // to be destroyed.
+            let drained_busy = released.idle
+                && drained
+                && !st.take_idle(vec![released.instance.clone()]).is_empty();
+            (record, drained_busy, released.idle)
         };
         self.finish_request(&record.function, record.since.elapsed());
         if released_idle {
@@ -1811,9 +1854,11 @@ impl Daemon {
     /// are void.
     pub(super) fn forget_pool_instance(&self, id: &str) -> Option<String> {
         let mut st = lock(&self.warm.state);
-        let m = st.members.remove(id)?;
+        let member = st.members.remove(id);
         // Requests that end with it: its claim, or the leases it served
-        // (void now; their holders' give-back finds nothing).
+        // (void now; their holders' give-back finds nothing). Its slots and
+        // budget go even without a member (a fork that finished after it
+        // was forgotten).
         let mut ended: Vec<Instant> = Vec::new();
         if let Ok(void) = st.slots.remove_gone(&id.to_string()) {
             for l in void {
@@ -1821,6 +1866,7 @@ impl Daemon {
             }
         }
         let _ = st.budget.remove(&id.to_string());
+        let m = member?;
         if let Role::Claimed { since, .. } = m.role {
             ended.push(since);
         }
