@@ -110,7 +110,8 @@ pub(crate) fn body(b: &ManifestBody) -> Result<()> {
     files(b)?;
     shared_memory(b)?;
     vmas(b)?;
-    fds(b)
+    fds(b)?;
+    stored_pages(b)
 }
 
 fn host(h: &Host) -> Result<()> {
@@ -598,6 +599,31 @@ fn files(b: &ManifestBody) -> Result<()> {
                 MAX_BUILD_ID_BYTES,
             )?;
         }
+    }
+    Ok(())
+}
+
+/// The pages the runs describe, all together, are bounded like the
+/// pages file itself ([`MAX_PAGES_FILE_BYTES`]): runs may share stored
+/// data (a writer may deduplicate), so without this a small crafted image
+/// could describe 2^35 pages and make the restorer's per-page books (the
+/// lazy loader's bitmap) gigabytes big.
+fn stored_pages(b: &ManifestBody) -> Result<()> {
+    let runs = b
+        .vmas
+        .iter()
+        .flat_map(|v| v.pages.iter())
+        .chain(b.shared_memory.iter().flat_map(|o| o.pages.iter()));
+    let mut total = 0u64;
+    for r in runs {
+        total = total.saturating_add(r.count);
+    }
+    let max = MAX_PAGES_FILE_BYTES / PAGE_SIZE;
+    if total > max {
+        return Err(invalid(
+            "pages",
+            format!("the runs describe {total} pages; at most {max} are restored"),
+        ));
     }
     Ok(())
 }

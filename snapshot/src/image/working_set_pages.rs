@@ -75,6 +75,10 @@ pub const WORKING_SET_PAGES_FILE: &str = "working-set.img";
 /// best (4 MiB in 64 KiB reads: 2.5 ms; in 256 KiB reads: 3 ms; in 1 MiB
 /// reads: 3.7 ms).
 pub const WORKING_SET_CHUNK_BYTES: u64 = 64 << 10;
+/// Largest `working-set.img`: it is read whole into the restorer's memory
+/// before the process runs, so it is bounded far below `pages.img` (a
+/// first request's pages are megabytes).
+pub const MAX_WORKING_SET_PAGES_BYTES: u64 = 1 << 30;
 
 pub(super) const TMP_FILE: &str = "working-set.img.tmp";
 
@@ -141,6 +145,13 @@ impl WorkingSetPages {
             return Err(invalid(
                 "size",
                 format!("{} is not a whole number of pages", self.size),
+            ));
+        }
+        if self.size > MAX_WORKING_SET_PAGES_BYTES {
+            return Err(ImageError::limit(
+                format!("{WORKING_SET_PAGES_FILE} size"),
+                self.size,
+                MAX_WORKING_SET_PAGES_BYTES,
             ));
         }
         super::validate::chunking(
@@ -682,6 +693,16 @@ mod tests {
         }
         let huge = index(&[(!0xfff, 2)]);
         assert!(huge.validate().is_err());
+        // Read whole before the process runs: bounded.
+        let big = index(&[(0, (MAX_WORKING_SET_PAGES_BYTES / PAGE_SIZE) + 1)]);
+        assert!(
+            matches!(big.validate(), Err(ImageError::Limit { .. })),
+            "{:?}",
+            big.validate()
+        );
+        index(&[(0, MAX_WORKING_SET_PAGES_BYTES / PAGE_SIZE)])
+            .validate()
+            .unwrap();
     }
 
     #[test]

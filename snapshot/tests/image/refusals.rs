@@ -847,3 +847,48 @@ fn a_vdso_area_whose_end_overflows_is_invalid_not_a_panic() {
     v.areas[1].size = PAGE;
     assert_invalid(&body, "host.vdso.areas[1]");
 }
+
+#[test]
+fn runs_describing_more_pages_than_any_image_holds_are_invalid() {
+    // Runs may share stored data, but not to describe more pages than
+    // any image may hold: a new anonymous VMA of 256 GiB and more, every
+    // run pointing at the same stored page.
+    let f = fixture();
+    let mut body = f.body.clone();
+    let i = body
+        .vmas
+        .iter()
+        .position(|v| matches!(v.backing, Backing::Anonymous) && !v.pages.is_empty())
+        .expect("an anonymous VMA with stored pages");
+    let offset = 0;
+    let per_run = 1u64 << 16;
+    let n = MAX_PAGES_FILE_BYTES / PAGE / per_run + 2;
+    let mut v = body.vmas[i].clone();
+    v.guard_pages.clear();
+    v.start = 0x1000_0000_0000;
+    v.end = v.start + n * per_run * PAGE;
+    assert!(
+        body.vmas
+            .iter()
+            .all(|o| o.end <= v.start || o.start >= v.end)
+    );
+    v.pages = (0..n)
+        .map(|k| PageRun {
+            page: k * per_run,
+            count: per_run,
+            offset,
+        })
+        .collect();
+    let at = body.vmas.partition_point(|o| o.start < v.start);
+    body.vmas.insert(at, v);
+    // A pages file big enough for one such run (its data is never read:
+    // the manifest alone is refused).
+    let p = &mut body.pages;
+    p.size = (per_run * PAGE)
+        .max(p.size)
+        .next_multiple_of(MAX_CHUNK_BYTES);
+    p.chunk_size = MAX_CHUNK_BYTES;
+    let one = p.chunks[0];
+    p.chunks = vec![one; (p.size / MAX_CHUNK_BYTES) as usize];
+    assert_invalid(&body, "pages");
+}
