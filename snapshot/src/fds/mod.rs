@@ -98,6 +98,7 @@ mod sock;
 pub use dump::dump_fds;
 pub use link::{AnonKind, Link, parse_link};
 pub use plan::{Copy, Op, plan_moves};
+pub(crate) use restore::{OPEN_HOW_SIZE, SYS_OPENAT2, open_how_in_root};
 pub use restore::{RestoreOptions, restore_fds, restore_fds_with};
 
 use nix::errno::Errno;

@@ -50,12 +50,15 @@ const OPEN_FLAGS: i32 = libc::O_ACCMODE
     | libc::O_DSYNC
     | libc::O_LARGEFILE;
 /// openat2(2) and its `struct open_how` (flags, mode, resolve).
-const SYS_OPENAT2: i64 = 437;
-const OPEN_HOW_SIZE: u64 = 24;
+pub(crate) const SYS_OPENAT2: i64 = 437;
+pub(crate) const OPEN_HOW_SIZE: u64 = 24;
 const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
 const RESOLVE_IN_ROOT: u64 = 0x10;
 
-fn open_how(flags: i32) -> Vec<u8> {
+/// A `struct open_how` for an injected openat2 of a path the image names:
+/// resolved beneath the directory given (the process's root), never
+/// through a magic link.
+pub(crate) fn open_how_in_root(flags: i32) -> Vec<u8> {
     let mut how = Vec::with_capacity(OPEN_HOW_SIZE as usize);
     how.extend_from_slice(&(flags as u32 as u64).to_le_bytes());
     how.extend_from_slice(&0u64.to_le_bytes());
@@ -316,7 +319,7 @@ pub fn restore_fds_with(
                         b.push(
                             fd,
                             format!("open {path} (in the rootfs, no magic links)"),
-                            &[&cstring(path), &open_how(flags)],
+                            &[&cstring(path), &open_how_in_root(flags)],
                             &[],
                             false,
                             |a| (SYS_OPENAT2, [root, a[0], a[1], OPEN_HOW_SIZE, 0, 0]),

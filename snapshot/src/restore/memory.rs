@@ -85,6 +85,37 @@ pub(super) fn open_files(
     uffd: bool,
 ) -> Result<Opened, RestoreError> {
     let m = image.manifest();
+    // The image's paths resolve beneath the process's root, never through
+    // a magic link, and never block (a FIFO): the opener is still root.
+    let slash = gadget.data(b"/\0")?;
+    let root = gadget.run(
+        ctx,
+        pid,
+        &[Entry::new(
+            libc::SYS_openat,
+            [
+                libc::AT_FDCWD as u64,
+                slash,
+                (libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64,
+                0,
+                0,
+                0,
+            ],
+        )],
+    )?[0] as u64;
+    let how = |flags: i32| crate::fds::open_how_in_root(flags | libc::O_CLOEXEC | libc::O_NONBLOCK);
+    let (read_only, read_write) = (
+        gadget.data(&how(libc::O_RDONLY))?,
+        gadget.data(&how(libc::O_RDWR))?,
+    );
+    let in_root = |gadget: &mut Gadget, path: &str, rw: bool| -> Result<Entry, RestoreError> {
+        let p = gadget.data(&cstring(path))?;
+        let how = if rw { read_write } else { read_only };
+        Ok(Entry::new(
+            crate::fds::SYS_OPENAT2,
+            [root, p, how, crate::fds::OPEN_HOW_SIZE, 0, 0],
+        ))
+    };
     let mut entries = Vec::new();
     for (i, f) in m.files.iter().enumerate() {
         // A writable shared mapping of the file needs it open for writing.
@@ -93,12 +124,7 @@ pub(super) fn open_files(
                 && v.prot.write
                 && matches!(v.backing, Backing::File { file, .. } if file as usize == i)
         });
-        let flags = if rw { libc::O_RDWR } else { libc::O_RDONLY } | libc::O_CLOEXEC;
-        let path = gadget.data(&cstring(&f.path))?;
-        entries.push(Entry::new(
-            libc::SYS_openat,
-            [libc::AT_FDCWD as u64, path, flags as u64, 0, 0, 0],
-        ));
+        entries.push(in_root(gadget, &f.path, rw)?);
     }
     for _ in &m.shared_memory {
         let name = gadget.data(b"sprout-shared\0")?;
@@ -107,21 +133,7 @@ pub(super) fn open_files(
             [name, libc::MFD_CLOEXEC as u64, 0, 0, 0, 0],
         ));
     }
-    let exe = gadget.data(&cstring(&m.process.exe))?;
-    entries.push(
-        Entry::new(
-            libc::SYS_openat,
-            [
-                libc::AT_FDCWD as u64,
-                exe,
-                (libc::O_RDONLY | libc::O_CLOEXEC) as u64,
-                0,
-                0,
-                0,
-            ],
-        )
-        .may_fail(),
-    );
+    entries.push(in_root(gadget, &m.process.exe, false)?.may_fail());
     if uffd {
         entries.push(
             Entry::new(
@@ -131,6 +143,7 @@ pub(super) fn open_files(
             .may_fail(),
         );
     }
+    entries.push(Entry::new(libc::SYS_close, [root, 0, 0, 0, 0, 0]));
     let rs = gadget.run(ctx, pid, &entries)?;
     let nf = m.files.len();
     let ns = m.shared_memory.len();
