@@ -583,7 +583,8 @@ impl Daemon {
         }
         lock(&self.registry).remove(name)?;
         lock(&self.templates).remove(name);
-        self.warm.unregister(name);
+        let parents = self.warm.unregister(name);
+        warm::remove_parents(parents).await;
         self.metrics.forget(name);
         tracing::info!(function = %name, "function removed");
         Ok(())

@@ -434,21 +434,17 @@ impl WarmPool {
         Ok(path)
     }
 
-    /// Removes the function's parent cgroup (no instance of it is left
-    /// there), and the top one when no function has one any more.
-    fn remove_parent(&self, function: &str) {
+    /// Takes the function's parent cgroup (no instance of it is left
+    /// there) out of the books, and the top one when no function has one
+    /// any more: removed by [`remove_parents`], off the async workers
+    /// (removing waits for cgroups still emptying).
+    fn take_parents(&self, function: &str) -> Vec<Cgroup> {
         let mut p = lock(&self.parents);
-        if let Some(cg) = p.functions.remove(function)
-            && let Err(e) = cg.destroy()
-        {
-            tracing::warn!(function = %function, "removing the pool cgroup: {e}");
+        let mut out: Vec<Cgroup> = p.functions.remove(function).into_iter().collect();
+        if p.functions.is_empty() {
+            out.extend(p.top.take());
         }
-        if p.functions.is_empty()
-            && let Some(top) = p.top.take()
-            && let Err(e) = top.destroy()
-        {
-            tracing::warn!("removing the pool's cgroup: {e}");
-        }
+        out
     }
 
     fn file(&self, function: &str) -> PathBuf {
@@ -497,11 +493,12 @@ impl WarmPool {
         }
     }
 
-    /// Forgets a removed function (its instances are gone already).
-    pub(crate) fn unregister(&self, function: &str) {
+    /// Forgets a removed function (its instances are gone already);
+    /// returns its pool cgroups for [`remove_parents`].
+    pub(crate) fn unregister(&self, function: &str) -> Vec<Cgroup> {
         lock(&self.state).functions.remove(function);
-        self.remove_parent(function);
         let _ = fs::remove_file(self.file(function));
+        self.take_parents(function)
     }
 
     fn now(&self) -> Timestamp {
@@ -2130,9 +2127,12 @@ impl Daemon {
             .values()
             .map(|m| m.function.clone())
             .collect();
-        for f in functions.iter().filter(|f| !claimed.contains(f)) {
-            self.warm.remove_parent(f);
-        }
+        let parents: Vec<Cgroup> = functions
+            .iter()
+            .filter(|f| !claimed.contains(f))
+            .flat_map(|f| self.warm.take_parents(f))
+            .collect();
+        remove_parents(parents).await;
         if !ids.is_empty() {
             tracing::info!(count = ids.len(), "deleted the pool's instances");
         }
@@ -2156,6 +2156,23 @@ impl Daemon {
             }
         });
     }
+}
+
+/// Removes pool cgroups (a function's, the pool's top one, in that
+/// order) on a blocking thread: a directory still emptying is waited for
+/// up to the runtime's deadline, which must not stall an async worker.
+pub(super) async fn remove_parents(parents: Vec<Cgroup>) {
+    if parents.is_empty() {
+        return;
+    }
+    let _ = tokio::task::spawn_blocking(move || {
+        for cg in parents {
+            if let Err(e) = cg.destroy() {
+                tracing::warn!("removing a pool cgroup: {e}");
+            }
+        }
+    })
+    .await;
 }
 
 /// Thaws an instance's cgroup; a no-op when it is not frozen (a claim or
