@@ -412,6 +412,55 @@ open(p, "w").write(doc)
     s.assert_clean(&id2);
 }
 
+/// The restorer is root until the end: an image whose process holds a
+/// socket on a port below 1024 is refused for a bundle without
+/// CAP_NET_BIND_SERVICE (the process could not have bound it itself),
+/// before anything runs, and restores with it.
+#[test]
+fn an_image_needing_a_privilege_the_bundle_lacks_is_refused() {
+    let mut s = python_sandbox("snappriv");
+    let (img, _) = python_image(&s);
+    let script = r#"
+import hashlib, json, sys
+p = sys.argv[1]
+body = json.loads(open(p).read())["body"]
+raw = json.dumps(body, separators=(",", ":")).replace('"0.0.0.0:8080"', '"0.0.0.0:80"', 1)
+doc = '{"format":"sprout-image","version":1,"checksum":"sha256:' + hashlib.sha256(raw.encode()).hexdigest() + '","body":' + raw + '}'
+open(p, "w").write(doc)
+"#;
+    let st = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", script])
+        .arg(img.join("manifest.json"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let no_bind = serde_json::json!(["CAP_AUDIT_WRITE", "CAP_KILL"]);
+    for set in ["bounding", "effective", "permitted", "ambient"] {
+        s.config()["process"]["capabilities"][set] = no_bind.clone();
+    }
+    s.write_config();
+    let rid = unique_id("snappriv-r");
+    let err = s.fails(&restore_args(&s, &img, &rid, &[]));
+    assert!(
+        err.contains("port 80") && err.contains("CAP_NET_BIND_SERVICE"),
+        "{err}"
+    );
+    s.assert_clean(&rid);
+    let with_bind = serde_json::json!(["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"]);
+    for set in ["bounding", "effective", "permitted", "ambient"] {
+        s.config()["process"]["capabilities"][set] = with_bind.clone();
+    }
+    s.write_config();
+    let out = s.dir.path().join("out-ok");
+    assert!(
+        restore_detached(&s, &img, &rid, &out).success(),
+        "{}",
+        stderr_of(&out)
+    );
+    s.ok(&["delete", "--force", &rid]);
+    s.assert_clean(&rid);
+}
+
 #[test]
 fn anonymous_memory_semantics_survive_restore() {
     let s = program_sandbox("snapmem", "memsem", &[]);

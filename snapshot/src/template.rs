@@ -354,6 +354,7 @@ impl Template {
         // Each instance is pid 1 of a new pid namespace, its threads at
         // their dumped tids: the image's process must have been pid 1.
         restore::check_pid(&bundle.spec, image.manifest())?;
+        restore::check_privileges(&bundle.spec, image.manifest())?;
         stages.mark("open image");
         let (ours, theirs) = UnixStream::pair().map_err(|source| TemplateError::Io {
             what: "control socketpair",
@@ -512,6 +513,8 @@ impl Template {
             a.extend(spec.annotations.iter().map(|(k, v)| (k.clone(), v.clone())));
             bundle.spec.set_annotations(Some(a));
         }
+        // The instance's bundle may give less than the template's.
+        crate::restore::check_privileges(&bundle.spec, self.image.manifest())?;
         let mut adoption = rt.adopt(id, bundle)?;
         let (child, pidfd, populated) = self.fork_into(&adoption, spec, &mut stages)?;
         let container = match adoption.finish(child) {

@@ -26,7 +26,7 @@ use sprout_runtime::{Adoption, Runtime};
 
 use super::{
     EnterRootfs, RebuildJob, RestoreError, RestoreOptions, Restored, SandboxSpec,
-    bundle_stack_hard, check_pid, exec_stack_limit, open_image, stub,
+    bundle_stack_hard, check_pid, check_privileges, exec_stack_limit, open_image, stub,
 };
 use crate::ptrace::{Options, Tracer};
 use crate::sandbox::RootfsPlan;
@@ -250,6 +250,7 @@ fn start_stub(
         let (image, memory, prepared) = opened()?;
         seized?;
         check_pid(&adoption.bundle().spec, image.manifest())?;
+        check_privileges(&adoption.bundle().spec, image.manifest())?;
         stages.mark("open image");
         let rlimit_stack = exec_stack_limit(image.manifest(), bundle_hard);
         init.open(adoption.bundle(), rlimit_stack)?;

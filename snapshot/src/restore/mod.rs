@@ -35,6 +35,7 @@ mod creds;
 mod direct;
 pub mod lazy;
 mod memory;
+mod privileges;
 pub mod stub;
 mod threads;
 
@@ -91,6 +92,16 @@ pub enum RestoreError {
     /// The image cannot be restored here or into this sandbox.
     #[error("{0}")]
     Incompatible(String),
+    /// The image holds kernel state its process could only have made
+    /// with a privilege the bundle does not give (the restorer, root,
+    /// would make it on the process's behalf).
+    #[error("the image's {what} needs {capability}, which the bundle's process does not have")]
+    NeedsPrivilege {
+        /// The fd, timer or memory that needs it.
+        what: String,
+        /// The capability (`CAP_…`).
+        capability: &'static str,
+    },
     /// The bundle's process section cannot be applied.
     #[error("sandbox: {0}")]
     Sandbox(String),
@@ -457,6 +468,17 @@ pub(crate) fn check_pid(
     Ok(())
 }
 
+/// Refuses an image whose process holds kernel state that the process
+/// of `spec`, with its capabilities, could not have made itself (see
+/// `privileges`): the restorer is root until the end and would make it.
+pub(crate) fn check_privileges(
+    spec: &oci_spec::runtime::Spec,
+    m: &ManifestBody,
+) -> Result<(), RestoreError> {
+    let process = spec.process().clone().unwrap_or_default();
+    privileges::check(m, &process)
+}
+
 /// What a sandbox imposes on the process released into it, from its
 /// spec: [`SandboxRules`], owned.
 pub(crate) struct SandboxSpec {
@@ -549,6 +571,7 @@ fn restore_into(
     let spec = container.spec();
     let sandbox = SandboxSpec::of(spec)?;
     check_pid(spec, image.manifest())?;
+    check_privileges(spec, image.manifest())?;
 
     tracer.run(move |ctx| {
         ctx.seize(
