@@ -208,6 +208,11 @@ fn open_output_fifo(path: &str) -> Result<AsyncFdIo> {
     AsyncFdIo::new(f.into()).map_err(ShimError::io(format!("polling stdio fifo {path}")))
 }
 
+/// How long output left in a fifo waits for its reader once the process
+/// closed its end: the fifo is held open by us alone until the client
+/// (ctr, CRI) opens it, and closing it then would drop what is buffered.
+const FIFO_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
 async fn copy_output(from: OwnedFd, mut to: AsyncFdIo) {
     let Ok(mut from) = AsyncFdIo::new(from) else {
         return;
@@ -215,6 +220,22 @@ async fn copy_output(from: OwnedFd, mut to: AsyncFdIo) {
     if let Err(e) = tokio::io::copy(&mut from, &mut to).await {
         tracing::debug!("stdio copy ended: {e}");
     }
+    // A short-lived exec can finish before its client opened the fifo:
+    // the output is in the fifo's buffer, which goes with the last open
+    // end. Keep ours until the client has read it (or for a while).
+    let deadline = tokio::time::Instant::now() + FIFO_DRAIN_TIMEOUT;
+    while fifo_pending(&to) > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Bytes buffered in a fifo (0 if it cannot tell).
+fn fifo_pending(fifo: &AsyncFdIo) -> usize {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int through a valid pointer; the fd is
+    // open for the lifetime of `fifo`.
+    let r = unsafe { libc::ioctl(fifo.0.as_raw_fd(), libc::FIONREAD, &mut n) };
+    if r < 0 { 0 } else { n.max(0) as usize }
 }
 
 /// The stdin copy: the fifo is opened non-blocking for reading and
@@ -472,5 +493,49 @@ impl AsyncWrite for AsyncFdIo {
 
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A process that wrote and exited before its client opened the
+    /// stdout fifo: the client still reads what it wrote.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn output_waits_in_the_fifo_for_a_late_reader() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("stdout");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo with a valid C string.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let (r, w) = pipe().unwrap();
+        let mut w = std::fs::File::from(w);
+        std::io::Write::write_all(&mut w, b"late\n").unwrap();
+        drop(w); // the process is gone
+        let to = open_output_fifo(fifo.to_str().unwrap()).unwrap();
+        let copy = tokio::spawn(copy_output(r, to));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut reader = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&fifo)
+            .unwrap();
+        let mut got = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let mut buf = [0u8; 64];
+            match std::io::Read::read(&mut reader, &mut buf) {
+                Ok(0) if !got.is_empty() => break,
+                Ok(0) => {}
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("{e}"),
+            }
+            assert!(std::time::Instant::now() < deadline, "read {got:?}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(got, b"late\n");
+        copy.await.unwrap();
     }
 }
