@@ -461,6 +461,58 @@ open(p, "w").write(doc)
     s.assert_clean(&rid);
 }
 
+/// Every path of an image resolves inside the sandbox's rootfs, the cwd
+/// too, never through a magic link: restored into a shared pid
+/// namespace, a cwd through /proc/PID/root of a process the restorer may
+/// trace would be that process's filesystem. (Here /proc/self/root, the
+/// one such link the test can rely on reaching.)
+#[test]
+fn an_image_cwd_through_a_magic_link_is_refused() {
+    let mut s = program_sandbox("snapcwd", "counter", &["20"]);
+    s.config()["linux"]["namespaces"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|n| n["type"] != "pid");
+    s.write_config();
+    let (img, _) = run_and_dump(&s, |out| has_lines(out, 3));
+    let script = r#"
+import hashlib, json, sys
+p = sys.argv[1]
+body = json.loads(open(p).read())["body"]
+body["process"]["cwd"] = "/proc/self/root/etc"
+raw = json.dumps(body, separators=(",", ":"))
+doc = '{"format":"sprout-image","version":1,"checksum":"sha256:' + hashlib.sha256(raw.encode()).hexdigest() + '","body":' + raw + '}'
+open(p, "w").write(doc)
+"#;
+    let st = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", script])
+        .arg(img.join("manifest.json"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let rid = unique_id("snapcwd-r");
+    let out = s.dir.path().join("out-cwd");
+    let restored = restore_detached(&s, &img, &rid, &out).success();
+    if restored {
+        let pid = s.state(&rid)["pid"].as_i64().unwrap();
+        let cwd = fs::metadata(format!("/proc/{pid}/cwd")).unwrap();
+        let host_etc = fs::metadata("/etc").unwrap();
+        s.ok(&["delete", "--force", &rid]);
+        use std::os::unix::fs::MetadataExt;
+        panic!(
+            "restored with cwd {:?} (the host's /etc: {})",
+            fs::read_link(format!("/proc/{pid}/cwd")).ok(),
+            (cwd.dev(), cwd.ino()) == (host_etc.dev(), host_etc.ino())
+        );
+    }
+    assert!(
+        stderr_of(&out).contains("symbolic links"),
+        "{}",
+        stderr_of(&out)
+    );
+    s.assert_clean(&rid);
+}
+
 #[test]
 fn anonymous_memory_semantics_survive_restore() {
     let s = program_sandbox("snapmem", "memsem", &[]);

@@ -36,6 +36,8 @@ pub(super) struct Opened {
     pub shared: Vec<i32>,
     /// The exe, for `PR_SET_MM_MAP`; `None` if it could not be opened.
     pub exe: Option<i32>,
+    /// The image's cwd, opened `O_PATH` in the rootfs, for `fchdir`.
+    pub cwd: i32,
     /// The userfaultfd made for a lazy restore: its fd, or the errno of
     /// `userfaultfd()`; `None` if none was asked for.
     pub uffd: Option<Result<i32, i32>>,
@@ -104,13 +106,16 @@ pub(super) fn open_files(
         )],
     )?[0] as u64;
     let how = |flags: i32| crate::fds::open_how_in_root(flags | libc::O_CLOEXEC | libc::O_NONBLOCK);
-    let (read_only, read_write) = (
+    let (read_only, read_write, directory) = (
         gadget.data(&how(libc::O_RDONLY))?,
         gadget.data(&how(libc::O_RDWR))?,
+        // openat2 takes nothing but O_CLOEXEC and O_DIRECTORY with O_PATH.
+        gadget.data(&crate::fds::open_how_in_root(
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        ))?,
     );
-    let in_root = |gadget: &mut Gadget, path: &str, rw: bool| -> Result<Entry, RestoreError> {
+    let in_root = |gadget: &mut Gadget, path: &str, how: u64| -> Result<Entry, RestoreError> {
         let p = gadget.data(&cstring(path))?;
-        let how = if rw { read_write } else { read_only };
         Ok(Entry::new(
             crate::fds::SYS_OPENAT2,
             [root, p, how, crate::fds::OPEN_HOW_SIZE, 0, 0],
@@ -124,7 +129,11 @@ pub(super) fn open_files(
                 && v.prot.write
                 && matches!(v.backing, Backing::File { file, .. } if file as usize == i)
         });
-        entries.push(in_root(gadget, &f.path, rw)?);
+        entries.push(in_root(
+            gadget,
+            &f.path,
+            if rw { read_write } else { read_only },
+        )?);
     }
     for _ in &m.shared_memory {
         let name = gadget.data(b"sprout-shared\0")?;
@@ -133,7 +142,7 @@ pub(super) fn open_files(
             [name, libc::MFD_CLOEXEC as u64, 0, 0, 0, 0],
         ));
     }
-    entries.push(in_root(gadget, &m.process.exe, false)?.may_fail());
+    entries.push(in_root(gadget, &m.process.exe, read_only)?.may_fail());
     if uffd {
         entries.push(
             Entry::new(
@@ -143,6 +152,8 @@ pub(super) fn open_files(
             .may_fail(),
         );
     }
+    // The cwd, like every other path of the image: `fchdir` to it later.
+    entries.push(in_root(gadget, &m.process.cwd, directory)?);
     entries.push(Entry::new(libc::SYS_close, [root, 0, 0, 0, 0, 0]));
     let rs = gadget.run(ctx, pid, &entries)?;
     let nf = m.files.len();
@@ -152,6 +163,7 @@ pub(super) fn open_files(
         files: rs[..nf].iter().map(|&r| r as i32).collect(),
         shared: rs[nf..nf + ns].iter().map(|&r| r as i32).collect(),
         exe: (exe_fd >= 0).then_some(exe_fd as i32),
+        cwd: rs[rs.len() - 2] as i32,
         uffd: uffd.then(|| {
             let r = rs[nf + ns + 1];
             if r >= 0 { Ok(r as i32) } else { Err(-r as i32) }

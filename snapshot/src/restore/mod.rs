@@ -746,6 +746,7 @@ fn process_entries(
     gadget: &mut Gadget,
     m: &ManifestBody,
     exe_fd: Option<i32>,
+    cwd_fd: i32,
 ) -> Result<Vec<Entry>, RestoreError> {
     let p = &m.process;
     let mut e = Vec::new();
@@ -780,8 +781,10 @@ fn process_entries(
         [p.personality as u64, 0, 0, 0, 0, 0],
     ));
     e.push(Entry::new(libc::SYS_umask, [p.umask as u64, 0, 0, 0, 0, 0]));
-    let cwd = gadget.data(&crate::ptrace::cstring(&p.cwd))?;
-    e.push(Entry::new(libc::SYS_chdir, [cwd, 0, 0, 0, 0, 0]));
+    // Opened in the rootfs with the other paths (never by path as root:
+    // /proc/PID/root/... would put the process's cwd outside it).
+    e.push(Entry::new(libc::SYS_fchdir, [cwd_fd as u64, 0, 0, 0, 0, 0]));
+    e.push(Entry::new(libc::SYS_close, [cwd_fd as u64, 0, 0, 0, 0, 0]));
     for a in &p.sigactions {
         let act = gadget.data(&le(&[a.handler, a.flags, a.restorer, a.mask]))?;
         e.push(Entry::new(
@@ -993,7 +996,7 @@ fn finish_memory(
     if let Some(fd) = uffd_fd {
         e.push(Entry::new(libc::SYS_close, [fd as u64, 0, 0, 0, 0, 0]));
     }
-    e.extend(process_entries(&mut gadget, m, opened.exe)?);
+    e.extend(process_entries(&mut gadget, m, opened.exe, opened.cwd)?);
     run_checked(ctx, &mut gadget, pid, &e, "restoring process state")?;
     stages.mark("process state");
     Ok(gadget)
