@@ -519,6 +519,14 @@ unsafe fn child_main(plan: &ChildPlan) -> ! {
             }
         }
         if plan.via_intermediate {
+            // The init waits until we have reported its pid (our exit
+            // closes `reported`'s write end): otherwise, on a busy host,
+            // its own failure could reach the caller first, which would
+            // then not know the pid of a child it must reap.
+            let mut reported = [-1i32; 2];
+            if libc::pipe2(reported.as_mut_ptr(), libc::O_CLOEXEC) != 0 {
+                child_fail(plan.report, SpawnStep::CloneInit);
+            }
             // With CLONE_PARENT clone3 wants exit_signal 0: the child
             // inherits ours (SIGCHLD), as a sibling of ours.
             let mut args = CloneArgs {
@@ -542,6 +550,12 @@ unsafe fn child_main(plan: &ChildPlan) -> ! {
                 libc::write(plan.report, rec.as_ptr().cast(), 8);
                 libc::_exit(0);
             }
+            libc::close(reported[1]);
+            let mut byte = 0u8;
+            while libc::read(reported[0], (&mut byte as *mut u8).cast(), 1) < 0
+                && *libc::__errno_location() == libc::EINTR
+            {}
+            libc::close(reported[0]);
         }
         libc::execve(plan.path, plan.argv, plan.envp);
         child_fail(plan.report, SpawnStep::Exec)
