@@ -557,9 +557,19 @@ struct Reconciling<'a> {
 }
 
 impl<'a> Reconciling<'a> {
-    fn start(daemon: &'a Daemon, name: &'a str) -> Self {
-        Self::count(daemon, name, 1);
-        Reconciling { daemon, name }
+    /// Counted under the lock the stop's wait reads, with `stopping`
+    /// checked there too: a reconciliation either is seen by the stop or
+    /// sees it (`None`).
+    fn start(daemon: &'a Daemon, name: &'a str) -> Option<Self> {
+        let mut st = lock(&daemon.warm.state);
+        if daemon.warm.stopping.load(Ordering::Acquire) {
+            return None;
+        }
+        if let Some(f) = st.functions.get_mut(name) {
+            f.reconciling = f.reconciling.saturating_add(1);
+        }
+        drop(st);
+        Some(Reconciling { daemon, name })
     }
 
     fn count(daemon: &Daemon, name: &str, delta: i32) {
@@ -1356,7 +1366,10 @@ impl Daemon {
             .members
             .get(&id)
             .is_some_and(|m| matches!(m.role, Role::Releasing));
-        if !releasing || inst.exit_status().is_some() {
+        // Once sproutd stops, nothing goes back into the pool its stop is
+        // deleting (the caller deletes this one).
+        if !releasing || inst.exit_status().is_some() || self.warm.stopping.load(Ordering::Acquire)
+        {
             return Err(ApiError::conflict(format!(
                 "instance {id:?} exited or went while it was being returned"
             )));
@@ -1975,10 +1988,9 @@ impl Daemon {
     /// first), freezes instances idle for [`FREEZE_AFTER`]. Returns how
     /// many it forked.
     pub(super) async fn reconcile(self: &Arc<Self>, name: &str) -> Result<u32, ApiError> {
-        if self.warm.stopping.load(Ordering::Acquire) {
+        let Some(_reconciling) = Reconciling::start(self, name) else {
             return Ok(0);
-        }
-        let _reconciling = Reconciling::start(self, name);
+        };
         let (to_fork, victims, to_freeze) = {
             let mut st = lock(&self.warm.state);
             let now = self.warm.now();
