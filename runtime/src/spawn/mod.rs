@@ -519,10 +519,11 @@ unsafe fn child_main(plan: &ChildPlan) -> ! {
             }
         }
         if plan.via_intermediate {
-            // The init waits until we have reported its pid (our exit
-            // closes `reported`'s write end): otherwise, on a busy host,
-            // its own failure could reach the caller first, which would
-            // then not know the pid of a child it must reap.
+            // The init waits until we have reported its pid (one byte on
+            // `reported` after the record): otherwise, on a busy host, its
+            // own failure could reach the caller first, which would then
+            // not know the pid of a child it must reap. Without the byte
+            // (we died first) it exits: nobody would track it.
             let mut reported = [-1i32; 2];
             if libc::pipe2(reported.as_mut_ptr(), libc::O_CLOEXEC) != 0 {
                 child_fail(plan.report, SpawnStep::CloneInit);
@@ -547,15 +548,23 @@ unsafe fn child_main(plan: &ChildPlan) -> ! {
                 let mut rec = [0u8; 8];
                 rec[..4].copy_from_slice(&TAG_PID.to_le_bytes());
                 rec[4..].copy_from_slice(&(pid as i32).to_le_bytes());
-                libc::write(plan.report, rec.as_ptr().cast(), 8);
+                if libc::write(plan.report, rec.as_ptr().cast(), 8) == 8 {
+                    libc::write(reported[1], [1u8].as_ptr().cast(), 1);
+                }
                 libc::_exit(0);
             }
             libc::close(reported[1]);
             let mut byte = 0u8;
-            while libc::read(reported[0], (&mut byte as *mut u8).cast(), 1) < 0
-                && *libc::__errno_location() == libc::EINTR
-            {}
+            let n = loop {
+                let n = libc::read(reported[0], (&mut byte as *mut u8).cast(), 1);
+                if n >= 0 || *libc::__errno_location() != libc::EINTR {
+                    break n;
+                }
+            };
             libc::close(reported[0]);
+            if n != 1 {
+                libc::_exit(127);
+            }
         }
         libc::execve(plan.path, plan.argv, plan.envp);
         child_fail(plan.report, SpawnStep::Exec)
