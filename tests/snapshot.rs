@@ -446,6 +446,22 @@ open(p, "w").write(doc)
         "{err}"
     );
     s.assert_clean(&rid);
+    // Unless the sandbox's namespace lets anyone bind low ports (as
+    // Docker's and CRI's specs do).
+    s.config()["linux"]["sysctl"] = serde_json::json!({"net.ipv4.ip_unprivileged_port_start": "0"});
+    s.write_config();
+    let out = s.dir.path().join("out-sysctl");
+    assert!(
+        restore_detached(&s, &img, &rid, &out).success(),
+        "{}",
+        stderr_of(&out)
+    );
+    s.ok(&["delete", "--force", &rid]);
+    s.assert_clean(&rid);
+    s.config()["linux"]
+        .as_object_mut()
+        .unwrap()
+        .remove("sysctl");
     let with_bind = serde_json::json!(["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"]);
     for set in ["bounding", "effective", "permitted", "ambient"] {
         s.config()["process"]["capabilities"][set] = with_bind.clone();

@@ -417,7 +417,15 @@ fn open_image(
             }
         }
         MemoryLoading::LazyWithImageWorkingSet => MemoryLoading::Lazy {
-            working_set: WorkingSet::load(&image)?,
+            // One above the limits (a model's weights, say) only costs
+            // the lazy path its head start: restored without it.
+            working_set: match WorkingSet::load(&image) {
+                Err(e @ ImageError::Limit { .. }) => {
+                    tracing::warn!("restoring without the image's working set: {e}");
+                    None
+                }
+                r => r?,
+            },
         },
         other => other,
     };
@@ -476,7 +484,8 @@ pub(crate) fn check_privileges(
     m: &ManifestBody,
 ) -> Result<(), RestoreError> {
     let process = spec.process().clone().unwrap_or_default();
-    privileges::check(m, &process)
+    let sysctl = spec.linux().as_ref().and_then(|l| l.sysctl().as_ref());
+    privileges::check(m, &process, sysctl)
 }
 
 /// What a sandbox imposes on the process released into it, from its

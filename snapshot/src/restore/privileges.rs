@@ -16,8 +16,9 @@ use super::RestoreError;
 const CLOCK_REALTIME_ALARM: i32 = 8;
 const CLOCK_BOOTTIME_ALARM: i32 = 9;
 const EPOLLWAKEUP: u32 = 1 << 29;
-/// Ports below this need CAP_NET_BIND_SERVICE (the kernel's default
-/// `ip_unprivileged_port_start`).
+/// Ports below this need CAP_NET_BIND_SERVICE: the kernel's default
+/// `net.ipv4.ip_unprivileged_port_start`, unless the spec sets it (as
+/// Docker and containerd's CRI do, to 0).
 const UNPRIVILEGED_PORT_START: u16 = 1024;
 
 /// Refuses `m` if restoring it would give the process something its
@@ -25,8 +26,25 @@ const UNPRIVILEGED_PORT_START: u16 = 1024;
 /// below 1024, an alarm clock, an epoll wakeup source, a pipe above
 /// `fs.pipe-max-size`, socket buffers above `net.core.[rw]mem_max`, or
 /// locked memory above its `RLIMIT_MEMLOCK`.
-pub(super) fn check(m: &ManifestBody, process: &Process) -> Result<(), RestoreError> {
-    check_objects(&m.fds, &m.process.posix_timers, &m.vmas, process)
+pub(super) fn check(
+    m: &ManifestBody,
+    process: &Process,
+    sysctl: Option<&std::collections::HashMap<String, String>>,
+) -> Result<(), RestoreError> {
+    let port_start = sysctl
+        .and_then(|s| {
+            s.get("net.ipv4.ip_unprivileged_port_start")
+                .or_else(|| s.get("net/ipv4/ip_unprivileged_port_start"))
+        })
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .map_or(UNPRIVILEGED_PORT_START, |v| v.min(65536) as u16);
+    check_objects(
+        &m.fds,
+        &m.process.posix_timers,
+        &m.vmas,
+        process,
+        port_start,
+    )
 }
 
 fn check_objects(
@@ -34,6 +52,7 @@ fn check_objects(
     posix_timers: &[PosixTimer],
     vmas: &[Vma],
     process: &Process,
+    port_start: u16,
 ) -> Result<(), RestoreError> {
     let caps = process
         .capabilities()
@@ -53,7 +72,7 @@ fn check_objects(
                     }
                     _ => 0,
                 };
-                if port != 0 && port < UNPRIVILEGED_PORT_START && !has(Capability::NetBindService) {
+                if port != 0 && port < port_start && !has(Capability::NetBindService) {
                     return needs(
                         format!("fd {} bound to port {port}", f.fd),
                         "CAP_NET_BIND_SERVICE",
@@ -195,7 +214,9 @@ mod tests {
                 value_ns: 0,
             },
         };
-        let check_fds = |fds: &[Fd], caps: &[&str]| check_objects(fds, &[], &[], &process(caps));
+        let check_fds = |fds: &[Fd], caps: &[&str]| {
+            check_objects(fds, &[], &[], &process(caps), UNPRIVILEGED_PORT_START)
+        };
         check_fds(&[timer(1)], &[]).unwrap();
         match check_fds(&[timer(CLOCK_BOOTTIME_ALARM)], &[]) {
             Err(RestoreError::NeedsPrivilege { capability, .. }) => {
