@@ -529,6 +529,56 @@ open(p, "w").write(doc)
     s.assert_clean(&rid);
 }
 
+/// The image's files are opened with the sandbox user's filesystem ids:
+/// restored as uid 1000, an image holding a root-only file open for
+/// writing is refused (the restorer, root, would have opened it).
+#[test]
+fn an_image_file_its_user_cannot_open_is_refused() {
+    let mut s = program_sandbox("snapperm", "counter", &["20"]);
+    let (img, _) = run_and_dump(&s, |out| has_lines(out, 3));
+    let secret = s.bundle.join("rootfs/secret");
+    fs::write(&secret, "root only\n").unwrap();
+    fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let script = r#"
+import hashlib, json, sys
+p = sys.argv[1]
+body = json.loads(open(p).read())["body"]
+body["fds"].append({"fd": 7, "cloexec": False, "flags": 2, "object": {"type": "file", "path": "/secret", "offset": 0}})
+raw = json.dumps(body, separators=(",", ":"))
+doc = '{"format":"sprout-image","version":1,"checksum":"sha256:' + hashlib.sha256(raw.encode()).hexdigest() + '","body":' + raw + '}'
+open(p, "w").write(doc)
+"#;
+    let st = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", script])
+        .arg(img.join("manifest.json"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    s.config()["process"]["user"] = serde_json::json!({"uid": 1000, "gid": 1000});
+    s.write_config();
+    let rid = unique_id("snapperm-r");
+    let out = s.dir.path().join("out-perm");
+    let restored = restore_detached(&s, &img, &rid, &out).success();
+    if restored {
+        s.ok(&["delete", "--force", &rid]);
+        panic!("restored with /secret open for writing as uid 1000");
+    }
+    let err = stderr_of(&out);
+    assert!(err.contains("/secret") && err.contains("EACCES"), "{err}");
+    s.assert_clean(&rid);
+    // As root, the same image restores.
+    s.config()["process"]["user"] = serde_json::json!({"uid": 0, "gid": 0});
+    s.write_config();
+    let out = s.dir.path().join("out-root");
+    assert!(
+        restore_detached(&s, &img, &rid, &out).success(),
+        "{}",
+        stderr_of(&out)
+    );
+    s.ok(&["delete", "--force", &rid]);
+    s.assert_clean(&rid);
+}
+
 #[test]
 fn anonymous_memory_semantics_survive_restore() {
     let s = program_sandbox("snapmem", "memsem", &[]);

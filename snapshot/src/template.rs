@@ -767,6 +767,7 @@ impl Template {
                     let opts = crate::fds::RestoreOptions {
                         reserved: Vec::new(),
                         close_others: true,
+                        fs_user: restore::fs_user_of(rules.process),
                     };
                     restore::release(ctx, child, g, &image, &rules, &opts, &mut inner)
                         .map_err(TemplateError::from)

@@ -781,6 +781,7 @@ fn restore_refuses_a_live_socket_path_and_reserved_numbers() {
         let opts = sprout_snapshot::fds::RestoreOptions {
             reserved: vec![7],
             close_others: false,
+            fs_user: None,
         };
         let e = sprout_snapshot::fds::restore_fds_with(ctx, pid, &mut g, &recs, &opts).unwrap_err();
         let _ = ctx.kill(pid);
@@ -935,6 +936,7 @@ fn restore_over_existing_fds_keeping_reserved_ones() {
         let opts = sprout_snapshot::fds::RestoreOptions {
             reserved: vec![200],
             close_others: true,
+            fs_user: None,
         };
         sprout_snapshot::fds::restore_fds_with(ctx, pid, &mut g, &recs, &opts).unwrap();
         let after = dump_fds(ctx, pid).unwrap();

@@ -98,8 +98,8 @@ mod sock;
 pub use dump::dump_fds;
 pub use link::{AnonKind, Link, parse_link};
 pub use plan::{Copy, Op, plan_moves};
+pub use restore::{FsUser, RestoreOptions, restore_fds, restore_fds_with};
 pub(crate) use restore::{OPEN_HOW_SIZE, SYS_OPENAT2, open_how_in_root};
-pub use restore::{RestoreOptions, restore_fds, restore_fds_with};
 
 use nix::errno::Errno;
 

@@ -25,6 +25,22 @@ pub struct RestoreOptions {
     /// reserved ones (a process forked from a template holds the template's
     /// fds). Without it such an fd is an error.
     pub close_others: bool,
+    /// The sandbox's user: files are opened and unix sockets bound (and
+    /// stale ones unlinked) with its filesystem ids and groups, so the
+    /// image gets no fd and no path the process could not get itself (the
+    /// target is still root). `None`: as root (a root sandbox).
+    pub fs_user: Option<FsUser>,
+}
+
+/// Filesystem identity for [`RestoreOptions::fs_user`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FsUser {
+    /// `setfsuid`.
+    pub uid: u32,
+    /// `setfsgid`.
+    pub gid: u32,
+    /// Supplementary groups.
+    pub groups: Vec<u32>,
 }
 
 /// Re-creates `fds` (an image's records) in the process of the stopped,
@@ -262,6 +278,34 @@ pub fn restore_fds_with(
     }
 
     let mut b = Batch::new(ctx, tid, gadget);
+
+    // Everything below that touches a path does so as the sandbox's user
+    // (the kernel drops the filesystem capabilities with a non-zero
+    // fsuid); back to root's at the end.
+    if let Some(u) = &opts.fs_user {
+        let groups: Vec<u8> = u.groups.iter().flat_map(|g| g.to_le_bytes()).collect();
+        let n = u.groups.len() as u64;
+        b.push(
+            -1,
+            "setgroups of the sandbox's user",
+            &[&groups],
+            &[],
+            false,
+            |a| (libc::SYS_setgroups, [n, a[0], 0, 0, 0, 0]),
+        )?;
+        b.call(
+            -1,
+            format!("setfsgid({})", u.gid),
+            libc::SYS_setfsgid,
+            [u.gid as u64, 0, 0, 0, 0, 0],
+        )?;
+        b.call(
+            -1,
+            format!("setfsuid({})", u.uid),
+            libc::SYS_setfsuid,
+            [u.uid as u64, 0, 0, 0, 0, 0],
+        )?;
+    }
 
     // Regular files are opened beneath the process's root, never through
     // a magic link (/proc/self/fd/N, /proc/PID/root): the image names the
@@ -969,6 +1013,10 @@ pub fn restore_fds_with(
                 )?;
             }
         }
+    }
+    if opts.fs_user.is_some() {
+        b.call(-1, "setfsuid(0)", libc::SYS_setfsuid, [0; 6])?;
+        b.call(-1, "setfsgid(0)", libc::SYS_setfsgid, [0; 6])?;
     }
     b.flush()?;
     for (fd, step, r, want) in checks {

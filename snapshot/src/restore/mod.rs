@@ -476,6 +476,17 @@ pub(crate) fn check_pid(
     Ok(())
 }
 
+/// The filesystem identity the image's files are opened with: the
+/// bundle's user, unless it is root (whose opens stay root's).
+pub(crate) fn fs_user_of(process: &Process) -> Option<crate::fds::FsUser> {
+    let u = process.user();
+    (u.uid() != 0).then(|| crate::fds::FsUser {
+        uid: u.uid(),
+        gid: u.gid(),
+        groups: u.additional_gids().clone().unwrap_or_default(),
+    })
+}
+
 /// Refuses an image whose process holds kernel state that the process
 /// of `spec`, with its capabilities, could not have made itself (see
 /// `privileges`): the restorer is root until the end and would make it.
@@ -860,7 +871,10 @@ fn rebuild(
         &mut gadget,
         image,
         rules,
-        &crate::fds::RestoreOptions::default(),
+        &crate::fds::RestoreOptions {
+            fs_user: fs_user_of(rules.process),
+            ..Default::default()
+        },
         stages,
     )?;
     if let Some(s) = started {
