@@ -148,6 +148,29 @@ fn threads_sandbox(name: &str) -> Sandbox {
     s
 }
 
+/// Edits the manifest body of image `img` with the Python statements
+/// `edit` (on `body`, a dict) and seals it again with a valid checksum:
+/// a crafted image, as an attacker would make one.
+fn edit_manifest(img: &Path, edit: &str) {
+    let script = format!(
+        r#"
+import hashlib, json, sys
+p = sys.argv[1]
+body = json.loads(open(p).read())["body"]
+{edit}
+raw = json.dumps(body, separators=(",", ":"))
+doc = '{{"format":"sprout-image","version":1,"checksum":"sha256:' + hashlib.sha256(raw.encode()).hexdigest() + '","body":' + raw + '}}'
+open(p, "w").write(doc)
+"#
+    );
+    let st = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", &script])
+        .arg(img.join("manifest.json"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
 /// The threads program restored with output `after` continues from its
 /// last line before the dump, `last_before`: t, a, b, c continue from
 /// their dumped values and keep growing (every thread runs and the timer
@@ -381,23 +404,11 @@ fn pending_signals_reach_the_restored_process_not_the_pid_the_image_names() {
         .arg("60")
         .spawn()
         .unwrap();
-    let script = r#"
-import hashlib, json, sys
-p, pid = sys.argv[1], int(sys.argv[2])
-body = json.loads(open(p).read())["body"]
-body["process"]["pid"] = pid
-body["threads"][0]["tid"] = pid
-raw = json.dumps(body, separators=(",", ":"))
-doc = '{"format":"sprout-image","version":1,"checksum":"sha256:' + hashlib.sha256(raw.encode()).hexdigest() + '","body":' + raw + '}'
-open(p, "w").write(doc)
-"#;
-    let st = std::process::Command::new("/usr/bin/python3")
-        .args(["-c", script])
-        .arg(img.join("manifest.json"))
-        .arg(victim.id().to_string())
-        .status()
-        .unwrap();
-    assert!(st.success());
+    let pid = victim.id();
+    edit_manifest(
+        &img,
+        &format!("body[\"process\"][\"pid\"] = {pid}\nbody[\"threads\"][0][\"tid\"] = {pid}"),
+    );
     let id2 = unique_id("snapsigpid-r");
     let out2 = s.dir.path().join("out2");
     let restored_ok = restore_detached(&s, &img, &id2, &out2).success();
@@ -420,20 +431,10 @@ open(p, "w").write(doc)
 fn an_image_needing_a_privilege_the_bundle_lacks_is_refused() {
     let mut s = python_sandbox("snappriv");
     let (img, _) = python_image(&s);
-    let script = r#"
-import hashlib, json, sys
-p = sys.argv[1]
-body = json.loads(open(p).read())["body"]
-raw = json.dumps(body, separators=(",", ":")).replace('"0.0.0.0:8080"', '"0.0.0.0:80"', 1)
-doc = '{"format":"sprout-image","version":1,"checksum":"sha256:' + hashlib.sha256(raw.encode()).hexdigest() + '","body":' + raw + '}'
-open(p, "w").write(doc)
-"#;
-    let st = std::process::Command::new("/usr/bin/python3")
-        .args(["-c", script])
-        .arg(img.join("manifest.json"))
-        .status()
-        .unwrap();
-    assert!(st.success());
+    edit_manifest(
+        &img,
+        "for f in body[\"fds\"]:\n    l = f[\"object\"].get(\"local\")\n    if l and l.get(\"addr\") == \"0.0.0.0:8080\":\n        l[\"addr\"] = \"0.0.0.0:80\"",
+    );
     let no_bind = serde_json::json!(["CAP_AUDIT_WRITE", "CAP_KILL"]);
     for set in ["bounding", "effective", "permitted", "ambient"] {
         s.config()["process"]["capabilities"][set] = no_bind.clone();
@@ -491,21 +492,7 @@ fn an_image_cwd_through_a_magic_link_is_refused() {
         .retain(|n| n["type"] != "pid");
     s.write_config();
     let (img, _) = run_and_dump(&s, |out| has_lines(out, 3));
-    let script = r#"
-import hashlib, json, sys
-p = sys.argv[1]
-body = json.loads(open(p).read())["body"]
-body["process"]["cwd"] = "/proc/self/root/etc"
-raw = json.dumps(body, separators=(",", ":"))
-doc = '{"format":"sprout-image","version":1,"checksum":"sha256:' + hashlib.sha256(raw.encode()).hexdigest() + '","body":' + raw + '}'
-open(p, "w").write(doc)
-"#;
-    let st = std::process::Command::new("/usr/bin/python3")
-        .args(["-c", script])
-        .arg(img.join("manifest.json"))
-        .status()
-        .unwrap();
-    assert!(st.success());
+    edit_manifest(&img, "body[\"process\"][\"cwd\"] = \"/proc/self/root/etc\"");
     let rid = unique_id("snapcwd-r");
     let out = s.dir.path().join("out-cwd");
     let restored = restore_detached(&s, &img, &rid, &out).success();
@@ -539,21 +526,10 @@ fn an_image_file_its_user_cannot_open_is_refused() {
     let secret = s.bundle.join("rootfs/secret");
     fs::write(&secret, "root only\n").unwrap();
     fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    let script = r#"
-import hashlib, json, sys
-p = sys.argv[1]
-body = json.loads(open(p).read())["body"]
-body["fds"].append({"fd": 7, "cloexec": False, "flags": 2, "object": {"type": "file", "path": "/secret", "offset": 0}})
-raw = json.dumps(body, separators=(",", ":"))
-doc = '{"format":"sprout-image","version":1,"checksum":"sha256:' + hashlib.sha256(raw.encode()).hexdigest() + '","body":' + raw + '}'
-open(p, "w").write(doc)
-"#;
-    let st = std::process::Command::new("/usr/bin/python3")
-        .args(["-c", script])
-        .arg(img.join("manifest.json"))
-        .status()
-        .unwrap();
-    assert!(st.success());
+    edit_manifest(
+        &img,
+        r#"body["fds"].append({"fd": 7, "cloexec": False, "flags": 2, "object": {"type": "file", "path": "/secret", "offset": 0}})"#,
+    );
     s.config()["process"]["user"] = serde_json::json!({"uid": 1000, "gid": 1000});
     s.write_config();
     let rid = unique_id("snapperm-r");

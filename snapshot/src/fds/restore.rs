@@ -293,18 +293,7 @@ pub fn restore_fds_with(
             false,
             |a| (libc::SYS_setgroups, [n, a[0], 0, 0, 0, 0]),
         )?;
-        b.call(
-            -1,
-            format!("setfsgid({})", u.gid),
-            libc::SYS_setfsgid,
-            [u.gid as u64, 0, 0, 0, 0, 0],
-        )?;
-        b.call(
-            -1,
-            format!("setfsuid({})", u.uid),
-            libc::SYS_setfsuid,
-            [u.uid as u64, 0, 0, 0, 0, 0],
-        )?;
+        set_fs_ids(&mut b, u.uid, u.gid)?;
     }
 
     // Regular files are opened beneath the process's root, never through
@@ -1015,8 +1004,7 @@ pub fn restore_fds_with(
         }
     }
     if opts.fs_user.is_some() {
-        b.call(-1, "setfsuid(0)", libc::SYS_setfsuid, [0; 6])?;
-        b.call(-1, "setfsgid(0)", libc::SYS_setfsgid, [0; 6])?;
+        set_fs_ids(&mut b, 0, 0)?;
     }
     b.flush()?;
     for (fd, step, r, want) in checks {
@@ -1047,6 +1035,18 @@ pub fn restore_fds_with(
             fd,
             format!("after the restore the process has fds {now:?}, the image wants {want:?}"),
         ));
+    }
+    Ok(())
+}
+
+/// The target's filesystem ids (they never fail: each returns the old
+/// one).
+fn set_fs_ids(b: &mut Batch<'_>, uid: u32, gid: u32) -> Result<(), FdError> {
+    for (nr, name, id) in [
+        (libc::SYS_setfsgid, "setfsgid", gid),
+        (libc::SYS_setfsuid, "setfsuid", uid),
+    ] {
+        b.call(-1, format!("{name}({id})"), nr, [id as u64, 0, 0, 0, 0, 0])?;
     }
     Ok(())
 }
