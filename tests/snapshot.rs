@@ -555,6 +555,55 @@ fn an_image_file_its_user_cannot_open_is_refused() {
     s.assert_clean(&rid);
 }
 
+/// A shared writable mapping of a file is opened with the sandbox
+/// user's filesystem ids too: restored as uid 1000, an image mapping a
+/// root-only file shared and writable is refused.
+#[test]
+fn an_image_mapping_a_file_its_user_cannot_write_is_refused() {
+    let mut s = program_sandbox("snapmap", "counter", &["20"]);
+    let (img, _) = run_and_dump(&s, |out| has_lines(out, 3));
+    let secret = s.bundle.join("rootfs/secret");
+    fs::write(&secret, vec![b'x'; 4096]).unwrap();
+    fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    edit_manifest(
+        &img,
+        r#"
+import hashlib
+data = open(sys.argv[1].rsplit("/image/", 1)[0] + "/bundle/rootfs/secret", "rb").read()
+body["files"].append({"path": "/secret", "size": len(data), "sha256": hashlib.sha256(data).hexdigest(), "build_id": None})
+start = 0x7e0000000000
+vma = {"start": hex(start), "end": hex(start + 4096), "prot": "rw-", "shared": True, "flags": [],
+       "backing": {"kind": "file", "file": len(body["files"]) - 1, "offset": "0x0"}, "pages": [], "guard_pages": []}
+at = next((i for i, v in enumerate(body["vmas"]) if int(v["start"], 16) > start), len(body["vmas"]))
+body["vmas"].insert(at, vma)
+"#,
+    );
+    s.config()["process"]["user"] = serde_json::json!({"uid": 1000, "gid": 1000});
+    s.write_config();
+    let rid = unique_id("snapmap-r");
+    let out = s.dir.path().join("out-map");
+    if restore_detached(&s, &img, &rid, &out).success() {
+        s.ok(&["delete", "--force", &rid]);
+        panic!("restored with /secret mapped shared and writable as uid 1000");
+    }
+    let err = stderr_of(&out);
+    assert!(
+        err.contains("Permission denied") || err.contains("EACCES"),
+        "{err}"
+    );
+    s.assert_clean(&rid);
+    s.config()["process"]["user"] = serde_json::json!({"uid": 0, "gid": 0});
+    s.write_config();
+    let out = s.dir.path().join("out-map-root");
+    assert!(
+        restore_detached(&s, &img, &rid, &out).success(),
+        "{}",
+        stderr_of(&out)
+    );
+    s.ok(&["delete", "--force", &rid]);
+    s.assert_clean(&rid);
+}
+
 #[test]
 fn anonymous_memory_semantics_survive_restore() {
     let s = program_sandbox("snapmem", "memsem", &[]);

@@ -398,6 +398,7 @@ impl Template {
             let mut releasing = holder.clone();
             let releaser = std::thread::spawn(move || releasing.release());
             let img = image.clone();
+            let fs_user = restore::fs_user_of(&bundle.spec.process().clone().unwrap_or_default());
             let traced = tracer.run(move |ctx| -> Result<_, TemplateError> {
                 let mut inner = Stages::new();
                 let pid = catch_template(ctx, init)?;
@@ -407,8 +408,14 @@ impl Template {
                         source,
                     })
                     .and_then(|pidfd| {
-                        let (gadget, _) =
-                            restore::rebuild_memory(ctx, pid, &img, None, &mut inner)?;
+                        let (gadget, _) = restore::rebuild_memory(
+                            ctx,
+                            pid,
+                            &img,
+                            None,
+                            fs_user.as_ref(),
+                            &mut inner,
+                        )?;
                         Ok(Held { pid, pidfd, gadget })
                     });
                 match r {

@@ -84,6 +84,7 @@ pub(super) fn open_files(
     pid: Tid,
     gadget: &mut Gadget,
     image: &Image,
+    fs_user: Option<&crate::fds::FsUser>,
     uffd: bool,
 ) -> Result<Opened, RestoreError> {
     let m = image.manifest();
@@ -122,6 +123,24 @@ pub(super) fn open_files(
         ))
     };
     let mut entries = Vec::new();
+    // As the sandbox's user (a shared writable mapping of a file it may
+    // not write would otherwise be the image's for the asking).
+    let fs_ids = |uid: u32, gid: u32| {
+        [
+            Entry::new(libc::SYS_setfsgid, [gid as u64, 0, 0, 0, 0, 0]),
+            Entry::new(libc::SYS_setfsuid, [uid as u64, 0, 0, 0, 0, 0]),
+        ]
+    };
+    if let Some(u) = fs_user {
+        let groups: Vec<u8> = u.groups.iter().flat_map(|g| g.to_le_bytes()).collect();
+        let g = gadget.data(&groups)?;
+        entries.push(Entry::new(
+            libc::SYS_setgroups,
+            [u.groups.len() as u64, g, 0, 0, 0, 0],
+        ));
+        entries.extend(fs_ids(u.uid, u.gid));
+    }
+    let first_open = entries.len();
     for (i, f) in m.files.iter().enumerate() {
         // A writable shared mapping of the file needs it open for writing.
         let rw = m.vmas.iter().any(|v| {
@@ -155,7 +174,12 @@ pub(super) fn open_files(
     // The cwd, like every other path of the image: `fchdir` to it later.
     entries.push(in_root(gadget, &m.process.cwd, directory)?);
     entries.push(Entry::new(libc::SYS_close, [root, 0, 0, 0, 0, 0]));
+    if fs_user.is_some() {
+        entries.extend(fs_ids(0, 0));
+    }
     let rs = gadget.run(ctx, pid, &entries)?;
+    let rs = &rs[first_open..];
+    let rs = &rs[..rs.len() - if fs_user.is_some() { 2 } else { 0 }];
     let nf = m.files.len();
     let ns = m.shared_memory.len();
     let exe_fd = rs[nf + ns];

@@ -852,11 +852,13 @@ fn rebuild(
 ) -> Result<(u64, MemoryReport, Option<Loader>), RestoreError> {
     wait_for_exec(ctx, pid)?;
     stages.mark("exec stop");
+    let fs_user = fs_user_of(rules.process);
     let (mut gadget, mut bytes, memory) = rebuild_memory_with(
         ctx,
         pid,
         image,
         rules.seccomp,
+        fs_user.as_ref(),
         rootfs,
         loading,
         prepared,
@@ -872,7 +874,7 @@ fn rebuild(
         image,
         rules,
         &crate::fds::RestoreOptions {
-            fs_user: fs_user_of(rules.process),
+            fs_user,
             ..Default::default()
         },
         stages,
@@ -900,9 +902,10 @@ pub(crate) fn rebuild_memory(
     pid: Tid,
     image: &Image,
     seccomp: Option<&SeccompProgram>,
+    fs_user: Option<&crate::fds::FsUser>,
     stages: &mut Stages,
 ) -> Result<(Gadget, u64), RestoreError> {
-    let (gadget, opened) = rebuild_layout(ctx, pid, image, seccomp, None, false, stages)?;
+    let (gadget, opened) = rebuild_layout(ctx, pid, image, seccomp, fs_user, None, false, stages)?;
     let bytes = memory::fill(pid, image, &opened, |_| false, None)?;
     stages.mark("fill memory");
     let gadget = finish_memory(ctx, pid, gadget, image, &opened, None, stages)?;
@@ -918,14 +921,23 @@ fn rebuild_memory_with(
     pid: Tid,
     image: &Arc<Image>,
     seccomp: Option<&SeccompProgram>,
+    fs_user: Option<&crate::fds::FsUser>,
     rootfs: Option<&EnterRootfs>,
     loading: &MemoryLoading,
     prepared: &mut lazy::Prepared,
     started: &mut Option<lazy::Started>,
     stages: &mut Stages,
 ) -> Result<(Gadget, u64, MemoryReport), RestoreError> {
-    let (gadget, opened) =
-        rebuild_layout(ctx, pid, image, seccomp, rootfs, loading.is_lazy(), stages)?;
+    let (gadget, opened) = rebuild_layout(
+        ctx,
+        pid,
+        image,
+        seccomp,
+        fs_user,
+        rootfs,
+        loading.is_lazy(),
+        stages,
+    )?;
     let reading = prepared.has_pages();
     let prefetched = prepared.take_pages()?;
     if reading {
@@ -970,11 +982,13 @@ fn rebuild_memory_with(
 /// sandbox made without the init helper), files checked, fds opened in
 /// the target (and a userfaultfd asked for, with `uffd`), the stub's
 /// mappings replaced by the image's.
+#[allow(clippy::too_many_arguments)]
 fn rebuild_layout(
     ctx: &mut TraceCtx,
     pid: Tid,
     image: &Image,
     seccomp: Option<&SeccompProgram>,
+    fs_user: Option<&crate::fds::FsUser>,
     rootfs: Option<&EnterRootfs>,
     uffd: bool,
     stages: &mut Stages,
@@ -996,7 +1010,7 @@ fn rebuild_layout(
     }
     check_files(pid, m)?;
     stages.mark("check files");
-    let opened = memory::open_files(ctx, pid, &mut gadget, image, uffd)?;
+    let opened = memory::open_files(ctx, pid, &mut gadget, image, fs_user, uffd)?;
     memory::rebuild_layout(ctx, pid, &mut gadget, image, &opened, &stub_maps)?;
     stages.mark("map memory");
     Ok((gadget, opened))
