@@ -728,6 +728,13 @@ pub(crate) fn check_files(pid: Tid, m: &ManifestBody) -> Result<(), RestoreError
             .then(|| &*layers.get_or_insert_with(|| crate::image::LayerDevices::of_process(pid)));
         crate::image::file_matches_on(&fd, f, on)?;
     }
+    // The cwd too: a fork enters it by path (chdir, before this check;
+    // a refusal kills the child before it runs anything).
+    crate::image::open_in_root(
+        &root,
+        &m.process.cwd,
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY,
+    )?;
     Ok(())
 }
 
