@@ -223,6 +223,9 @@ pub struct Daemon {
     /// Exit statuses reported by the engine, until the pidfd watcher of
     /// that instance takes them.
     reported: Mutex<HashMap<String, ExitStatus>>,
+    /// Serializes changes of the instance records: an update (read,
+    /// change, write) never writes back a record a delete removed.
+    records: Mutex<()>,
     exit_rx: Mutex<Option<mpsc::UnboundedReceiver<InstanceExit>>>,
     events: EventBus,
     network: Network,
@@ -373,6 +376,7 @@ impl Daemon {
             templates: Mutex::new(HashMap::new()),
             instances: Mutex::new(HashMap::new()),
             reported: Mutex::new(HashMap::new()),
+            records: Mutex::new(()),
             exit_rx: Mutex::new(Some(rx)),
             events: EventBus::default(),
             network,
@@ -898,6 +902,7 @@ impl Daemon {
 
     /// Rewrites the instance's record if `change` says it changed it.
     fn update_record(&self, id: &str, change: impl FnOnce(&mut InstanceRecord) -> bool) {
+        let _one = lock(&self.records);
         let path = self.record_path(id);
         let r = fs::read(&path)
             .map_err(|e| e.to_string())
@@ -915,6 +920,7 @@ impl Daemon {
     }
 
     fn remove_record(&self, id: &str) {
+        let _one = lock(&self.records);
         if let Err(e) = fs::remove_file(self.record_path(id))
             && e.kind() != io::ErrorKind::NotFound
         {
