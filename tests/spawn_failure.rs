@@ -9,7 +9,19 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 
 use common::*;
-use sprout::runtime::{CreateOptions, Runtime};
+use sprout::runtime::{Container, CreateOptions, Runtime};
+
+/// The holder container, deleted when dropped: a failed assertion leaves
+/// no cgroup behind either.
+struct Holder(Option<Container>);
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.take() {
+            let _ = c.delete(true);
+        }
+    }
+}
 
 /// Children of this process (any thread) that are zombies.
 fn zombie_children() -> Vec<i32> {
@@ -42,10 +54,11 @@ fn an_init_that_cannot_exec_in_a_joined_pid_namespace_leaves_no_zombie() {
         .build()
         .unwrap();
     let holder_id = format!("{}-ns", s.id);
-    let holder = good
-        .create(&holder_id, &s.bundle, CreateOptions::default())
-        .unwrap();
-    let holder_pid = holder.pid().unwrap();
+    let mut holder = Holder(Some(
+        good.create(&holder_id, &s.bundle, CreateOptions::default())
+            .unwrap(),
+    ));
+    let holder_pid = holder.0.as_ref().unwrap().pid().unwrap();
 
     // An init helper the kernel cannot execute (ENOEXEC).
     let bad_init = s.dir.path().join("not-an-elf");
@@ -77,7 +90,7 @@ fn an_init_that_cannot_exec_in_a_joined_pid_namespace_leaves_no_zombie() {
         .filter(|p| !before.contains(p))
         .collect();
     assert!(left.is_empty(), "zombie children left: {left:?}");
-    holder.delete(true).unwrap();
+    holder.0.take().unwrap().delete(true).unwrap();
     s.assert_clean(&holder_id);
     s.assert_clean(&s.id);
 }
