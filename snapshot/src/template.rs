@@ -775,6 +775,7 @@ impl Template {
                         reserved: Vec::new(),
                         close_others: true,
                         fs_user: restore::fs_user_of(rules.process),
+                        force_socket_buffers: restore::may_force_socket_buffers(rules.process),
                     };
                     restore::release(ctx, child, g, &image, &rules, &opts, &mut inner)
                         .map_err(TemplateError::from)

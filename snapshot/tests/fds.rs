@@ -782,6 +782,7 @@ fn restore_refuses_a_live_socket_path_and_reserved_numbers() {
             reserved: vec![7],
             close_others: false,
             fs_user: None,
+            force_socket_buffers: true,
         };
         let e = sprout_snapshot::fds::restore_fds_with(ctx, pid, &mut g, &recs, &opts).unwrap_err();
         let _ = ctx.kill(pid);
@@ -937,6 +938,7 @@ fn restore_over_existing_fds_keeping_reserved_ones() {
             reserved: vec![200],
             close_others: true,
             fs_user: None,
+            force_socket_buffers: true,
         };
         sprout_snapshot::fds::restore_fds_with(ctx, pid, &mut g, &recs, &opts).unwrap();
         let after = dump_fds(ctx, pid).unwrap();
@@ -1023,4 +1025,59 @@ fn regular_files_are_opened_without_magic_links_and_without_blocking() {
     assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
     let e = restore_in_stub(at(fifo.to_str().unwrap(), libc::O_RDONLY)).unwrap_err();
     assert!(e.to_string().contains("lseek"), "{e}");
+}
+
+/// Socket buffers above `net.core.rmem_max` come back exactly only for a
+/// sandbox allowed to force them; otherwise they are clamped, as the
+/// kernel clamps the process's own `SO_RCVBUF`.
+#[test]
+fn socket_buffers_above_the_maximum_are_clamped_unless_forced() {
+    let dir = test_dir("bufs");
+    let (p, file, upath) = start_full(&dir);
+    let tracer = tracer();
+    let mut recs = dump(&tracer, p.pid).unwrap();
+    check_records(&recs, &file, &upath);
+    drop(p);
+    let max: u32 = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let big = 2 * max + 2 * 65536;
+    let fd = recs
+        .iter_mut()
+        .find_map(|f| match &mut f.object {
+            FdObject::Socket(s) if s.options.rcvbuf != 0 => {
+                s.options.rcvbuf = big;
+                Some(f.fd)
+            }
+            _ => None,
+        })
+        .expect("a socket with its receive buffer set");
+    let rcvbuf_after = |force: bool| -> u32 {
+        let stub = Prog::spawn(&["stub"], None);
+        stub.ready();
+        let pid = stub.pid;
+        let records = recs.clone();
+        tracer.run(move |ctx| {
+            stop(ctx, pid);
+            let mut g = install(ctx, pid);
+            let opts = sprout_snapshot::fds::RestoreOptions {
+                force_socket_buffers: force,
+                ..Default::default()
+            };
+            sprout_snapshot::fds::restore_fds_with(ctx, pid, &mut g, &records, &opts).unwrap();
+            let after = dump_fds(ctx, pid).unwrap();
+            let _ = ctx.kill(pid);
+            after
+                .iter()
+                .find_map(|f| match &f.object {
+                    FdObject::Socket(s) if f.fd == fd => Some(s.options.rcvbuf),
+                    _ => None,
+                })
+                .unwrap()
+        })
+    };
+    assert_eq!(rcvbuf_after(true), big);
+    assert_eq!(rcvbuf_after(false), 2 * max);
 }

@@ -30,6 +30,11 @@ pub struct RestoreOptions {
     /// image gets no fd and no path the process could not get itself (the
     /// target is still root). `None`: as root (a root sandbox).
     pub fs_user: Option<FsUser>,
+    /// The sandbox may set socket buffers above `net.core.[rw]mem_max`
+    /// (CAP_NET_ADMIN): the dumped sizes come back exactly
+    /// (`SO_*BUFFORCE`). Otherwise they are clamped there, as the kernel
+    /// clamps the process's own `SO_*BUF`.
+    pub force_socket_buffers: bool,
 }
 
 /// Filesystem identity for [`RestoreOptions::fs_user`].
@@ -652,6 +657,7 @@ pub fn restore_fds_with(
                             s.family,
                             &s.options,
                             s.socket_type == SocketType::Stream && s.family != SocketFamily::Unix,
+                            opts.force_socket_buffers,
                         )?;
                         if let Some(path) = stale.get(&fd) {
                             b.push(
@@ -798,7 +804,15 @@ pub fn restore_fds_with(
                     let FdObject::Socket(s) = &f.object else {
                         unreachable!()
                     };
-                    socket_options(&mut b, f.fd, tmp[i] as u64, s.family, &s.options, false)?;
+                    socket_options(
+                        &mut b,
+                        f.fd,
+                        tmp[i] as u64,
+                        s.family,
+                        &s.options,
+                        false,
+                        opts.force_socket_buffers,
+                    )?;
                 }
                 for (i, e) in ends.iter().enumerate() {
                     let Some(f) = e else { continue };
@@ -1052,6 +1066,7 @@ fn set_fs_ids(b: &mut Batch<'_>, uid: u32, gid: u32) -> Result<(), FdError> {
 }
 
 /// `setsockopt` of every recorded option, before `bind`.
+#[allow(clippy::too_many_arguments)]
 fn socket_options(
     b: &mut Batch<'_>,
     fd: i32,
@@ -1059,6 +1074,7 @@ fn socket_options(
     family: SocketFamily,
     o: &crate::image::SocketOptions,
     tcp: bool,
+    force_buffers: bool,
 ) -> Result<(), FdError> {
     let set = |b: &mut Batch<'_>, level: i32, opt: i32, name: &str, v: i32, may_fail: bool| {
         b.push(
@@ -1138,29 +1154,31 @@ fn socket_options(
     }
     // The kernel doubles what is set and reports the doubled value; the
     // FORCE variants (CAP_NET_ADMIN) go past net.core.[rw]mem_max.
-    if o.rcvbuf != 0 {
-        let v = (o.rcvbuf / 2) as i32;
-        set(b, libc::SOL_SOCKET, libc::SO_RCVBUF, "SO_RCVBUF", v, false)?;
-        set(
-            b,
-            libc::SOL_SOCKET,
+    for (size, plain, force, name, force_name) in [
+        (
+            o.rcvbuf,
+            libc::SO_RCVBUF,
             libc::SO_RCVBUFFORCE,
+            "SO_RCVBUF",
             "SO_RCVBUFFORCE",
-            v,
-            true,
-        )?;
-    }
-    if o.sndbuf != 0 {
-        let v = (o.sndbuf / 2) as i32;
-        set(b, libc::SOL_SOCKET, libc::SO_SNDBUF, "SO_SNDBUF", v, false)?;
-        set(
-            b,
-            libc::SOL_SOCKET,
+        ),
+        (
+            o.sndbuf,
+            libc::SO_SNDBUF,
             libc::SO_SNDBUFFORCE,
+            "SO_SNDBUF",
             "SO_SNDBUFFORCE",
-            v,
-            true,
-        )?;
+        ),
+    ] {
+        if size == 0 {
+            continue;
+        }
+        // The kernel reports twice what was asked for.
+        let v = (size / 2) as i32;
+        set(b, libc::SOL_SOCKET, plain, name, v, false)?;
+        if force_buffers {
+            set(b, libc::SOL_SOCKET, force, force_name, v, true)?;
+        }
     }
     Ok(())
 }

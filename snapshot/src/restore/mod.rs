@@ -487,6 +487,16 @@ pub(crate) fn fs_user_of(process: &Process) -> Option<crate::fds::FsUser> {
     })
 }
 
+/// Whether the bundle's process may set socket buffers above
+/// `net.core.[rw]mem_max` itself (CAP_NET_ADMIN, effective).
+pub(crate) fn may_force_socket_buffers(process: &Process) -> bool {
+    process
+        .capabilities()
+        .as_ref()
+        .and_then(|c| c.effective().as_ref())
+        .is_some_and(|e| e.contains(&oci_spec::runtime::Capability::NetAdmin))
+}
+
 /// Refuses an image whose process holds kernel state that the process
 /// of `spec`, with its capabilities, could not have made itself (see
 /// `privileges`): the restorer is root until the end and would make it.
@@ -882,6 +892,7 @@ fn rebuild(
         rules,
         &crate::fds::RestoreOptions {
             fs_user,
+            force_socket_buffers: may_force_socket_buffers(rules.process),
             ..Default::default()
         },
         stages,

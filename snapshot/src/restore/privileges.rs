@@ -24,8 +24,9 @@ const UNPRIVILEGED_PORT_START: u16 = 1024;
 /// Refuses `m` if restoring it would give the process something its
 /// bundle's effective capabilities (`process`) do not allow: a port
 /// below 1024, an alarm clock, an epoll wakeup source, a pipe above
-/// `fs.pipe-max-size`, socket buffers above `net.core.[rw]mem_max`, or
-/// locked memory above its `RLIMIT_MEMLOCK`.
+/// `fs.pipe-max-size`, or locked memory above its `RLIMIT_MEMLOCK`.
+/// (Socket buffers above `net.core.[rw]mem_max` are clamped instead:
+/// see [`crate::fds::RestoreOptions::force_socket_buffers`].)
 pub(super) fn check(
     m: &ManifestBody,
     process: &Process,
@@ -77,26 +78,6 @@ fn check_objects(
                         format!("fd {} bound to port {port}", f.fd),
                         "CAP_NET_BIND_SERVICE",
                     );
-                }
-                let o = &s.options;
-                // The dumped sizes are what the kernel reports: twice what
-                // was asked for, and asked for at most [rw]mem_max.
-                for (size, max_file, name) in [
-                    (o.rcvbuf, "/proc/sys/net/core/rmem_max", "SO_RCVBUF"),
-                    (o.sndbuf, "/proc/sys/net/core/wmem_max", "SO_SNDBUF"),
-                ] {
-                    if let Some(max) = read_sysctl(max_file)
-                        && u64::from(size) / 2 > max
-                        && !has(Capability::NetAdmin)
-                    {
-                        return needs(
-                            format!(
-                                "fd {} {name} of {size} bytes (above {max_file} {max})",
-                                f.fd
-                            ),
-                            "CAP_NET_ADMIN",
-                        );
-                    }
                 }
             }
             FdObject::Timerfd { clock, .. }
