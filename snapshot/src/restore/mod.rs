@@ -572,19 +572,21 @@ pub(crate) fn exec_stack_limit(m: &ManifestBody, bundle_hard: Option<u64>) -> Op
         .iter()
         .find(|r| r.resource == RlimitResource::Stack)
         .map(|r| (r.soft, r.hard))?;
-    let sandbox_hard = bundle_hard.unwrap_or_else(|| {
-        let mut own = libc::rlimit64 {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: prlimit64 reading our own limit into a valid struct.
-        if unsafe { libc::prlimit64(0, libc::RLIMIT_STACK, std::ptr::null(), &mut own) } == 0 {
-            own.rlim_max
-        } else {
-            hard
-        }
-    });
+    let sandbox_hard =
+        bundle_hard.unwrap_or_else(|| own_rlimit(libc::RLIMIT_STACK).map_or(hard, |(_, max)| max));
     Some((soft.min(sandbox_hard), sandbox_hard))
+}
+
+/// This process's (soft, hard) limit of `resource`, which a sandbox
+/// that sets none inherits; `None` if it cannot be read.
+pub(crate) fn own_rlimit(resource: libc::__rlimit_resource_t) -> Option<(u64, u64)> {
+    let mut own = libc::rlimit64 {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: prlimit64 reading our own limit into a valid struct.
+    let r = unsafe { libc::prlimit64(0, resource, std::ptr::null(), &mut own) };
+    (r == 0).then_some((own.rlim_cur, own.rlim_max))
 }
 
 fn restore_into(

@@ -151,16 +151,7 @@ fn memlock_limit(process: &Process) -> Option<u64> {
             .map(|r| r.soft())
     });
     let soft = from_spec.unwrap_or_else(|| {
-        let mut own = libc::rlimit64 {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: prlimit64 reading our own limit into a valid struct.
-        if unsafe { libc::prlimit64(0, libc::RLIMIT_MEMLOCK, std::ptr::null(), &mut own) } == 0 {
-            own.rlim_cur
-        } else {
-            u64::MAX
-        }
+        super::own_rlimit(libc::RLIMIT_MEMLOCK).map_or(u64::MAX, |(cur, _)| cur)
     });
     (soft != libc::RLIM64_INFINITY).then_some(soft)
 }
