@@ -769,9 +769,12 @@ fn a_function_removed_right_after_a_drain_has_no_pool_instance_left() {
         );
         prewarm(&c, &d, 1);
         for _ in 0..3 {
-            assert!(wait_until(TIMEOUT, || pool_ids(&c, &d, "py", "frozen")
-                .len()
-                == 1));
+            assert!(
+                wait_until(TIMEOUT, || pool_ids(&c, &d, "py", "frozen").len() == 1),
+                "round {round}: {}\n{}",
+                pool_of(&c, &d, "py"),
+                d.log_text()
+            );
             let claimed = ok(&c, &d, "POST", "/functions/py/claim", Some(json!({})), 201);
             let id = claimed["id"].as_str().unwrap();
             ok(
