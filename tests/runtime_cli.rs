@@ -746,6 +746,98 @@ fn hooks_receive_the_state() {
     s.assert_clean(&s.id.clone());
 }
 
+/// The host's helper binary stays out of the container's reach (runc's
+/// CVE-2019-5736): a created container's init is `sprout-init` waiting
+/// for `start`, already holding the container's user and capabilities,
+/// so a process exec'd into the container could otherwise open
+/// `/proc/1/exe` (and, once the helper has exec'd, write through it) or follow its
+/// descriptors.
+#[test]
+fn the_waiting_init_helper_is_out_of_the_containers_reach() {
+    let mut s = Sandbox::new("helperexe");
+    s.set_args(&["true"]);
+    let id = s.id.clone();
+    s.ok(&["create", "--bundle", s.bundle_str(), &id]);
+    let r = s.sprout(&[
+        "exec",
+        &id,
+        "sh",
+        "-c",
+        "readlink /proc/1/exe; cat /proc/1/exe >/dev/null 2>&1 && echo exe-readable; \
+         readlink /proc/1/fd/0 >/dev/null && echo fd-readable; readlink /proc/self/exe",
+    ]);
+    let out = String::from_utf8_lossy(&r.stdout).into_owned();
+    s.ok(&["delete", "--force", &id]);
+    s.assert_clean(&id);
+    // The exec'd shell itself is an ordinary process (its own exe).
+    assert_eq!(
+        out,
+        "/bin/busybox\n",
+        "stderr: {}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+}
+
+/// A working directory through a descriptor (runc's CVE-2024-21626, where
+/// an image's WORKDIR named a leaked fd of a host directory) is refused:
+/// none of the waiting init's descriptors is a directory, and a directory
+/// the caller passes on (`--preserve-fds`) is refused as outside the root.
+#[test]
+fn a_working_directory_outside_the_root_is_refused() {
+    let mut s = Sandbox::new("leakycwd");
+    s.set_args(&["true"]);
+    let id = s.id.clone();
+    s.ok(&["create", "--bundle", s.bundle_str(), &id]);
+    let state: serde_json::Value = serde_json::from_str(&s.ok(&["state", &id])).unwrap();
+    let pid = state["pid"].as_i64().unwrap();
+    let fds: Vec<i32> = fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().parse().unwrap())
+        .collect();
+    let dirs: Vec<String> = fds
+        .iter()
+        .filter_map(|fd| {
+            let link = format!("/proc/{pid}/fd/{fd}");
+            fs::metadata(&link)
+                .is_ok_and(|m| m.is_dir())
+                .then(|| format!("{fd} -> {:?}", fs::read_link(&link)))
+        })
+        .collect();
+    s.ok(&["delete", "--force", &id]);
+    assert!(
+        dirs.is_empty(),
+        "the waiting init holds directories: {dirs:?}"
+    );
+    for fd in fds.iter().filter(|&&fd| fd > 2) {
+        s.config()["process"]["cwd"] = format!("/proc/self/fd/{fd}").into();
+        s.write_config();
+        let err = s.fails(&["run", "--bundle", s.bundle_str(), &id]);
+        assert!(err.contains(&format!("cwd /proc/self/fd/{fd}")), "{err}");
+        s.assert_clean(&id);
+    }
+    // A host directory passed on at fd 3.
+    s.config()["process"]["cwd"] = "/proc/self/fd/3/..".into();
+    s.set_args(&["sh", "-c", "ls; echo escaped"]);
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "exec 3</ \"$0\" --root \"$1\" run --preserve-fds 1 --bundle \"$2\" {id}"
+        ))
+        .arg(sprout_bin())
+        .arg(&s.root)
+        .arg(&s.bundle)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "stdout: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(stderr.contains("outside the container's root"), "{stderr}");
+    s.assert_clean(&id);
+}
+
 #[test]
 fn pause_resume_and_exec() {
     let mut s = Sandbox::new("exec");

@@ -384,6 +384,24 @@ fn open_rdwr_cloexec(path: &Path) -> Result<OwnedFd> {
     Ok(f.into())
 }
 
+/// A file in the state directory the init writes into through the fd
+/// (close-on-exec) it is handed: empty, or appended to.
+fn create_report_file(path: &Path, append: bool) -> Result<OwnedFd> {
+    let mut o = fs::OpenOptions::new();
+    if append {
+        o.append(true);
+    } else {
+        o.write(true).truncate(true);
+    }
+    let f = o
+        .create(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(Error::io(format!("creating {}", path.display())))?;
+    Ok(f.into())
+}
+
 /// How a new init gets into its cgroup without the parent writing its
 /// pid into v1 `cgroup.procs` (which costs an RCU grace period; see
 /// `Cgroup::open_v1_task_files`): cloned straight into the unified
@@ -498,14 +516,16 @@ impl Runtime {
         stages.mark("cgroup");
         mkfifo(&fifo_path)?;
         let fifo = open_rdwr_cloexec(&fifo_path)?;
-        // A separate open (not a dup of the locked fd): a dup would share
-        // the flock and the init would hold the lock until its exec.
-        let state_dir: OwnedFd = fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
-            .open(dir.path())
-            .map_err(Error::io("state dir fd"))?
-            .into();
+        // The init reports a failure after `create` (and a holder the exit
+        // statuses it reaps) into files made here: it never holds a
+        // directory of the host, which the container's own paths (its cwd,
+        // its executable) could reach through /proc/self/fd (runc's
+        // CVE-2024-21626).
+        let start_error = create_report_file(&dir.path().join(START_ERROR_FILE), false)?;
+        let holder = opts.takeover.as_ref().is_some_and(|t| t.holder);
+        let exits = holder
+            .then(|| create_report_file(&dir.path().join(crate::init::EXITS_FILE), true))
+            .transpose()?;
 
         let terminal = process.terminal().unwrap_or(false);
         let console = match (&opts.console_socket, terminal) {
@@ -532,7 +552,9 @@ impl Runtime {
                 })
             })?;
         let (parent_ch, init_ch) = channel::pair().map_err(Error::io("channel socketpair"))?;
-        let mut pass = vec![init_ch.into_fd(), fifo, state_dir];
+        let mut pass = vec![init_ch.into_fd(), fifo, start_error];
+        let exits_index = exits.is_some().then_some(pass.len());
+        pass.extend(exits);
         let console_index = console.is_some().then_some(pass.len());
         if let Some(c) = console {
             pass.push(c);
@@ -543,7 +565,6 @@ impl Runtime {
         }
         let takeover_index = opts.takeover.as_ref().map(|_| pass.len());
         let rlimit_stack = opts.takeover.as_ref().and_then(|t| t.rlimit_stack);
-        let holder = opts.takeover.as_ref().is_some_and(|t| t.holder);
         let mut inherit_indices = Vec::new();
         if let Some(t) = opts.takeover.take() {
             pass.push(t.exe);
@@ -626,7 +647,8 @@ impl Runtime {
             seccomp: linux.seccomp().clone(),
             personality: linux.personality().clone(),
             exec_fifo_fd: Some(fds[1]),
-            state_dir_fd: Some(fds[2]),
+            start_error_fd: Some(fds[2]),
+            exits_fd: exits_index.map(|i| fds[i]),
             console_socket_fd: console_index.map(|i| fds[i]),
             preserve_fds: opts.preserve_fds,
             join_mount_fd: mount_index.map(|i| fds[i]),
@@ -975,8 +997,11 @@ impl Container {
         };
         let _ = fs::remove_file(&fifo_path);
         let error_file = dir.path().join(START_ERROR_FILE);
-        if let Ok(msg) = fs::read_to_string(&error_file) {
-            let _ = fs::remove_file(&error_file);
+        let report = fs::read_to_string(&error_file);
+        let _ = fs::remove_file(&error_file);
+        if let Ok(msg) = report
+            && !msg.is_empty()
+        {
             return Err(Error::StartFailed {
                 id: self.state.id.clone(),
                 reason: msg,

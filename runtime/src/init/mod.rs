@@ -68,8 +68,11 @@ pub struct InitConfig {
     pub exec_fifo_fd: Option<RawFd>,
     /// Connected `--console-socket` (terminal: true).
     pub console_socket_fd: Option<RawFd>,
-    /// The container's state directory, for an error report after `start`.
-    pub state_dir_fd: Option<RawFd>,
+    /// [`START_ERROR_FILE`], made empty by the parent (create mode): where
+    /// a failure after `create` is reported for `start`.
+    pub start_error_fd: Option<RawFd>,
+    /// [`EXITS_FILE`], opened for appending (a holder's init).
+    pub exits_fd: Option<RawFd>,
     pub preserve_fds: u32,
     /// v1 cgroup `tasks` files to write `0` to, before anything else (see
     /// `Cgroup::open_v1_task_files`); the unified hierarchy is joined at
@@ -130,6 +133,23 @@ fn at<T, E: Display>(step: &str, r: Result<T, E>) -> StepResult<T> {
 
 /// Entry point of the `sprout-init` binary: `sprout-init <channel-fd>`.
 pub fn main() -> ! {
+    // First thing: non-dumpable, so that no process of the container, which
+    // may already share our pid namespace (`exec`, a created container
+    // waiting for `start` with the container's user and capabilities), can
+    // open /proc/PID/exe (this host binary, to overwrite once we have
+    // exec'd: runc's CVE-2019-5736) or reach our descriptors through
+    // /proc/PID/fd: that takes CAP_SYS_PTRACE now. Until this line our
+    // capabilities are not a subset of theirs, which keeps them out just
+    // the same. The exec of the container's process makes it dumpable
+    // again, with the container's binary as its exe.
+    // SAFETY: prctl with plain integer arguments.
+    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } < 0 {
+        eprintln!(
+            "sprout-init: PR_SET_DUMPABLE: {}",
+            io::Error::last_os_error()
+        );
+        std::process::exit(2);
+    }
     let fd: Option<RawFd> = std::env::args().nth(1).and_then(|a| a.parse().ok());
     let Some(fd) = fd else {
         eprintln!("sprout-init: this helper is started by sprout, not by hand");
@@ -451,10 +471,27 @@ fn become_container_process(cfg: &InitConfig) -> StepResult<(ExecPlan, Option<Se
     if nnp {
         at("noNewPrivileges", process::set_no_new_privs())?;
     }
-    at(&format!("cwd {}", p.cwd().display()), sys.chdir(p.cwd()))?;
+    enter_cwd(&sys, p.cwd())?;
     let path = at("exec", process::resolve_executable(p))?;
     let plan = at("exec", ExecPlan::new(&path, p))?;
     Ok((plan, late_seccomp))
+}
+
+/// Enters the process's working directory and checks it is beneath the
+/// container's root: a path through a magic link such as
+/// `/proc/self/fd/N` (a descriptor the caller passed on, say) would leave
+/// the container's process outside it (runc's CVE-2024-21626). The
+/// kernel reports such a directory as unreachable to `getcwd`.
+fn enter_cwd(sys: &dyn Syscall, cwd: &Path) -> StepResult<()> {
+    let step = || format!("cwd {}", cwd.display());
+    at(&step(), sys.chdir(cwd))?;
+    match std::env::current_dir() {
+        Ok(p) if p.is_absolute() => Ok(()),
+        _ => Err(InitFailure {
+            step: step(),
+            message: "the working directory is outside the container's root".into(),
+        }),
+    }
 }
 
 fn create(ch: &mut InitChannel, cfg: &InitConfig) -> StepResult<Infallible> {
@@ -584,7 +621,7 @@ fn wait_and_exec(cfg: &InitConfig, fifo: RawFd, next: Next) -> InitFailure {
                         };
                     }
                     0 => {}
-                    _ => reap_forever(cfg.state_dir_fd),
+                    _ => reap_forever(cfg.exits_fd),
                 }
             }
             process::reset_signals();
@@ -649,16 +686,17 @@ fn place_inherited(exe_fd: RawFd, inherit: &[RawFd]) -> io::Result<RawFd> {
 
 /// The holder's init, forever: reaps every child (the takeover program, and
 /// the template's instances, which are cloned with CLONE_PARENT so they are
-/// its children) and appends each exit status to [`EXITS_FILE`] in the
-/// state directory, where the node daemon reads it, also after a restart.
-/// A holder outlives its template, so instances outlive their template.
-fn reap_forever(state_dir: Option<RawFd>) -> ! {
+/// its children) and appends each exit status to [`EXITS_FILE`] (`exits`,
+/// opened for appending by the parent), where the node daemon reads it,
+/// also after a restart. A holder outlives its template, so instances
+/// outlive their template.
+fn reap_forever(exits: Option<RawFd>) -> ! {
     // Nothing of the init's is needed any more: its end of the channel,
     // the exec fifo (which `start` watches for the exec), stdio.
-    // SAFETY: close_range on this process's own descriptors, keeping the
-    // state directory; sigprocmask with a valid set.
+    // SAFETY: close on this process's own descriptors, keeping the exits
+    // file; sigprocmask with a valid set.
     unsafe {
-        let keep = state_dir.unwrap_or(-1);
+        let keep = exits.unwrap_or(-1);
         for fd in 0..1024 {
             if fd != keep {
                 libc::close(fd);
@@ -679,18 +717,10 @@ fn reap_forever(state_dir: Option<RawFd>) -> ! {
                 } else {
                     continue;
                 };
-                if let Some(dir) = state_dir {
-                    let fd = libc::openat(
-                        dir,
-                        c"exits.log".as_ptr(),
-                        libc::O_WRONLY | libc::O_APPEND | libc::O_CREAT | libc::O_CLOEXEC,
-                        0o600,
-                    );
-                    if fd >= 0 {
-                        let line = format!("{pid} {code}\n");
-                        libc::write(fd, line.as_ptr().cast(), line.len());
-                        libc::close(fd);
-                    }
+                if let Some(fd) = exits {
+                    // One write of one line: O_APPEND keeps lines whole.
+                    let line = format!("{pid} {code}\n");
+                    libc::write(fd, line.as_ptr().cast(), line.len());
                 }
                 continue;
             }
@@ -703,23 +733,11 @@ fn reap_forever(state_dir: Option<RawFd>) -> ! {
 
 fn report_start_error(cfg: &InitConfig, failure: &InitFailure) {
     eprintln!("sprout-init: {failure}");
-    if let Some(dirfd) = cfg.state_dir_fd {
-        let name = std::ffi::CString::new(START_ERROR_FILE).unwrap_or_default();
-        // SAFETY: openat relative to the state dir fd the parent passed,
-        // with a valid C string; the fd is closed right after the write.
-        unsafe {
-            let fd = libc::openat(
-                dirfd,
-                name.as_ptr(),
-                libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC | libc::O_NOFOLLOW,
-                0o600,
-            );
-            if fd >= 0 {
-                let msg = failure.to_string();
-                libc::write(fd, msg.as_ptr().cast(), msg.len());
-                libc::close(fd);
-            }
-        }
+    if let Some(fd) = cfg.start_error_fd {
+        let msg = failure.to_string();
+        // SAFETY: a write to the report file the parent passed at this
+        // number, from a live buffer of its length.
+        unsafe { libc::write(fd, msg.as_ptr().cast(), msg.len()) };
     }
 }
 
