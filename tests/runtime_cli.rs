@@ -778,6 +778,47 @@ fn the_waiting_init_helper_is_out_of_the_containers_reach() {
     );
 }
 
+/// An image's own `/dev/null` (a spec without a `/dev` tmpfs) is kept only
+/// if it is the null device: masks are bound from it, so a symlink there
+/// would put its target in place of /proc/keys (runc's CVE-2025-31133).
+#[test]
+fn an_image_dev_null_that_is_not_the_device_is_refused() {
+    let mut s = Sandbox::new("devnull");
+    let mounts: Vec<serde_json::Value> = s.config()["mounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["destination"] != "/dev")
+        .cloned()
+        .collect();
+    s.config()["mounts"] = mounts.into();
+    let dev = s.bundle.join("rootfs/dev");
+    fs::create_dir_all(&dev).unwrap();
+    std::os::unix::fs::symlink("/proc/sys/kernel/hostname", dev.join("null")).unwrap();
+    let (code, out, err) = run_with(&mut s, &["cat", "/proc/keys"]);
+    assert_eq!(code, 1, "stdout: {out}");
+    assert!(
+        err.contains("device /dev/null: exists in the rootfs and is not the device c 1:3"),
+        "{err}"
+    );
+    s.assert_clean(&s.id.clone());
+    // The image's node is used when it is the device.
+    fs::remove_file(dev.join("null")).unwrap();
+    nix::sys::stat::mknod(
+        &dev.join("null"),
+        nix::sys::stat::SFlag::S_IFCHR,
+        nix::sys::stat::Mode::from_bits_truncate(0o666),
+        nix::sys::stat::makedev(1, 3),
+    )
+    .unwrap();
+    let (code, out, err) = run_with(
+        &mut s,
+        &["sh", "-c", "echo x >/dev/null; wc -c </proc/keys"],
+    );
+    assert_eq!((code, out.trim()), (0, "0"), "stderr: {err}");
+    s.assert_clean(&s.id.clone());
+}
+
 /// A working directory through a descriptor (runc's CVE-2024-21626, where
 /// an image's WORKDIR named a leaked fd of a host directory) is refused:
 /// none of the waiting init's descriptors is a directory, and a directory

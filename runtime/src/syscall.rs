@@ -60,7 +60,18 @@ pub trait Syscall {
     fn chdir(&self, path: &Path) -> io::Result<()>;
     fn symlink(&self, target: &Path, link: &Path) -> io::Result<()>;
     fn mknod(&self, path: &Path, kind: SFlag, perm: Mode, dev: u64) -> io::Result<()>;
+    /// Changes the owner of `path` itself, never of what a symlink there
+    /// names.
     fn chown(&self, path: &Path, uid: u32, gid: u32) -> io::Result<()>;
+    /// The file type and device number of `path` itself (not following a
+    /// final symlink), if it is a device node or a FIFO; `None` for
+    /// anything else.
+    fn device_node(&self, path: &Path) -> io::Result<Option<(SFlag, u64)>>;
+    /// Bind-mounts the container's `/dev/null` onto `target` (a masked
+    /// file), after checking that it is the null device: an image's
+    /// `/dev/null` may be a symlink to a file the mask would then expose
+    /// in its place (runc's CVE-2025-31133).
+    fn bind_null_device(&self, target: &Path) -> io::Result<()>;
     fn write_file(&self, path: &Path, data: &[u8]) -> io::Result<()>;
     fn exists(&self, path: &Path) -> bool;
     fn is_dir(&self, path: &Path) -> bool;
@@ -274,7 +285,79 @@ impl Syscall for LinuxSyscall {
     }
 
     fn chown(&self, path: &Path, uid: u32, gid: u32) -> io::Result<()> {
-        std::os::unix::fs::chown(path, Some(uid), Some(gid))
+        std::os::unix::fs::lchown(path, Some(uid), Some(gid))
+    }
+
+    fn device_node(&self, path: &Path) -> io::Result<Option<(SFlag, u64)>> {
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        let meta = fs::symlink_metadata(path)?;
+        let t = meta.file_type();
+        let kind = if t.is_char_device() {
+            SFlag::S_IFCHR
+        } else if t.is_block_device() {
+            SFlag::S_IFBLK
+        } else if t.is_fifo() {
+            SFlag::S_IFIFO
+        } else {
+            return Ok(None);
+        };
+        Ok(Some((kind, meta.rdev())))
+    }
+
+    fn bind_null_device(&self, target: &Path) -> io::Result<()> {
+        use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+        let null = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open("/dev/null")
+            .map_err(|e| io::Error::new(e.kind(), format!("opening /dev/null: {e}")))?;
+        let meta = null.metadata()?;
+        let is_null =
+            meta.file_type().is_char_device() && meta.rdev() == nix::sys::stat::makedev(1, 3);
+        if !is_null {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "/dev/null is not the null device (c 1:3)",
+            ));
+        }
+        // A detached bind of the node we checked, moved onto the target:
+        // no path is looked up twice.
+        const OPEN_TREE_CLONE: libc::c_uint = 1;
+        const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+        // SAFETY: open_tree on a valid fd with an empty C string path; the
+        // result is a new fd or -1.
+        let tree = unsafe {
+            libc::syscall(
+                libc::SYS_open_tree,
+                null.as_raw_fd(),
+                c"".as_ptr(),
+                OPEN_TREE_CLONE
+                    | libc::O_CLOEXEC as libc::c_uint
+                    | libc::AT_EMPTY_PATH as libc::c_uint,
+            )
+        };
+        if tree < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: the kernel just returned this fd; we own it from here.
+        let tree = unsafe { OwnedFd::from_raw_fd(tree as RawFd) };
+        let to = cstr(target)?;
+        // SAFETY: move_mount of the detached tree fd onto a NUL-terminated
+        // path relative to the cwd.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_move_mount,
+                tree.as_raw_fd(),
+                c"".as_ptr(),
+                libc::AT_FDCWD,
+                to.as_ptr(),
+                MOVE_MOUNT_F_EMPTY_PATH,
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
     }
 
     fn write_file(&self, path: &Path, data: &[u8]) -> io::Result<()> {
@@ -474,6 +557,20 @@ impl Syscall for RecordingSyscall {
     }
     fn chown(&self, path: &Path, uid: u32, gid: u32) -> io::Result<()> {
         self.push(Call::Chown(path.to_path_buf(), uid, gid))
+    }
+
+    fn device_node(&self, _path: &Path) -> io::Result<Option<(SFlag, u64)>> {
+        Ok(None)
+    }
+
+    fn bind_null_device(&self, target: &Path) -> io::Result<()> {
+        self.mount(
+            Some(Path::new("/dev/null")),
+            target,
+            None,
+            MsFlags::MS_BIND,
+            None,
+        )
     }
     fn write_file(&self, path: &Path, data: &[u8]) -> io::Result<()> {
         self.push(Call::WriteFile(path.to_path_buf(), data.to_vec()))

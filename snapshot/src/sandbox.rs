@@ -9,6 +9,7 @@
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 
+use nix::fcntl::OFlag;
 use nix::mount::MsFlags;
 use sprout_runtime::rootfs::RootfsConfig;
 use sprout_runtime::rootfs::detached::DeferredMount;
@@ -189,11 +190,46 @@ pub(crate) fn enter_rootfs(
     let slash = g.data(b"/\0")?;
     let null = g.data(b"/dev/null\0")?;
     let tmpfs = g.data(b"tmpfs\0")?;
+    // Paths as the process sees them: looked up beneath its root, never
+    // through a symlink that /proc/PID/root would resolve on the host.
+    let root =
+        std::fs::File::open(format!("/proc/{pid}/root")).map_err(|source| RestoreError::Io {
+            what: "opening the sandbox's root",
+            source,
+        })?;
+    // A path that is not there is skipped (runc's rule); any other
+    // failure to look it up must not leave it unmasked.
+    let stat_in_root = |p: &str| -> Result<Option<std::fs::Metadata>, RestoreError> {
+        let meta = crate::image::open_in_root(&root, p, OFlag::O_PATH)
+            .map_err(RestoreError::from)
+            .and_then(|fd| {
+                std::fs::File::from(fd)
+                    .metadata()
+                    .map_err(|source| RestoreError::Io {
+                        what: "looking at a masked or read-only path",
+                        source,
+                    })
+            });
+        match meta {
+            Ok(m) => Ok(Some(m)),
+            Err(RestoreError::Image(crate::image::ImageError::Io { source, .. }))
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    };
+    let mut null_checked = false;
     for p in &plan.masked {
-        let Ok(meta) = std::fs::metadata(format!("/proc/{pid}/root{p}")) else {
+        let Some(meta) = stat_in_root(p)? else {
             continue;
         };
         let d = g.data(&cstring(p))?;
+        if !meta.is_dir() && !null_checked {
+            check_null_device(&root)?;
+            null_checked = true;
+        }
         if meta.is_dir() {
             e.push(Entry::new(
                 libc::SYS_mount,
@@ -209,7 +245,7 @@ pub(crate) fn enter_rootfs(
     let bind = MsFlags::MS_BIND | MsFlags::MS_REC;
     let ro = bind | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
     for p in &plan.readonly {
-        if std::fs::symlink_metadata(format!("/proc/{pid}/root{p}")).is_err() {
+        if stat_in_root(p)?.is_none() {
             continue;
         }
         let d = g.data(&cstring(p))?;
@@ -228,6 +264,29 @@ pub(crate) fn enter_rootfs(
     g.run(ctx, pid, &e)
         .map_err(batch_error("masking paths of the sandbox"))?;
     Ok(())
+}
+
+/// The sandbox's `/dev/null` must be the null device before masks are
+/// bound from it: an image's own `/dev/null` (a rootfs without a `/dev`
+/// tmpfs) could be a symlink to a file the mask would expose instead
+/// (runc's CVE-2025-31133). Checked from outside, beneath the sandbox's
+/// root, right before the masking batch; no process of this sandbox runs
+/// yet that could swap it in between.
+fn check_null_device(root: &std::fs::File) -> Result<(), RestoreError> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let is_null = crate::image::open_in_root(root, "/dev/null", OFlag::O_PATH | OFlag::O_NOFOLLOW)
+        .ok()
+        .and_then(|fd| std::fs::File::from(fd).metadata().ok())
+        .is_some_and(|m| {
+            m.file_type().is_char_device() && m.rdev() == nix::sys::stat::makedev(1, 3)
+        });
+    if is_null {
+        Ok(())
+    } else {
+        Err(RestoreError::Sandbox(
+            "masking paths: the sandbox's /dev/null is not the null device (c 1:3)".into(),
+        ))
+    }
 }
 
 /// Writes each sysctl from inside the process, where `/proc/sys` is its

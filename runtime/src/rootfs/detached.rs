@@ -221,6 +221,14 @@ impl Syscall for Deferring {
         self.inner.chown(path, uid, gid)
     }
 
+    fn device_node(&self, path: &Path) -> io::Result<Option<(SFlag, u64)>> {
+        self.inner.device_node(path)
+    }
+
+    fn bind_null_device(&self, target: &Path) -> io::Result<()> {
+        self.inner.bind_null_device(target)
+    }
+
     fn write_file(&self, path: &Path, data: &[u8]) -> io::Result<()> {
         self.inner.write_file(path, data)
     }

@@ -681,7 +681,21 @@ fn make_device(
         nix::sys::stat::makedev(major, minor),
     ) {
         Ok(()) => {}
-        Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {}
+        // The image's own node is kept only if it is this very device:
+        // anything else there (a symlink to a host path, a regular file)
+        // would get the device's owner, or stand in for it.
+        Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {
+            let want = (kind, nix::sys::stat::makedev(major, minor));
+            if sys.device_node(&node).map_err(e)? != Some(want) {
+                return Err(e(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!(
+                        "exists in the rootfs and is not the device {} {major}:{minor}",
+                        node_letter(kind)
+                    ),
+                )));
+            }
+        }
         Err(err) => return Err(e(err)),
     }
     if uid != 0 || gid != 0 {
@@ -723,6 +737,17 @@ fn dev_symlinks(sys: &dyn Syscall, cfg: &RootfsConfig) -> Result<(), RootfsError
     Ok(())
 }
 
+/// The spec's letter for a node type (`c`, `b`, `p`).
+fn node_letter(kind: SFlag) -> char {
+    if kind == SFlag::S_IFBLK {
+        'b'
+    } else if kind == SFlag::S_IFIFO {
+        'p'
+    } else {
+        'c'
+    }
+}
+
 fn mask_path(sys: &dyn Syscall, path: &Path) -> Result<(), RootfsError> {
     if !sys.exists(path) {
         return Ok(());
@@ -736,13 +761,7 @@ fn mask_path(sys: &dyn Syscall, path: &Path) -> Result<(), RootfsError> {
             None,
         )
     } else {
-        sys.mount(
-            Some(Path::new("/dev/null")),
-            path,
-            None,
-            MsFlags::MS_BIND,
-            None,
-        )
+        sys.bind_null_device(path)
     };
     r.map_err(|source| RootfsError::Path {
         what: "masking",

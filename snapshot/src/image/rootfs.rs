@@ -42,10 +42,16 @@ pub fn open_in_root(root: impl AsFd, path: &str, flags: OFlag) -> Result<OwnedFd
             "open_in_root does not create files",
         ));
     }
+    // Nonblocking: a FIFO at an image's path must not hang the restorer
+    // (regular files do not care). An O_PATH open opens nothing, and
+    // openat2 refuses it any other flag.
+    let extra = if flags.contains(OFlag::O_PATH) {
+        OFlag::O_CLOEXEC
+    } else {
+        OFlag::O_CLOEXEC | OFlag::O_NOCTTY | OFlag::O_NONBLOCK
+    };
     let how = OpenHow::new()
-        // Nonblocking: a FIFO at an image's path must not hang the
-        // restorer (regular files do not care).
-        .flags(flags | OFlag::O_CLOEXEC | OFlag::O_NOCTTY | OFlag::O_NONBLOCK)
+        .flags(flags | extra)
         .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
     let root = root.as_fd();
     let mut tries = 0;
