@@ -1034,7 +1034,7 @@ fn a_template_container_joining_a_pod_network_namespace_is_forked_into_it() {
     let (id, cg) = c.names("podns");
     run_template(&c, &function, &["--with-ns", &netns], &cg, &id);
     let link = link_of(&c, &id);
-    assert_eq!(link["instance"], format!("default.{id}").as_str(), "{link}");
+    assert_eq!(link["instance"], format!("default+{id}").as_str(), "{link}");
     assert!(link["path"].is_null(), "{link}");
     let (pid, _) = c.task(&id).unwrap();
     assert_eq!(
@@ -1056,7 +1056,7 @@ fn a_template_container_joining_a_pod_network_namespace_is_forked_into_it() {
 
     c.kill_until_stopped(&["-s", "KILL"], &id);
     c.remove(&id);
-    assert!(api.instance(&format!("default.{id}")).is_err());
+    assert!(api.instance(&format!("default+{id}")).is_err());
     assert_clean(&c, &[&cg]);
     remove_function(&s, &d, &function);
 }

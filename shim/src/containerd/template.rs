@@ -13,7 +13,7 @@
 //!   names a VPC (`io.sprout.vpc=<name>`): op `fork` in containerd's
 //!   bundle, joining that namespace or taking a pooled one of that VPC.
 //!   A claim can do neither (pool instances have their network already),
-//!   so the instance is a fresh fork with the id `<namespace>.<id>`.
+//!   so the instance is a fresh fork with the id `<namespace>+<id>`.
 //! - **The spec names a `cgroupsPath`**: op `claim` with containerd's
 //!   bundle. sproutd always forks a fresh instance for it, placed in that
 //!   cgroup, in the bundle's sandbox (namespaces, mounts; its rootfs,
@@ -92,9 +92,11 @@ pub fn sproutd_sockets() -> (PathBuf, PathBuf) {
 
 /// The instance id of a forked (not claimed) container `id` of containerd
 /// namespace `namespace` (ids are unique only per namespace; sproutd is
-/// node-wide).
+/// node-wide). Joined with `+`, which containerd allows in neither: with
+/// `.`, namespace `k8s` and id `io.x` would name the instance of namespace
+/// `k8s.io`'s container `x`.
 pub fn fork_instance_id(namespace: &str, id: &str) -> String {
-    format!("{namespace}.{id}")
+    format!("{namespace}+{id}")
 }
 
 /// What makes a container a template container, read from its spec.
@@ -492,6 +494,15 @@ mod tests {
     }
 
     #[test]
+    fn fork_instance_ids_of_different_namespaces_never_collide() {
+        assert_ne!(
+            fork_instance_id("k8s", "io.c"),
+            fork_instance_id("k8s.io", "c")
+        );
+        assert!(sprout_runtime::spec::validate_id(&fork_instance_id("k8s.io", "c")).is_ok());
+    }
+
+    #[test]
     fn the_spec_picks_fork_claim_in_bundle_or_claim_from_pool() {
         let plain = spec(serde_json::json!({"ociVersion": "1.0.2"}));
         assert!(TemplateSpec::of(&plain, "default", "c").is_none());
@@ -507,7 +518,7 @@ mod tests {
         assert_eq!(
             t.start,
             StartRequest::Fork {
-                instance: "k8s.io.c".into(),
+                instance: "k8s.io+c".into(),
                 netns: Some("/var/run/netns/p".into()),
                 vpc: None,
             }
