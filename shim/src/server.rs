@@ -42,10 +42,33 @@ pub fn bind(path: &Path) -> Result<UnixListener, DaemonError> {
         }
         fs::remove_file(path).map_err(io("removing the stale socket"))?;
     }
-    let l = std::os::unix::net::UnixListener::bind(path).map_err(io("binding"))?;
-    fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(io("chmod of"))?;
+    let l = bind_owner_only(path).map_err(io("binding"))?;
     l.set_nonblocking(true).map_err(io("setting up"))?;
     UnixListener::from_std(l).map_err(io("registering"))
+}
+
+/// A listening unix socket at `path` that only its owner (root) can
+/// connect to. The mode is set between `bind` and `listen`: a connection
+/// made before the chmod (the socket has `0777 & !umask` until then)
+/// would stay open after it, while a connect before `listen` is refused.
+pub fn bind_owner_only(path: &Path) -> std::io::Result<std::os::unix::net::UnixListener> {
+    use nix::sys::socket::{
+        AddressFamily, Backlog, SockFlag, SockType, UnixAddr, bind, listen, socket,
+    };
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &UnixAddr::new(path)?)?;
+    let listening = fs::set_permissions(path, fs::Permissions::from_mode(0o600))
+        .and_then(|()| Ok(listen(&fd, Backlog::MAXCONN)?));
+    if let Err(e) = listening {
+        let _ = fs::remove_file(path);
+        return Err(e);
+    }
+    Ok(fd.into())
 }
 
 /// Adopts the state root's instances, opens the sockets and serves until

@@ -17,7 +17,7 @@
 use std::fs;
 use std::io::{self, ErrorKind};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -97,7 +97,7 @@ pub fn start(flags: &Flags) -> Result<String, ActionError> {
     }
     let state = state_root(&bundle, &flags.namespace);
     for attempt in 0..5 {
-        match UnixListener::bind(&path) {
+        match crate::server::bind_owner_only(&path) {
             Ok(listener) => {
                 spawn_server(flags, &address, &state, listener.into())?;
                 break;
