@@ -50,6 +50,28 @@ fn missing_process_and_unknown_namespace_and_bad_mount_option() {
     s.write_config();
     create_fails(&s, &["linux.namespaces[1].type"]);
 
+    // Without a new mount namespace the rootfs would be set up (and
+    // pivoted into) in the host's own, or in the joined one.
+    let mut s = Sandbox::new("nomntns");
+    let ns: Vec<serde_json::Value> = s.config()["linux"]["namespaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["type"] != "mount")
+        .cloned()
+        .collect();
+    s.config()["linux"]["namespaces"] = ns.into();
+    s.write_config();
+    create_fails(&s, &["linux.namespaces", "no mount namespace"]);
+
+    let mut s = Sandbox::new("joinmntns");
+    s.config()["linux"]["namespaces"][4]["path"] = "/proc/self/ns/mnt".into();
+    s.write_config();
+    create_fails(
+        &s,
+        &["linux.namespaces[4].path", "joining a mount namespace"],
+    );
+
     let mut s = Sandbox::new("badopt");
     s.config()["mounts"][1]["options"] = serde_json::json!(["nosuid", ""]);
     s.write_config();

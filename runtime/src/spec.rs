@@ -237,18 +237,39 @@ pub fn validate_process(process: &oci_spec::runtime::Process) -> Result<(), Spec
 }
 
 /// The namespaces the container asks for, validated.
+/// A new mount namespace is required: the rootfs is set up (mounts,
+/// pivot_root, the old root detached) in the namespace the init is in,
+/// which without one is the host's, and with a joined one another
+/// sandbox's.
 fn validate_namespaces(spec: &Spec) -> Result<HashSet<LinuxNamespaceType>, SpecError> {
     let mut seen = HashSet::new();
+    let namespaces = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_deref())
+        .unwrap_or_default();
+    match namespaces
+        .iter()
+        .position(|n| n.typ() == LinuxNamespaceType::Mount)
+    {
+        None => {
+            return Err(invalid(
+                "linux.namespaces",
+                "no mount namespace: the rootfs is set up in a new one (add {\"type\": \"mount\"})",
+            ));
+        }
+        Some(i) if namespaces[i].path().is_some() => {
+            return Err(invalid(
+                format!("linux.namespaces[{i}].path"),
+                "joining a mount namespace is not supported: the rootfs is set up in a new one",
+            ));
+        }
+        Some(_) => {}
+    }
     let Some(linux) = spec.linux() else {
         return Ok(seen);
     };
-    for (i, ns) in linux
-        .namespaces()
-        .as_deref()
-        .unwrap_or_default()
-        .iter()
-        .enumerate()
-    {
+    for (i, ns) in namespaces.iter().enumerate() {
         if !seen.insert(ns.typ()) {
             return Err(invalid(
                 format!("linux.namespaces[{i}].type"),
