@@ -819,6 +819,53 @@ fn an_image_dev_null_that_is_not_the_device_is_refused() {
     s.assert_clean(&s.id.clone());
 }
 
+/// An LSM label the host cannot apply is an error, for `create` and
+/// `exec`, decided on the host: a label that is dropped leaves the
+/// process unconfined. (This host has neither AppArmor nor SELinux.)
+#[test]
+fn lsm_labels_the_host_cannot_apply_are_refused() {
+    if std::path::Path::new("/sys/fs/selinux/enforce").exists()
+        || fs::read_to_string("/sys/module/apparmor/parameters/enabled")
+            .is_ok_and(|s| s.trim() == "Y")
+    {
+        eprintln!("skipped: this host has an LSM");
+        return;
+    }
+    let mut s = Sandbox::new("lsm");
+    let id = s.id.clone();
+    s.config()["process"]["selinuxLabel"] = "system_u:system_r:container_t:s0".into();
+    s.write_config();
+    let err = s.fails(&["run", "--bundle", s.bundle_str(), &id]);
+    assert!(
+        err.contains("`process.selinuxLabel`: SELinux is not enabled on this host"),
+        "{err}"
+    );
+    s.assert_clean(&id);
+    s.config()["process"]["selinuxLabel"] = serde_json::Value::Null;
+    s.config()["process"]["apparmorProfile"] = "sprout-test".into();
+    s.write_config();
+    let err = s.fails(&["run", "--bundle", s.bundle_str(), &id]);
+    assert!(
+        err.contains("`process.apparmorProfile`: AppArmor is not enabled on this host"),
+        "{err}"
+    );
+    s.assert_clean(&id);
+
+    s.config()["process"]["apparmorProfile"] = serde_json::Value::Null;
+    s.set_args(&["sleep", "1000"]);
+    s.ok(&["run", "-d", "--bundle", s.bundle_str(), &id]);
+    let err = s.fails(&[
+        "exec",
+        "--process-label",
+        "system_u:system_r:container_t:s0",
+        &id,
+        "true",
+    ]);
+    assert!(err.contains("process.selinuxLabel"), "{err}");
+    s.ok(&["delete", "--force", &id]);
+    s.assert_clean(&id);
+}
+
 /// A working directory through a descriptor (runc's CVE-2024-21626, where
 /// an image's WORKDIR named a leaked fd of a host directory) is refused:
 /// none of the waiting init's descriptors is a directory, and a directory

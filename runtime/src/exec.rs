@@ -49,6 +49,7 @@ impl Container {
     /// Starts `process` inside the container.
     pub fn exec(&self, process: Process, mut opts: ExecOptions) -> Result<ExecProcess> {
         spec::validate_process(&process)?;
+        spec::check_lsm_available(&process)?;
         let status = self.status();
         match status {
             Status::Running | Status::Created => {}

@@ -237,6 +237,31 @@ pub fn validate_process(process: &oci_spec::runtime::Process) -> Result<(), Spec
 }
 
 /// The namespaces the container asks for, validated.
+/// The LSM labels the process asks for must be appliable on this host, as
+/// runc checks: a label that cannot be applied is an error, never a
+/// silent drop. Decided here, from the host's paths: inside the
+/// container (a fresh sysfs has no selinuxfs) the answer would be the
+/// image's.
+pub fn check_lsm_available(process: &oci_spec::runtime::Process) -> Result<(), SpecError> {
+    let set = |v: &Option<String>| v.as_deref().is_some_and(|v| !v.is_empty());
+    if set(process.apparmor_profile())
+        && !std::fs::read_to_string("/sys/module/apparmor/parameters/enabled")
+            .is_ok_and(|s| s.trim() == "Y")
+    {
+        return Err(invalid(
+            "process.apparmorProfile",
+            "AppArmor is not enabled on this host",
+        ));
+    }
+    if set(process.selinux_label()) && !Path::new("/sys/fs/selinux/enforce").exists() {
+        return Err(invalid(
+            "process.selinuxLabel",
+            "SELinux is not enabled on this host",
+        ));
+    }
+    Ok(())
+}
+
 /// A new mount namespace is required: the rootfs is set up (mounts,
 /// pivot_root, the old root detached) in the namespace the init is in,
 /// which without one is the host's, and with a joined one another
