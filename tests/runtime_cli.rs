@@ -819,6 +819,52 @@ fn an_image_dev_null_that_is_not_the_device_is_refused() {
     s.assert_clean(&s.id.clone());
 }
 
+/// The runtime's writes to /proc (sysctls here, LSM labels likewise) reach
+/// procfs or fail: never a file a mount put in their way. An image whose
+/// `/proc` is a symlink into a volume would get proc mounted there and
+/// covered by the volume (runc's CVE-2019-16884); a bind over /proc/sys
+/// would take the write just the same.
+#[test]
+fn writes_to_proc_never_land_outside_procfs() {
+    let mut s = Sandbox::new("procsym");
+    let volume = s.dir.path().join("volume");
+    fs::create_dir_all(volume.join("sys/kernel")).unwrap();
+    let rootfs = s.bundle.join("rootfs");
+    fs::create_dir_all(rootfs.join("data")).unwrap();
+    let _ = fs::remove_dir(rootfs.join("proc"));
+    std::os::unix::fs::symlink("/data", rootfs.join("proc")).unwrap();
+    s.config()["linux"]["sysctl"] = serde_json::json!({"kernel.shm_rmid_forced": "1"});
+    s.config()["mounts"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({"destination": "/data", "type": "bind", "source": volume, "options": ["rbind"]}));
+    s.write_config();
+    let err = s.fails(&["run", "--bundle", s.bundle_str(), &s.id.clone()]);
+    assert!(
+        err.contains("mount /proc: proc goes only on a directory"),
+        "{err}"
+    );
+    assert!(!volume.join("sys/kernel/shm_rmid_forced").exists());
+    s.assert_clean(&s.id.clone());
+
+    // A real /proc, and a bind over its sys.
+    fs::remove_file(rootfs.join("proc")).unwrap();
+    fs::create_dir(rootfs.join("proc")).unwrap();
+    let forced = volume.join("sys/kernel/shm_rmid_forced");
+    fs::write(&forced, "0\n").unwrap();
+    let mounts = s.config()["mounts"].as_array_mut().unwrap();
+    mounts.pop();
+    mounts.push(serde_json::json!({"destination": "/proc/sys", "type": "bind", "source": volume.join("sys"), "options": ["rbind"]}));
+    s.write_config();
+    let err = s.fails(&["run", "--bundle", s.bundle_str(), &s.id.clone()]);
+    assert!(
+        err.contains("sysctl kernel.shm_rmid_forced") && err.contains("is not on procfs"),
+        "{err}"
+    );
+    assert_eq!(fs::read_to_string(&forced).unwrap(), "0\n");
+    s.assert_clean(&s.id.clone());
+}
+
 /// An LSM label the host cannot apply is an error, for `create` and
 /// `exec`, decided on the host: a label that is dropped leaves the
 /// process unconfined. (This host has neither AppArmor nor SELinux.)

@@ -72,8 +72,12 @@ pub trait Syscall {
     /// `/dev/null` may be a symlink to a file the mask would then expose
     /// in its place (runc's CVE-2025-31133).
     fn bind_null_device(&self, target: &Path) -> io::Result<()>;
-    fn write_file(&self, path: &Path, data: &[u8]) -> io::Result<()>;
+    /// Writes a file of procfs (a sysctl), refusing one that is not on
+    /// procfs: a mount over it would take the write instead.
+    fn write_proc_file(&self, path: &Path, data: &[u8]) -> io::Result<()>;
     fn exists(&self, path: &Path) -> bool;
+    /// Whether `path` itself is a symlink.
+    fn is_symlink(&self, path: &Path) -> bool;
     fn is_dir(&self, path: &Path) -> bool;
     fn sethostname(&self, name: &str) -> io::Result<()>;
     fn setdomainname(&self, name: &str) -> io::Result<()>;
@@ -97,6 +101,26 @@ fn check(ret: libc::c_int) -> io::Result<()> {
     } else {
         Ok(())
     }
+}
+
+/// Writes `data` to `path`, a file that must be on procfs (checked on the
+/// open file, so nothing can be swapped in between): a write meant for the
+/// kernel must not land in a file some mount put in its place.
+pub fn write_on_procfs(path: &Path, data: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)?;
+    let st = nix::sys::statfs::fstatfs(&f)?;
+    if st.filesystem_type() != nix::sys::statfs::PROC_SUPER_MAGIC {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{} is not on procfs", path.display()),
+        ));
+    }
+    f.write_all(data)
 }
 
 /// The real kernel.
@@ -360,12 +384,16 @@ impl Syscall for LinuxSyscall {
         Ok(())
     }
 
-    fn write_file(&self, path: &Path, data: &[u8]) -> io::Result<()> {
-        fs::write(path, data)
+    fn write_proc_file(&self, path: &Path, data: &[u8]) -> io::Result<()> {
+        write_on_procfs(path, data)
     }
 
     fn exists(&self, path: &Path) -> bool {
         fs::symlink_metadata(path).is_ok()
+    }
+
+    fn is_symlink(&self, path: &Path) -> bool {
+        fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink())
     }
 
     fn is_dir(&self, path: &Path) -> bool {
@@ -572,11 +600,14 @@ impl Syscall for RecordingSyscall {
             None,
         )
     }
-    fn write_file(&self, path: &Path, data: &[u8]) -> io::Result<()> {
+    fn write_proc_file(&self, path: &Path, data: &[u8]) -> io::Result<()> {
         self.push(Call::WriteFile(path.to_path_buf(), data.to_vec()))
     }
     fn exists(&self, path: &Path) -> bool {
         self.existing.borrow().iter().any(|(p, _)| p == path)
+    }
+    fn is_symlink(&self, _path: &Path) -> bool {
+        false
     }
     fn is_dir(&self, path: &Path) -> bool {
         self.existing.borrow().iter().any(|(p, d)| p == path && *d)

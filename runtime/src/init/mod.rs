@@ -275,7 +275,7 @@ fn write_sysctls(sys: &dyn Syscall, sysctl: &BTreeMap<String, String>) -> StepRe
         let path = PathBuf::from("/proc/sys").join(key.replace('.', "/"));
         at(
             &format!("sysctl {key}"),
-            sys.write_file(&path, value.as_bytes()),
+            sys.write_proc_file(&path, value.as_bytes()),
         )?;
     }
     Ok(())
@@ -379,10 +379,16 @@ fn apply_lsm_labels(process: &Process) -> StepResult<()> {
         } else {
             "/proc/self/attr/exec"
         };
-        at("apparmor", std::fs::write(attr, format!("exec {profile}")))?;
+        at(
+            "apparmor",
+            crate::syscall::write_on_procfs(Path::new(attr), format!("exec {profile}").as_bytes()),
+        )?;
     }
     if let Some(label) = process.selinux_label().as_deref().filter(|l| !l.is_empty()) {
-        at("selinux", std::fs::write("/proc/self/attr/exec", label))?;
+        at(
+            "selinux",
+            crate::syscall::write_on_procfs(Path::new("/proc/self/attr/exec"), label.as_bytes()),
+        )?;
     }
     Ok(())
 }

@@ -229,8 +229,12 @@ impl Syscall for Deferring {
         self.inner.bind_null_device(target)
     }
 
-    fn write_file(&self, path: &Path, data: &[u8]) -> io::Result<()> {
-        self.inner.write_file(path, data)
+    fn write_proc_file(&self, path: &Path, data: &[u8]) -> io::Result<()> {
+        self.inner.write_proc_file(path, data)
+    }
+
+    fn is_symlink(&self, path: &Path) -> bool {
+        self.inner.is_symlink(path)
     }
 
     fn exists(&self, path: &Path) -> bool {

@@ -316,6 +316,9 @@ fn make_mount(
         }
         return Ok(());
     }
+    if typ == "proc" || typ == "sysfs" {
+        real_directory_for(sys, cfg, dest, typ)?;
+    }
     let target = sys
         .resolve_in_root(&cfg.rootfs, dest, CreateKind::Dir)
         .map_err(err("resolving destination"))?;
@@ -334,6 +337,44 @@ fn make_mount(
             sys.mount(None, &mounted.path, None, *p, None)
                 .map_err(err("setting propagation"))?;
         }
+    }
+    Ok(())
+}
+
+/// proc and sysfs go only on a directory of their own, never through a
+/// symlink at the destination: an image's `/proc -> /data` would put them
+/// where a volume then covers them, and the runtime's later writes to
+/// `/proc/...` (sysctls, LSM labels) would land in the volume (runc's
+/// CVE-2019-16884). Missing is fine: it is created as a directory.
+fn real_directory_for(
+    sys: &dyn Syscall,
+    cfg: &RootfsConfig,
+    dest: &Path,
+    typ: &str,
+) -> Result<(), RootfsError> {
+    let Some(name) = dest.file_name() else {
+        return Ok(());
+    };
+    let parent = dest.parent().unwrap_or(Path::new("/"));
+    // The root itself needs no lookup (and an empty path has none).
+    let dir = if parent == Path::new("/") {
+        crate::syscall::Resolved::plain(cfg.rootfs.clone())
+    } else {
+        sys.resolve_in_root(&cfg.rootfs, parent, CreateKind::Dir)
+            .map_err(|source| RootfsError::Mount {
+                what: "resolving destination".into(),
+                dest: dest.to_path_buf(),
+                source,
+            })?
+    };
+    let at = dir.path.join(name);
+    if sys.exists(&at) && (sys.is_symlink(&at) || !sys.is_dir(&at)) {
+        return Err(RootfsError::BadMount {
+            dest: dest.to_path_buf(),
+            reason: format!(
+                "{typ} goes only on a directory, and the rootfs has a symlink or file there"
+            ),
+        });
     }
     Ok(())
 }
