@@ -972,6 +972,29 @@ fn a_working_directory_outside_the_root_is_refused() {
     s.assert_clean(&id);
 }
 
+/// An exec'd process gets its own `oomScoreAdj`, else the container's,
+/// never the caller's (a shim's is about -998: image code run by an exec
+/// probe would be safe from the OOM killer).
+#[test]
+fn exec_applies_the_oom_score_adj() {
+    let mut s = Sandbox::new("execoom");
+    s.config()["process"]["oomScoreAdj"] = 500.into();
+    s.set_args(&["sleep", "1000"]);
+    let id = s.id.clone();
+    s.ok(&["run", "-d", "--bundle", s.bundle_str(), &id]);
+    let out = s.ok(&["exec", &id, "cat", "/proc/self/oom_score_adj"]);
+    let proc_file = s.dir.path().join("process.json");
+    fs::write(
+        &proc_file,
+        serde_json::json!({"args": ["cat", "/proc/self/oom_score_adj"], "cwd": "/", "user": {"uid": 0, "gid": 0}, "oomScoreAdj": 300}).to_string(),
+    )
+    .unwrap();
+    let own = s.ok(&["exec", "--process", proc_file.to_str().unwrap(), &id]);
+    s.ok(&["delete", "--force", &id]);
+    s.assert_clean(&id);
+    assert_eq!((out.as_str(), own.as_str()), ("500\n", "300\n"));
+}
+
 #[test]
 fn pause_resume_and_exec() {
     let mut s = Sandbox::new("exec");

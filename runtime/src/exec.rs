@@ -155,6 +155,15 @@ impl Container {
             })
             .map_err(kill_spawned)?;
 
+        // The process's own value, else the container's (as runc): never
+        // the caller's (a shim's is about -998).
+        let oom_score_adj = process
+            .oom_score_adj()
+            .or_else(|| spec.process().as_ref().and_then(|p| p.oom_score_adj()));
+        if let Some(adj) = oom_score_adj {
+            crate::container::oom_score_adj(pid, adj).map_err(kill_spawned)?;
+        }
+
         let mut state = State::default();
         state.set_version(OCI_VERSION.into());
         state.set_id(self.id().to_string());
