@@ -72,6 +72,26 @@ fn missing_process_and_unknown_namespace_and_bad_mount_option() {
         &["linux.namespaces[4].path", "joining a mount namespace"],
     );
 
+    // Sysctls of a namespace joined by path that is the host's own (set
+    // to the host's current values, should validation ever let them by).
+    for (typ, index, key) in [
+        ("network", 1, "net.ipv4.ip_forward"),
+        ("ipc", 2, "kernel.shm_rmid_forced"),
+    ] {
+        let mut s = Sandbox::new("hostsysctl");
+        let own = format!(
+            "/proc/{}/ns/{}",
+            std::process::id(),
+            if typ == "network" { "net" } else { typ }
+        );
+        assert_eq!(s.config()["linux"]["namespaces"][index]["type"], typ);
+        s.config()["linux"]["namespaces"][index]["path"] = own.into();
+        let current = fs::read_to_string(format!("/proc/sys/{}", key.replace('.', "/"))).unwrap();
+        s.config()["linux"]["sysctl"] = serde_json::json!({key: current.trim()});
+        s.write_config();
+        create_fails(&s, &[&format!("linux.sysctl.{key}"), "is the host's"]);
+    }
+
     let mut s = Sandbox::new("badopt");
     s.config()["mounts"][1]["options"] = serde_json::json!(["nosuid", ""]);
     s.write_config();

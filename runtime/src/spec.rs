@@ -450,7 +450,26 @@ fn validate_linux(spec: &Spec, ns: &HashSet<LinuxNamespaceType>) -> Result<(), S
         }
     }
     for (key, _) in linux.sysctl().iter().flatten() {
-        validate_sysctl(key, ns)?;
+        let needs = validate_sysctl(key, ns)?;
+        // A namespace joined by path may be the host's own (runc refuses
+        // net.* there; the same holds for ipc and uts).
+        let joined = linux
+            .namespaces()
+            .iter()
+            .flatten()
+            .find(|n| n.typ() == needs)
+            .and_then(|n| n.path().as_deref());
+        if let Some(path) = joined
+            && is_own_namespace(path, needs)
+        {
+            return Err(invalid(
+                format!("linux.sysctl.{key}"),
+                format!(
+                    "the {needs} namespace {} is the host's: setting it would change the host",
+                    path.display()
+                ),
+            ));
+        }
     }
     for (i, dev) in linux.devices().iter().flatten().enumerate() {
         let path = dev.path();
@@ -509,9 +528,32 @@ fn validate_linux(spec: &Spec, ns: &HashSet<LinuxNamespaceType>) -> Result<(), S
     Ok(())
 }
 
+/// Whether the namespace file at `path` is the caller's own namespace of
+/// that type (the same inode as `/proc/self/ns/...`).
+fn is_own_namespace(path: &Path, typ: LinuxNamespaceType) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let own = match typ {
+        LinuxNamespaceType::Network => "net",
+        LinuxNamespaceType::Ipc => "ipc",
+        LinuxNamespaceType::Uts => "uts",
+        _ => return false,
+    };
+    match (
+        std::fs::metadata(path),
+        std::fs::metadata(format!("/proc/self/ns/{own}")),
+    ) {
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+        _ => false,
+    }
+}
+
 /// runc's rule: a sysctl may only be set when it belongs to a namespace the
-/// container owns, so that a container never changes the host.
-fn validate_sysctl(key: &str, ns: &HashSet<LinuxNamespaceType>) -> Result<(), SpecError> {
+/// container owns, so that a container never changes the host. Returns
+/// that namespace's type.
+fn validate_sysctl(
+    key: &str,
+    ns: &HashSet<LinuxNamespaceType>,
+) -> Result<LinuxNamespaceType, SpecError> {
     let field = || format!("linux.sysctl.{key}");
     if key.contains('/') || key.contains("..") || key.is_empty() {
         return Err(invalid(field(), "not a sysctl name"));
@@ -544,7 +586,7 @@ fn validate_sysctl(key: &str, ns: &HashSet<LinuxNamespaceType>) -> Result<(), Sp
             format!("needs the container to have its own {needs} namespace"),
         ));
     }
-    Ok(())
+    Ok(needs)
 }
 
 /// Validates a container id the way runc does: letters, digits and `_+-.`,
