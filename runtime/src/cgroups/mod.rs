@@ -18,7 +18,7 @@ mod devices;
 mod error;
 mod freezer;
 mod fsio;
-mod layout;
+pub(crate) mod layout;
 mod oom;
 mod path;
 mod resources;

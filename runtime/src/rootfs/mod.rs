@@ -558,11 +558,15 @@ fn mount_cgroups(
                 .find(|d| d.starts_with(&mi.mount_point));
             let source = match given {
                 Some(dir) => dir.clone(),
-                None => {
-                    let own_path = own_cgroup_path(&own, mi).unwrap_or_else(|| PathBuf::from("/"));
-                    mi.mount_point
-                        .join(own_path.strip_prefix("/").unwrap_or(&own_path))
-                }
+                // Our own cgroup, beneath the mount's root, never the
+                // hierarchy's root (whose v1 release_agent the container
+                // must not see): no guess when it is not found.
+                None => own_cgroup_dir(&own, mi).ok_or_else(|| {
+                    err(format!("cgroup {}", mi.mount_point.display()))(io::Error::new(
+                        io::ErrorKind::NotFound,
+                        "the init's own cgroup of this hierarchy is not beneath the mount",
+                    ))
+                })?,
             };
             sys.mount(
                 Some(&source),
@@ -605,6 +609,13 @@ fn mount_cgroups(
 }
 
 /// The calling process's cgroup in the hierarchy mounted at `mi`.
+/// Where our own cgroup of `mi`'s hierarchy is on the host: beneath the
+/// mount, whose root need not be the hierarchy's.
+fn own_cgroup_dir(proc_cgroup: &str, mi: &mountinfo::MountInfo) -> Option<PathBuf> {
+    let own = own_cgroup_path(proc_cgroup, mi)?;
+    crate::cgroups::layout::dir_in_mount(&mi.mount_point, &mi.root, &own)
+}
+
 fn own_cgroup_path(proc_cgroup: &str, mi: &mountinfo::MountInfo) -> Option<PathBuf> {
     for line in proc_cgroup.lines() {
         let mut parts = line.splitn(3, ':');
@@ -859,6 +870,23 @@ mod tests {
             cgroup_namespace: false,
             cgroup_dirs: None,
         }
+    }
+
+    #[test]
+    fn the_own_cgroup_is_found_beneath_the_mounts_root_or_not_at_all() {
+        let mi = mountinfo::parse_line(
+            "32 31 0:29 /outer /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory",
+        )
+        .unwrap();
+        let own = "4:memory:/outer/pod/c\n1:cpu:/elsewhere\n";
+        assert_eq!(
+            own_cgroup_dir(own, &mi),
+            Some(PathBuf::from("/sys/fs/cgroup/memory/pod/c"))
+        );
+        // Outside the mount, or no line for the hierarchy: nothing, never
+        // the mount itself.
+        assert_eq!(own_cgroup_dir("4:memory:/other\n", &mi), None);
+        assert_eq!(own_cgroup_dir("1:cpu:/outer/pod/c\n", &mi), None);
     }
 
     /// (source, target, fstype, flags, data) of one recorded mount.
