@@ -28,7 +28,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -1371,19 +1371,76 @@ fn pipe() -> io::Result<(fs::File, OwnedFd)> {
     Ok(unsafe { (fs::File::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
-/// Opens stdin (read) or an output file (append, created 0600).
+/// How long an instance's stdin FIFO may wait for its writer.
+pub const STDIN_FIFO_WAIT: Duration = Duration::from_secs(5);
+
+/// Opens stdin (read) or an output file (append, created 0600), never
+/// blocking a thread for good on a FIFO whose other end nobody opens: an
+/// output FIFO is opened read-write (as containerd's shims do), a stdin
+/// FIFO waits at most [`STDIN_FIFO_WAIT`] for its writer.
 pub fn open_stdio(path: Option<&Path>, write: bool) -> io::Result<OwnedFd> {
     let path = path.unwrap_or(Path::new("/dev/null"));
+    let named = |e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", path.display()));
     let mut o = fs::OpenOptions::new();
     if write {
-        o.append(true).create(true).mode(0o600);
+        o.read(true).append(true).create(true).mode(0o600);
     } else {
         o.read(true);
     }
-    o.custom_flags(libc::O_CLOEXEC)
+    let f = o
+        .custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK)
         .open(path)
-        .map(OwnedFd::from)
-        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))
+        .map_err(named)?;
+    let fifo = f.metadata().map_err(named)?.file_type().is_fifo();
+    if fifo && !write {
+        drop(f);
+        return open_fifo_reader(path, STDIN_FIFO_WAIT).map_err(named);
+    }
+    // Blocking again, as a process expects its stdio.
+    nix::fcntl::fcntl(
+        &f,
+        nix::fcntl::FcntlArg::F_SETFL(if write {
+            nix::fcntl::OFlag::O_APPEND
+        } else {
+            nix::fcntl::OFlag::empty()
+        }),
+    )
+    .map_err(|e| named(e.into()))?;
+    Ok(f.into())
+}
+
+/// Opens a FIFO for reading once a writer has it open (a read end opened
+/// before that reads EOF at once), waiting at most `wait`. The blocking
+/// open runs on a thread of its own; after `wait` we open the write end
+/// ourselves, which lets it return, and drop both.
+fn open_fifo_reader(path: &Path, wait: Duration) -> io::Result<OwnedFd> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let p = path.to_path_buf();
+    std::thread::spawn(move || {
+        let r = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(&p)
+            .map(OwnedFd::from);
+        let _ = tx.send(r);
+    });
+    match rx.recv_timeout(wait) {
+        Ok(r) => r,
+        Err(_) => {
+            // Unblock the opener: a writer that opens without waiting
+            // (a reader is there) and goes away at once.
+            let writer = fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK)
+                .open(path);
+            let _ = rx.recv_timeout(Duration::from_secs(1));
+            drop(writer);
+            Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no writer opened the FIFO within {wait:?}"),
+            ))
+        }
+    }
 }
 
 /// Output of an exec'd process, read on a thread of its own.
@@ -1537,5 +1594,67 @@ pub fn forked(inst: &Instance) -> Forked {
         stages: inst.stages.iter().map(StageView::from).collect(),
         vpc: inst.network.as_ref().map(|a| a.vpc.clone()),
         address: inst.network.as_ref().map(|a| a.address),
+    }
+}
+
+#[cfg(test)]
+mod stdio_tests {
+    use std::io::{Read, Write};
+
+    use super::*;
+
+    fn fifo(dir: &tempfile::TempDir, name: &str) -> PathBuf {
+        let p = dir.path().join(name);
+        nix::unistd::mkfifo(&p, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        p
+    }
+
+    fn status_flags(fd: &OwnedFd) -> nix::fcntl::OFlag {
+        nix::fcntl::OFlag::from_bits_truncate(
+            nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFL).unwrap(),
+        )
+    }
+
+    #[test]
+    fn an_output_fifo_nobody_reads_opens_at_once_and_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = fifo(&dir, "out");
+        let fd = open_stdio(Some(&p), true).unwrap();
+        assert!(!status_flags(&fd).contains(nix::fcntl::OFlag::O_NONBLOCK));
+        // A reader that comes later gets what was written.
+        let mut w = fs::File::from(fd);
+        w.write_all(b"hello").unwrap();
+        let mut r = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&p)
+            .unwrap();
+        let mut got = [0u8; 5];
+        r.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"hello");
+    }
+
+    #[test]
+    fn a_stdin_fifo_waits_for_its_writer_but_not_for_ever() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = fifo(&dir, "in");
+        let err = open_fifo_reader(&p, Duration::from_millis(200)).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+
+        let writer_path = p.clone();
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            let mut w = fs::OpenOptions::new()
+                .write(true)
+                .open(&writer_path)
+                .unwrap();
+            w.write_all(b"x\n").unwrap();
+        });
+        let fd = open_stdio(Some(&p), false).unwrap();
+        assert!(!status_flags(&fd).contains(nix::fcntl::OFlag::O_NONBLOCK));
+        let mut s = String::new();
+        fs::File::from(fd).read_to_string(&mut s).unwrap();
+        writer.join().unwrap();
+        assert_eq!(s, "x\n");
     }
 }
