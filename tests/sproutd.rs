@@ -612,6 +612,16 @@ fn restarted_sproutd_adopts_its_instances() {
         assert!(pid_alive(p), "instance {p} died with sproutd");
     }
 
+    // A record whose id is not its file's name is ignored, never used to
+    // remove a file outside the records.
+    let victim = d.root.join("victim.json");
+    fs::write(&victim, "{}").unwrap();
+    fs::write(
+        d.root.join("instances/forged.json"),
+        serde_json::json!({"id": "../victim", "function": "f", "bundle": "/", "created": "0"})
+            .to_string(),
+    )
+    .unwrap();
     d.spawn();
     // A second sproutd on the same root is refused.
     let second = run_to_files(&mut d.command(), s.dir.path());
@@ -653,6 +663,13 @@ fn restarted_sproutd_adopts_its_instances() {
     ev.expect(EventKind::Exited, "b");
     ev.expect(EventKind::Deleted, "b");
     assert!(c.instances().unwrap().is_empty());
+    assert!(
+        victim.exists(),
+        "a forged record removed {}",
+        victim.display()
+    );
+    fs::remove_file(&victim).unwrap();
+    fs::remove_file(d.root.join("instances/forged.json")).unwrap();
     assert_clean(&s, &d);
 }
 

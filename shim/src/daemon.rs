@@ -1208,12 +1208,23 @@ impl Daemon {
             if path.extension().is_none_or(|x| x != "json") {
                 continue;
             }
+            // The record names its own file: an id that is not its file's
+            // name (`../functions`, say) is never used to remove one.
+            let named = |r: &InstanceRecord| {
+                sprout_runtime::spec::validate_id(&r.id).is_ok()
+                    && path.file_stem() == Some(std::ffi::OsStr::new(&r.id))
+            };
             match fs::read(&path).map_err(|e| e.to_string()).and_then(|d| {
                 serde_json::from_slice::<InstanceRecord>(&d).map_err(|e| e.to_string())
             }) {
-                Ok(r) => {
+                Ok(r) if named(&r) => {
                     records.insert(r.id.clone(), r);
                 }
+                Ok(r) => tracing::warn!(
+                    "ignoring instance record {}: it names the instance {:?}",
+                    path.display(),
+                    r.id
+                ),
                 Err(e) => tracing::warn!("ignoring instance record {}: {e}", path.display()),
             }
         }
