@@ -1060,3 +1060,56 @@ fn a_template_container_joining_a_pod_network_namespace_is_forked_into_it() {
     assert_clean(&c, &[&cg]);
     remove_function(&s, &d, &function);
 }
+
+/// The shim's `delete` action cleans up whatever failed before: with
+/// sproutd unreachable it still unmounts the bundle's rootfs (and reports
+/// the error).
+#[test]
+fn the_delete_action_unmounts_the_rootfs_when_sproutd_is_unreachable() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("bundle");
+    let rootfs = bundle.join("rootfs");
+    fs::create_dir_all(&rootfs).unwrap();
+    fs::write(
+        bundle.join("config.json"),
+        json!({"ociVersion": "1.0.2", "annotations": {"io.sprout.function": "f"},
+               "linux": {"namespaces": [{"type": "network", "path": "/var/run/netns/none"}]}})
+        .to_string(),
+    )
+    .unwrap();
+    nix::mount::mount(
+        Some("tmpfs"),
+        &rootfs,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .unwrap();
+    let mounted = || {
+        fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .contains(rootfs.to_str().unwrap())
+    };
+    assert!(mounted());
+    let out = Command::new(shim_bin())
+        .args(["-namespace", "default", "-id", "gone", "-address"])
+        .arg(dir.path().join("containerd.sock"))
+        .arg("-bundle")
+        .arg(&bundle)
+        .arg("delete")
+        .env("SPROUTD_SOCKET", dir.path().join("no-sproutd.sock"))
+        .env("SPROUTD_SIDE_SOCKET", dir.path().join("no-side.sock"))
+        .output()
+        .unwrap();
+    let left = mounted();
+    if left {
+        let _ = nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH);
+    }
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot reach sproutd"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!left, "the rootfs stayed mounted");
+}

@@ -187,25 +187,33 @@ pub fn delete(flags: &Flags) -> Result<DeleteResponse, ActionError> {
     let state = state_root(&bundle, &flags.namespace);
     let mut pid = 0;
     let runtime_root = state.join("runtime");
-    if runtime_root.join(&flags.id).exists() {
-        // The init helper is not needed to remove a container.
-        let exe = std::env::current_exe().map_err(io_err("locating the shim binary"))?;
-        let rt = sprout_runtime::Runtime::builder()
-            .root(&runtime_root)
-            .init_binary(exe)
-            .build()?;
-        if let Ok(c) = rt.container(&flags.id) {
-            pid = c.saved().init.map_or(0, |p| p.pid);
-            let _ = c.kill(libc::SIGKILL, true);
-            c.delete(true)?;
+    // Every step runs whatever failed before it (the rootfs must not stay
+    // mounted because sproutd was unreachable); the first error is the
+    // answer.
+    let mut container = || -> Result<(), ActionError> {
+        if runtime_root.join(&flags.id).exists() {
+            // The init helper is not needed to remove a container.
+            let exe = std::env::current_exe().map_err(io_err("locating the shim binary"))?;
+            let rt = sprout_runtime::Runtime::builder()
+                .root(&runtime_root)
+                .init_binary(exe)
+                .build()?;
+            if let Ok(c) = rt.container(&flags.id) {
+                pid = c.saved().init.map_or(0, |p| p.pid);
+                let _ = c.kill(libc::SIGKILL, true);
+                c.delete(true)?;
+            }
         }
-    }
+        Ok(())
+    };
+    let removed = container();
     // A template container's instance lives in sproutd, not here.
-    if let Err(e) = template::delete_instance(&bundle, &flags.namespace, &flags.id) {
-        return Err(ActionError::Sproutd(e));
-    }
+    let instance = template::delete_instance(&bundle, &flags.namespace, &flags.id)
+        .map(|_| ())
+        .map_err(ActionError::Sproutd);
     mounts::unmount_rootfs(&bundle.join("rootfs"));
     remove_dead_socket(&bundle);
+    removed.and(instance)?;
     Ok(DeleteResponse {
         pid: pid.max(0) as u32,
         exit_status: 128 + libc::SIGKILL as u32,
