@@ -76,19 +76,9 @@ fn log_flags(args: impl Iterator<Item = OsString>) -> (Option<PathBuf>, cli::log
     (log, format)
 }
 
-/// The error and its causes on one line. sprout's error types already put
-/// their source into their own message, so a cause is added only when the
-/// line does not say it yet (anyhow's `{:#}` would repeat it).
+/// The error and its causes on one line (see `runtime::error::one_line`).
 fn one_line(e: &anyhow::Error) -> String {
-    let mut msg = e.to_string();
-    for cause in e.chain().skip(1) {
-        let c = cause.to_string();
-        if !msg.contains(&c) {
-            msg.push_str(": ");
-            msg.push_str(&c);
-        }
-    }
-    msg.replace('\n', " ")
+    sprout::runtime::error::one_line(e.as_ref())
 }
 
 #[cfg(test)]

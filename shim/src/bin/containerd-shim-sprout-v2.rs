@@ -18,8 +18,9 @@ fn main() {
         Ok(()) => 0,
         Err(e) => {
             // containerd logs a failed action's stderr.
-            eprintln!("containerd-shim-sprout-v2: {e:#}");
-            tracing::error!("{e:#}");
+            let msg = sprout_runtime::error::one_line(e.as_ref());
+            eprintln!("containerd-shim-sprout-v2: {msg}");
+            tracing::error!("{msg}");
             1
         }
     };

@@ -133,7 +133,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
+            tracing::error!("{}", sprout_runtime::error::one_line(e.as_ref()));
             ExitCode::from(1)
         }
     }
