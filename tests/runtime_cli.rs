@@ -390,6 +390,11 @@ fn tmpcopyup_copies_the_image_and_a_failed_one_leaves_nothing() {
     fs::create_dir_all(&etc).unwrap();
     fs::write(etc.join("from-image"), "image\n").unwrap();
     fs::write(etc.join("big"), vec![b'x'; 256 * 1024]).unwrap();
+    fs::create_dir(etc.join("sub")).unwrap();
+    fs::write(etc.join("sub/deep"), "deep\n").unwrap();
+    // Copied as the link it is, never read through (it names a host file
+    // as seen before the pivot).
+    std::os::unix::fs::symlink("/etc/hostname", etc.join("host-link")).unwrap();
     let base = s.config()["mounts"].clone();
     let with_etc_opts = |s: &mut Sandbox, size: &str, extra: &[&str]| {
         let mut mounts = base.clone();
@@ -412,11 +417,12 @@ fn tmpcopyup_copies_the_image_and_a_failed_one_leaves_nothing() {
         &[
             "sh",
             "-c",
-            "cat /etc/from-image; (echo x > /etc/new) 2>/dev/null && echo rw || echo ro",
+            "cat /etc/from-image /etc/sub/deep; readlink /etc/host-link; \
+             (echo x > /etc/new) 2>/dev/null && echo rw || echo ro",
         ],
     );
     assert_eq!(code, 0, "{err}");
-    assert_eq!(out, "image\nro\n");
+    assert_eq!(out, "image\ndeep\n/etc/hostname\nro\n");
     s.assert_clean(&s.id.clone());
     with_etc(&mut s, "1m");
     let (code, out, err) = run_with(

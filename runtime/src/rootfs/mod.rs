@@ -454,20 +454,75 @@ fn tempfile_dir() -> io::Result<PathBuf> {
     Err(io::Error::from_raw_os_error(libc::EEXIST))
 }
 
+/// Copies the tree below `from` (the destination, pinned in the rootfs)
+/// into `to` (the private staging tmpfs). Runs as root before the pivot,
+/// where `/` is the host's: nothing of the image is followed. Each entry
+/// is opened beneath its parent's fd with `O_NOFOLLOW` and copied by what
+/// the opened fd is, so a symlink swapped in after a look (a writer
+/// sharing the image) is never read through.
 fn copy_tree(from: &Path, to: &Path) -> io::Result<()> {
+    use nix::fcntl::OFlag;
+    let dir = nix::fcntl::open(
+        from,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
+    copy_dir(dir, to)
+}
+
+fn copy_dir(dir: std::os::fd::OwnedFd, to: &Path) -> io::Result<()> {
+    use std::ffi::OsStr;
+    use std::os::fd::AsFd;
+    use std::os::unix::ffi::OsStrExt;
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    for entry in std::fs::read_dir(from)? {
-        let entry = entry?;
-        let meta = entry.metadata()?;
-        let dst = to.join(entry.file_name());
+
+    use nix::fcntl::{AtFlags, OFlag};
+    let mut entries = nix::dir::Dir::from_fd(dir)?;
+    let names: Vec<std::ffi::CString> = entries
+        .iter()
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_owned())
+        .filter(|n| n.as_bytes() != b"." && n.as_bytes() != b"..")
+        .collect();
+    let dirfd = entries.as_fd();
+    for name in names {
+        let dst = to.join(OsStr::from_bytes(name.as_bytes()));
+        let st = nix::sys::stat::fstatat(dirfd, name.as_c_str(), AtFlags::AT_SYMLINK_NOFOLLOW)?;
+        let kind = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
+        if kind == SFlag::S_IFLNK {
+            let target = nix::fcntl::readlinkat(dirfd, name.as_c_str())?;
+            std::os::unix::fs::symlink(target, &dst)?;
+            std::os::unix::fs::lchown(&dst, Some(st.st_uid), Some(st.st_gid))?;
+            continue;
+        }
+        let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NOCTTY;
+        let fd = if kind == SFlag::S_IFDIR {
+            nix::fcntl::openat(
+                dirfd,
+                name.as_c_str(),
+                flags | OFlag::O_DIRECTORY,
+                Mode::empty(),
+            )?
+        } else if kind == SFlag::S_IFREG {
+            // Non-blocking: should a FIFO be swapped in, the open does
+            // not wait (and it is skipped below).
+            nix::fcntl::openat(
+                dirfd,
+                name.as_c_str(),
+                flags | OFlag::O_NONBLOCK,
+                Mode::empty(),
+            )?
+        } else {
+            continue;
+        };
+        let mut src = std::fs::File::from(fd);
+        let meta = src.metadata()?;
         if meta.is_dir() {
             std::fs::create_dir(&dst)?;
-            copy_tree(&entry.path(), &dst)?;
-        } else if meta.file_type().is_symlink() {
-            std::os::unix::fs::symlink(std::fs::read_link(entry.path())?, &dst)?;
-            continue;
+            copy_dir(src.into(), &dst)?;
         } else if meta.is_file() {
-            std::fs::copy(entry.path(), &dst)?;
+            let mut out = std::fs::File::create_new(&dst)?;
+            io::copy(&mut src, &mut out)?;
         } else {
             continue;
         }
