@@ -871,6 +871,24 @@ fn writes_to_proc_never_land_outside_procfs() {
     s.assert_clean(&s.id.clone());
 }
 
+/// A process without HOME gets its user's home from the container's
+/// /etc/passwd, else `/` (runc's rule); a HOME it has is kept.
+#[test]
+fn home_is_set_from_the_containers_passwd() {
+    let mut s = Sandbox::new("home");
+    let env = serde_json::json!(["PATH=/bin"]);
+    s.config()["process"]["env"] = env;
+    let (code, out, err) = run_with(&mut s, &["sh", "-c", "echo $HOME"]);
+    assert_eq!((code, out.as_str()), (0, "/root\n"), "{err}");
+    s.config()["process"]["user"] = serde_json::json!({"uid": 4242, "gid": 4242});
+    let (code, out, err) = run_with(&mut s, &["sh", "-c", "echo $HOME"]);
+    assert_eq!((code, out.as_str()), (0, "/\n"), "{err}");
+    s.config()["process"]["env"] = serde_json::json!(["PATH=/bin", "HOME=/data"]);
+    let (code, out, err) = run_with(&mut s, &["sh", "-c", "echo $HOME"]);
+    assert_eq!((code, out.as_str()), (0, "/data\n"), "{err}");
+    s.assert_clean(&s.id.clone());
+}
+
 /// An LSM label the host cannot apply is an error, for `create` and
 /// `exec`, decided on the host: a label that is dropped leaves the
 /// process unconfined. (This host has neither AppArmor nor SELinux.)

@@ -353,6 +353,34 @@ fn pointers(strings: &[CString]) -> Vec<*const libc::c_char> {
         .collect()
 }
 
+/// The home directory of `uid` in the container's `/etc/passwd` (we are
+/// inside its root by now). The file is the image's: only a regular file
+/// is read (never a FIFO or device, never through a final symlink), and
+/// at most 1 MiB of it.
+fn home_of(uid: u32) -> Option<String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open("/etc/passwd")
+        .ok()?;
+    if !f.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut text = String::new();
+    f.take(1 << 20).read_to_string(&mut text).ok()?;
+    home_in_passwd(&text, uid)
+}
+
+/// `uid`'s home in passwd(5) text: `name:pw:uid:gid:gecos:home:shell`.
+fn home_in_passwd(text: &str, uid: u32) -> Option<String> {
+    text.lines().find_map(|line| {
+        let f: Vec<&str> = line.split(':').collect();
+        (f.len() >= 7 && f[2].parse() == Ok(uid) && !f[5].is_empty()).then(|| f[5].to_string())
+    })
+}
+
 impl ExecPlan {
     pub fn new(path: &Path, process: &Process) -> Result<Self, ProcessError> {
         let c = |s: &[u8]| {
@@ -368,13 +396,17 @@ impl ExecPlan {
             .iter()
             .map(|a| c(a.as_bytes()))
             .collect::<Result<_, _>>()?;
-        let envp: Vec<CString> = process
-            .env()
-            .as_deref()
-            .unwrap_or_default()
+        let env = process.env().as_deref().unwrap_or_default();
+        let mut envp: Vec<CString> = env
             .iter()
             .map(|a| c(a.as_bytes()))
             .collect::<Result<_, _>>()?;
+        // As runc: a process without HOME gets its user's, from the
+        // container's /etc/passwd, else `/`.
+        if !env.iter().any(|e| e.starts_with("HOME=")) {
+            let home = home_of(process.user().uid()).unwrap_or_else(|| "/".into());
+            envp.push(c(format!("HOME={home}").as_bytes())?);
+        }
         Ok(Self {
             path: c(path.as_os_str().as_bytes())?,
             argv_ptrs: pointers(&argv),
@@ -435,6 +467,15 @@ pub fn reset_signals() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn home_comes_from_the_users_passwd_line() {
+        let passwd = "root:x:0:0:root:/root:/bin/sh\nbroken:x\nweb:x:33:33::/var/www:/bin/false\nempty:x:7:7:::/bin/sh\n";
+        assert_eq!(home_in_passwd(passwd, 0).as_deref(), Some("/root"));
+        assert_eq!(home_in_passwd(passwd, 33).as_deref(), Some("/var/www"));
+        assert_eq!(home_in_passwd(passwd, 7), None);
+        assert_eq!(home_in_passwd(passwd, 4242), None);
+    }
 
     #[test]
     fn capability_masks_use_kernel_numbers() {
