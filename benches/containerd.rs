@@ -208,6 +208,7 @@ impl Bench {
             after_fork_signal: None,
             resources: None,
             concurrency: 1,
+            callers: None,
         });
         // The pool holds one frozen instance: no policy of its own, only
         // `min_warm`, so a claim is a hit and wakes one refill.

@@ -152,6 +152,7 @@ impl Bench {
             after_fork_signal: None,
             resources: None,
             concurrency: 1,
+            callers: None,
         });
         client
             .set_policy(

@@ -791,6 +791,30 @@ fn a_function_annotation_starts_a_fork_of_the_template_through_sproutd() {
     assert!(!out.success());
     assert!(out.stderr.contains("no-such-fn"), "{}", out.stderr);
     let _ = c.ctr(&["container", "delete", &id3]);
+    // A function that admits other callers only: refused for a container
+    // of containerd's `default` namespace, nothing started.
+    let mut only_others = d.client().function(&function).unwrap().function;
+    only_others.name = format!("{function}-others");
+    only_others.callers = Some(vec!["k8s.io/team-a".into(), "other".into()]);
+    d.client().add_function(&only_others).unwrap();
+    let (id5, cg5) = c.names("fn-caller");
+    let annotation = format!("io.sprout.function={}", only_others.name);
+    let out = c.ctr(&run_args(
+        &c,
+        &["--rm", "--annotation", &annotation, "--mount", USR_MOUNT],
+        &cg5,
+        &id5,
+        &FUNCTION_CMD,
+    ));
+    assert!(!out.success());
+    assert!(
+        out.stderr
+            .contains("may not be started by caller \"default\""),
+        "{}",
+        out.stderr
+    );
+    let _ = c.ctr(&["container", "delete", &id5]);
+    d.client().remove_function(&only_others.name).unwrap();
     assert!(d.client().instances().unwrap().is_empty());
     // The template lives on for the next fork.
     assert!(d.client().function(&function).unwrap().template.is_some());
@@ -816,7 +840,7 @@ fn a_function_annotation_starts_a_fork_of_the_template_through_sproutd() {
     assert!(out.stderr.contains("exit code 137"), "{}", out.stderr);
     c.ok(&["container", "delete", &id4]);
     assert!(d.client().instances().unwrap().is_empty());
-    assert_clean(&c, &[&cg, &cg2, &cg3, &cg4]);
+    assert_clean(&c, &[&cg, &cg2, &cg3, &cg4, &cg5]);
     remove_function(&s, &d, &function);
 }
 

@@ -653,6 +653,11 @@ pub struct SideRequest {
     /// Keep the connection open and send the exit when the instance exits.
     #[serde(default = "yes")]
     pub wait: bool,
+    /// Set by the containerd shim: the containerd namespace the request
+    /// comes from, `/` and the pod's Kubernetes namespace under CRI.
+    /// Checked against the function's `callers`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caller: Option<String>,
 }
 
 fn yes() -> bool {

@@ -42,6 +42,15 @@ pub struct FunctionSpec {
     /// How many requests one instance serves at once.
     #[serde(default = "one")]
     pub concurrency: u32,
+    /// Who, through containerd, may start instances of this function: a
+    /// containerd namespace (`k8s.io`) or one Kubernetes namespace within
+    /// it (`k8s.io/team-a`, from the CRI's own
+    /// `io.kubernetes.cri.sandbox-namespace`). `None`: any caller. The
+    /// instance gets the template's memory, secrets loaded at init
+    /// included, so a function annotation alone must not be enough.
+    /// sproutd's own API (root clients) is never restricted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callers: Option<Vec<String>>,
 }
 
 fn one() -> u32 {
@@ -68,12 +77,31 @@ pub fn validate_name(what: &str, name: &str) -> Result<(), String> {
 }
 
 impl FunctionSpec {
+    /// Whether a containerd `caller` (`NS` or `NS/K8S-NS`, see
+    /// [`FunctionSpec::callers`]) may start this function.
+    pub fn admits(&self, caller: &str) -> bool {
+        let Some(allowed) = &self.callers else {
+            return true;
+        };
+        let namespace = caller.split_once('/').map_or(caller, |(ns, _)| ns);
+        allowed.iter().any(|a| a == caller || a == namespace)
+    }
+
     /// Checks the fields and the files they name: absolute paths, an image
     /// directory, a bundle the runtime accepts.
     pub fn validate(&self) -> Result<(), String> {
         validate_name("function", &self.name)?;
         if let Some(vpc) = &self.vpc {
             validate_name("VPC", vpc)?;
+        }
+        for c in self.callers.iter().flatten() {
+            let (ns, k8s) = c
+                .split_once('/')
+                .map_or((c.as_str(), None), |(a, b)| (a, Some(b)));
+            validate_name("caller namespace", ns)?;
+            if let Some(k) = k8s {
+                validate_name("caller Kubernetes namespace", k)?;
+            }
         }
         self.after_fork_signal()?;
         if self.concurrency == 0 || self.concurrency > MAX_CONCURRENCY {
@@ -285,6 +313,20 @@ mod tests {
             after_fork_signal: None,
             resources: None,
             concurrency: 1,
+            callers: None,
+        }
+    }
+
+    #[test]
+    fn callers_admit_their_namespace_or_one_pod_namespace_in_it() {
+        let mut f = spec("f", Path::new("/"));
+        assert!(f.admits("anyone/at-all"));
+        f.callers = Some(vec!["default".into(), "k8s.io/team-a".into()]);
+        for ok in ["default", "default/x", "k8s.io/team-a"] {
+            assert!(f.admits(ok), "{ok}");
+        }
+        for no in ["k8s.io", "k8s.io/team-b", "k8s.io/team-a/x", "other"] {
+            assert!(!f.admits(no), "{no}");
         }
     }
 

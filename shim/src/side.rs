@@ -74,7 +74,20 @@ async fn serve_connection(d: Arc<Daemon>, mut stream: UnixStream) {
     let wait = req.wait;
     let function = req.function.clone();
     let claim = req.op == "claim";
-    let started = match fork_request(req, fds) {
+    let admitted = match &req.caller {
+        Some(caller) => d.function(&function).and_then(|f| {
+            if f.admits(caller) {
+                Ok(())
+            } else {
+                Err(ApiError::new(
+                    403,
+                    format!("function {function:?} may not be started by caller {caller:?} (its callers: {:?})", f.callers.unwrap_or_default()),
+                ))
+            }
+        }),
+        None => Ok(()),
+    };
+    let started = match admitted.and_then(|()| fork_request(req, fds)) {
         Ok((fr, _)) if claim => claim_instance(&d, &function, fr).await,
         Ok((fr, vpc)) => d
             .fork(&function, fr, vpc)

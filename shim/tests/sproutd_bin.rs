@@ -133,6 +133,7 @@ fn a_function_with_no_image_fails_clearly_and_the_registry_persists() {
         after_fork_signal: Some(SignalArg::Name("USR2".into())),
         resources: None,
         concurrency: 4,
+        callers: None,
     };
     // No VPC "blue" in sproutd's netplug root: a clear 400, nothing added.
     let (st, m) = status_of(c.add_function(&f));

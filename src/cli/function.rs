@@ -64,6 +64,11 @@ pub struct AddArgs {
     /// Limits per instance: a JSON file of OCI `linux.resources`.
     #[arg(long)]
     pub resources: Option<PathBuf>,
+    /// Who may start it through containerd: a containerd namespace
+    /// (`k8s.io`) or a Kubernetes namespace within it (`k8s.io/team-a`);
+    /// repeat for more. Without it, any caller.
+    #[arg(long = "caller")]
+    pub callers: Vec<String>,
 }
 
 fn client(g: &GlobalOpts) -> Client {
@@ -98,6 +103,7 @@ pub fn function(g: &GlobalOpts, c: FunctionCommand) -> Result<u8> {
                 }),
                 resources,
                 concurrency: a.concurrency,
+                callers: (!a.callers.is_empty()).then_some(a.callers),
             };
             client.add_function(&spec)?;
         }

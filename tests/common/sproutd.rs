@@ -210,6 +210,7 @@ pub fn function(name: &str, s: &Sandbox) -> FunctionSpec {
         after_fork_signal: None,
         resources: None,
         concurrency: 1,
+        callers: None,
     }
 }
 

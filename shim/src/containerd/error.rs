@@ -75,6 +75,7 @@ impl ShimError {
             },
             ShimError::Sproutd(e) => match e.status() {
                 Some(400) => ttrpc::Code::INVALID_ARGUMENT,
+                Some(403) => ttrpc::Code::PERMISSION_DENIED,
                 Some(404) => ttrpc::Code::NOT_FOUND,
                 Some(409) => ttrpc::Code::FAILED_PRECONDITION,
                 Some(501) => ttrpc::Code::UNIMPLEMENTED,

@@ -104,7 +104,15 @@ pub fn fork_instance_id(namespace: &str, id: &str) -> String {
 pub struct TemplateSpec {
     pub function: String,
     pub start: StartRequest,
+    /// Who asks, for the function's `callers`: the containerd namespace,
+    /// and under CRI `/` and the pod's namespace (an annotation the CRI
+    /// sets itself).
+    pub caller: String,
 }
+
+/// The annotation in which containerd's CRI names a container's pod
+/// namespace.
+pub const CRI_POD_NAMESPACE_ANNOTATION: &str = "io.kubernetes.cri.sandbox-namespace";
 
 /// The side-channel request that starts a template container's instance.
 #[derive(Debug, Clone, PartialEq)]
@@ -163,7 +171,15 @@ impl TemplateSpec {
                     .map(Box::new),
             }
         };
-        Some(TemplateSpec { function, start })
+        let caller = match annotations.get(CRI_POD_NAMESPACE_ANNOTATION) {
+            Some(pod) => format!("{namespace}/{pod}"),
+            None => namespace.to_string(),
+        };
+        Some(TemplateSpec {
+            function,
+            start,
+            caller,
+        })
     }
 }
 
@@ -321,6 +337,7 @@ impl Sproutd {
         let mut fds: Vec<BorrowedFd<'_>> = stdio.iter().map(|f| f.as_fd()).collect();
         let mut req = SideRequest {
             function: t.function.clone(),
+            caller: Some(t.caller.clone()),
             annotations: HashMap::from([(
                 BUNDLE_ANNOTATION.to_string(),
                 bundle.display().to_string(),
