@@ -1304,6 +1304,70 @@ fn destroy_on_give_back_removes_the_namespace() {
     s.assert_clean(&id);
 }
 
+/// A namespace still in use at give-back is destroyed, never handed to
+/// the next sandbox: a socket left open in it (an fd passed out of the
+/// sandbox; here the test holds a listener) would take the next one's
+/// connections, and a process still inside could open one at any time.
+#[test]
+fn a_namespace_still_in_use_is_not_reused() {
+    let s = Sandbox::new("np-inuse");
+    let _vpcs = VpcGuard(s.root.clone());
+    s.ok(&[
+        "vpc",
+        "create",
+        "iu",
+        "--subnet",
+        "198.18.37.0/24",
+        "--pool",
+        "1",
+    ]);
+    let np = open_netplug(&s.root);
+    let l = np.take("iu", &Owner::this_process()).unwrap();
+    let lid = l.id.clone();
+    let listener = in_ns(&l.fd, || {
+        TcpListener::bind((Ipv4Addr::UNSPECIFIED, 7100)).unwrap()
+    });
+    drop(l);
+    np.give_back(&lid).unwrap();
+    assert_gone(&s.root, &lid);
+    drop(listener);
+
+    let l = np.take("iu", &Owner::this_process()).unwrap();
+    let lid = l.id.clone();
+    let inside = Reaped(
+        Command::new("nsenter")
+            .arg(format!("--net={}", l.path.display()))
+            .args(["sleep", "60"])
+            .spawn()
+            .unwrap(),
+    );
+    let ns_of = |pid: u32| fs::read_link(format!("/proc/{pid}/ns/net")).ok();
+    let want = Some(PathBuf::from(format!(
+        "net:[{}]",
+        std::os::unix::fs::MetadataExt::ino(&fs::metadata(&l.path).unwrap())
+    )));
+    assert!(
+        wait_until(Duration::from_secs(5), || ns_of(inside.0.id()) == want),
+        "{:?} {want:?}",
+        ns_of(inside.0.id())
+    );
+    drop(l);
+    np.give_back(&lid).unwrap();
+    assert_gone(&s.root, &lid);
+    drop(inside);
+
+    // Nothing left in it: reused.
+    let l = np.take("iu", &Owner::this_process()).unwrap();
+    let lid = l.id.clone();
+    drop(l);
+    np.give_back(&lid).unwrap();
+    assert!(netplug::netns::is_ns_file(
+        &s.root.join(".netplug/ns").join(&lid)
+    ));
+    s.ok(&["vpc", "delete", "iu"]);
+    assert_no_netplug_leftovers(&s.root);
+}
+
 /// A container that may reconfigure its pooled namespace beyond what a
 /// scrub undoes (a rule, a route in another table) gets it destroyed at
 /// give-back, so the next container of the VPC never sees what it did:

@@ -993,6 +993,17 @@ impl Netplug {
     async fn scrubbed(&self, rec: &NsRecord) -> Option<OwnedFd> {
         let path = self.layout.ns(&rec.id);
         let fd = netns::open_ns(&path).ok()?;
+        match netns::users_of(fd.as_fd()) {
+            Ok(users) if users.is_empty() => {}
+            Ok(users) => {
+                tracing::warn!(ns = %rec.id, "still in use ({}), destroying it", users.join(", "));
+                return None;
+            }
+            Err(e) => {
+                tracing::warn!(ns = %rec.id, "cannot tell whether it is in use, destroying it: {e}");
+                return None;
+            }
+        }
         let sock = netns::netlink_socket_in(fd.as_fd()).ok()?;
         let h = link::connect(sock);
         match link::scrub(&h, rec.address, rec.prefix, rec.gateway, rec.mtu).await {

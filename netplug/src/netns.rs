@@ -242,6 +242,83 @@ pub fn run_in<R: Send>(ns: BorrowedFd<'_>, f: impl FnOnce() -> R + Send) -> Resu
     })
 }
 
+/// What still uses network namespace `ns` besides its mount: open sockets
+/// (`/proc/net/*` as seen from inside, so whoever holds them, an fd
+/// passed out of a sandbox included; TCP in TIME_WAIT and the kernel's
+/// own netlink sockets aside) and processes inside it. A namespace in use
+/// must never be handed to the next sandbox: a socket left there would
+/// see, or take, its traffic.
+pub fn users_of(ns: BorrowedFd<'_>) -> Result<Vec<String>> {
+    use std::os::unix::fs::MetadataExt;
+    // Our own (the netlink sockets netplug configures namespaces with,
+    // which may linger until their connection task ends) do not count.
+    let ours: std::collections::HashSet<String> = fs::read_dir("/proc/self/fd")
+        .map_err(Error::sys("listing our descriptors"))?
+        .flatten()
+        .filter_map(|e| fs::read_link(e.path()).ok())
+        .filter_map(|l| {
+            let l = l.to_str()?;
+            Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
+        })
+        .collect();
+    let mut users = run_in(ns, || {
+        let mut found = Vec::new();
+        for table in [
+            "tcp", "tcp6", "udp", "udp6", "udplite", "udplite6", "raw", "raw6", "icmp", "icmp6",
+            "unix", "packet", "netlink",
+        ] {
+            let Ok(text) = fs::read_to_string(format!("/proc/thread-self/net/{table}")) else {
+                continue;
+            };
+            let n = text
+                .lines()
+                .skip(1)
+                .filter(|l| socket_in_use(table, l, &ours))
+                .count();
+            if n > 0 {
+                found.push(format!("{n} {table} socket(s)"));
+            }
+        }
+        found
+    })?;
+    let ino = fs::metadata(format!("/proc/self/fd/{}", ns.as_raw_fd()))
+        .map_err(Error::sys("looking at a network namespace"))?
+        .ino();
+    let inside = format!("net:[{ino}]");
+    for e in fs::read_dir("/proc")
+        .map_err(Error::sys("listing /proc"))?
+        .flatten()
+    {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        if fs::read_link(e.path().join("ns/net")).is_ok_and(|l| l.as_os_str() == inside.as_str()) {
+            users.push(format!("process {pid}"));
+        }
+    }
+    Ok(users)
+}
+
+/// Whether a line of `/proc/net/<table>` is a socket in use by someone
+/// else than us (`ours`: our socket inodes).
+fn socket_in_use(table: &str, line: &str, ours: &std::collections::HashSet<String>) -> bool {
+    let f: Vec<&str> = line.split_whitespace().collect();
+    match table {
+        // sl local rem st ...: TIME_WAIT (06) holds nothing of anyone.
+        "tcp" | "tcp6" => f.get(3).is_some_and(|st| *st != "06"),
+        // sk Eth Pid ... Inode: the kernel's own sockets have port id 0.
+        "netlink" => {
+            f.get(2).is_some_and(|pid| *pid != "0")
+                && !f.last().is_some_and(|ino| ours.contains(*ino))
+        }
+        _ => !f.is_empty(),
+    }
+}
+
 /// A NETLINK_ROUTE socket inside namespace `ns`.
 pub fn netlink_socket_in(ns: BorrowedFd<'_>) -> Result<OwnedFd> {
     run_in(ns, netlink_socket)?.map_err(Error::sys("netlink socket in a namespace"))
