@@ -616,7 +616,10 @@ pub fn validate_id(id: &str) -> Result<(), &'static str> {
 /// routes of other tables, rules, neighbours, nftables, qdiscs, sysctls.
 /// Errs on the side of yes (the cost is a namespace not reused):
 /// - `net.*` entries of `linux.sysctl` (applied inside that namespace);
-/// - `createContainer`/`startContainer` hooks (run as root inside it);
+/// - hooks that run while it lives: `createContainer`/`startContainer`
+///   (as root inside it) and `prestart`/`createRuntime`/`poststart` (as
+///   the host's root, given the container's pid: configuring its network
+///   is what they are for); not `poststop`;
 /// - CAP_NET_ADMIN, CAP_SYS_ADMIN or CAP_SYS_MODULE in any of its
 ///   capability sets, unless a user namespace of the sandbox's own makes
 ///   them moot;
@@ -631,12 +634,20 @@ pub fn may_reconfigure_network(spec: &Spec, process: &oci_spec::runtime::Process
         s.keys()
             .any(|k| k.starts_with("net.") || k.starts_with("net/"))
     });
-    let hooks_inside = spec.hooks().as_ref().is_some_and(|h| {
-        [h.create_container(), h.start_container()]
-            .into_iter()
-            .any(|list| list.as_ref().is_some_and(|l| !l.is_empty()))
+    let hooks = spec.hooks().as_ref().is_some_and(|h| {
+        #[allow(deprecated)]
+        let prestart = h.prestart();
+        [
+            prestart,
+            h.create_runtime(),
+            h.create_container(),
+            h.start_container(),
+            h.poststart(),
+        ]
+        .into_iter()
+        .any(|list| list.as_ref().is_some_and(|l| !l.is_empty()))
     });
-    if net_sysctl || hooks_inside {
+    if net_sysctl || hooks {
         return true;
     }
     let own_userns = linux
@@ -795,8 +806,18 @@ mod tests {
         );
         assert!(!reach(s.clone()), "a read-only bind of /proc/sys/net");
         s["mounts"] = mounts;
-        s["hooks"] = serde_json::json!({"startContainer": [{"path": "/bin/true"}]});
-        assert!(reach(s), "hooks run as root inside the namespace");
+        for kind in [
+            "startContainer",
+            "createContainer",
+            "prestart",
+            "createRuntime",
+            "poststart",
+        ] {
+            s["hooks"] = serde_json::json!({kind: [{"path": "/bin/true"}]});
+            assert!(reach(s.clone()), "{kind} hooks run as root while it lives");
+        }
+        s["hooks"] = serde_json::json!({"poststop": [{"path": "/bin/true"}]});
+        assert!(!reach(s), "poststop hooks run once it is gone");
     }
 
     fn base() -> serde_json::Value {
