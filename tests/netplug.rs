@@ -12,7 +12,7 @@ use std::collections::HashSet;
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -1302,6 +1302,50 @@ fn destroy_on_give_back_removes_the_namespace() {
     s.ok(&["vpc", "delete", "dr"]);
     assert_no_netplug_leftovers(&s.root);
     s.assert_clean(&id);
+}
+
+/// A sandbox cannot make the hub answer into another VPC by spoofing one
+/// of its addresses: a datagram to its own gateway's closed port, sent
+/// from VPC b's address, must not bring b an ICMP error.
+#[test]
+fn a_spoofed_source_gets_no_answer_into_another_vpc() {
+    let s = Sandbox::new("np-spoof");
+    let _vpcs = VpcGuard(s.root.clone());
+    create_native_vpc(&s, "a", "198.18.38.0/24", 1, &[]);
+    create_native_vpc(&s, "b", "198.18.39.0/24", 1, &[]);
+    let np = open_netplug(&s.root);
+    let la = np.take("a", &Owner::this_process()).unwrap();
+    let lb = np.take("b", &Owner::this_process()).unwrap();
+    // In b: every ICMP message that arrives.
+    let icmp = in_ns(&lb.fd, || {
+        // SAFETY: plain socket(2); the fd is owned right below.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP) };
+        assert!(fd >= 0, "{}", std::io::Error::last_os_error());
+        // SAFETY: a fresh fd of ours.
+        let sock = unsafe { std::net::UdpSocket::from_raw_fd(fd) };
+        sock.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+        sock
+    });
+    let (spoofed, gateway) = (lb.address, la.gateway);
+    in_ns(&la.fd, || {
+        let ip = Command::new("ip")
+            .args(["addr", "add", &format!("{spoofed}/32"), "dev", "eth0"])
+            .status()
+            .unwrap();
+        assert!(ip.success());
+        let u = std::net::UdpSocket::bind((spoofed, 0)).unwrap();
+        u.send_to(b"spoof", (gateway, 9)).unwrap();
+    });
+    let mut buf = [0u8; 256];
+    let got = icmp.recv(&mut buf);
+    assert!(
+        got.is_err(),
+        "VPC b got an ICMP message ({got:?} bytes) caused by VPC a"
+    );
+    drop((la, lb));
+    s.ok(&["vpc", "delete", "-f", "a"]);
+    s.ok(&["vpc", "delete", "-f", "b"]);
+    assert_no_netplug_leftovers(&s.root);
 }
 
 /// A namespace still in use at give-back is destroyed, never handed to

@@ -234,6 +234,17 @@ const NS_SYSCTLS: &[(&str, &str)] = &[
     ("net/ipv6/conf/default/disable_ipv6", "1"),
 ];
 
+/// The hub's own: a packet from a bridge must come from an address routed
+/// back through that bridge (strict reverse-path filtering), or a sandbox
+/// could spoof another VPC's address and have the hub answer into that
+/// VPC; and ARP is answered only for addresses of the bridge asked on.
+const HUB_SYSCTLS: &[(&str, &str)] = &[
+    ("net/ipv4/conf/all/rp_filter", "1"),
+    ("net/ipv4/conf/default/rp_filter", "1"),
+    ("net/ipv4/conf/all/arp_ignore", "1"),
+    ("net/ipv4/conf/default/arp_ignore", "1"),
+];
+
 impl Netplug {
     /// Opens netplug's state under `opts.root` (creating the directory).
     /// Nothing is reconciled: a process that holds pools calls
@@ -351,6 +362,7 @@ impl Netplug {
                 "0"
             };
             let mut sysctls = NS_SYSCTLS.to_vec();
+            sysctls.extend(HUB_SYSCTLS);
             sysctls.push(("net/ipv4/ip_forward", forwarding));
             let ns = netns::create(&path, &sysctls)?;
             (ns.fd, link::connect(ns.netlink))
