@@ -592,6 +592,22 @@ impl Netplug {
                 state::remove_lease(&self.layout, &rec.id)?;
             }
         }
+        // Takes hold no lock: one may have claimed a ready namespace since
+        // the leases were listed (our claim of it lost). No ready one is
+        // left and none can be built meanwhile, so this look is the last.
+        if !force {
+            let late: Vec<String> = state::list_leases(&self.layout)?
+                .into_iter()
+                .filter(|l| l.ns.vpc == vpc.name && l.owner.is_alive(&self.layout))
+                .map(|l| format!("{} held by {}", l.ns.id, l.owner))
+                .collect();
+            if !late.is_empty() {
+                return Err(Error::VpcBusy {
+                    vpc: vpc.name,
+                    leases: late.join(", "),
+                });
+            }
+        }
         if let Some(hub) = &hub {
             link::delete_link(&hub.nl, &vpc.bridge).await?;
         }
