@@ -1382,30 +1382,39 @@ fn pipe() -> io::Result<(fs::File, OwnedFd)> {
     Ok(unsafe { (fs::File::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
-/// How long an instance's stdin FIFO may wait for its writer.
-pub const STDIN_FIFO_WAIT: Duration = Duration::from_secs(5);
+/// How long a FIFO named as an instance's stdio may wait for its other
+/// end to be opened.
+pub const FIFO_PEER_WAIT: Duration = Duration::from_secs(5);
 
 /// Opens stdin (read) or an output file (append, created 0600), never
-/// blocking a thread for good on a FIFO whose other end nobody opens: an
-/// output FIFO is opened read-write (as containerd's shims do), a stdin
-/// FIFO waits at most [`STDIN_FIFO_WAIT`] for its writer.
+/// blocking a thread for good on a FIFO whose other end nobody opens: a
+/// FIFO waits at most [`FIFO_PEER_WAIT`] for its peer. (An output FIFO is
+/// not opened read-write: a reader that goes away must make the writes
+/// fail, not block the instance once the pipe is full.)
 pub fn open_stdio(path: Option<&Path>, write: bool) -> io::Result<OwnedFd> {
     let path = path.unwrap_or(Path::new("/dev/null"));
     let named = |e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", path.display()));
     let mut o = fs::OpenOptions::new();
     if write {
-        o.read(true).append(true).create(true).mode(0o600);
+        o.append(true).create(true).mode(0o600);
     } else {
         o.read(true);
     }
-    let f = o
+    let f = match o
         .custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK)
         .open(path)
-        .map_err(named)?;
-    let fifo = f.metadata().map_err(named)?.file_type().is_fifo();
-    if fifo && !write {
+    {
+        Ok(f) => f,
+        // A FIFO without a reader.
+        Err(e) if write && e.raw_os_error() == Some(libc::ENXIO) => {
+            return open_fifo_end(path, true, FIFO_PEER_WAIT).map_err(named);
+        }
+        Err(e) => return Err(named(e)),
+    };
+    if !write && f.metadata().map_err(named)?.file_type().is_fifo() {
+        // Opened before its writer, a read end reads EOF at once.
         drop(f);
-        return open_fifo_reader(path, STDIN_FIFO_WAIT).map_err(named);
+        return open_fifo_end(path, false, FIFO_PEER_WAIT).map_err(named);
     }
     // Blocking again, as a process expects its stdio.
     nix::fcntl::fcntl(
@@ -1420,35 +1429,38 @@ pub fn open_stdio(path: Option<&Path>, write: bool) -> io::Result<OwnedFd> {
     Ok(f.into())
 }
 
-/// Opens a FIFO for reading once a writer has it open (a read end opened
-/// before that reads EOF at once), waiting at most `wait`. The blocking
-/// open runs on a thread of its own; after `wait` we open the write end
-/// ourselves, which lets it return, and drop both.
-fn open_fifo_reader(path: &Path, wait: Duration) -> io::Result<OwnedFd> {
+/// Opens one end of a FIFO (the write end if `write`) once its peer has
+/// the other open, waiting at most `wait`. The blocking open runs on a
+/// thread of its own; after `wait` we open the other end ourselves, which
+/// lets it return, and drop both.
+fn open_fifo_end(path: &Path, write: bool, wait: Duration) -> io::Result<OwnedFd> {
+    let end = |write: bool, extra: libc::c_int| {
+        let mut o = fs::OpenOptions::new();
+        if write {
+            o.append(true);
+        } else {
+            o.read(true);
+        }
+        o.custom_flags(libc::O_CLOEXEC | extra);
+        o
+    };
     let (tx, rx) = std::sync::mpsc::channel();
     let p = path.to_path_buf();
+    let blocking = end(write, 0);
     std::thread::spawn(move || {
-        let r = fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_CLOEXEC)
-            .open(&p)
-            .map(OwnedFd::from);
-        let _ = tx.send(r);
+        let _ = tx.send(blocking.open(&p).map(OwnedFd::from));
     });
     match rx.recv_timeout(wait) {
         Ok(r) => r,
         Err(_) => {
-            // Unblock the opener: a writer that opens without waiting
-            // (a reader is there) and goes away at once.
-            let writer = fs::OpenOptions::new()
-                .write(true)
-                .custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK)
-                .open(path);
+            // Unblock the opener: the other end, which opens without
+            // waiting (a peer is there), and goes away at once.
+            let other = end(!write, libc::O_NONBLOCK).open(path);
             let _ = rx.recv_timeout(Duration::from_secs(1));
-            drop(writer);
+            drop(other);
             Err(io::Error::new(
                 io::ErrorKind::TimedOut,
-                format!("no writer opened the FIFO within {wait:?}"),
+                format!("nobody opened the FIFO's other end within {wait:?}"),
             ))
         }
     }
@@ -1627,29 +1639,33 @@ mod stdio_tests {
     }
 
     #[test]
-    fn an_output_fifo_nobody_reads_opens_at_once_and_blocking() {
+    fn an_output_fifo_waits_for_its_reader_but_not_for_ever() {
         let dir = tempfile::tempdir().unwrap();
         let p = fifo(&dir, "out");
+        let err = open_fifo_end(&p, true, Duration::from_millis(200)).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+
+        let reader_path = p.clone();
+        let reader = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            let mut s = String::new();
+            fs::File::open(&reader_path)
+                .unwrap()
+                .read_to_string(&mut s)
+                .unwrap();
+            s
+        });
         let fd = open_stdio(Some(&p), true).unwrap();
         assert!(!status_flags(&fd).contains(nix::fcntl::OFlag::O_NONBLOCK));
-        // A reader that comes later gets what was written.
-        let mut w = fs::File::from(fd);
-        w.write_all(b"hello").unwrap();
-        let mut r = fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(&p)
-            .unwrap();
-        let mut got = [0u8; 5];
-        r.read_exact(&mut got).unwrap();
-        assert_eq!(&got, b"hello");
+        fs::File::from(fd).write_all(b"hello").unwrap();
+        assert_eq!(reader.join().unwrap(), "hello");
     }
 
     #[test]
     fn a_stdin_fifo_waits_for_its_writer_but_not_for_ever() {
         let dir = tempfile::tempdir().unwrap();
         let p = fifo(&dir, "in");
-        let err = open_fifo_reader(&p, Duration::from_millis(200)).unwrap_err();
+        let err = open_fifo_end(&p, false, Duration::from_millis(200)).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
 
         let writer_path = p.clone();
