@@ -389,10 +389,17 @@ impl PoolState {
 impl WarmPool {
     pub(crate) fn new(dir: PathBuf, cgroup_parent: PathBuf, budget: Option<u64>) -> Self {
         let (wake, wake_rx) = mpsc::unbounded_channel();
+        // Ids of one pool never repeat (a counter); random bits keep two
+        // pools started in the same microsecond (two sproutds on one host,
+        // whose instances' cgroups share names) from counting alike.
+        let mut random = [0u8; 4];
+        // SAFETY: getrandom writes at most random.len() bytes into it.
+        let _ = unsafe { libc::getrandom(random.as_mut_ptr().cast(), random.len(), 0) };
         let seed = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_micros() as u64)
-            .unwrap_or(0);
+            .unwrap_or(0)
+            ^ (u64::from(u32::from_ne_bytes(random)) << 24);
         WarmPool {
             state: Mutex::new(PoolState {
                 budget: MemoryBudget::new(budget.unwrap_or_else(default_budget)),
