@@ -154,6 +154,19 @@ fn instances_outlive_their_template_and_bad_forks_are_refused() {
     );
     s.assert_clean(&bad_id);
 
+    // Another LSM label than the template's: an instance keeps the
+    // template's (it never execs), so it is refused, nothing left.
+    let labelled = bundle_copy(&s, "labelled", |cfg| {
+        cfg["process"]["apparmorProfile"] = "sprout-other".into();
+    });
+    let label_id = format!("{}-label", s.id);
+    let err = fork_error(&template, &rt, &label_id, labelled);
+    assert!(
+        err.to_string().contains("differs from the template's"),
+        "{err}"
+    );
+    s.assert_clean(&label_id);
+
     // A rootfs that cannot be built (a bind mount of a missing source):
     // the build runs beside the clone, so the child exists by then; it is
     // killed, the error names the mount, nothing is left, and the

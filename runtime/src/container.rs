@@ -463,6 +463,9 @@ impl Runtime {
         })?;
         let mut stages = Stages::new();
         let bundle = spec::load_bundle(bundle_dir)?;
+        if let Some(p) = bundle.spec.process() {
+            spec::check_lsm_available(p)?;
+        }
         stages.mark("validate");
         let dir = self.store.create(id)?;
         let c = self.create_in(dir, bundle, opts, &mut stages)?;

@@ -520,6 +520,26 @@ impl Template {
             a.extend(spec.annotations.iter().map(|(k, v)| (k.clone(), v.clone())));
             bundle.spec.set_annotations(Some(a));
         }
+        // An instance is a clone of the template and keeps its LSM labels
+        // (applied at the restore stub's exec, which a fork never makes):
+        // a bundle asking for other ones is refused, not run under the
+        // template's.
+        let labels = |b: &Bundle| {
+            b.spec.process().as_ref().map(|p| {
+                (
+                    p.apparmor_profile().clone().filter(|l| !l.is_empty()),
+                    p.selinux_label().clone().filter(|l| !l.is_empty()),
+                )
+            })
+        };
+        if labels(&bundle).unwrap_or_default() != labels(&self.bundle).unwrap_or_default() {
+            return Err(TemplateError::Bundle {
+                bundle: bundle.dir.clone(),
+                reason: "process.apparmorProfile or process.selinuxLabel differs from the \
+                         template's, which a forked instance keeps"
+                    .into(),
+            });
+        }
         // The instance's bundle may give less than the template's.
         crate::restore::check_privileges(&bundle.spec, self.image.manifest())?;
         let mut adoption = rt.adopt(id, bundle)?;

@@ -525,19 +525,6 @@ impl SandboxSpec {
             .process()
             .clone()
             .ok_or_else(|| RestoreError::Sandbox("the bundle has no process section".into()))?;
-        // Both apply at an exec, which a restored or forked process never
-        // makes: refused rather than run unconfined.
-        for (field, label) in [
-            ("apparmorProfile", process.apparmor_profile()),
-            ("selinuxLabel", process.selinux_label()),
-        ] {
-            if label.as_deref().is_some_and(|l| !l.is_empty()) {
-                return Err(RestoreError::Sandbox(format!(
-                    "process.{field} is not supported for a restored or forked process: \
-                     the label would apply at an exec, which it never makes"
-                )));
-            }
-        }
         let seccomp = compile_seccomp(spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()))?;
         let stack_limit = stack_rlimit(&process);
         Ok(SandboxSpec {
