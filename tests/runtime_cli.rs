@@ -936,6 +936,20 @@ fn lsm_labels_the_host_cannot_apply_are_refused() {
     s.assert_clean(&id);
 }
 
+/// A masked path that is a symlink in the image masks what it names, as
+/// mount(2) would (inside the container's root).
+#[test]
+fn a_masked_symlink_masks_its_target() {
+    let mut s = Sandbox::new("masklink");
+    let etc = s.bundle.join("rootfs/etc");
+    fs::write(etc.join("secret"), "s3cret\n").unwrap();
+    std::os::unix::fs::symlink("/etc/secret", etc.join("secret-link")).unwrap();
+    s.config()["linux"]["maskedPaths"] = serde_json::json!(["/etc/secret-link"]);
+    let (code, out, err) = run_with(&mut s, &["sh", "-c", "cat /etc/secret; echo end"]);
+    assert_eq!((code, out.as_str()), (0, "end\n"), "{err}");
+    s.assert_clean(&s.id.clone());
+}
+
 /// A working directory through a descriptor (runc's CVE-2024-21626, where
 /// an image's WORKDIR named a leaked fd of a host directory) is refused:
 /// none of the waiting init's descriptors is a directory, and a directory

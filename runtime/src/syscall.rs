@@ -348,6 +348,9 @@ impl Syscall for LinuxSyscall {
         // no path is looked up twice.
         const OPEN_TREE_CLONE: libc::c_uint = 1;
         const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+        // A final symlink at the target is followed, as mount(2) does (we
+        // are inside the container's root by now).
+        const MOVE_MOUNT_T_SYMLINKS: libc::c_uint = 0x10;
         // SAFETY: open_tree on a valid fd with an empty C string path; the
         // result is a new fd or -1.
         let tree = unsafe {
@@ -375,7 +378,7 @@ impl Syscall for LinuxSyscall {
                 c"".as_ptr(),
                 libc::AT_FDCWD,
                 to.as_ptr(),
-                MOVE_MOUNT_F_EMPTY_PATH,
+                MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_SYMLINKS,
             )
         };
         if r < 0 {

@@ -467,10 +467,13 @@ fn copy_tree(from: &Path, to: &Path) -> io::Result<()> {
         OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
         Mode::empty(),
     )?;
-    copy_dir(dir, to)
+    copy_dir(dir, to, 0)
 }
 
-fn copy_dir(dir: std::os::fd::OwnedFd, to: &Path) -> io::Result<()> {
+/// How deep a copied tree may go: the image decides, the stack pays.
+const MAX_COPY_DEPTH: usize = 256;
+
+fn copy_dir(dir: std::os::fd::OwnedFd, to: &Path, depth: usize) -> io::Result<()> {
     use std::ffi::OsStr;
     use std::os::fd::AsFd;
     use std::os::unix::ffi::OsStrExt;
@@ -478,12 +481,18 @@ fn copy_dir(dir: std::os::fd::OwnedFd, to: &Path) -> io::Result<()> {
 
     use nix::fcntl::{AtFlags, OFlag};
     let mut entries = nix::dir::Dir::from_fd(dir)?;
-    let names: Vec<std::ffi::CString> = entries
-        .iter()
-        .filter_map(Result::ok)
-        .map(|e| e.file_name().to_owned())
-        .filter(|n| n.as_bytes() != b"." && n.as_bytes() != b"..")
-        .collect();
+    if depth > MAX_COPY_DEPTH {
+        return Err(io::Error::other(format!(
+            "the tree to copy is more than {MAX_COPY_DEPTH} directories deep"
+        )));
+    }
+    let mut names = Vec::new();
+    for e in entries.iter() {
+        let name = e?.file_name().to_owned();
+        if name.as_bytes() != b"." && name.as_bytes() != b".." {
+            names.push(name);
+        }
+    }
     let dirfd = entries.as_fd();
     for name in names {
         let dst = to.join(OsStr::from_bytes(name.as_bytes()));
@@ -519,7 +528,7 @@ fn copy_dir(dir: std::os::fd::OwnedFd, to: &Path) -> io::Result<()> {
         let meta = src.metadata()?;
         if meta.is_dir() {
             std::fs::create_dir(&dst)?;
-            copy_dir(src.into(), &dst)?;
+            copy_dir(src.into(), &dst, depth + 1)?;
         } else if meta.is_file() {
             let mut out = std::fs::File::create_new(&dst)?;
             io::copy(&mut src, &mut out)?;
@@ -663,7 +672,6 @@ fn mount_cgroups(
     Ok(())
 }
 
-/// The calling process's cgroup in the hierarchy mounted at `mi`.
 /// Where our own cgroup of `mi`'s hierarchy is on the host: beneath the
 /// mount, whose root need not be the hierarchy's.
 fn own_cgroup_dir(proc_cgroup: &str, mi: &mountinfo::MountInfo) -> Option<PathBuf> {
@@ -671,6 +679,7 @@ fn own_cgroup_dir(proc_cgroup: &str, mi: &mountinfo::MountInfo) -> Option<PathBu
     crate::cgroups::layout::dir_in_mount(&mi.mount_point, &mi.root, &own)
 }
 
+/// The calling process's cgroup in the hierarchy mounted at `mi`.
 fn own_cgroup_path(proc_cgroup: &str, mi: &mountinfo::MountInfo) -> Option<PathBuf> {
     for line in proc_cgroup.lines() {
         let mut parts = line.splitn(3, ':');
@@ -792,8 +801,13 @@ fn make_device(
         // anything else there (a symlink to a host path, a regular file)
         // would get the device's owner, or stand in for it.
         Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {
-            let want = (kind, nix::sys::stat::makedev(major, minor));
-            if sys.device_node(&node).map_err(e)? != Some(want) {
+            // A FIFO has no device number.
+            let rdev = if kind == SFlag::S_IFIFO {
+                0
+            } else {
+                nix::sys::stat::makedev(major, minor)
+            };
+            if sys.device_node(&node).map_err(e)? != Some((kind, rdev)) {
                 return Err(e(io::Error::new(
                     io::ErrorKind::AlreadyExists,
                     format!(
