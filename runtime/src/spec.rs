@@ -131,7 +131,9 @@ fn resolve_rootfs(bundle: &Path, spec: &Spec) -> Result<PathBuf, SpecError> {
     Ok(canonical)
 }
 
-/// Checks every field the runtime acts on. Pure: reads nothing but `spec`.
+/// Checks every field the runtime acts on. Reads nothing but `spec`, and
+/// for a namespaced sysctl the namespace file the spec joins (is it the
+/// caller's own?).
 pub fn validate(spec: &Spec) -> Result<(), SpecError> {
     validate_version(spec.version())?;
     let process = spec
@@ -616,10 +618,10 @@ pub fn validate_id(id: &str) -> Result<(), &'static str> {
 /// routes of other tables, rules, neighbours, nftables, qdiscs, sysctls.
 /// Errs on the side of yes (the cost is a namespace not reused):
 /// - `net.*` entries of `linux.sysctl` (applied inside that namespace);
-/// - hooks that run while it lives: `createContainer`/`startContainer`
-///   (as root inside it) and `prestart`/`createRuntime`/`poststart` (as
-///   the host's root, given the container's pid: configuring its network
-///   is what they are for); not `poststop`;
+/// - any hook: `createContainer`/`startContainer` run as root inside it,
+///   `prestart`/`createRuntime`/`poststart` as the host's root given the
+///   container's pid (configuring its network is what they are for), and
+///   `poststop` before the namespace is given back;
 /// - CAP_NET_ADMIN, CAP_SYS_ADMIN or CAP_SYS_MODULE in any of its
 ///   capability sets, unless a user namespace of the sandbox's own makes
 ///   them moot;
@@ -643,6 +645,7 @@ pub fn may_reconfigure_network(spec: &Spec, process: &oci_spec::runtime::Process
             h.create_container(),
             h.start_container(),
             h.poststart(),
+            h.poststop(),
         ]
         .into_iter()
         .any(|list| list.as_ref().is_some_and(|l| !l.is_empty()))
@@ -817,7 +820,7 @@ mod tests {
             assert!(reach(s.clone()), "{kind} hooks run as root while it lives");
         }
         s["hooks"] = serde_json::json!({"poststop": [{"path": "/bin/true"}]});
-        assert!(!reach(s), "poststop hooks run once it is gone");
+        assert!(reach(s), "poststop hooks run before it is given back");
     }
 
     fn base() -> serde_json::Value {
