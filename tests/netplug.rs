@@ -1313,6 +1313,22 @@ fn a_spoofed_source_gets_no_answer_into_another_vpc() {
     let _vpcs = VpcGuard(s.root.clone());
     create_native_vpc(&s, "a", "198.18.38.0/24", 1, &[]);
     create_native_vpc(&s, "b", "198.18.39.0/24", 1, &[]);
+    // A hub made before the setting (here: turned off by hand) gets it
+    // from the next process that opens it.
+    let hub = s.root.join(".netplug/ns/hub");
+    let in_hub = |args: &[&str]| {
+        let out = Command::new("nsenter")
+            .arg(format!("--net={}", hub.display()))
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    in_hub(&["sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0"]);
+    assert_eq!(
+        in_hub(&["cat", "/proc/sys/net/ipv4/conf/all/rp_filter"]),
+        "0"
+    );
     let np = open_netplug(&s.root);
     let la = np.take("a", &Owner::this_process()).unwrap();
     let lb = np.take("b", &Owner::this_process()).unwrap();
@@ -1341,6 +1357,10 @@ fn a_spoofed_source_gets_no_answer_into_another_vpc() {
     assert!(
         got.is_err(),
         "VPC b got an ICMP message ({got:?} bytes) caused by VPC a"
+    );
+    assert_eq!(
+        in_hub(&["cat", "/proc/sys/net/ipv4/conf/all/rp_filter"]),
+        "1"
     );
     drop((la, lb));
     s.ok(&["vpc", "delete", "-f", "a"]);

@@ -347,6 +347,14 @@ impl Netplug {
         *cached = None;
         let (fd, nl) = if on_disk.is_some() {
             let fd = netns::open_ns(&path)?;
+            // A hub made before these settings gets them too (once per
+            // process: the hub is cached from here).
+            netns::run_in(fd.as_fd(), || {
+                HUB_SYSCTLS
+                    .iter()
+                    .try_for_each(|(k, v)| netns::write_sysctl(k, v))
+            })?
+            .map_err(Error::sys("hardening the hub"))?;
             let sock = netns::netlink_socket_in(fd.as_fd())?;
             (fd, link::connect(sock))
         } else if create {
@@ -1021,7 +1029,18 @@ impl Netplug {
     async fn scrubbed(&self, rec: &NsRecord) -> Option<OwnedFd> {
         let path = self.layout.ns(&rec.id);
         let fd = netns::open_ns(&path).ok()?;
-        match netns::users_of(fd.as_fd()) {
+        // A scan of /proc: off the async threads.
+        let users = match fd.try_clone() {
+            Ok(ns) => tokio::task::spawn_blocking(move || netns::users_of(ns.as_fd()))
+                .await
+                .unwrap_or_else(|e| {
+                    Err(Error::sys("looking for users of a namespace")(
+                        std::io::Error::other(e.to_string()),
+                    ))
+                }),
+            Err(e) => Err(Error::sys("duplicating a namespace fd")(e)),
+        };
+        match users {
             Ok(users) if users.is_empty() => {}
             Ok(users) => {
                 tracing::warn!(ns = %rec.id, "still in use ({}), destroying it", users.join(", "));

@@ -244,8 +244,10 @@ pub fn run_in<R: Send>(ns: BorrowedFd<'_>, f: impl FnOnce() -> R + Send) -> Resu
 
 /// What still uses network namespace `ns` besides its mount: open sockets
 /// (`/proc/net/*` as seen from inside, so whoever holds them, an fd
-/// passed out of a sandbox included; TCP in TIME_WAIT and the kernel's
-/// own netlink sockets aside) and processes inside it. A namespace in use
+/// passed out of a sandbox included; sockets no file holds and the
+/// kernel's own netlink sockets aside) and processes with a thread inside
+/// it. Not seen: an fd or a mount of the namespace itself kept elsewhere,
+/// and SCTP sockets. A namespace in use
 /// must never be handed to the next sandbox: a socket left there would
 /// see, or take, its traffic.
 pub fn users_of(ns: BorrowedFd<'_>) -> Result<Vec<String>> {
@@ -296,27 +298,37 @@ pub fn users_of(ns: BorrowedFd<'_>) -> Result<Vec<String>> {
         else {
             continue;
         };
-        if fs::read_link(e.path().join("ns/net")).is_ok_and(|l| l.as_os_str() == inside.as_str()) {
+        // Every thread: one may have joined it while its leader did not.
+        let Ok(tasks) = fs::read_dir(e.path().join("task")) else {
+            continue;
+        };
+        let in_it = tasks.flatten().any(|t| {
+            fs::read_link(t.path().join("ns/net")).is_ok_and(|l| l.as_os_str() == inside.as_str())
+        });
+        if in_it {
             users.push(format!("process {pid}"));
         }
     }
     Ok(users)
 }
 
-/// Whether a line of `/proc/net/<table>` is a socket in use by someone
-/// else than us (`ours`: our socket inodes).
+/// Whether a line of `/proc/net/<table>` is a socket someone holds. Inode
+/// 0 is a socket no file holds any more (TIME_WAIT, an orphaned close in
+/// progress): nobody's. Netlink sockets of the kernel (port id 0) and our
+/// own (`ours`: our socket inodes) do not count.
 fn socket_in_use(table: &str, line: &str, ours: &std::collections::HashSet<String>) -> bool {
     let f: Vec<&str> = line.split_whitespace().collect();
-    match table {
-        // sl local rem st ...: TIME_WAIT (06) holds nothing of anyone.
-        "tcp" | "tcp6" => f.get(3).is_some_and(|st| *st != "06"),
-        // sk Eth Pid ... Inode: the kernel's own sockets have port id 0.
-        "netlink" => {
-            f.get(2).is_some_and(|pid| *pid != "0")
-                && !f.last().is_some_and(|ino| ours.contains(*ino))
-        }
-        _ => !f.is_empty(),
-    }
+    let inode_column = match table {
+        "unix" => 6,
+        "packet" => 8,
+        _ => 9,
+    };
+    let Some(&inode) = f.get(inode_column) else {
+        return false;
+    };
+    // sk Eth Pid ...: the kernel's own netlink sockets have port id 0.
+    let netplugs = table == "netlink" && (f.get(2) == Some(&"0") || ours.contains(inode));
+    inode != "0" && !netplugs
 }
 
 /// A NETLINK_ROUTE socket inside namespace `ns`.
@@ -329,4 +341,38 @@ pub fn netlink_socket_in(ns: BorrowedFd<'_>) -> Result<OwnedFd> {
 pub fn enter(ns: impl AsFd) -> io::Result<()> {
     // SAFETY: setns on a valid namespace fd; affects the calling thread.
     check(unsafe { libc::setns(ns.as_fd().as_raw_fd(), libc::CLONE_NEWNET) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sockets_count_unless_no_file_holds_them_or_they_are_netlinks_own() {
+        let ours: std::collections::HashSet<String> = ["777".to_string()].into();
+        let tcp = |st: &str, ino: &str| {
+            format!(
+                "   0: 0100007F:1BBC 00000000:0000 {st} 00000000:00000000 00:00000000 00000000     0        0 {ino} 1 0000 100 0 0 10 0"
+            )
+        };
+        assert!(socket_in_use("tcp", &tcp("0A", "1081"), &ours));
+        // TIME_WAIT, FIN_WAIT2 of an orphan: inode 0.
+        assert!(!socket_in_use("tcp", &tcp("06", "0"), &ours));
+        assert!(!socket_in_use("tcp", &tcp("05", "0"), &ours));
+        // Our inode counts outside netlink: the sandbox's socket an fd of
+        // which we were handed is still its.
+        assert!(socket_in_use("tcp", &tcp("0A", "777"), &ours));
+        let unix = "000000002d56cb80: 00000003 00000000 00000000 0001 03  1078";
+        assert!(socket_in_use("unix", unix, &ours));
+        let netlink = |pid: &str, ino: &str| {
+            format!(
+                "0000000010d91b82 0   {pid}          00000000 0        0        0     2        0        {ino}"
+            )
+        };
+        assert!(!socket_in_use("netlink", &netlink("0", "13776335"), &ours));
+        assert!(!socket_in_use("netlink", &netlink("4242", "777"), &ours));
+        assert!(socket_in_use("netlink", &netlink("4242", "778"), &ours));
+        let packet = "0000000012345678 3      3    0003   2     1 0      0      9001";
+        assert!(socket_in_use("packet", packet, &ours));
+    }
 }
