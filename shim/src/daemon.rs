@@ -1405,16 +1405,25 @@ pub fn open_stdio(path: Option<&Path>, write: bool) -> io::Result<OwnedFd> {
         .open(path)
     {
         Ok(f) => f,
-        // A FIFO without a reader.
+        // A FIFO without a reader: pinned, then waited for.
         Err(e) if write && e.raw_os_error() == Some(libc::ENXIO) => {
-            return open_fifo_end(path, true, FIFO_PEER_WAIT).map_err(named);
+            let pin = fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_PATH | libc::O_CLOEXEC)
+                .open(path)
+                .map_err(named)?;
+            return open_fifo_end(pin.into(), true, FIFO_PEER_WAIT).map_err(named);
         }
         Err(e) => return Err(named(e)),
     };
     if !write && f.metadata().map_err(named)?.file_type().is_fifo() {
-        // Opened before its writer, a read end reads EOF at once.
+        // A read end opened before any writer reads EOF at once. This one
+        // stays open (a writer waiting in its open has been let through
+        // and may write already) until the blocking one has a writer.
+        let pin = f.try_clone().map_err(named)?;
+        let r = open_fifo_end(pin.into(), false, FIFO_PEER_WAIT).map_err(named);
         drop(f);
-        return open_fifo_end(path, false, FIFO_PEER_WAIT).map_err(named);
+        return r;
     }
     // Blocking again, as a process expects its stdio.
     nix::fcntl::fcntl(
@@ -1429,11 +1438,13 @@ pub fn open_stdio(path: Option<&Path>, write: bool) -> io::Result<OwnedFd> {
     Ok(f.into())
 }
 
-/// Opens one end of a FIFO (the write end if `write`) once its peer has
-/// the other open, waiting at most `wait`. The blocking open runs on a
-/// thread of its own; after `wait` we open the other end ourselves, which
-/// lets it return, and drop both.
-fn open_fifo_end(path: &Path, write: bool, wait: Duration) -> io::Result<OwnedFd> {
+/// Opens one end of the FIFO `pin` holds (the write end if `write`) once
+/// a peer has the other open, waiting at most `wait`. Both opens go
+/// through `pin` (`/proc/self/fd/N`), never the path again: a FIFO removed
+/// or replaced meanwhile cannot strand the thread. The blocking open runs
+/// on a thread of its own, which owns `pin` until its open returns; after
+/// `wait` we open the other end ourselves, which lets it return.
+fn open_fifo_end(pin: OwnedFd, write: bool, wait: Duration) -> io::Result<OwnedFd> {
     let end = |write: bool, extra: libc::c_int| {
         let mut o = fs::OpenOptions::new();
         if write {
@@ -1444,18 +1455,22 @@ fn open_fifo_end(path: &Path, write: bool, wait: Duration) -> io::Result<OwnedFd
         o.custom_flags(libc::O_CLOEXEC | extra);
         o
     };
+    // The other end, opened without waiting, lets the thread's open return.
+    let unblocker = fs::File::from(pin.try_clone()?);
     let (tx, rx) = std::sync::mpsc::channel();
-    let p = path.to_path_buf();
     let blocking = end(write, 0);
     std::thread::spawn(move || {
-        let _ = tx.send(blocking.open(&p).map(OwnedFd::from));
+        let r = blocking
+            .open(format!("/proc/self/fd/{}", pin.as_raw_fd()))
+            .map(OwnedFd::from);
+        drop(pin);
+        let _ = tx.send(r);
     });
     match rx.recv_timeout(wait) {
         Ok(r) => r,
         Err(_) => {
-            // Unblock the opener: the other end, which opens without
-            // waiting (a peer is there), and goes away at once.
-            let other = end(!write, libc::O_NONBLOCK).open(path);
+            let other = end(!write, libc::O_NONBLOCK)
+                .open(format!("/proc/self/fd/{}", unblocker.as_raw_fd()));
             let _ = rx.recv_timeout(Duration::from_secs(1));
             drop(other);
             Err(io::Error::new(
@@ -1632,6 +1647,15 @@ mod stdio_tests {
         p
     }
 
+    fn pin(p: &Path) -> OwnedFd {
+        fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH)
+            .open(p)
+            .unwrap()
+            .into()
+    }
+
     fn status_flags(fd: &OwnedFd) -> nix::fcntl::OFlag {
         nix::fcntl::OFlag::from_bits_truncate(
             nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFL).unwrap(),
@@ -1642,7 +1666,7 @@ mod stdio_tests {
     fn an_output_fifo_waits_for_its_reader_but_not_for_ever() {
         let dir = tempfile::tempdir().unwrap();
         let p = fifo(&dir, "out");
-        let err = open_fifo_end(&p, true, Duration::from_millis(200)).unwrap_err();
+        let err = open_fifo_end(pin(&p), true, Duration::from_millis(200)).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
 
         let reader_path = p.clone();
@@ -1665,7 +1689,7 @@ mod stdio_tests {
     fn a_stdin_fifo_waits_for_its_writer_but_not_for_ever() {
         let dir = tempfile::tempdir().unwrap();
         let p = fifo(&dir, "in");
-        let err = open_fifo_end(&p, false, Duration::from_millis(200)).unwrap_err();
+        let err = open_fifo_end(pin(&p), false, Duration::from_millis(200)).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
 
         let writer_path = p.clone();

@@ -81,7 +81,7 @@ async fn serve_connection(d: Arc<Daemon>, mut stream: UnixStream) {
             } else {
                 Err(ApiError::new(
                     403,
-                    format!("function {function:?} may not be started by caller {caller:?} (its callers: {:?})", f.callers.unwrap_or_default()),
+                    format!("function {function:?} may not be started by caller {caller:?}"),
                 ))
             }
         }),
