@@ -76,6 +76,8 @@ pub trait Syscall {
     /// procfs: a mount over it would take the write instead.
     fn write_proc_file(&self, path: &Path, data: &[u8]) -> io::Result<()>;
     fn exists(&self, path: &Path) -> bool;
+    /// Whether `a` and `b` (both followed) are the same file.
+    fn same_file(&self, a: &Path, b: &Path) -> io::Result<bool>;
     /// Whether `path` itself is a symlink.
     fn is_symlink(&self, path: &Path) -> bool;
     fn is_dir(&self, path: &Path) -> bool;
@@ -399,6 +401,12 @@ impl Syscall for LinuxSyscall {
         fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink())
     }
 
+    fn same_file(&self, a: &Path, b: &Path) -> io::Result<bool> {
+        use std::os::unix::fs::MetadataExt;
+        let (a, b) = (fs::metadata(a)?, fs::metadata(b)?);
+        Ok((a.dev(), a.ino()) == (b.dev(), b.ino()))
+    }
+
     fn is_dir(&self, path: &Path) -> bool {
         fs::metadata(path).map(|m| m.is_dir()).unwrap_or(false)
     }
@@ -516,6 +524,8 @@ pub enum Call {
 pub struct RecordingSyscall {
     pub calls: RefCell<Vec<Call>>,
     pub existing: RefCell<Vec<(PathBuf, bool)>>,
+    /// `same_file` answers no: a destination swapped under a mount.
+    pub swapped: std::cell::Cell<bool>,
 }
 
 impl RecordingSyscall {
@@ -611,6 +621,9 @@ impl Syscall for RecordingSyscall {
     }
     fn is_symlink(&self, _path: &Path) -> bool {
         false
+    }
+    fn same_file(&self, _a: &Path, _b: &Path) -> io::Result<bool> {
+        Ok(!self.swapped.get())
     }
     fn is_dir(&self, path: &Path) -> bool {
         self.existing.borrow().iter().any(|(p, d)| p == path && *d)

@@ -237,6 +237,10 @@ impl Syscall for Deferring {
         self.inner.is_symlink(path)
     }
 
+    fn same_file(&self, a: &Path, b: &Path) -> io::Result<bool> {
+        self.inner.same_file(a, b)
+    }
+
     fn exists(&self, path: &Path) -> bool {
         self.inner.exists(path)
     }

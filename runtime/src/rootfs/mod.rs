@@ -292,10 +292,22 @@ fn make_mount(
         let extra = opts.flags - (MsFlags::MS_BIND | MsFlags::MS_REC);
         if !extra.is_empty() || !opts.propagation.is_empty() {
             // The resolved fd pins the directory under the new mount; look
-            // the destination up again to reach the mount itself.
+            // the destination up again to reach the mount itself, and make
+            // sure it is ours: a writer sharing a directory on the way
+            // could have swapped it for a symlink to another mount, which
+            // would get the flags while ours stayed writable.
             let mounted = sys
                 .resolve_in_root(&cfg.rootfs, dest, CreateKind::Nothing)
                 .map_err(err("resolving bind mount"))?;
+            if !sys
+                .same_file(&source, &mounted.path)
+                .map_err(err("looking at the bind mount"))?
+            {
+                return Err(RootfsError::BadMount {
+                    dest: dest.clone(),
+                    reason: "the destination changed while it was being mounted".into(),
+                });
+            }
             if !extra.is_empty() {
                 let keep = sys.mount_flags(&mounted.path).unwrap_or(MsFlags::empty())
                     & LOCKABLE
@@ -1032,6 +1044,23 @@ mod tests {
             target: "pts/ptmx".into(),
             link: "/b/rootfs/dev/ptmx".into()
         }));
+    }
+
+    #[test]
+    fn a_bind_whose_destination_is_swapped_before_its_remount_is_an_error() {
+        let sys = RecordingSyscall::default();
+        sys.swapped.set(true);
+        let c = cfg(serde_json::json!([
+            {"destination": "/data", "type": "bind", "source": "data", "options": ["rbind", "ro"]}
+        ]));
+        let err = prepare(&sys, &c).unwrap_err().to_string();
+        assert!(err.contains("the destination changed"), "{err}");
+        // The remount never happened.
+        let m = mounts(&sys.calls());
+        assert!(
+            !m.iter().any(|c| c.3.contains(MsFlags::MS_REMOUNT)),
+            "{m:?}"
+        );
     }
 
     #[test]
