@@ -19,6 +19,11 @@ use super::{lock, open_stdio};
 /// sinks.
 struct Sinks([Option<Arc<fs::File>>; 2]);
 
+/// The most an instance's log file (its output while it sits in the pool
+/// or serves leases) holds: beyond it the file starts over, so a function
+/// that writes without end cannot fill sproutd's disk.
+const LOG_LIMIT: u64 = 64 << 20;
+
 /// A running relay; dropping it does not stop the copy (the thread ends
 /// when the instance closes its end of both pipes, i.e. when it is gone).
 #[derive(Clone)]
@@ -57,11 +62,12 @@ impl Relay {
             Some(Arc::new(err_log)),
         ])));
         let s = sinks.clone();
+        let log = lock(&sinks).0[0].clone();
         let name = format!("relay-{id}");
         std::thread::Builder::new()
             .name(name.chars().take(15).collect())
             .stack_size(64 * 1024)
-            .spawn(move || copy_until_closed(out_r, err_r, &s))?;
+            .spawn(move || copy_until_closed(out_r, err_r, &s, log, LOG_LIMIT))?;
         Ok((Relay { sinks }, [stdin, out_w, err_w]))
     }
 
@@ -75,8 +81,16 @@ impl Relay {
     }
 }
 
-/// Copies both pipes to the current sinks until both are closed.
-fn copy_until_closed(out: OwnedFd, err: OwnedFd, sinks: &Mutex<Sinks>) {
+/// Copies both pipes to the current sinks until both are closed. The log
+/// file (`log`, which both streams start in) is emptied whenever it would
+/// grow beyond `limit`.
+fn copy_until_closed(
+    out: OwnedFd,
+    err: OwnedFd,
+    sinks: &Mutex<Sinks>,
+    log: Option<Arc<fs::File>>,
+    limit: u64,
+) {
     let mut pipes = [Some(fs::File::from(out)), Some(fs::File::from(err))];
     let mut buf = vec![0u8; 64 * 1024];
     while pipes.iter().any(Option::is_some) {
@@ -110,6 +124,14 @@ fn copy_until_closed(out: OwnedFd, err: OwnedFd, sinks: &Mutex<Sinks>) {
                     let Some(f) = lock(sinks).0[i].clone() else {
                         continue;
                     };
+                    if let Some(log) = log.as_ref().filter(|l| same_file(l, &f))
+                        && log.metadata().is_ok_and(|m| m.len() + n as u64 > limit)
+                    {
+                        // Appends go to the new end (O_APPEND).
+                        let _ = log.set_len(0);
+                        let _ = (&**log)
+                            .write_all(b"[sproutd: the log was over its limit and starts over]\n");
+                    }
                     // A sink that fails (a claimant's fifo nobody reads
                     // any more) is dropped rather than retried forever,
                     // unless it was replaced meanwhile.
@@ -127,9 +149,49 @@ fn copy_until_closed(out: OwnedFd, err: OwnedFd, sinks: &Mutex<Sinks>) {
     }
 }
 
+/// Whether two sinks write to one open file (the log's two streams are
+/// two handles of it).
+fn same_file(a: &fs::File, b: &fs::File) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (a.metadata(), b.metadata()) {
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_log_starts_over_beyond_its_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let log_path = dir.path().join("l.log");
+        let log = Arc::new(fs::File::from(open_stdio(Some(&log_path), true).unwrap()));
+        let sinks = Mutex::new(Sinks([Some(log.clone()), Some(log.clone())]));
+        let (out_r, out_w) = pipe().unwrap();
+        let (err_r, err_w) = pipe().unwrap();
+        let writer = std::thread::spawn(move || {
+            let mut w = fs::File::from(out_w);
+            for _ in 0..10 {
+                w.write_all(&[b'x'; 1000]).unwrap();
+                // One read per write, as output comes in a running process.
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            drop(err_w);
+        });
+        copy_until_closed(out_r, err_r, &sinks, Some(log), 4096);
+        writer.join().unwrap();
+        let len = fs::metadata(&log_path).unwrap().len();
+        // At most the limit plus one read (the pipe's content at once
+        // under load).
+        assert!(len <= 10_000 + 100, "the log holds {len} bytes");
+        assert!(
+            fs::read_to_string(&log_path)
+                .unwrap()
+                .contains("starts over")
+        );
+    }
 
     #[test]
     fn copies_to_the_log_then_to_the_new_sinks_until_closed() {
