@@ -1368,6 +1368,48 @@ fn a_spoofed_source_gets_no_answer_into_another_vpc() {
     assert_no_netplug_leftovers(&s.root);
 }
 
+/// A builder that died after writing its ready record but before removing
+/// its building record finished its namespace: gc drops the stale building
+/// record and leaves the namespace to its lease (it used to destroy it
+/// under the holder).
+#[test]
+fn gc_leaves_a_finished_namespace_with_a_stale_building_record_alone() {
+    let s = Sandbox::new("np-stalebuild");
+    let _vpcs = VpcGuard(s.root.clone());
+    s.ok(&[
+        "vpc",
+        "create",
+        "sb",
+        "--subnet",
+        "198.18.48.0/24",
+        "--pool",
+        "1",
+    ]);
+    let np = open_netplug(&s.root);
+    let l = np.take("sb", &Owner::this_process()).unwrap();
+    let building = s
+        .root
+        .join(".netplug/building")
+        .join(format!("{}.json", l.id));
+    fs::create_dir_all(building.parent().unwrap()).unwrap();
+    fs::write(
+        &building,
+        serde_json::json!({"id": l.id, "vpc": "sb", "builder": {"pid": 0, "start": 0}, "cni": false})
+            .to_string(),
+    )
+    .unwrap();
+    let report = np.gc().unwrap();
+    assert!(!report.destroyed.contains(&l.id), "{report:?}");
+    assert!(!building.exists());
+    assert!(netplug::netns::is_ns_file(&l.path));
+    assert!(links_in(&s.root.join(".netplug/ns/hub")).contains(&format!("np{}", l.id)));
+    let id = l.id.clone();
+    drop(l);
+    np.give_back(&id).unwrap();
+    s.ok(&["vpc", "delete", "sb"]);
+    assert_no_netplug_leftovers(&s.root);
+}
+
 /// A namespace still in use at give-back is destroyed, never handed to
 /// the next sandbox: a socket left open in it (an fd passed out of the
 /// sandbox; here the test holds a listener) would take the next one's

@@ -1105,6 +1105,15 @@ impl Netplug {
         // every building record seen here was left by a builder that died
         // or was cancelled.
         for b in self.building_records()? {
+            // A builder that died between writing the ready record and
+            // removing its building record finished its namespace: it is
+            // ready or already leased, never a half-built one to destroy.
+            let finished = self.layout.ready(&b.vpc, &b.id).exists()
+                || state::read_lease(&self.layout, &b.id)?.is_some();
+            if finished {
+                state::remove_file(&self.layout.building(&b.id))?;
+                continue;
+            }
             let r = async {
                 self.destroy(&vpc_or(&b.vpc), hub.as_deref(), &b.id, None)
                     .await?;
