@@ -285,6 +285,52 @@ fn static_counter_continues_after_restore() {
     s.assert_clean(&id2);
 }
 
+/// A 256 GiB reservation and a read-only sweep of never-written memory
+/// cost the process nothing: the checkpoint must not pay for them either
+/// (it ran under a 1 GiB address-space limit, and read every page table
+/// entry of a VMA at once), nor copy the shared zero page (256 MiB read,
+/// one page written: the image holds about that page).
+#[test]
+fn reserved_and_read_only_memory_is_described_not_copied() {
+    let s = program_sandbox("snapzero", "zeroread", &[]);
+    let (id, out1) = run_detached(&s, "out1");
+    assert!(has_lines(&out1, 1), "{}", stderr_of(&out1));
+    let img = s.dir.path().join("image");
+    let mut cmd = s.cmd();
+    cmd.args(["checkpoint", "--image-path", img.to_str().unwrap(), &id]);
+    // SAFETY: setrlimit in the child before exec, nothing else.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            let lim = libc::rlimit {
+                rlim_cur: 1 << 30,
+                rlim_max: 1 << 30,
+            };
+            if libc::setrlimit(libc::RLIMIT_AS, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    };
+    let out = run_to_files(&mut cmd, s.dir.path());
+    assert!(
+        out.status.success(),
+        "checkpoint: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pages = fs::metadata(img.join("pages.img")).unwrap().len();
+    assert!(pages < 8 << 20, "pages.img holds {pages} bytes");
+    s.ok(&["delete", "--force", &id]);
+    s.assert_clean(&id);
+    let rid = unique_id("snapzero-r");
+    let out2 = restored(&s, &img, &rid, "out2");
+    let pid = s.state(&rid)["pid"].as_i64().unwrap() as i32;
+    // SAFETY: kill(2) of the restored process, which the test started.
+    unsafe { libc::kill(pid, libc::SIGUSR1) };
+    assert!(has_line(&out2, "zeroread ok"), "{:?}", lines(&out2));
+    s.ok(&["delete", "--force", &rid]);
+    s.assert_clean(&rid);
+}
+
 #[test]
 fn leave_running_keeps_the_process_going() {
     let s = program_sandbox("snapleave", "counter", &["10"]);

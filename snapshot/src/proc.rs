@@ -231,6 +231,10 @@ impl PageEntry {
     pub fn exclusive(self) -> bool {
         self.0 & (1 << 56) != 0
     }
+    /// The page frame number (0 unless the reader has CAP_SYS_ADMIN).
+    pub fn pfn(self) -> u64 {
+        self.0 & ((1 << 55) - 1)
+    }
     /// A guard region installed with MADV_GUARD_INSTALL (pagemap bit 58).
     pub fn guard(self) -> bool {
         self.0 & (1 << 58) != 0
@@ -252,26 +256,57 @@ impl Pagemap {
 
     /// Entries for the pages of `[start, end)` (page aligned).
     pub fn range(&self, start: u64, end: u64) -> Result<Vec<PageEntry>, ProcError> {
-        let pages = ((end - start) / 4096) as usize;
-        let mut buf = vec![0u8; pages * 8];
-        let mut done = 0;
-        while done < buf.len() {
-            let n = self
-                .file
-                .read_at(&mut buf[done..], (start / 4096) * 8 + done as u64)
-                .map_err(|source| ProcError::Read {
-                    path: PathBuf::from(format!("/proc/{}/pagemap", self.pid)),
-                    source,
-                })?;
-            if n == 0 {
+        let mut out = Vec::new();
+        self.for_each(start, end, |_, e| out.push(e))?;
+        Ok(out)
+    }
+
+    /// Calls `f(page index from start, entry)` for each page of
+    /// `[start, end)`, reading the entries a window at a time: a VMA may
+    /// span terabytes of address space (a reservation costs its process
+    /// nothing), whose entries must never be held at once.
+    pub fn for_each(
+        &self,
+        start: u64,
+        end: u64,
+        mut f: impl FnMut(u64, PageEntry),
+    ) -> Result<(), ProcError> {
+        const WINDOW_PAGES: u64 = 64 * 1024;
+        let pages = (end - start) / 4096;
+        let mut buf = vec![0u8; (WINDOW_PAGES.min(pages) * 8) as usize];
+        let mut index = 0;
+        while index < pages {
+            let n_pages = WINDOW_PAGES.min(pages - index);
+            let window = &mut buf[..(n_pages * 8) as usize];
+            let mut done = 0;
+            while done < window.len() {
+                let n = self
+                    .file
+                    .read_at(
+                        &mut window[done..],
+                        (start / 4096 + index) * 8 + done as u64,
+                    )
+                    .map_err(|source| ProcError::Read {
+                        path: PathBuf::from(format!("/proc/{}/pagemap", self.pid)),
+                        source,
+                    })?;
+                if n == 0 {
+                    break;
+                }
+                done += n;
+            }
+            for (i, c) in window[..done - done % 8].chunks_exact(8).enumerate() {
+                f(
+                    index + i as u64,
+                    PageEntry(u64::from_le_bytes(c.try_into().expect("8 bytes"))),
+                );
+            }
+            if done < window.len() {
                 break;
             }
-            done += n;
+            index += n_pages;
         }
-        Ok(buf
-            .chunks_exact(8)
-            .map(|c| PageEntry(u64::from_le_bytes(c.try_into().unwrap())))
-            .collect())
+        Ok(())
     }
 }
 

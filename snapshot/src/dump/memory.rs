@@ -241,6 +241,64 @@ fn data_ranges(file: &std::fs::File, size: u64) -> Result<Vec<(u64, u64)>, DumpE
 }
 
 /// Consecutive page indices as (first, count) runs.
+/// The frames of the kernel's shared zero pages (the 4 KiB one and the
+/// 512 of the huge one), as this process's pagemap shows them for memory
+/// it reads without writing. Empty where they cannot be told (no frame
+/// numbers without CAP_SYS_ADMIN): then nothing is skipped.
+struct ZeroPages {
+    small: Option<u64>,
+    huge: Option<u64>,
+}
+
+impl ZeroPages {
+    fn find() -> ZeroPages {
+        const HUGE: usize = 2 << 20;
+        let Ok(pagemap) = Pagemap::open(std::process::id() as i32) else {
+            return ZeroPages {
+                small: None,
+                huge: None,
+            };
+        };
+        // A read of fresh private anonymous memory maps the zero page; in
+        // an aligned 2 MiB region that may use huge pages, the huge one.
+        let probe = |len: usize, huge: bool| -> Option<u64> {
+            // SAFETY: a fresh private anonymous mapping of our own, read
+            // (volatile: the read is the point) and unmapped here.
+            unsafe {
+                let p = libc::mmap(
+                    std::ptr::null_mut(),
+                    len * 2,
+                    libc::PROT_READ,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                );
+                if p == libc::MAP_FAILED {
+                    return None;
+                }
+                let aligned = (p as usize).next_multiple_of(len);
+                if huge {
+                    libc::madvise(aligned as *mut libc::c_void, len, libc::MADV_HUGEPAGE);
+                }
+                std::ptr::read_volatile(aligned as *const u8);
+                let e = pagemap
+                    .range(aligned as u64, aligned as u64 + 4096)
+                    .ok()
+                    .and_then(|v| v.first().copied());
+                libc::munmap(p, len * 2);
+                e.filter(|e| e.present() && e.pfn() != 0).map(|e| e.pfn())
+            }
+        };
+        let small = probe(4096, false);
+        let huge = probe(HUGE, true).filter(|&pfn| Some(pfn) != small);
+        ZeroPages { small, huge }
+    }
+
+    fn contains(&self, pfn: u64) -> bool {
+        Some(pfn) == self.small || self.huge.is_some_and(|h| (h..h + 512).contains(&pfn))
+    }
+}
+
 fn runs(pages: impl Iterator<Item = u64>) -> Vec<(u64, u64)> {
     let mut out: Vec<(u64, u64)> = Vec::new();
     for p in pages {
@@ -287,6 +345,7 @@ pub(super) fn dump_memory(
 ) -> Result<Vec<Vma>, DumpError> {
     let smaps = proc::smaps(pid)?;
     let pagemap = Pagemap::open(pid)?;
+    let zero_pages = ZeroPages::find();
     let mut vmas = Vec::with_capacity(maps.len());
     for m in maps {
         let prot = Prot {
@@ -354,36 +413,38 @@ pub(super) fn dump_memory(
             && !m.shared
             && !flags.contains(&VmFlag::Droppable)
             && !flags.contains(&VmFlag::WipeOnFork);
-        let entries = if vdso_family {
-            Vec::new()
-        } else {
-            pagemap.range(m.start, m.end)?
-        };
-        let guard_pages: Vec<PageSpan> = runs(
-            entries
-                .iter()
-                .enumerate()
-                .filter(|(_, e)| e.guard())
-                .map(|(i, _)| i as u64),
-        )
-        .into_iter()
-        .map(|(page, count)| PageSpan { page, count })
-        .collect();
-        let mut pages = Vec::new();
-        if store_pages {
-            let file_backed = matches!(backing, Backing::File { .. });
-            let wanted = entries.iter().enumerate().filter(|(_, e)| {
+        let file_backed = matches!(backing, Backing::File { .. });
+        // Only guard and stored pages are kept: the entries of a VMA are
+        // read a window at a time (see `Pagemap::for_each`).
+        let (mut guards, mut wanted) = (Vec::new(), Vec::new());
+        if !vdso_family {
+            pagemap.for_each(m.start, m.end, |i, e| {
                 if e.guard() {
-                    return false;
+                    guards.push(i);
+                    return;
                 }
-                if file_backed {
+                let keep = if file_backed {
                     // Written (COW'd) pages are anonymous now.
                     (e.present() && !e.file_or_shared()) || e.swapped()
                 } else {
-                    e.present() || e.swapped()
+                    // The shared zero page (a read of never-written
+                    // memory) reads back as zeros without being stored: a
+                    // process that reads a page in each of terabytes of
+                    // memory must not make a terabyte image.
+                    (e.present() && !zero_pages.contains(e.pfn())) || e.swapped()
+                };
+                if store_pages && keep {
+                    wanted.push(i);
                 }
-            });
-            let page_runs = runs(wanted.map(|(i, _)| i as u64));
+            })?;
+        }
+        let guard_pages: Vec<PageSpan> = runs(guards.into_iter())
+            .into_iter()
+            .map(|(page, count)| PageSpan { page, count })
+            .collect();
+        let mut pages = Vec::new();
+        if store_pages {
+            let page_runs = runs(wanted.into_iter());
             pages = store(writer, pid, m.start, &page_runs)?;
         }
         vmas.push(Vma {

@@ -44,14 +44,17 @@ pub(crate) fn record_in(pid: Tid, layout: &WritableLayout) -> Result<WriteSet, P
                 start: m.start.max(regions[j].start),
                 end: m.end.min(regions[j].end),
             };
-            let entries = pagemap
-                .range(part.start, part.end)
+            // A window at a time (a writable region may be a reservation of
+            // terabytes).
+            let mut pushed = Ok(());
+            pagemap
+                .for_each(part.start, part.end, |k, e| {
+                    if pushed.is_ok() && e.present() && e.exclusive() && !e.file_or_shared() {
+                        pushed = merger.push(part.start + k * PAGE_SIZE);
+                    }
+                })
                 .map_err(|source| ProfileError::Pagemap { pid, source })?;
-            for (k, e) in entries.iter().enumerate() {
-                if e.present() && e.exclusive() && !e.file_or_shared() {
-                    merger.push(part.start + k as u64 * PAGE_SIZE)?;
-                }
-            }
+            pushed?;
             j += 1;
         }
     }
