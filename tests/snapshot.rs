@@ -331,6 +331,30 @@ fn reserved_and_read_only_memory_is_described_not_copied() {
     s.assert_clean(&rid);
 }
 
+/// A mapped file too large to hash (a sparse terabyte costs its process
+/// nothing) is refused by name and size, not hashed for hours.
+#[test]
+fn a_mapping_of_a_huge_sparse_file_is_refused() {
+    let s = program_sandbox("snapsparse", "sparsemap", &[]);
+    let (id, out1) = run_detached(&s, "out1");
+    assert!(has_lines(&out1, 1), "{}", stderr_of(&out1));
+    let err = refused_checkpoint(&s, &id);
+    assert!(
+        err.contains("a mapping of a file of 1099511627776 bytes"),
+        "{err}"
+    );
+    s.ok(&["delete", "--force", &id]);
+    s.assert_clean(&id);
+
+    // An image that names such a file is refused before a restore would
+    // hash the rootfs's.
+    let s = program_sandbox("snapsparse-img", "counter", &["20"]);
+    let (img, _) = run_and_dump(&s, |out| has_lines(out, 2));
+    edit_manifest(&img, "body[\"files\"][0][\"size\"] = 1 << 40");
+    let err = s.fails(&["image", "verify", img.to_str().unwrap()]);
+    assert!(err.contains("files[0].size"), "{err}");
+}
+
 #[test]
 fn leave_running_keeps_the_process_going() {
     let s = program_sandbox("snapleave", "counter", &["10"]);

@@ -47,10 +47,7 @@ impl Files {
             return Ok(i);
         }
         let link = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
-        let file = std::fs::File::open(&link).map_err(|source| DumpError::Syscall {
-            what: "opening a mapped file through /proc/PID/map_files",
-            source,
-        })?;
+        let file = open_mapped_file(&link, m)?;
         let record = crate::image::file_record(&file, path)?;
         let i = self.records.len() as u32;
         self.records.push(record);
@@ -109,6 +106,47 @@ fn vma_attributes(smaps: Option<&SmapsVma>, m: &MapEntry) -> Result<Vec<VmFlag>,
     out.sort();
     out.dedup();
     Ok(out)
+}
+
+/// A mapped file, opened through `link` (`/proc/PID/map_files/...`) only
+/// once it is known to be a regular file of a size we hash: the process
+/// chooses what it maps, and a device's open may block, a sparse file of
+/// exabytes would be hashed for ever.
+fn open_mapped_file(link: &str, m: &MapEntry) -> Result<std::fs::File, DumpError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let syscall = |what| move |source| DumpError::Syscall { what, source };
+    let pin = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_CLOEXEC)
+        .open(link)
+        .map_err(syscall("opening a mapped file through /proc/PID/map_files"))?;
+    let meta = pin
+        .metadata()
+        .map_err(syscall("looking at a mapped file"))?;
+    if !meta.is_file() {
+        return Err(unsupported(
+            m,
+            "a mapping of a file that is not a regular file",
+        ));
+    }
+    let limit = crate::image::limits::MAX_MAPPED_FILE_BYTES;
+    if meta.len() > limit {
+        return Err(unsupported(
+            m,
+            &format!(
+                "a mapping of a file of {} bytes (a checkpoint hashes mapped files whole, up to {limit})",
+                meta.len()
+            ),
+        ));
+    }
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsRawFd::as_raw_fd(&pin)
+        ))
+        .map_err(syscall("opening a mapped file"))
 }
 
 fn unsupported(m: &MapEntry, what: &str) -> DumpError {

@@ -56,6 +56,9 @@ pub const MAX_NAME_BYTES: usize = 256;
 pub const MAX_COMM_BYTES: usize = 15;
 /// Largest pages file, in bytes.
 pub const MAX_PAGES_FILE_BYTES: u64 = 256 << 30;
+/// Largest file a process may map for a checkpoint: each mapped file is
+/// hashed whole (a sparse file of exabytes costs its process nothing).
+pub const MAX_MAPPED_FILE_BYTES: u64 = 64 << 30;
 /// Smallest chunk of the pages file.
 pub const MIN_CHUNK_BYTES: u64 = 64 << 10;
 /// Largest chunk of the pages file.

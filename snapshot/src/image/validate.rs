@@ -599,6 +599,13 @@ fn files(b: &ManifestBody) -> Result<()> {
                 MAX_BUILD_ID_BYTES,
             )?;
         }
+        // A restore hashes the rootfs's file of this size whole.
+        if file.size > MAX_MAPPED_FILE_BYTES {
+            return Err(invalid(
+                format!("{f}.size"),
+                format!("{} is more than {MAX_MAPPED_FILE_BYTES}", file.size),
+            ));
+        }
     }
     Ok(())
 }
