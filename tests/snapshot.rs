@@ -331,6 +331,26 @@ fn reserved_and_read_only_memory_is_described_not_copied() {
     s.assert_clean(&rid);
 }
 
+/// A checkpoint takes one process: a process of the container that is not
+/// a child of it (here an orphan reparented out of a container without a
+/// pid namespace) is found in the cgroup once frozen, and the checkpoint
+/// is refused, naming it, instead of killing only the one it dumped.
+#[test]
+fn a_process_not_alone_in_its_cgroup_is_not_checkpointed() {
+    let mut s = program_sandbox("snapalone", "counter", &["20"]);
+    s.config()["linux"]["namespaces"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|n| n["type"] != "pid");
+    s.set_args(&["sh", "-c", "(sleep 1000 &); exec /bin/counter 20"]);
+    let (id, out1) = run_detached(&s, "out1");
+    assert!(has_lines(&out1, 2), "{}", stderr_of(&out1));
+    let err = refused_checkpoint(&s, &id);
+    assert!(err.contains("is not alone (other processes: ["), "{err}");
+    s.ok(&["delete", "--force", &id]);
+    s.assert_clean(&id);
+}
+
 /// A mapped file too large to hash (a sparse terabyte costs its process
 /// nothing) is refused by name and size, not hashed for hours.
 #[test]
@@ -818,7 +838,7 @@ fn checkpoint_refuses_what_it_cannot_restore() {
             == 2
     }));
     let err = refused_checkpoint(&s, &id);
-    assert!(err.contains("child processes"), "{err}");
+    assert!(err.contains("is not alone"), "{err}");
     s.ok(&["delete", "--force", &id]);
     s.assert_clean(&id);
 }

@@ -34,14 +34,14 @@ pub enum DumpError {
     #[error("container {0:?} is not running")]
     NotRunning(String),
     #[error(
-        "pid {pid} has child processes {children:?}: sprout checkpoints a single process (with its threads)"
+        "pid {pid} is not alone (other processes: {children:?}): sprout checkpoints a single process (with its threads)"
     )]
     /// The process has children; only one process (with threads) is
     /// supported.
     ProcessTree {
         /// The process.
         pid: i32,
-        /// Its children.
+        /// Its children, or the other processes of its cgroup.
         children: Vec<i32>,
     },
     /// Something in the process sprout cannot checkpoint, named.
@@ -213,6 +213,25 @@ pub fn checkpoint(
     } else {
         cgroup.freeze()?;
     }
+    // Frozen, nothing can fork any more: the process must be alone in its
+    // cgroup. A process that escaped the children check (forked since, or
+    // reparented away) would outlive the dump's kill, and one that shares
+    // the memory (CLONE_VM) or writes it (/proc/PID/mem) would run while
+    // the dump thaws the cgroup and injects code with seccomp suspended.
+    let others: Vec<i32> = match cgroup.procs() {
+        Ok(p) => p.into_iter().filter(|&p| p != pid).collect(),
+        Err(e) => {
+            let _ = unfreeze(&cgroup, unified);
+            return Err(e.into());
+        }
+    };
+    if !others.is_empty() {
+        let _ = unfreeze(&cgroup, unified);
+        return Err(DumpError::ProcessTree {
+            pid,
+            children: others,
+        });
+    }
     stages.mark("freeze");
     let leave_running = opts.leave_running;
     let image = image_dir.to_path_buf();
@@ -295,6 +314,17 @@ pub fn checkpoint(
     all.extend(inner);
     report.stages = all;
     Ok(report)
+}
+
+fn unfreeze(
+    cgroup: &sprout_runtime::cgroups::Cgroup,
+    unified: bool,
+) -> Result<(), sprout_runtime::cgroups::CgroupError> {
+    if unified {
+        cgroup.freeze_unified(false)
+    } else {
+        cgroup.thaw()
+    }
 }
 
 fn dump_stopped(

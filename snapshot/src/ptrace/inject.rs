@@ -155,12 +155,20 @@ impl TraceCtx {
         match mode {
             InjectMode::Step => {
                 self.drive(tid, PTRACE_SINGLESTEP, "syscall injection", |ctx, stop| {
-                    if let Stop::Signal(info) = stop
-                        && info.signo() == libc::SIGTRAP
-                    {
+                    if let Stop::Signal(info) = stop {
                         let r = ctx.get_regs(tid)?;
-                        if r.rip == insn + 2 {
+                        if info.signo() == libc::SIGTRAP && r.rip == insn + 2 {
                             return Ok(Drive::Done(r.rax as i64));
+                        }
+                        // A signal before the step ran leaves the thread at
+                        // the instruction; anywhere else, something changed
+                        // the code under us: never step on from there (it
+                        // would run with seccomp suspended).
+                        if r.rip != insn {
+                            return Err(PtraceError::Invalid(format!(
+                                "tid {tid} left the injected syscall at {insn:#x} for {:#x}",
+                                r.rip
+                            )));
                         }
                     }
                     Ok(Drive::Default)
