@@ -50,7 +50,14 @@ impl Cgroup {
             "cgroup.freeze",
             if frozen { "1" } else { "0" },
         )?;
-        wait_unified_frozen(dir, frozen, FREEZE_TIMEOUT)
+        let r = wait_unified_frozen(dir, frozen, FREEZE_TIMEOUT);
+        if r.is_err() && frozen {
+            // A task that cannot freeze (asleep in a filesystem that does
+            // not let it) must not leave the rest frozen for good: the
+            // freeze failed, so undo it, as v1's does.
+            let _ = fsio::write(&RealFs, dir, "cgroup.freeze", "0");
+        }
+        r
     }
 
     /// Whether the cgroup is frozen (v1 `freezer.state` is `FROZEN`; v2
