@@ -351,6 +351,23 @@ fn a_process_not_alone_in_its_cgroup_is_not_checkpointed() {
     s.assert_clean(&id);
 }
 
+/// Data queued in pipes and sockets is copied into memory, then into the
+/// manifest: beyond a total the checkpoint stops and refuses, naming it,
+/// rather than copy it all and be refused by the manifest's limit.
+#[test]
+fn more_queued_data_than_an_image_holds_is_refused_early() {
+    let s = program_sandbox("snapqueued", "pipefill", &[]);
+    let (id, out1) = run_detached(&s, "out1");
+    assert!(has_lines(&out1, 1), "{}", stderr_of(&out1));
+    let err = refused_checkpoint(&s, &id);
+    assert!(
+        err.contains("more data queued in pipes and sockets"),
+        "{err}"
+    );
+    s.ok(&["delete", "--force", &id]);
+    s.assert_clean(&id);
+}
+
 /// A mapped file too large to hash (a sparse terabyte costs its process
 /// nothing) is refused by name and size, not hashed for hours.
 #[test]

@@ -98,6 +98,7 @@ pub fn dump_fds(ctx: &mut TraceCtx, pid: Tid) -> Result<Vec<Fd>, FdError> {
         unix: HashMap::new(),
         tty_rdevs: Vec::new(),
         listeners: HashMap::new(),
+        queued_total: 0,
     };
     for r in &raws {
         if d.primary[&r.fd] != r.fd {
@@ -348,6 +349,29 @@ struct Dumper {
     tty_rdevs: Vec<u64>,
     /// (family, protocol) → inode → (waiting, backlog).
     listeners: HashMap<(i32, i32), HashMap<u32, (u32, u32)>>,
+    /// Bytes copied so far out of pipes and socket queues.
+    queued_total: usize,
+}
+
+/// The most bytes a dump copies out of all pipes and socket queues
+/// together: they are held in memory, then written into the manifest
+/// (base64), whose own limit refuses an image only once all is copied.
+const MAX_TOTAL_QUEUED_BYTES: usize = (crate::image::limits::MAX_MANIFEST_BYTES as usize) / 2;
+
+impl Dumper {
+    /// Counts `n` more bytes copied for `fd`; an error beyond the total.
+    fn count_queued(&mut self, fd: i32, n: usize) -> Result<(), FdError> {
+        self.queued_total += n;
+        if self.queued_total > MAX_TOTAL_QUEUED_BYTES {
+            return Err(FdError::unsupported(
+                fd,
+                format!(
+                    "more data queued in pipes and sockets than an image holds ({MAX_TOTAL_QUEUED_BYTES} bytes)"
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Dumper {
@@ -611,6 +635,7 @@ impl Dumper {
         } else {
             Vec::new()
         };
+        self.count_queued(fd, data.len())?;
         Ok(FdObject::Pipe {
             pipe: ino,
             end,
@@ -812,6 +837,7 @@ impl Dumper {
                         },
                     )?
                 };
+                self.count_queued(fd, queued.iter().map(Vec::len).sum())?;
                 mk(
                     SocketState::Pair {
                         pair: ino.min(p),
