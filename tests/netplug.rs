@@ -1376,15 +1376,7 @@ fn a_spoofed_source_gets_no_answer_into_another_vpc() {
 fn gc_leaves_a_finished_namespace_with_a_stale_building_record_alone() {
     let s = Sandbox::new("np-stalebuild");
     let _vpcs = VpcGuard(s.root.clone());
-    s.ok(&[
-        "vpc",
-        "create",
-        "sb",
-        "--subnet",
-        "198.18.48.0/24",
-        "--pool",
-        "1",
-    ]);
+    create_native_vpc(&s, "sb", "198.18.48.0/24", 1, &[]);
     let np = open_netplug(&s.root);
     let l = np.take("sb", &Owner::this_process()).unwrap();
     let building = s
@@ -1418,15 +1410,7 @@ fn gc_leaves_a_finished_namespace_with_a_stale_building_record_alone() {
 fn a_namespace_still_in_use_is_not_reused() {
     let s = Sandbox::new("np-inuse");
     let _vpcs = VpcGuard(s.root.clone());
-    s.ok(&[
-        "vpc",
-        "create",
-        "iu",
-        "--subnet",
-        "198.18.37.0/24",
-        "--pool",
-        "1",
-    ]);
+    create_native_vpc(&s, "iu", "198.18.37.0/24", 1, &[]);
     let np = open_netplug(&s.root);
     let l = np.take("iu", &Owner::this_process()).unwrap();
     let lid = l.id.clone();

@@ -96,6 +96,17 @@ fn refused_checkpoint(s: &Sandbox, id: &str) -> String {
     err
 }
 
+/// Runs the sandbox's container until it printed `ready` lines, has its
+/// checkpoint refused with an error containing `want`, and deletes it.
+fn run_and_refuse_checkpoint(s: &Sandbox, ready: usize, want: &str) {
+    let (id, out) = run_detached(s, "out1");
+    assert!(has_lines(&out, ready), "{}", stderr_of(&out));
+    let err = refused_checkpoint(s, &id);
+    assert!(err.contains(want), "{err}");
+    s.ok(&["delete", "--force", &id]);
+    s.assert_clean(&id);
+}
+
 /// `restore -d` of `img` as `rid` in the sandbox's bundle, its output
 /// appended to `out`.
 fn restore_detached(s: &Sandbox, img: &Path, rid: &str, out: &Path) -> ExitStatus {
@@ -343,12 +354,7 @@ fn a_process_not_alone_in_its_cgroup_is_not_checkpointed() {
         .unwrap()
         .retain(|n| n["type"] != "pid");
     s.set_args(&["sh", "-c", "(sleep 1000 &); exec /bin/counter 20"]);
-    let (id, out1) = run_detached(&s, "out1");
-    assert!(has_lines(&out1, 2), "{}", stderr_of(&out1));
-    let err = refused_checkpoint(&s, &id);
-    assert!(err.contains("is not alone (other processes: ["), "{err}");
-    s.ok(&["delete", "--force", &id]);
-    s.assert_clean(&id);
+    run_and_refuse_checkpoint(&s, 2, "is not alone (other processes: [");
 }
 
 /// Data queued in pipes and sockets is copied into memory, then into the
@@ -357,15 +363,7 @@ fn a_process_not_alone_in_its_cgroup_is_not_checkpointed() {
 #[test]
 fn more_queued_data_than_an_image_holds_is_refused_early() {
     let s = program_sandbox("snapqueued", "pipefill", &[]);
-    let (id, out1) = run_detached(&s, "out1");
-    assert!(has_lines(&out1, 1), "{}", stderr_of(&out1));
-    let err = refused_checkpoint(&s, &id);
-    assert!(
-        err.contains("more data queued in pipes and sockets"),
-        "{err}"
-    );
-    s.ok(&["delete", "--force", &id]);
-    s.assert_clean(&id);
+    run_and_refuse_checkpoint(&s, 1, "more data queued in pipes and sockets");
 }
 
 /// A mapped file too large to hash (a sparse terabyte costs its process
@@ -373,15 +371,7 @@ fn more_queued_data_than_an_image_holds_is_refused_early() {
 #[test]
 fn a_mapping_of_a_huge_sparse_file_is_refused() {
     let s = program_sandbox("snapsparse", "sparsemap", &[]);
-    let (id, out1) = run_detached(&s, "out1");
-    assert!(has_lines(&out1, 1), "{}", stderr_of(&out1));
-    let err = refused_checkpoint(&s, &id);
-    assert!(
-        err.contains("a mapping of a file of 1099511627776 bytes"),
-        "{err}"
-    );
-    s.ok(&["delete", "--force", &id]);
-    s.assert_clean(&id);
+    run_and_refuse_checkpoint(&s, 1, "a mapping of a file of 1099511627776 bytes");
 
     // An image that names such a file is refused before a restore would
     // hash the rootfs's.
