@@ -382,7 +382,8 @@ impl Shim {
                 &image,
                 &sprout_snapshot::dump::CheckpointOptions { leave_running },
             );
-            if paused && leave_running {
+            // As it was: paused again unless the dump killed it.
+            if paused && (leave_running || dumped.is_err()) {
                 c.pause()?;
             }
             let report = dumped?;
