@@ -185,7 +185,12 @@ fn terminal_through_a_console_socket() {
     let mut s = Sandbox::new("tty");
     s.config()["process"]["terminal"] = true.into();
     s.config()["process"]["consoleSize"] = serde_json::json!({"height": 33, "width": 101});
-    s.set_args(&["sh", "-c", "tty; stty size; echo hello-tty"]);
+    s.set_args(&[
+        "sh",
+        "-c",
+        "tty; stty size; stat -c 'console %t:%T' /dev/console; \
+         stat -c 'console %t:%T' /dev/pts/0; echo hello-tty",
+    ]);
     let sock = s.dir.path().join("console.sock");
     let listener = UnixListener::bind(&sock).unwrap();
     let rt = runtime(&s);
@@ -215,6 +220,10 @@ fn terminal_through_a_console_socket() {
     assert!(text.contains("/dev/pts/0"), "{text}");
     assert!(text.contains("33 101"), "{text}");
     assert!(text.contains("hello-tty"), "{text}");
+    // /dev/console is a bind of that very pty.
+    let consoles: Vec<&str> = text.lines().filter(|l| l.starts_with("console ")).collect();
+    assert_eq!(consoles.len(), 2, "{text}");
+    assert_eq!(consoles[0].trim(), consoles[1].trim(), "{text}");
     assert_eq!(c.wait().unwrap(), Some(0));
     c.delete(false).unwrap();
     s.assert_clean(&s.id.clone());

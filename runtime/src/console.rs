@@ -4,7 +4,7 @@
 
 use std::io::{self, IoSlice};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use nix::fcntl::OFlag;
 use nix::pty::{grantpt, posix_openpt, ptsname_r, unlockpt};
@@ -35,12 +35,23 @@ pub fn open_pty(size: Option<(u16, u16)>) -> Result<Pty, ConsoleError> {
     grantpt(&master).map_err(e)?;
     unlockpt(&master).map_err(e)?;
     let name = ptsname_r(&master).map_err(e)?;
-    let slave = nix::fcntl::open(
-        Path::new(&name),
-        OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC,
-        nix::sys::stat::Mode::empty(),
-    )
-    .map_err(e)?;
+    // The slave from the master itself (TIOCGPTPEER), never by its path:
+    // /dev/pts is the container's, and what that path names could be
+    // something else (runc's CVE-2025-52565).
+    const TIOCGPTPEER: libc::c_ulong = 0x5441;
+    // SAFETY: an ioctl on the master we own; the result is a new fd or -1.
+    let slave = unsafe {
+        libc::ioctl(
+            master.as_raw_fd(),
+            TIOCGPTPEER,
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        )
+    };
+    if slave < 0 {
+        return Err(ConsoleError::Pty(io::Error::last_os_error()));
+    }
+    // SAFETY: the kernel just returned this fd; we own it from here.
+    let slave = unsafe { OwnedFd::from_raw_fd(slave) };
     if let Some((rows, cols)) = size {
         let ws = libc::winsize {
             ws_row: rows,

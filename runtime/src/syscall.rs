@@ -72,6 +72,9 @@ pub trait Syscall {
     /// `/dev/null` may be a symlink to a file the mask would then expose
     /// in its place (runc's CVE-2025-31133).
     fn bind_null_device(&self, target: &Path) -> io::Result<()>;
+    /// Bind-mounts the file open at `fd` onto `target` (following a final
+    /// symlink there, as mount(2) does): no path names the source.
+    fn bind_fd(&self, fd: RawFd, target: &Path) -> io::Result<()>;
     /// Writes a file of procfs (a sysctl), refusing one that is not on
     /// procfs: a mount over it would take the write instead.
     fn write_proc_file(&self, path: &Path, data: &[u8]) -> io::Result<()>;
@@ -346,19 +349,23 @@ impl Syscall for LinuxSyscall {
                 "/dev/null is not the null device (c 1:3)",
             ));
         }
-        // A detached bind of the node we checked, moved onto the target:
-        // no path is looked up twice.
+        // A detached bind of the node we checked: no path is looked up
+        // twice.
+        self.bind_fd(null.as_raw_fd(), target)
+    }
+
+    fn bind_fd(&self, fd: RawFd, target: &Path) -> io::Result<()> {
         const OPEN_TREE_CLONE: libc::c_uint = 1;
         const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
         // A final symlink at the target is followed, as mount(2) does (we
         // are inside the container's root by now).
         const MOVE_MOUNT_T_SYMLINKS: libc::c_uint = 0x10;
-        // SAFETY: open_tree on a valid fd with an empty C string path; the
-        // result is a new fd or -1.
+        // SAFETY: open_tree on a caller's fd with an empty C string path;
+        // the result is a new fd or -1.
         let tree = unsafe {
             libc::syscall(
                 libc::SYS_open_tree,
-                null.as_raw_fd(),
+                fd,
                 c"".as_ptr(),
                 OPEN_TREE_CLONE
                     | libc::O_CLOEXEC as libc::c_uint
@@ -602,6 +609,16 @@ impl Syscall for RecordingSyscall {
 
     fn device_node(&self, _path: &Path) -> io::Result<Option<(SFlag, u64)>> {
         Ok(None)
+    }
+
+    fn bind_fd(&self, fd: RawFd, target: &Path) -> io::Result<()> {
+        self.mount(
+            Some(Path::new(&format!("/proc/self/fd/{fd}"))),
+            target,
+            None,
+            MsFlags::MS_BIND,
+            None,
+        )
     }
 
     fn bind_null_device(&self, target: &Path) -> io::Result<()> {

@@ -311,15 +311,10 @@ fn setup_console(sys: &dyn Syscall, cfg: &InitConfig, bind_dev_console: bool) ->
             "console",
             sys.resolve_in_root(Path::new("/"), Path::new("/dev/console"), CreateKind::File),
         )?;
+        use std::os::fd::AsRawFd as _;
         at(
             "binding /dev/console",
-            sys.mount(
-                Some(&pty.slave_path),
-                &target.path,
-                None,
-                nix::mount::MsFlags::MS_BIND,
-                None,
-            ),
+            sys.bind_fd(pty.slave.as_raw_fd(), &target.path),
         )?;
     }
     use std::os::fd::AsRawFd;

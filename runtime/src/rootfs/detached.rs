@@ -229,6 +229,10 @@ impl Syscall for Deferring {
         self.inner.bind_null_device(target)
     }
 
+    fn bind_fd(&self, fd: std::os::fd::RawFd, target: &Path) -> io::Result<()> {
+        self.inner.bind_fd(fd, target)
+    }
+
     fn write_proc_file(&self, path: &Path, data: &[u8]) -> io::Result<()> {
         self.inner.write_proc_file(path, data)
     }
