@@ -278,7 +278,17 @@ fn data_ranges(file: &std::fs::File, size: u64) -> Result<Vec<(u64, u64)>, DumpE
     Ok(out)
 }
 
-/// Consecutive page indices as (first, count) runs.
+/// Whether `/proc/kpageflags` flags frame `pfn` as a zero page
+/// (`KPF_ZERO_PAGE`, set for the zero page and the huge zero page).
+fn kpage_is_zero(pfn: u64) -> std::io::Result<bool> {
+    use std::os::unix::fs::FileExt;
+    const KPF_ZERO_PAGE: u64 = 1 << 24;
+    let f = std::fs::File::open("/proc/kpageflags")?;
+    let mut b = [0u8; 8];
+    f.read_exact_at(&mut b, pfn * 8)?;
+    Ok(u64::from_le_bytes(b) & KPF_ZERO_PAGE != 0)
+}
+
 /// The frames of the kernel's shared zero pages (the 4 KiB one and the
 /// 512 of the huge one), as this process's pagemap shows them for memory
 /// it reads without writing. Empty where they cannot be told (no frame
@@ -327,8 +337,12 @@ impl ZeroPages {
                 e.filter(|e| e.present() && e.pfn() != 0).map(|e| e.pfn())
             }
         };
-        let small = probe(4096, false);
-        let huge = probe(HUGE, true).filter(|&pfn| Some(pfn) != small);
+        // Only a frame the kernel flags as a zero page counts: without
+        // the huge zero page (use_zero_page=0) the probe got a real
+        // zeroed page, freed with the probe and free for anyone's data.
+        let zero = |pfn: u64| kpage_is_zero(pfn).unwrap_or(false);
+        let small = probe(4096, false).filter(|&pfn| zero(pfn));
+        let huge = probe(HUGE, true).filter(|&pfn| Some(pfn) != small && zero(pfn));
         ZeroPages { small, huge }
     }
 
@@ -337,6 +351,7 @@ impl ZeroPages {
     }
 }
 
+/// Consecutive page indices as (first, count) runs.
 fn runs(pages: impl Iterator<Item = u64>) -> Vec<(u64, u64)> {
     let mut out: Vec<(u64, u64)> = Vec::new();
     for p in pages {
