@@ -944,7 +944,9 @@ fn a_masked_symlink_masks_its_target() {
     let etc = s.bundle.join("rootfs/etc");
     fs::write(etc.join("secret"), "s3cret\n").unwrap();
     std::os::unix::fs::symlink("/etc/secret", etc.join("secret-link")).unwrap();
-    s.config()["linux"]["maskedPaths"] = serde_json::json!(["/etc/secret-link"]);
+    // A symlink to nothing hides nothing, and is no error (runc's rule).
+    std::os::unix::fs::symlink("/no/such/file", etc.join("dangling")).unwrap();
+    s.config()["linux"]["maskedPaths"] = serde_json::json!(["/etc/secret-link", "/etc/dangling"]);
     let (code, out, err) = run_with(&mut s, &["sh", "-c", "cat /etc/secret; echo end"]);
     assert_eq!((code, out.as_str()), (0, "end\n"), "{err}");
     s.assert_clean(&s.id.clone());

@@ -38,12 +38,11 @@ pub fn open_pty(size: Option<(u16, u16)>) -> Result<Pty, ConsoleError> {
     // The slave from the master itself (TIOCGPTPEER), never by its path:
     // /dev/pts is the container's, and what that path names could be
     // something else (runc's CVE-2025-52565).
-    const TIOCGPTPEER: libc::c_ulong = 0x5441;
     // SAFETY: an ioctl on the master we own; the result is a new fd or -1.
     let slave = unsafe {
         libc::ioctl(
             master.as_raw_fd(),
-            TIOCGPTPEER,
+            libc::TIOCGPTPEER,
             libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
         )
     };

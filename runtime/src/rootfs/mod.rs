@@ -241,13 +241,23 @@ fn mount_one(sys: &dyn Syscall, cfg: &RootfsConfig, m: &Mount) -> Result<(), Roo
     make_mount(sys, cfg, m, &opts)?;
     // `rro`, whatever the mount: it and every mount below it read-only.
     if opts.recursive_readonly {
-        recursive_readonly(sys, cfg, dest).map_err(|source| RootfsError::Mount {
-            what: "making it read-only recursively".into(),
-            dest: dest.clone(),
-            source,
-        })?;
+        let bind_source = (opts.is_bind() || m.typ().as_deref() == Some("bind"))
+            .then(|| bind_source_of(cfg, m))
+            .flatten();
+        recursive_readonly(sys, cfg, dest, bind_source.as_deref())?;
     }
     Ok(())
+}
+
+/// A bind mount's source on the host (relative ones are the bundle's).
+fn bind_source_of(cfg: &RootfsConfig, m: &Mount) -> Option<PathBuf> {
+    m.source().as_ref().map(|s| {
+        if s.is_absolute() {
+            s.clone()
+        } else {
+            cfg.bundle.join(s)
+        }
+    })
 }
 
 /// Makes mount `m` (with its parsed options) at its destination.
@@ -268,15 +278,11 @@ fn make_mount(
         return mount_cgroups(sys, cfg, m, &opts.flags);
     }
     if opts.is_bind() || typ == "bind" {
-        let source = match m.source() {
-            Some(s) if s.is_absolute() => s.clone(),
-            Some(s) => cfg.bundle.join(s),
-            None => {
-                return Err(RootfsError::BadMount {
-                    dest: dest.clone(),
-                    reason: "bind mount without a source".into(),
-                });
-            }
+        let Some(source) = bind_source_of(cfg, m) else {
+            return Err(RootfsError::BadMount {
+                dest: dest.clone(),
+                reason: "bind mount without a source".into(),
+            });
         };
         let kind = if sys.is_dir(&source) {
             CreateKind::Dir
@@ -391,11 +397,33 @@ fn real_directory_for(
     Ok(())
 }
 
-/// `rro`: the mount now at `dest` and every mount below it read-only.
-fn recursive_readonly(sys: &dyn Syscall, cfg: &RootfsConfig, dest: &Path) -> io::Result<()> {
+/// `rro`: the mount now at `dest` and every mount below it read-only. A
+/// bind's is checked to be the one made from `bind_source` (see the
+/// remount in `make_mount`).
+fn recursive_readonly(
+    sys: &dyn Syscall,
+    cfg: &RootfsConfig,
+    dest: &Path,
+    bind_source: Option<&Path>,
+) -> Result<(), RootfsError> {
+    let err = |source| RootfsError::Mount {
+        what: "making it read-only recursively".into(),
+        dest: dest.to_path_buf(),
+        source,
+    };
     // The mount itself, not the directory it covers: look it up again.
-    let mounted = sys.resolve_in_root(&cfg.rootfs, dest, CreateKind::Nothing)?;
-    sys.set_recursive_readonly(&mounted.path)
+    let mounted = sys
+        .resolve_in_root(&cfg.rootfs, dest, CreateKind::Nothing)
+        .map_err(err)?;
+    if let Some(source) = bind_source
+        && !sys.same_file(source, &mounted.path).map_err(err)?
+    {
+        return Err(RootfsError::BadMount {
+            dest: dest.to_path_buf(),
+            reason: "the destination changed while it was being mounted".into(),
+        });
+    }
+    sys.set_recursive_readonly(&mounted.path).map_err(err)
 }
 
 /// `tmpcopyup`: a tmpfs that starts with what the image had at that path.
@@ -882,7 +910,10 @@ fn node_letter(kind: SFlag) -> char {
 }
 
 fn mask_path(sys: &dyn Syscall, path: &Path) -> Result<(), RootfsError> {
-    if !sys.exists(path) {
+    // Nothing there, or a symlink to nothing: nothing to hide (runc's
+    // rule; the mount follows a symlink, so one to nothing would fail).
+    let dangling = || sys.is_symlink(path) && sys.same_file(path, path).is_err();
+    if !sys.exists(path) || dangling() {
         return Ok(());
     }
     let r = if sys.is_dir(path) {
@@ -1060,6 +1091,22 @@ mod tests {
         assert!(
             !m.iter().any(|c| c.3.contains(MsFlags::MS_REMOUNT)),
             "{m:?}"
+        );
+
+        // `rro` alone: no recursive read-only of the wrong mount either.
+        let sys = RecordingSyscall::default();
+        sys.swapped.set(true);
+        let c = cfg(serde_json::json!([
+            {"destination": "/data", "type": "bind", "source": "data", "options": ["rbind", "rro"]}
+        ]));
+        let err = prepare(&sys, &c).unwrap_err().to_string();
+        assert!(err.contains("the destination changed"), "{err}");
+        assert!(
+            !sys.calls()
+                .iter()
+                .any(|c| matches!(c, Call::SetRecursiveReadonly(_))),
+            "{:?}",
+            sys.calls()
         );
     }
 
