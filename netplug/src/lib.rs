@@ -348,13 +348,22 @@ impl Netplug {
         let (fd, nl) = if on_disk.is_some() {
             let fd = netns::open_ns(&path)?;
             // A hub made before these settings gets them too (once per
-            // process: the hub is cached from here).
-            netns::run_in(fd.as_fd(), || {
-                HUB_SYSCTLS
-                    .iter()
-                    .try_for_each(|(k, v)| netns::write_sysctl(k, v))
-            })?
-            .map_err(Error::sys("hardening the hub"))?;
+            // process: the hub is cached from here). Not a reason to fail
+            // an open (a read-only /proc/sys): said, and left.
+            let hardened = netns::run_in(fd.as_fd(), || {
+                HUB_SYSCTLS.iter().try_for_each(|(k, v)| {
+                    let now = std::fs::read_to_string(format!("/proc/sys/{k}")).unwrap_or_default();
+                    if now.trim() == *v {
+                        Ok(())
+                    } else {
+                        netns::write_sysctl(k, v)
+                    }
+                })
+            });
+            if let Err(e) | Ok(Err(e)) = hardened.map_err(|e| std::io::Error::other(e.to_string()))
+            {
+                tracing::warn!("could not harden the hub (rp_filter, arp_ignore): {e}");
+            }
             let sock = netns::netlink_socket_in(fd.as_fd())?;
             (fd, link::connect(sock))
         } else if create {
@@ -1109,7 +1118,7 @@ impl Netplug {
             // removing its building record finished its namespace: it is
             // ready or already leased, never a half-built one to destroy.
             let finished = self.layout.ready(&b.vpc, &b.id).exists()
-                || state::read_lease(&self.layout, &b.id)?.is_some();
+                || state::read_lease(&self.layout, &b.id).is_ok_and(|l| l.is_some());
             if finished {
                 state::remove_file(&self.layout.building(&b.id))?;
                 continue;

@@ -1388,7 +1388,8 @@ pub const FIFO_PEER_WAIT: Duration = Duration::from_secs(5);
 
 /// Opens stdin (read) or an output file (append, created 0600), never
 /// blocking a thread for good on a FIFO whose other end nobody opens: a
-/// FIFO waits at most [`FIFO_PEER_WAIT`] for its peer. (An output FIFO is
+/// FIFO waits at most [`FIFO_PEER_WAIT`] for its peer; then an output
+/// fails, and stdin is whatever came (EOF after it). (An output FIFO is
 /// not opened read-write: a reader that goes away must make the writes
 /// fail, not block the instance once the pipe is full.)
 pub fn open_stdio(path: Option<&Path>, write: bool) -> io::Result<OwnedFd> {
@@ -1421,9 +1422,14 @@ pub fn open_stdio(path: Option<&Path>, write: bool) -> io::Result<OwnedFd> {
         // stays open (a writer waiting in its open has been let through
         // and may write already) until the blocking one has a writer.
         let pin = f.try_clone().map_err(named)?;
-        let r = open_fifo_end(pin.into(), false, FIFO_PEER_WAIT).map_err(named);
-        drop(f);
-        return r;
+        match open_fifo_end(pin.into(), false, FIFO_PEER_WAIT) {
+            Ok(fd) => return Ok(fd),
+            // No writer came, or one came, wrote and went before the
+            // blocking open (its bytes are in the pipe, which `f` kept):
+            // `f` it is, at EOF after whatever was written.
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => {}
+            Err(e) => return Err(named(e)),
+        }
     }
     // Blocking again, as a process expects its stdio.
     nix::fcntl::fcntl(

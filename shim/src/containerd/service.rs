@@ -382,9 +382,16 @@ impl Shim {
                 &image,
                 &sprout_snapshot::dump::CheckpointOptions { leave_running },
             );
-            // As it was: paused again unless the dump killed it.
-            if paused && (leave_running || dumped.is_err()) {
-                c.pause()?;
+            // As it was: paused again unless the dump killed it. The
+            // dump's error, if any, is the one to report.
+            if paused
+                && (leave_running || dumped.is_err())
+                && let Err(e) = c.pause()
+            {
+                if dumped.is_ok() {
+                    return Err(e.into());
+                }
+                tracing::warn!(task = %c.id(), "pausing again after a failed checkpoint: {e}");
             }
             let report = dumped?;
             tracing::info!(
