@@ -372,6 +372,10 @@ fn more_queued_data_than_an_image_holds_is_refused_early() {
 fn a_mapping_of_a_huge_sparse_file_is_refused() {
     let s = program_sandbox("snapsparse", "sparsemap", &[]);
     run_and_refuse_checkpoint(&s, 1, "a mapping of a file of 1099511627776 bytes");
+    // Files each under the limit, over it together: refused before any
+    // is hashed.
+    let s = program_sandbox("snapsparse-two", "sparsemap", &["2", "40"]);
+    run_and_refuse_checkpoint(&s, 1, "maps files of more than 68719476736 bytes in all");
 
     // An image that names such a file is refused before a restore would
     // hash the rootfs's.

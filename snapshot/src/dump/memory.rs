@@ -108,6 +108,35 @@ fn vma_attributes(smaps: Option<&SmapsVma>, m: &MapEntry) -> Result<Vec<VmFlag>,
     Ok(out)
 }
 
+/// Every mapped file is hashed whole: their sizes together (each file
+/// once) must stay within the one-file limit too, looked at before any is
+/// hashed (a stat through /proc/PID/map_files opens nothing).
+fn check_mapped_total(pid: Tid, maps: &[MapEntry]) -> Result<(), DumpError> {
+    use std::os::unix::fs::MetadataExt;
+    let limit = crate::image::limits::MAX_MAPPED_FILE_BYTES;
+    let mut seen = std::collections::HashSet::new();
+    let mut total = 0u64;
+    for m in maps {
+        if !matches!(m.kind, MapKind::File { deleted: false, .. }) {
+            continue;
+        }
+        let link = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
+        let Ok(meta) = std::fs::metadata(&link) else {
+            continue;
+        };
+        // One over the limit alone is named by `open_mapped_file`.
+        if meta.is_file() && meta.len() <= limit && seen.insert((meta.dev(), meta.ino())) {
+            total = total.saturating_add(meta.len());
+        }
+        if total > limit {
+            return Err(DumpError::Unsupported(format!(
+                "the process maps files of more than {limit} bytes in all, which a checkpoint would hash whole"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// A mapped file, opened through `link` (`/proc/PID/map_files/...`) only
 /// once it is known to be a regular file of a size we hash: the process
 /// chooses what it maps, and a device's open may block, a sparse file of
@@ -396,6 +425,7 @@ pub(super) fn dump_memory(
     files: &mut Files,
     shared: &mut SharedObjects,
 ) -> Result<Vec<Vma>, DumpError> {
+    check_mapped_total(pid, maps)?;
     let smaps = proc::smaps(pid)?;
     let pagemap = Pagemap::open(pid)?;
     let zero_pages = ZeroPages::find();
