@@ -297,23 +297,7 @@ fn make_mount(
             .map_err(err(&format!("bind {}", source.display())))?;
         let extra = opts.flags - (MsFlags::MS_BIND | MsFlags::MS_REC);
         if !extra.is_empty() || !opts.propagation.is_empty() {
-            // The resolved fd pins the directory under the new mount; look
-            // the destination up again to reach the mount itself, and make
-            // sure it is ours: a writer sharing a directory on the way
-            // could have swapped it for a symlink to another mount, which
-            // would get the flags while ours stayed writable.
-            let mounted = sys
-                .resolve_in_root(&cfg.rootfs, dest, CreateKind::Nothing)
-                .map_err(err("resolving bind mount"))?;
-            if !sys
-                .same_file(&source, &mounted.path)
-                .map_err(err("looking at the bind mount"))?
-            {
-                return Err(RootfsError::BadMount {
-                    dest: dest.clone(),
-                    reason: "the destination changed while it was being mounted".into(),
-                });
-            }
+            let mounted = mount_at(sys, cfg, dest, Some(&source))?;
             if !extra.is_empty() {
                 let keep = sys.mount_flags(&mounted.path).unwrap_or(MsFlags::empty())
                     & LOCKABLE
@@ -348,9 +332,7 @@ fn make_mount(
     sys.mount(Some(&source), &target.path, Some(typ), opts.flags, data)
         .map_err(err(typ))?;
     if !opts.propagation.is_empty() {
-        let mounted = sys
-            .resolve_in_root(&cfg.rootfs, dest, CreateKind::Nothing)
-            .map_err(err("resolving mount"))?;
+        let mounted = mount_at(sys, cfg, dest, None)?;
         for p in &opts.propagation {
             sys.mount(None, &mounted.path, None, *p, None)
                 .map_err(err("setting propagation"))?;
@@ -397,33 +379,52 @@ fn real_directory_for(
     Ok(())
 }
 
-/// `rro`: the mount now at `dest` and every mount below it read-only. A
-/// bind's is checked to be the one made from `bind_source` (see the
-/// remount in `make_mount`).
-fn recursive_readonly(
+/// The mount just made at `dest`, looked up again: the fd that pinned the
+/// destination pins the directory beneath it. A bind's must be the one
+/// made from `bind_source`: a writer sharing a directory on the way could
+/// have swapped it for a symlink to another mount, which would get the
+/// flags meant for ours while ours stayed writable (runc's
+/// CVE-2021-30465 class).
+fn mount_at(
     sys: &dyn Syscall,
     cfg: &RootfsConfig,
     dest: &Path,
     bind_source: Option<&Path>,
-) -> Result<(), RootfsError> {
-    let err = |source| RootfsError::Mount {
-        what: "making it read-only recursively".into(),
-        dest: dest.to_path_buf(),
-        source,
+) -> Result<crate::syscall::Resolved, RootfsError> {
+    let err = |what: &str| {
+        let (what, dest) = (what.to_string(), dest.to_path_buf());
+        move |source| RootfsError::Mount { what, dest, source }
     };
-    // The mount itself, not the directory it covers: look it up again.
     let mounted = sys
         .resolve_in_root(&cfg.rootfs, dest, CreateKind::Nothing)
-        .map_err(err)?;
+        .map_err(err("looking up the new mount"))?;
     if let Some(source) = bind_source
-        && !sys.same_file(source, &mounted.path).map_err(err)?
+        && !sys
+            .same_file(source, &mounted.path)
+            .map_err(err("looking at the bind mount"))?
     {
         return Err(RootfsError::BadMount {
             dest: dest.to_path_buf(),
             reason: "the destination changed while it was being mounted".into(),
         });
     }
-    sys.set_recursive_readonly(&mounted.path).map_err(err)
+    Ok(mounted)
+}
+
+/// `rro`: the mount now at `dest` and every mount below it read-only.
+fn recursive_readonly(
+    sys: &dyn Syscall,
+    cfg: &RootfsConfig,
+    dest: &Path,
+    bind_source: Option<&Path>,
+) -> Result<(), RootfsError> {
+    let mounted = mount_at(sys, cfg, dest, bind_source)?;
+    sys.set_recursive_readonly(&mounted.path)
+        .map_err(|source| RootfsError::Mount {
+            what: "making it read-only recursively".into(),
+            dest: dest.to_path_buf(),
+            source,
+        })
 }
 
 /// `tmpcopyup`: a tmpfs that starts with what the image had at that path.
