@@ -128,6 +128,12 @@ pub fn write_on_procfs(path: &Path, data: &[u8]) -> io::Result<()> {
     f.write_all(data)
 }
 
+/// Whether `meta` is the null device (c 1:3), which masks are bound from.
+pub fn is_null_device(meta: &fs::Metadata) -> bool {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    meta.file_type().is_char_device() && meta.rdev() == nix::sys::stat::makedev(1, 3)
+}
+
 /// The real kernel.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct LinuxSyscall;
@@ -334,16 +340,13 @@ impl Syscall for LinuxSyscall {
     }
 
     fn bind_null_device(&self, target: &Path) -> io::Result<()> {
-        use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+        use std::os::unix::fs::OpenOptionsExt;
         let null = fs::OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open("/dev/null")
             .map_err(|e| io::Error::new(e.kind(), format!("opening /dev/null: {e}")))?;
-        let meta = null.metadata()?;
-        let is_null =
-            meta.file_type().is_char_device() && meta.rdev() == nix::sys::stat::makedev(1, 3);
-        if !is_null {
+        if !is_null_device(&null.metadata()?) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 "/dev/null is not the null device (c 1:3)",

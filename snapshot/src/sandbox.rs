@@ -273,13 +273,10 @@ pub(crate) fn enter_rootfs(
 /// root, right before the masking batch; no process of this sandbox runs
 /// yet that could swap it in between.
 fn check_null_device(root: &std::fs::File) -> Result<(), RestoreError> {
-    use std::os::unix::fs::{FileTypeExt, MetadataExt};
     let is_null = crate::image::open_in_root(root, "/dev/null", OFlag::O_PATH | OFlag::O_NOFOLLOW)
         .ok()
         .and_then(|fd| std::fs::File::from(fd).metadata().ok())
-        .is_some_and(|m| {
-            m.file_type().is_char_device() && m.rdev() == nix::sys::stat::makedev(1, 3)
-        });
+        .is_some_and(|m| sprout_runtime::syscall::is_null_device(&m));
     if is_null {
         Ok(())
     } else {

@@ -46,7 +46,7 @@ impl Files {
         if let Some(&i) = self.index.get(path) {
             return Ok(i);
         }
-        let link = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
+        let link = map_files_link(pid, m);
         let file = open_mapped_file(&link, m)?;
         let record = crate::image::file_record(&file, path)?;
         let i = self.records.len() as u32;
@@ -108,6 +108,12 @@ fn vma_attributes(smaps: Option<&SmapsVma>, m: &MapEntry) -> Result<Vec<VmFlag>,
     Ok(out)
 }
 
+/// The mapping's file as the process sees it (a bind mount only its
+/// mount namespace has included).
+fn map_files_link(pid: Tid, m: &MapEntry) -> String {
+    format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end)
+}
+
 /// Every mapped file is hashed whole: their sizes together (each file
 /// once) must stay within the one-file limit too, looked at before any is
 /// hashed (a stat through /proc/PID/map_files opens nothing).
@@ -120,7 +126,7 @@ fn check_mapped_total(pid: Tid, maps: &[MapEntry]) -> Result<(), DumpError> {
         if !matches!(m.kind, MapKind::File { deleted: false, .. }) {
             continue;
         }
-        let link = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
+        let link = map_files_link(pid, m);
         let Ok(meta) = std::fs::metadata(&link) else {
             continue;
         };
@@ -219,7 +225,7 @@ impl SharedObjects {
                 offset: m.offset,
             });
         }
-        let link = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
+        let link = map_files_link(pid, m);
         let file = std::fs::File::open(&link).map_err(|source| DumpError::Syscall {
             what: "opening shared memory through /proc/PID/map_files",
             source,
