@@ -30,6 +30,16 @@ fn program_sandbox(name: &str, prog: &str, args: &[&str]) -> Sandbox {
     s
 }
 
+/// Drops the sandbox's own pid namespace: its processes share the
+/// caller's (pids outside it, orphans reparented out of it).
+fn without_pid_namespace(s: &mut Sandbox) {
+    s.config()["linux"]["namespaces"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|n| n["type"] != "pid");
+    s.write_config();
+}
+
 /// Copies the test program `prog` into the sandbox's /bin.
 fn add_program(s: &Sandbox, prog: &str, static_link: bool) {
     fs::copy(
@@ -349,10 +359,7 @@ fn reserved_and_read_only_memory_is_described_not_copied() {
 #[test]
 fn a_process_not_alone_in_its_cgroup_is_not_checkpointed() {
     let mut s = program_sandbox("snapalone", "counter", &["20"]);
-    s.config()["linux"]["namespaces"]
-        .as_array_mut()
-        .unwrap()
-        .retain(|n| n["type"] != "pid");
+    without_pid_namespace(&mut s);
     s.set_args(&["sh", "-c", "(sleep 1000 &); exec /bin/counter 20"]);
     run_and_refuse_checkpoint(&s, 2, "is not alone (other processes: [");
 }
@@ -494,11 +501,7 @@ fn threaded_dynamic_program_resumes_all_threads() {
 #[test]
 fn pending_signals_reach_the_restored_process_not_the_pid_the_image_names() {
     let mut s = threads_sandbox("snapsigpid");
-    s.config()["linux"]["namespaces"]
-        .as_array_mut()
-        .unwrap()
-        .retain(|n| n["type"] != "pid");
-    s.write_config();
+    without_pid_namespace(&mut s);
     let (img, out1) = run_and_dump(&s, |out| has_lines(out, 3));
     // SIGUSR2, pending on the image's process, would end it.
     let mut victim = std::process::Command::new("sleep")
@@ -577,11 +580,7 @@ fn an_image_needing_a_privilege_the_bundle_lacks_is_refused() {
 #[test]
 fn an_image_cwd_through_a_magic_link_is_refused() {
     let mut s = program_sandbox("snapcwd", "counter", &["20"]);
-    s.config()["linux"]["namespaces"]
-        .as_array_mut()
-        .unwrap()
-        .retain(|n| n["type"] != "pid");
-    s.write_config();
+    without_pid_namespace(&mut s);
     let (img, _) = run_and_dump(&s, |out| has_lines(out, 3));
     edit_manifest(&img, "body[\"process\"][\"cwd\"] = \"/proc/self/root/etc\"");
     let rid = unique_id("snapcwd-r");
@@ -1201,11 +1200,7 @@ fn an_image_of_a_process_that_was_not_pid_1_is_refused_for_a_new_pid_namespace()
     let mut s = program_sandbox("snapnotone", "counter", &["20"]);
     // Dumped from a container sharing the host's pid namespace: not pid 1.
     let with_pid_ns = s.config()["linux"]["namespaces"].clone();
-    s.config()["linux"]["namespaces"]
-        .as_array_mut()
-        .unwrap()
-        .retain(|n| n["type"] != "pid");
-    s.write_config();
+    without_pid_namespace(&mut s);
     let (img, _) = run_and_dump(&s, |out| has_lines(out, 3));
     s.config()["linux"]["namespaces"] = with_pid_ns;
     s.write_config();
